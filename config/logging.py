@@ -1,0 +1,63 @@
+"""Logging set-up shared by all processes, with secrets masked in every record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+from config.settings import Settings
+
+_RESERVED = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime"}
+
+
+class SecretMaskFilter(logging.Filter):
+    """Replaces any configured secret value that slips into a log message."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        msg = record.getMessage()
+        masked = msg
+        for s in self._secrets:
+            masked = masked.replace(s, "***")
+        if masked != msg:
+            record.msg, record.args = masked, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(settings: Settings) -> None:
+    """Idempotent: configures the root logger once per process."""
+    root = logging.getLogger()
+    if getattr(root, "_avatar_configured", False):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(SecretMaskFilter(settings.secret_values()))
+    if settings.logging.json_format:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+    root.addHandler(handler)
+    root.setLevel(settings.logging.level)
+    root._avatar_configured = True  # type: ignore[attr-defined]

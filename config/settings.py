@@ -1,0 +1,461 @@
+"""The one configuration of the service.
+
+Every process (web, Celery worker, beat, live worker, CLI) builds a :class:`Settings` once with
+:func:`load_settings` and passes it down. Groups are plain nested models so that one `.env`
+feeds all of them (pydantic-settings #279); nested variables use ``__``
+(``STT__PROVIDER=assemblyai``) and the well-known platform names (``LIVEKIT_URL``,
+``DATABASE_URL``, ``REDIS_URL``, ``OPENAI_API_KEY`` ...) are accepted too.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_VAR_DIR = PROJECT_ROOT / "var"
+
+STTProvider = Literal["local", "assemblyai"]
+LLMProvider = Literal["local", "openai"]
+TTSProvider = Literal["local", "espeak", "cartesia"]
+AvatarProvider = Literal["local", "tavus", "hedra", "none"]
+
+
+class ConfigError(Exception):
+    """Start-up must stop: one line per problem, naming the variable and what is expected."""
+
+
+class LiveKitSettings(BaseModel):
+    url: str | None = Field(
+        default=None,
+        description="LiveKit server URL (ws:// or wss://). Empty: start the embedded dev server.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="URL browsers use to reach LiveKit, when it differs from `url`.",
+    )
+    api_key: SecretStr = Field(default=SecretStr("devkey"), description="LiveKit API key.")
+    api_secret: SecretStr = Field(default=SecretStr("secret"), description="LiveKit API secret.")
+    agent_name: str = Field(
+        default="avatar-agent",
+        min_length=1,
+        description="Name the live worker registers under; dispatches target it.",
+    )
+    port: int = Field(default=7880, ge=1, le=65535, description="Embedded server signaling port.")
+    rtc_tcp_port: int = Field(default=7881, ge=1, le=65535, description="Embedded RTC TCP port.")
+    rtc_udp_port: int = Field(default=7882, ge=1, le=65535, description="Embedded RTC UDP port.")
+    node_ip: str = Field(
+        default="127.0.0.1",
+        description="Address the embedded server advertises in ICE candidates.",
+    )
+    token_ttl_seconds: int = Field(
+        default=900, ge=30, le=86400, description="Lifetime of participant tokens."
+    )
+    webhook_rules_prefix: str = Field(
+        default="",
+        description="Rooms whose name starts with this prefix get an agent when LiveKit reports "
+        "them started (webhook). Empty: only rooms whose metadata asks for one.",
+    )
+
+    @field_validator("url", "public_url")
+    @classmethod
+    def _ws_url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not v.startswith(("ws://", "wss://", "http://", "https://")):
+            raise ValueError("expected a ws://, wss://, http:// or https:// URL")
+        return v.rstrip("/")
+
+    @property
+    def embedded(self) -> bool:
+        return self.url is None
+
+    @property
+    def effective_url(self) -> str:
+        return self.url or f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def browser_url(self) -> str:
+        return self.public_url or self.effective_url
+
+    @property
+    def http_url(self) -> str:
+        u = self.effective_url
+        return "http" + u[2:] if u.startswith("ws") else u
+
+
+class STTSettings(BaseModel):
+    provider: STTProvider = Field(default="local", description="Speech-to-text provider.")
+    api_key: SecretStr | None = Field(default=None, description="Key for a hosted STT.")
+    model: str = Field(
+        default="tiny.en",
+        description="Model: local `tiny.en` | `base`; AssemblyAI `universal-streaming`.",
+    )
+    language: str = Field(default="en", description="Spoken language (BCP-47 or ISO 639-1).")
+    base_url: str | None = Field(default=None, description="Override the provider's API URL.")
+    fallback: STTProvider | None = Field(
+        default="local", description="Provider used when the hosted one fails (or none)."
+    )
+
+
+class LLMSettings(BaseModel):
+    provider: LLMProvider = Field(default="local", description="Language model provider.")
+    api_key: SecretStr | None = Field(default=None, description="Key for a hosted LLM.")
+    model: str = Field(
+        default="smollm2-135m",
+        description="Model name: local `smollm2-135m`; OpenAI e.g. `gpt-4o-mini`.",
+    )
+    base_url: str | None = Field(
+        default=None, description="OpenAI-compatible base URL (llama.cpp server, Ollama, vLLM)."
+    )
+    temperature: float = Field(default=0.6, ge=0.0, le=2.0, description="Sampling temperature.")
+    max_tokens: int = Field(default=96, ge=1, le=8192, description="Max tokens per answer.")
+    fallback: LLMProvider | None = Field(
+        default="local", description="Provider used when the hosted one fails (or none)."
+    )
+
+
+class TTSSettings(BaseModel):
+    provider: TTSProvider = Field(default="local", description="Text-to-speech provider.")
+    api_key: SecretStr | None = Field(default=None, description="Key for a hosted TTS.")
+    voice: str = Field(
+        default="joe-us", description="Voice: local `joe-us`; Cartesia voice id."
+    )
+    model: str = Field(default="", description="Hosted TTS model (Cartesia `sonic-2`).")
+    base_url: str | None = Field(default=None, description="Override the provider's API URL.")
+    fallback: TTSProvider | None = Field(
+        default="local", description="Provider used when the hosted one fails (or none)."
+    )
+
+
+class AvatarSettings(BaseModel):
+    provider: AvatarProvider = Field(default="local", description="Talking-face provider.")
+    api_key: SecretStr | None = Field(default=None, description="Key for a hosted avatar.")
+    avatar_id: str = Field(
+        default="", description="Tavus face id / Hedra avatar id; local: portrait pack path."
+    )
+    replica_id: str = Field(default="", description="Tavus persona (pal) id.")
+    base_url: str | None = Field(default=None, description="Override the provider's API URL.")
+    fallback: AvatarProvider = Field(
+        default="local", description="Used when the chosen avatar fails: local or none."
+    )
+    width: int = Field(default=512, ge=64, le=1920, description="Local avatar video width.")
+    height: int = Field(default=512, ge=64, le=1920, description="Local avatar video height.")
+    fps: int = Field(default=25, ge=5, le=60, description="Local avatar frames per second.")
+
+
+class BrokerSettings(BaseModel):
+    url: str | None = Field(
+        default=None,
+        description="Celery broker (redis://). Empty: start the embedded Valkey server.",
+    )
+    result_backend: str | None = Field(
+        default=None, description="Celery result backend; defaults to the broker URL."
+    )
+    port: int = Field(default=6390, ge=1, le=65535, description="Embedded Valkey port.")
+
+    @field_validator("url", "result_backend")
+    @classmethod
+    def _redis_url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not v.startswith(("redis://", "rediss://", "unix://", "memory://")):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return v
+
+    @property
+    def embedded(self) -> bool:
+        return self.url is None
+
+    @property
+    def effective_url(self) -> str:
+        return self.url or f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def effective_backend(self) -> str:
+        return self.result_backend or self.effective_url
+
+
+class DatabaseSettings(BaseModel):
+    url: str = Field(
+        default_factory=lambda: f"sqlite:///{DEFAULT_VAR_DIR / 'avatar.db'}",
+        description="SQLAlchemy URL: SQLite by default, postgresql:// in deployment.",
+    )
+    echo: bool = Field(default=False, description="Log SQL statements.")
+
+    @field_validator("url")
+    @classmethod
+    def _db_url(cls, v: str) -> str:
+        if v.startswith("postgres://"):  # Heroku's spelling; SQLAlchemy rejects it
+            v = "postgresql+psycopg://" + v[len("postgres://") :]
+        elif v.startswith("postgresql://"):
+            v = "postgresql+psycopg://" + v[len("postgresql://") :]
+        if not v.startswith(("sqlite", "postgresql")):
+            raise ValueError("expected a sqlite:/// or postgresql:// URL")
+        return v
+
+
+class WebSettings(BaseModel):
+    secret_key: SecretStr = Field(
+        default=SecretStr("dev-insecure-secret-key-change-me"),
+        description="Flask session signing key. Set a long random value in deployment.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `avatar up` binds the UI to.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Admin UI / API port.")
+    public_url: str | None = Field(
+        default=None, description="Public base URL of the web process (webhooks, links)."
+    )
+    admin_email: str | None = Field(
+        default=None, description="First admin, created at start-up if no admin exists."
+    )
+    admin_password: SecretStr | None = Field(
+        default=None, description="Password of the bootstrap admin."
+    )
+    secure_cookies: bool = Field(
+        default=False, description="Mark cookies Secure (set true behind HTTPS)."
+    )
+    login_rate_limit: str = Field(
+        default="10 per minute", description="Login attempts allowed per client address."
+    )
+    flower_port: int = Field(default=5555, ge=1, le=65535, description="Flower port.")
+    flower_user: str = Field(default="admin", description="Flower basic-auth user.")
+    flower_password: SecretStr = Field(
+        default=SecretStr("change-me"), description="Flower basic-auth password."
+    )
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+class LimitsSettings(BaseModel):
+    max_concurrent_sessions: int = Field(
+        default=2, ge=1, le=1000, description="Hard cap of sessions per live worker."
+    )
+    max_session_minutes: float = Field(
+        default=30.0, gt=0, description="A session ends after this many minutes."
+    )
+    idle_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="A session ends after this long with nobody speaking."
+    )
+    caller_grace_seconds: float = Field(
+        default=5.0, ge=0, description="How long the agent stays after the caller leaves."
+    )
+    endpointing_min_delay: float = Field(
+        default=0.5, ge=0, description="Silence before a turn may end (seconds)."
+    )
+    endpointing_max_delay: float = Field(
+        default=3.0, ge=0, description="Silence after which a turn always ends (seconds)."
+    )
+    transcript_retention_days: int = Field(
+        default=90, ge=1, description="Transcripts older than this are deleted by beat."
+    )
+
+    @model_validator(mode="after")
+    def _delays(self) -> LimitsSettings:
+        if self.endpointing_max_delay < self.endpointing_min_delay:
+            raise ValueError("endpointing_max_delay must be >= endpointing_min_delay")
+        return self
+
+
+class PricingSettings(BaseModel):
+    """Unit prices in USD, keyed ``provider.metric``; anything missing costs 0."""
+
+    prices: dict[str, float] = Field(
+        default_factory=lambda: {
+            "assemblyai.stt_audio_seconds": 0.15 / 3600,
+            "openai.llm_input_tokens": 0.15 / 1_000_000,
+            "openai.llm_output_tokens": 0.60 / 1_000_000,
+            "cartesia.tts_characters": 0.038 / 1000,
+            "tavus.avatar_seconds": 0.32 / 60,
+            "hedra.avatar_seconds": 0.05 / 60,
+            "livekit.room_minutes": 0.0005,
+            "local.stt_audio_seconds": 0.0,
+            "local.llm_input_tokens": 0.0,
+            "local.llm_output_tokens": 0.0,
+            "local.tts_characters": 0.0,
+            "local.avatar_seconds": 0.0,
+        },
+        description="USD per unit, e.g. {\"openai.llm_output_tokens\": 6e-7}.",
+    )
+    currency: str = Field(default="USD", description="Currency of the price table.")
+
+    @field_validator("prices")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, price in v.items():
+            if "." not in key:
+                raise ValueError(f"price key {key!r} must be 'provider.metric'")
+            if price < 0:
+                raise ValueError(f"price for {key!r} must not be negative")
+        return v
+
+    def price(self, provider: str, metric: str) -> float:
+        return self.prices.get(f"{provider}.{metric}", 0.0)
+
+
+class LoggingSettings(BaseModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level of every process."
+    )
+    json_format: bool = Field(default=False, description="Emit JSON log lines.")
+
+
+# Platform and vendor names accepted as well as the nested ones (lower priority).
+PLATFORM_ALIASES: dict[str, tuple[str, str]] = {
+    "LIVEKIT_URL": ("livekit", "url"),
+    "LIVEKIT_API_KEY": ("livekit", "api_key"),
+    "LIVEKIT_API_SECRET": ("livekit", "api_secret"),
+    "DATABASE_URL": ("db", "url"),
+    "REDIS_URL": ("broker", "url"),
+    "CELERY_BROKER_URL": ("broker", "url"),
+    "CELERY_RESULT_BACKEND": ("broker", "result_backend"),
+    "SECRET_KEY": ("web", "secret_key"),
+    "PORT": ("web", "port"),
+}
+VENDOR_KEYS: dict[str, tuple[str, str]] = {
+    "ASSEMBLYAI_API_KEY": ("stt", "assemblyai"),
+    "OPENAI_API_KEY": ("llm", "openai"),
+    "CARTESIA_API_KEY": ("tts", "cartesia"),
+    "TAVUS_API_KEY": ("avatar", "tavus"),
+    "HEDRA_API_KEY": ("avatar", "hedra"),
+}
+
+
+class PlatformEnvSource(PydanticBaseSettingsSource):
+    """Maps ``LIVEKIT_URL``-style names onto the nested groups."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, dict[str, Any]] = {}
+        for env, (group, key) in PLATFORM_ALIASES.items():
+            val = os.environ.get(env)
+            if val:
+                out.setdefault(group, {})[key] = val
+        return out
+
+
+class Settings(BaseSettings):
+    """Root settings; see `.env.example` for every variable."""
+
+    model_config = SettingsConfigDict(
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    livekit: LiveKitSettings = Field(default_factory=LiveKitSettings, description="LiveKit.")
+    stt: STTSettings = Field(default_factory=STTSettings, description="Speech-to-text slot.")
+    llm: LLMSettings = Field(default_factory=LLMSettings, description="Language model slot.")
+    tts: TTSSettings = Field(default_factory=TTSSettings, description="Text-to-speech slot.")
+    avatar: AvatarSettings = Field(default_factory=AvatarSettings, description="Avatar slot.")
+    broker: BrokerSettings = Field(default_factory=BrokerSettings, description="Celery broker.")
+    db: DatabaseSettings = Field(default_factory=DatabaseSettings, description="Database.")
+    web: WebSettings = Field(default_factory=WebSettings, description="Admin UI and API.")
+    limits: LimitsSettings = Field(default_factory=LimitsSettings, description="Session limits.")
+    pricing: PricingSettings = Field(default_factory=PricingSettings, description="Price table.")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+    var_dir: Path = Field(
+        default=DEFAULT_VAR_DIR, description="Where local state lives (SQLite, logs, recordings)."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            PlatformEnvSource(settings_cls),
+            dotenv_settings,
+        ]
+        cfg = os.environ.get("AVATAR_CONFIG_FILE")
+        if cfg:
+            path = Path(cfg)
+            if not path.is_file():
+                raise ConfigError(f"AVATAR_CONFIG_FILE: no such file {cfg!r}")
+            if path.suffix in (".yaml", ".yml"):
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+            elif path.suffix == ".toml":
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            else:
+                raise ConfigError(f"AVATAR_CONFIG_FILE: expected a .toml or .yaml file, got {cfg!r}")
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _vendor_keys(self) -> Settings:
+        """Fill a hosted slot's key from the vendor's usual variable (OPENAI_API_KEY, ...)."""
+        for env, (slot, provider) in VENDOR_KEYS.items():
+            group = getattr(self, slot)
+            if group.provider == provider and group.api_key is None and os.environ.get(env):
+                group.api_key = SecretStr(os.environ[env])
+        return self
+
+    def secret_values(self) -> list[str]:
+        """Every secret's plain value, so log filters and pages can mask them."""
+        out: list[str] = []
+        for group in (self.livekit, self.stt, self.llm, self.tts, self.avatar, self.web):
+            for name in type(group).model_fields:
+                val = getattr(group, name)
+                if isinstance(val, SecretStr) and len(val.get_secret_value()) >= 4:
+                    out.append(val.get_secret_value())
+        return out
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration with secrets replaced, for pages and `avatar doctor`."""
+        return self.model_dump(mode="json")  # SecretStr dumps as "**********"
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    if len(parts) >= 2 and parts[0] == "pricing" and parts[1] == "prices":
+        return "PRICING__PRICES"
+    for env, target in PLATFORM_ALIASES.items():
+        if tuple(parts[:2]) == target and os.environ.get(env):
+            return env
+    return "__".join(p.upper() for p in parts[:2]) if parts else "configuration"
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem: the variable, what is expected; never the (maybe secret) value."""
+    lines = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"config error: {_env_name(e['loc'])}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning validation errors into a :class:`ConfigError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built once (processes started from the CLI or Procfile)."""
+    return load_settings()

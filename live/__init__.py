@@ -1,0 +1,1 @@
+"""Long-lived LiveKit Agents workers: one AgentSession per room (`python -m live.worker`)."""
