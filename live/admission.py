@@ -1,0 +1,44 @@
+"""Hard cap on concurrent sessions per worker process pool.
+
+LiveKit's `load_threshold` can accept two jobs inside one load-update window
+(livekit/agents#4884), so the cap is counted here, in the worker's main process, where every
+job request is answered: running jobs plus jobs accepted but not yet launched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+
+logger = logging.getLogger(__name__)
+
+
+class Admission:
+    def __init__(self, cap: int, running_ids: Callable[[], Iterable[str]]) -> None:
+        if cap < 1:
+            raise ValueError("cap must be >= 1")
+        self.cap = cap
+        self._running_ids = running_ids
+        self._pending: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    def in_use(self) -> int:
+        return len(set(self._running_ids()) | self._pending)
+
+    def load(self) -> float:
+        """For LiveKit's load reporting: 1.0 means full."""
+        return min(1.0, self.in_use() / self.cap)
+
+    async def try_reserve(self, job_id: str) -> bool:
+        async with self._lock:
+            if job_id in self._pending:
+                return True
+            if self.in_use() >= self.cap:
+                return False
+            self._pending.add(job_id)
+            return True
+
+    def release(self, job_id: str) -> None:
+        """Drop the reservation once the job runs (it then counts as running) or failed."""
+        self._pending.discard(job_id)

