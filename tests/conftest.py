@@ -7,6 +7,7 @@ inside it. Ports are picked free so concurrent runs do not collide.
 from __future__ import annotations
 
 import os
+import subprocess
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,3 +97,101 @@ def db_url(tmp_path: Path) -> str:
 def settings(db_url: str, tmp_path: Path) -> Settings:
     """Settings on a fresh database; no external service configured."""
     return load_settings(db={"url": db_url}, var_dir=tmp_path, _env_file=None)
+
+
+# --------------------------------------------------------------------------- the whole stack
+
+
+def wait_for(pred: object, timeout: float, what: str, step: float = 0.1) -> object:
+    """Poll a condition with a deadline; the thing waited on runs in another process."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()  # type: ignore[operator]
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclass
+class Stack:
+    """Real livekit-server, Valkey, Celery worker and live worker, sharing one database."""
+
+    livekit: LiveKitServer
+    redis_url: str
+    db_url: str
+    env: dict[str, str]
+    var_dir: Path
+    logs: dict[str, Path]
+
+    def settings(self) -> Settings:
+        return load_settings(
+            livekit={"url": self.livekit.url, "api_key": self.livekit.api_key,
+                     "api_secret": self.livekit.api_secret},
+            broker={"url": self.redis_url},
+            db={"url": self.db_url},
+            var_dir=self.var_dir,
+            _env_file=None,
+        )
+
+    def log_text(self, name: str) -> str:
+        return self.logs[name].read_text(errors="replace") if self.logs[name].exists() else ""
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "ab")  # noqa: SIM115
+    return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+@pytest.fixture(scope="session")
+def stack(
+    livekit_server: LiveKitServer, valkey_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """The processes `avatar up` runs (but web), started from the same commands."""
+    import sys
+
+    var = tmp_path_factory.mktemp("stack")
+    db_url = f"sqlite:///{var / 'stack.db'}"
+    upgrade_db(db_url)
+    env = dict(os.environ)
+    for k in list(env):
+        if k.startswith(("LIVEKIT", "STT__", "LLM__", "TTS__", "AVATAR__", "LIMITS__")):
+            env.pop(k)
+    env.update(
+        LIVEKIT_URL=livekit_server.url,
+        LIVEKIT_API_KEY=livekit_server.api_key,
+        LIVEKIT_API_SECRET=livekit_server.api_secret,
+        REDIS_URL=valkey_url,
+        DATABASE_URL=db_url,
+        VAR_DIR=str(var),
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        LIVE_HEALTH_PORT=str(free_port()),
+        LIMITS__MAX_CONCURRENT_SESSIONS="1",
+        LIMITS__CALLER_GRACE_SECONDS="1",
+        LIMITS__IDLE_TIMEOUT_SECONDS="60",
+    )
+    logs = {"live": var / "live.log", "celery": var / "celery.log"}
+    celery = _spawn(
+        [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "live,batch",
+         "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO", "-n", "stack@%h"],
+        env, logs["celery"],
+    )
+    live = _spawn([sys.executable, "-m", "live.worker", "start"], env, logs["live"])
+    st = Stack(livekit_server, valkey_url, db_url, env, var, logs)
+    try:
+        wait_for(lambda: "registered worker" in st.log_text("live") or live.poll() is not None,
+                 180, "the live worker to register")
+        if live.poll() is not None:
+            raise AssertionError("live worker exited:\n" + st.log_text("live")[-4000:])
+        wait_for(lambda: "ready." in st.log_text("celery") or celery.poll() is not None,
+                 120, "the celery worker")
+        if celery.poll() is not None:
+            raise AssertionError("celery worker exited:\n" + st.log_text("celery")[-4000:])
+        yield st
+    finally:
+        for proc in (live, celery):
+            stop_process(proc, timeout=20)

@@ -113,3 +113,20 @@ def test_cli_stops_with_one_line(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "LIMITS__MAX_SESSION_MINUTES: Input should be greater than 0" in proc.stdout + proc.stderr
+
+
+def test_env_example_documents_every_setting() -> None:
+    from pydantic import BaseModel
+
+    from config.settings import PROJECT_ROOT, Settings
+
+    text = (PROJECT_ROOT / ".env.example").read_text()
+    missing = []
+    for name, f in Settings.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            missing += [f"{name.upper()}__{sub.upper()}" for sub in ann.model_fields
+                        if f"{name.upper()}__{sub.upper()}=" not in text]
+        elif f"{name.upper()}=" not in text:
+            missing.append(name.upper())
+    assert not missing, f".env.example lacks {missing}"

@@ -1,0 +1,105 @@
+"""End to end: a real livekit-server, the live worker, Celery, and `avatar call` as the caller.
+
+The caller asks two questions and must get two spoken answers with video; the transcript and
+metrics must be in the store as they happen, and after the caller leaves the back office
+leaves the cleaned transcript, summary and cost with no manual step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from livekit import api
+from sqlalchemy import select
+
+from cli.call import CallOptions, run_call
+from store.db import session_scope
+from store.models import (
+    AgentSessionRecord,
+    SessionCost,
+    Summary,
+    TranscriptLine,
+    TranscriptReport,
+    TurnMetric,
+    UsageRecord,
+)
+from tests.conftest import Stack, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _status(stack: Stack, session_id: str) -> str | None:
+    with session_scope(stack.db_url) as db:
+        rec = db.get(AgentSessionRecord, session_id)
+        return rec.status if rec else None
+
+
+async def test_invalid_metadata_fails_only_that_job(stack: Stack) -> None:
+    settings = stack.settings()
+    with session_scope(stack.db_url) as db:
+        rec = AgentSessionRecord(room="bad-meta", source="api", status="dispatched")
+        db.add(rec)
+        db.flush()
+        sid = rec.id
+    async with api.LiveKitAPI(settings.livekit.http_url, stack.livekit.api_key, stack.livekit.api_secret) as lk:
+        await lk.room.create_room(api.CreateRoomRequest(name="bad-meta"))
+        await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
+            agent_name=settings.livekit.agent_name, room="bad-meta",
+            metadata=json.dumps({"session_id": sid, "llm": {"provider": "nope"}}),
+        ))
+    await asyncio.to_thread(wait_for, lambda: _status(stack, sid) == "failed", 60, "session marked failed")
+    with session_scope(stack.db_url) as db:
+        err = db.get(AgentSessionRecord, sid).error  # type: ignore[union-attr]
+    assert err and "llm.provider" in err
+    assert "invalid session metadata" in stack.log_text("live")
+
+
+async def test_caller_gets_two_spoken_answers_with_video(stack: Stack, artifacts_dir) -> None:  # type: ignore[no-untyped-def]
+    settings = stack.settings()
+    result = await run_call(settings, CallOptions(
+        room=None,
+        utterances=["Hello, what is your name?", "What colour is the sky on a sunny day?"],
+        out_dir=artifacts_dir / "call",
+        reply_timeout=90,
+    ))
+    assert result.error is None, result.render() + "\n--- live log ---\n" + stack.log_text("live")[-6000:]
+    assert result.greeting_heard
+    assert len(result.turns) == 2
+    for turn in result.turns:
+        assert turn.audio_latency_s is not None and turn.audio_latency_s > 0
+        assert turn.reply_audio_s > 0.5
+        assert turn.video_frames > 10  # video arrived during the answer
+        assert turn.video_latency_s is not None  # the mouth moved
+        assert len(turn.reply_text.split()) >= 2, turn  # the answer was intelligible speech
+    sid = result.session_id
+    assert sid, "the agent publishes its session id as a participant attribute"
+
+    with session_scope(stack.db_url) as db:
+        lines = db.scalars(select(TranscriptLine).where(TranscriptLine.session_id == sid)
+                           .order_by(TranscriptLine.started_at)).all()
+        speakers = [ln.speaker for ln in lines]
+        assert speakers.count("user") >= 2 and speakers.count("agent") >= 3, speakers  # greeting + 2
+        turns = db.scalars(select(TurnMetric).where(TurnMetric.session_id == sid)).all()
+        assert sum(1 for t in turns if t.e2e_latency is not None) >= 2
+        assert any(t.llm_ttft for t in turns) and any(t.tts_ttfb for t in turns)
+
+    # The caller left: after the grace period the session ends and the back office runs.
+    await asyncio.to_thread(wait_for, lambda: _status(stack, sid) == "ended", 60, "session ended")
+
+    def finalised() -> bool:
+        with session_scope(stack.db_url) as db:
+            return bool(db.get(TranscriptReport, sid) and db.get(Summary, sid)
+                        and db.scalars(select(SessionCost).where(SessionCost.session_id == sid)).first())
+
+    await asyncio.to_thread(wait_for, finalised, 180, "report, summary and cost")
+    with session_scope(stack.db_url) as db:
+        usage = {(u.provider, u.metric): u.quantity for u in
+                 db.scalars(select(UsageRecord).where(UsageRecord.session_id == sid))}
+        assert usage.get(("local", "stt_audio_seconds"), 0) > 1
+        assert usage.get(("local", "llm_output_tokens"), 0) > 0
+        assert usage.get(("local", "tts_characters"), 0) > 0
+        assert usage.get(("local", "avatar_seconds"), 0) > 1
+        rec = db.get(AgentSessionRecord, sid)
+        assert rec is not None and rec.end_reason == "caller_left"

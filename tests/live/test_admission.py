@@ -1,0 +1,35 @@
+"""The concurrent-session cap is exact, even for requests that arrive together."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from live.admission import Admission
+
+pytestmark = pytest.mark.unit
+
+
+async def test_cap_is_exact_under_concurrent_requests() -> None:
+    running: list[str] = []
+    adm = Admission(2, lambda: running)
+    results = await asyncio.gather(*(adm.try_reserve(f"job{i}") for i in range(5)))
+    assert results.count(True) == 2
+    assert adm.load() == 1.0
+
+
+async def test_reservation_becomes_running_then_frees() -> None:
+    running: list[str] = []
+    adm = Admission(1, lambda: running)
+    assert await adm.try_reserve("a")
+    running.append("a")  # launched: now counted as running
+    adm.release("a")
+    assert not await adm.try_reserve("b")
+    running.clear()  # the job ended
+    assert await adm.try_reserve("b")
+
+
+def test_cap_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        Admission(0, lambda: [])
