@@ -43,12 +43,11 @@ def _settings() -> Settings:
 
 def prewarm(proc: JobProcess) -> None:
     """Load every local model once per job process; sessions of that process share them."""
-    from live.providers import local_models, turn
+    from live.providers import local_models
 
     settings = _settings()
     ctx = ProviderContext(settings=settings, shared=proc.userdata)
     proc.userdata["provider_ctx"] = ctx
-    proc.userdata["vad"] = turn.load_vad(ctx)
     local_models.prewarm(ctx)
 
 
@@ -168,7 +167,8 @@ async def entrypoint(ctx: JobContext) -> None:
     )
     from live.providers import turn
 
-    vad = ctx.proc.userdata.get("vad") or turn.load_vad(pctx)
+    turn_kwargs = turn.turn_handling(settings, pctx)
+    vad = turn_kwargs["vad"]
     try:
         comps: Components = build_components(settings, spec, pctx, vad)
     except Exception as err:
@@ -182,8 +182,7 @@ async def entrypoint(ctx: JobContext) -> None:
         stt=comps.stt,
         llm=comps.llm,
         tts=comps.tts,
-        vad=vad,
-        turn_handling=turn.turn_handling(settings, pctx),
+        **turn_kwargs,
         user_away_timeout=None,
     )
     ctx.proc.userdata["agent_session"] = session
@@ -196,9 +195,13 @@ async def entrypoint(ctx: JobContext) -> None:
     if comps.avatar_chain:
         from live.providers.fallback import start_avatar_with_fallback
 
-        avatar_name = await start_avatar_with_fallback(
-            comps.avatar_chain, session, ctx.room, pctx
-        )
+        from live.providers import create
+
+        def factory(name: str, opts: Any) -> Any:
+            return lambda: create("avatar", name, opts, pctx)
+
+        chain = [(name, factory(name, opts)) for name, opts in comps.avatar_chain]
+        avatar_name = await start_avatar_with_fallback(chain, session, ctx.room)
     ctx.proc.userdata["avatar"] = (avatar_name, avatar_started)
 
     await session.start(

@@ -1,0 +1,122 @@
+"""AssemblyAI v3 universal streaming on 127.0.0.1, as livekit-plugins-assemblyai speaks it.
+
+The plugin opens ``GET {base_url}/v3/ws?sample_rate=16000&encoding=pcm_s16le&speech_model=...``
+with header ``Authorization: <key>``, streams binary PCM frames (50 ms each) and ends with the
+text message ``{"type": "Terminate"}``. The server answers ``Begin`` (session id), ``Turn``
+messages (``transcript``, ``words``, ``end_of_turn``) and, after Terminate, ``Termination``.
+
+This fake says ``Begin`` on connect, and after every ``turn_audio_bytes`` of received audio a
+partial ``Turn`` and a final one (``end_of_turn: true``) carrying ``transcript``. Failure modes:
+``reject_status`` (refuse the websocket handshake) and ``close_after_begin`` (drop the socket
+right after Begin, like a crashed server).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from tests.fakes._server import LoopbackServer
+
+
+@dataclass
+class AssemblyAISession:
+    query: dict[str, str]
+    authorization: str | None
+    audio_bytes: int = 0
+    control: list[dict[str, Any]] = field(default_factory=list)
+    turns_sent: int = 0
+
+
+@dataclass
+class AssemblyAIFake(LoopbackServer):
+    api_key: str = "aai-test-key-0123456789"
+    transcript: str = "hello from the fake transcriber"
+    turn_audio_bytes: int = 16000 * 2  # one second of 16 kHz s16le audio
+    reject_status: int | None = None
+    close_after_begin: bool = False
+    sessions: list[AssemblyAISession] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        LoopbackServer.__init__(self)
+
+    @property
+    def base_url(self) -> str:
+        return self.ws_url
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/v3/ws", self._ws)
+
+    def _turn(self, order: int, sample_rate: int, *, final: bool) -> dict[str, Any]:
+        words = self.transcript.split()
+        duration_ms = 1000 * self.turn_audio_bytes // (2 * sample_rate)
+        step = max(1, duration_ms // max(1, len(words)))
+        timed = [
+            {
+                "start": i * step,
+                "end": (i + 1) * step,
+                "text": w,
+                "confidence": 0.97,
+                "word_is_final": final,
+            }
+            for i, w in enumerate(words if final else words[: max(1, len(words) // 2)])
+        ]
+        text = " ".join(str(t["text"]) for t in timed)
+        return {
+            "type": "Turn",
+            "turn_order": order,
+            "turn_is_formatted": False,
+            "end_of_turn": final,
+            "transcript": text,
+            "end_of_turn_confidence": 0.9 if final else 0.1,
+            "words": timed,
+            "language_code": "en",
+        }
+
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        session = AssemblyAISession(dict(request.query), request.headers.get("Authorization"))
+        self.sessions.append(session)
+        if session.authorization != self.api_key:
+            return web.json_response({"error": "Invalid API key"}, status=401)
+        if self.reject_status is not None:
+            return web.json_response({"error": "unavailable"}, status=self.reject_status)
+        sample_rate = int(request.query.get("sample_rate", "16000"))
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        started = time.time()
+        await ws.send_json(
+            {"type": "Begin", "id": str(uuid.uuid4()), "expires_at": int(started) + 3600}
+        )
+        if self.close_after_begin:
+            await ws.close(code=1011, message=b"internal error")
+            return ws
+        pending = 0
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                session.audio_bytes += len(msg.data)
+                pending += len(msg.data)
+                if pending >= self.turn_audio_bytes:
+                    pending -= self.turn_audio_bytes
+                    order = session.turns_sent
+                    await ws.send_json(self._turn(order, sample_rate, final=False))
+                    await ws.send_json(self._turn(order, sample_rate, final=True))
+                    session.turns_sent += 1
+            elif msg.type == WSMsgType.TEXT:
+                data = json.loads(msg.data)
+                session.control.append(data)
+                if data.get("type") == "Terminate":
+                    await ws.send_json(
+                        {
+                            "type": "Termination",
+                            "audio_duration_seconds": session.audio_bytes / (2 * sample_rate),
+                            "session_duration_seconds": time.time() - started,
+                        }
+                    )
+                    await ws.close()
+                    break
+        return ws

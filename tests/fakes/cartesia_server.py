@@ -1,0 +1,138 @@
+"""Cartesia TTS websocket on 127.0.0.1, as livekit-plugins-cartesia speaks it.
+
+The plugin opens ``GET {ws base}/tts/websocket?cartesia_version=...`` with header
+``X-API-Key`` and sends JSON requests: ``model_id``, ``voice``, ``output_format``
+(``raw``/``pcm_s16le``/``sample_rate``), ``context_id``, ``transcript`` (one sentence) and
+``continue`` (false on the last, empty, one), optionally ``add_timestamps``; ``{"context_id",
+"cancel": true}`` cancels. The server answers per context: ``{"type": "chunk", "data": <base64
+PCM>, "done": false}``, ``{"type": "timestamps", "word_timestamps": {"words", "start", "end"}}``
+and ``{"type": "done", "done": true}``.
+
+This fake synthesizes a tone of ``seconds_per_char`` per character, so the audio length follows
+the text. ``POST /tts/bytes`` (the plugin's non-streaming path) returns the same raw PCM.
+Failure modes: ``reject_status`` (refuse the handshake), ``close_on_request`` (drop the socket
+when a request arrives).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiohttp import WSMsgType, web
+
+from tests.fakes._server import LoopbackServer
+
+CHUNK_SECONDS = 0.1
+
+
+def tone(seconds: float, sample_rate: int, freq: float = 220.0) -> bytes:
+    """16-bit mono PCM of a sine: audible, non-silent, of an exact length."""
+    n = int(seconds * sample_rate)
+    t = np.arange(n) / sample_rate
+    return (np.sin(2 * math.pi * freq * t) * 8000).astype("<i2").tobytes()
+
+
+@dataclass
+class CartesiaFake(LoopbackServer):
+    api_key: str = "sk_car_test-key-0123456789"
+    seconds_per_char: float = 0.04
+    reject_status: int | None = None
+    close_on_request: bool = False
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    handshakes: list[dict[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        LoopbackServer.__init__(self)
+
+    @property
+    def base_url(self) -> str:
+        return self.http_url  # the plugin turns http:// into ws:// itself
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/tts/websocket", self._ws)
+        app.router.add_post("/tts/bytes", self._bytes)
+
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        if request.headers.get("X-API-Key") != self.api_key:
+            return web.json_response({"error": "Invalid API key"}, status=401)
+        if self.reject_status is not None:
+            return web.json_response({"error": "unavailable"}, status=self.reject_status)
+        return None
+
+    async def _bytes(self, request: web.Request) -> web.Response:
+        if (err := self._refusal(request)) is not None:
+            return err
+        body = await request.json()
+        self.requests.append(body)
+        rate = int(body["output_format"]["sample_rate"])
+        pcm = tone(len(body["transcript"]) * self.seconds_per_char, rate)
+        return web.Response(body=pcm, content_type="application/octet-stream")
+
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        self.handshakes.append(dict(request.query))
+        if (err := self._refusal(request)) is not None:
+            return err
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        cancelled: set[str] = set()
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            req = json.loads(msg.data)
+            self.requests.append(req)
+            if self.close_on_request:
+                await ws.close(code=1011, message=b"internal error")
+                break
+            ctx = req.get("context_id", "")
+            if req.get("cancel"):
+                cancelled.add(ctx)
+                continue
+            if ctx in cancelled:
+                continue
+            text = req.get("transcript", "")
+            rate = int(req["output_format"]["sample_rate"])
+            if text.strip():
+                await self._speak(ws, ctx, text, rate, timestamps=bool(req.get("add_timestamps")))
+            if not req.get("continue", False):
+                await ws.send_json(
+                    {"type": "done", "done": True, "status_code": 206, "context_id": ctx}
+                )
+        return ws
+
+    async def _speak(
+        self, ws: web.WebSocketResponse, ctx: str, text: str, rate: int, *, timestamps: bool
+    ) -> None:
+        pcm = tone(len(text.strip()) * self.seconds_per_char, rate)
+        step = int(CHUNK_SECONDS * rate) * 2
+        for i in range(0, len(pcm), step):
+            await ws.send_json(
+                {
+                    "type": "chunk",
+                    "data": base64.b64encode(pcm[i : i + step]).decode(),
+                    "done": False,
+                    "status_code": 206,
+                    "step_time": 1.0,
+                    "context_id": ctx,
+                }
+            )
+        if timestamps:
+            words = text.split()
+            per = len(pcm) / 2 / rate / max(1, len(words))
+            await ws.send_json(
+                {
+                    "type": "timestamps",
+                    "done": False,
+                    "status_code": 206,
+                    "context_id": ctx,
+                    "word_timestamps": {
+                        "words": words,
+                        "start": [i * per for i in range(len(words))],
+                        "end": [(i + 1) * per for i in range(len(words))],
+                    },
+                }
+            )
