@@ -87,7 +87,7 @@ class CallOptions:
 def resample(pcm: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
     if src_rate == dst_rate:
         return pcm.astype(np.int16)
-    n = int(round(len(pcm) * dst_rate / src_rate))
+    n = round(len(pcm) * dst_rate / src_rate)
     x = np.linspace(0, len(pcm) - 1, n)
     return np.interp(x, np.arange(len(pcm)), pcm.astype(np.float32)).astype(np.int16)
 

