@@ -154,6 +154,11 @@ class AvatarSettings(BaseModel):
     width: int = Field(default=512, ge=64, le=1920, description="Local avatar video width.")
     height: int = Field(default=512, ge=64, le=1920, description="Local avatar video height.")
     fps: int = Field(default=25, ge=5, le=60, description="Local avatar frames per second.")
+    local_mode: Literal["in-process", "participant"] = Field(
+        default="in-process",
+        description="Local avatar: rendered in the agent's process, or as its own participant "
+        "(the way hosted avatars join).",
+    )
 
 
 class BrokerSettings(BaseModel):

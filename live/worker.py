@@ -196,11 +196,22 @@ async def entrypoint(ctx: JobContext) -> None:
         from live.providers import create
         from live.providers.fallback import start_avatar_with_fallback
 
+        built: dict[str, Any] = {}
+
         def factory(name: str, opts: Any) -> Any:
-            return lambda: create("avatar", name, opts, pctx)
+            def build() -> Any:
+                built[name] = create("avatar", name, opts, pctx)
+                return built[name]
+
+            return build
 
         chain = [(name, factory(name, opts)) for name, opts in comps.avatar_chain]
         avatar_name = await start_avatar_with_fallback(chain, session, ctx.room)
+        avatar = built.get(avatar_name)
+        if avatar is not None:
+            _link_mouth_to_voice(avatar, comps.tts)
+            if hasattr(avatar, "aclose"):
+                ctx.add_shutdown_callback(avatar.aclose)
     ctx.proc.userdata["avatar"] = (avatar_name, avatar_started)
 
     await session.start(
@@ -235,6 +246,13 @@ async def entrypoint(ctx: JobContext) -> None:
     lifecycle.start()
     if spec.greeting:
         session.say(spec.greeting)
+
+
+def _link_mouth_to_voice(avatar: Any, tts: Any) -> None:
+    """The local TTS reports phoneme timings; the in-process local avatar shapes the mouth."""
+    callback = getattr(avatar, "alignment_callback", None)
+    if callback is not None and hasattr(tts, "on_alignment"):
+        tts.on_alignment = callback
 
 
 def _attach_recorder(session: AgentSession[Any], recorder: SessionRecorder, spec: SessionSpec) -> None:

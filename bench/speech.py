@@ -1,0 +1,337 @@
+"""Benchmark of the offline speech stack on this machine: `.venv/bin/python -m bench.speech`.
+
+Measures, with every model loaded once in this process as a live worker would:
+STT latency for ~1 s / 3 s / 8 s utterances (Whisper tiny.en), LLM time to first token and
+tokens/s over a 5-turn conversation (SmolLM2-135M, first turn vs later turns), TTS time to
+first audio and real-time factor (Piper, espeak-ng), and the process's memory (RSS).
+Writes bench/results/speech.json and speech.md. Medians of several runs; the machine is
+shared, so expect noise (the load average is recorded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from livekit import rtc
+from livekit.agents.llm import ChatContext
+
+from config.settings import load_settings
+from live.metadata import DEFAULT_INSTRUCTIONS
+from live.providers import local_models
+from live.providers.local_llm import LocalLLM
+from live.providers.local_stt import LocalSTT
+from live.providers.local_tts import EspeakTTS, LocalTTS
+from live.providers.registry import ProviderContext
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COMMAND = ".venv/bin/python -m bench.speech"
+TARGETS = {
+    "stt_3s_ms": 400,
+    "llm_ttft_later_ms": 300,
+    "tts_first_audio_ms": 150,
+    "rss_all_models_mib": 1024,
+}
+UTTERANCES = {
+    "1s": "Hello there.",
+    "3s": "Can you tell me what the weather will be like tomorrow?",
+    "8s": (
+        "I would like to book a table for four people tomorrow evening at eight, "
+        "preferably near the window, and one of us is vegetarian."
+    ),
+}
+CONVERSATION = [
+    "Hi! Who are you?",
+    "I am planning a trip to the seaside this weekend.",
+    "What should I pack?",
+    "Do you think it will be crowded?",
+    "Thanks, that helps. Goodbye!",
+]
+TTS_TEXT = "Sure, I can help with that. The seaside is lovely at this time of year."
+
+
+def memory_mib() -> dict[str, float]:
+    """Current (VmRSS) and peak (VmHWM) resident memory of this process."""
+    out: dict[str, float] = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":")
+                out[key] = round(int(value.split()[0]) / 1024, 1)
+    return {"rss": out["VmRSS"], "peak": out["VmHWM"]}
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 1)
+
+
+def pcm_to_frame(pcm: bytes, rate: int) -> rtc.AudioFrame:
+    return rtc.AudioFrame(pcm, rate, 1, len(pcm) // 2)
+
+
+async def bench_stt(ctx: ProviderContext, runs: int) -> dict[str, Any]:
+    piper = local_models.get_piper(ctx, "joe-us")
+    stt = LocalSTT(engine=local_models.get_whisper(ctx, "tiny.en"))
+    out: dict[str, Any] = {}
+    for name, text in UTTERANCES.items():
+        frame = pcm_to_frame(b"".join(c.pcm for c in piper.synthesize_sync(text)), piper.sample_rate)
+        await stt.recognize(frame)  # warm-up
+        times, transcript = [], ""
+        for _ in range(runs):
+            t = time.perf_counter()
+            ev = await stt.recognize(frame)
+            times.append((time.perf_counter() - t) * 1000)
+            transcript = ev.alternatives[0].text
+        out[name] = {
+            "audio_s": round(frame.duration, 2),
+            "latency_ms": median(times),
+            "runs_ms": [round(x) for x in times],
+            "transcript": transcript,
+        }
+    return out
+
+
+async def bench_llm(ctx: ProviderContext, runs: int) -> dict[str, Any]:
+    llm = LocalLLM(engine=local_models.get_llama(ctx, "smollm2-135m"), temperature=0.6)
+    first_ttft: list[float] = []
+    later_ttft: list[float] = []
+    first_tps: list[float] = []
+    later_tps: list[float] = []
+    turns_log: list[dict[str, Any]] = []
+    for run in range(runs):
+        chat = ChatContext.empty()
+        chat.add_message(role="system", content=DEFAULT_INSTRUCTIONS)
+        for turn, user in enumerate(CONVERSATION):
+            chat.add_message(role="user", content=user)
+            t0 = time.perf_counter()
+            t_first = t_last = 0.0
+            text, completion = "", 0
+            stream = llm.chat(chat_ctx=chat)
+            async for chunk in stream:
+                if chunk.delta and chunk.delta.content:
+                    t_last = time.perf_counter()
+                    t_first = t_first or t_last
+                    text += chunk.delta.content
+                if chunk.usage:
+                    completion = chunk.usage.completion_tokens
+            await stream.aclose()
+            ttft = (t_first - t0) * 1000
+            tps = (completion - 1) / (t_last - t_first) if t_last > t_first else 0.0
+            (first_ttft if turn == 0 else later_ttft).append(ttft)
+            (first_tps if turn == 0 else later_tps).append(tps)
+            if run == 0:
+                timings = stream.timings or {}
+                turns_log.append(
+                    {
+                        "user": user,
+                        "assistant": text.strip(),
+                        "ttft_ms": round(ttft),
+                        "prompt_evaluated": timings.get("prompt_n"),
+                        "prompt_cached": timings.get("cache_n"),
+                        "completion_tokens": completion,
+                    }
+                )
+            chat.add_message(role="assistant", content=text.strip())
+    return {
+        "first_turn_ttft_ms": median(first_ttft),
+        "later_turns_ttft_ms": median(later_ttft),
+        "first_turn_tokens_per_s": median(first_tps),
+        "later_turns_tokens_per_s": median(later_tps),
+        "conversations": runs,
+        "example_conversation": turns_log,
+    }
+
+
+async def _first_audio(make_stream: Callable[[], Any], text: str) -> tuple[float, float, float]:
+    """(time to first audio ms, total synthesis s, audio s) for one streamed synthesis."""
+    t0 = time.perf_counter()
+    stream = make_stream()
+    stream.push_text(text)
+    stream.end_input()
+    first, audio = 0.0, 0.0
+    async for ev in stream:
+        first = first or time.perf_counter()
+        audio += ev.frame.duration
+    total = time.perf_counter() - t0
+    await stream.aclose()
+    return (first - t0) * 1000, total, audio
+
+
+async def bench_tts(ctx: ProviderContext, runs: int) -> dict[str, Any]:
+    piper = LocalTTS(engine=local_models.get_piper(ctx, "joe-us"))
+    espeak = EspeakTTS(engine=local_models.get_espeak(ctx))
+    out: dict[str, Any] = {}
+    for name, tts in (("piper", piper), ("espeak", espeak)):
+        make = tts.stream if name == "piper" else (lambda t=tts: _adapter(t))
+        await _first_audio(make, TTS_TEXT)  # warm-up
+        firsts, rtfs, audio_s = [], [], 0.0
+        for _ in range(runs):
+            first, total, audio_s = await _first_audio(make, TTS_TEXT)
+            firsts.append(first)
+            rtfs.append(total / audio_s)
+        out[name] = {
+            "first_audio_ms": median(firsts),
+            "real_time_factor": round(statistics.median(rtfs), 3),
+            "audio_s": round(audio_s, 2),
+            "sample_rate": tts.sample_rate,
+        }
+    return out
+
+
+def _adapter(tts: Any) -> Any:
+    """Non-streaming TTS as AgentSession uses it: tts.StreamAdapter, sentence by sentence."""
+    from livekit.agents import tts as lk_tts
+
+    return lk_tts.StreamAdapter(tts=tts).stream()
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    with open("/proc/meminfo") as f:
+        mem_kb = int(next(line.split()[1] for line in f if line.startswith("MemTotal")))
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "python": sys.version.split()[0],
+        "os": platform.platform(),
+    }
+
+
+async def run(runs: int) -> dict[str, Any]:
+    started = time.time()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as var:
+        settings = load_settings(_env_file=None, var_dir=Path(var))
+        ctx = ProviderContext(settings)
+        t = time.perf_counter()
+        local_models.prewarm(ctx)
+        local_models.get_espeak(ctx)
+        load_s = time.perf_counter() - t
+        mem_loaded = memory_mib()
+        stt = await bench_stt(ctx, runs)
+        llm = await bench_llm(ctx, max(2, runs // 2))
+        tts = await bench_tts(ctx, runs)
+        mem_end = memory_mib()
+    result = {
+        "command": COMMAND,
+        "date": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "runs": runs,
+        "models": {
+            "stt": "Whisper tiny.en (faster-whisper int8, 2 threads)",
+            "llm": "SmolLM2-135M-Instruct Q4_1 (xllamacpp, 2 threads)",
+            "tts": "Piper en_US joe medium (22.05 kHz); espeak-ng (piper's bundled library)",
+            "vad_eot": "Silero VAD + LiveKit turn-detector-v1-mini (local)",
+        },
+        "load_all_models_s": round(load_s, 2),
+        "memory_mib": {
+            "rss_all_models_loaded": mem_loaded["rss"],
+            "rss_after_benchmark": mem_end["rss"],
+            "peak_rss": mem_end["peak"],
+        },
+        "stt": stt,
+        "llm": llm,
+        "tts": tts,
+        "targets": TARGETS,
+    }
+    result["meets_targets"] = {
+        "stt_3s": stt["3s"]["latency_ms"] <= TARGETS["stt_3s_ms"],
+        "llm_ttft_later_turns": llm["later_turns_ttft_ms"] <= TARGETS["llm_ttft_later_ms"],
+        "tts_first_audio": tts["piper"]["first_audio_ms"] <= TARGETS["tts_first_audio_ms"],
+        "memory": mem_end["peak"] < TARGETS["rss_all_models_mib"],
+    }
+    return result
+
+
+def to_markdown(r: dict[str, Any]) -> str:
+    m, ok = r["machine"], r["meets_targets"]
+
+    def mark(flag: bool) -> str:
+        return "yes" if flag else "**no**"
+
+    stt, llm, tts, mem = r["stt"], r["llm"], r["tts"], r["memory_mib"]
+    lines = [
+        "# Offline speech stack benchmark",
+        "",
+        f"Command: `{r['command']}` ({r['date']}, {r['runs']} runs per measure, medians).",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}.",
+        f"Load average before/after: {r['load_average_before']} / {r['load_average_after']}: "
+        "the machine is shared with other jobs, so figures are noisy.",
+        "",
+        "| Measure | Result | Target | Met |",
+        "|---|---|---|---|",
+    ]
+    for name in ("1s", "3s", "8s"):
+        s = stt[name]
+        target = f"<= {TARGETS['stt_3s_ms']} ms" if name == "3s" else ""
+        met = mark(ok["stt_3s"]) if name == "3s" else ""
+        lines.append(
+            f"| STT latency, {s['audio_s']} s utterance (Whisper tiny.en) | {s['latency_ms']} ms "
+            f"| {target} | {met} |"
+        )
+    lines += [
+        f"| LLM time to first token, first turn | {llm['first_turn_ttft_ms']} ms | | |",
+        f"| LLM time to first token, turns 2-5 | {llm['later_turns_ttft_ms']} ms "
+        f"| <= {TARGETS['llm_ttft_later_ms']} ms | {mark(ok['llm_ttft_later_turns'])} |",
+        f"| LLM tokens/s, first turn / turns 2-5 | {llm['first_turn_tokens_per_s']} / "
+        f"{llm['later_turns_tokens_per_s']} | | |",
+        f"| TTS time to first audio, Piper (streamed, 2 sentences) | "
+        f"{tts['piper']['first_audio_ms']} ms | <= {TARGETS['tts_first_audio_ms']} ms "
+        f"| {mark(ok['tts_first_audio'])} |",
+        f"| TTS real-time factor, Piper | {tts['piper']['real_time_factor']} | | |",
+        f"| TTS time to first audio / RTF, espeak-ng | {tts['espeak']['first_audio_ms']} ms / "
+        f"{tts['espeak']['real_time_factor']} | | |",
+        f"| RSS with all models loaded (after load / peak) | {mem['rss_all_models_loaded']} / "
+        f"{mem['peak_rss']} MiB | < {TARGETS['rss_all_models_mib']} MiB | {mark(ok['memory'])} |",
+        f"| Time to load all models | {r['load_all_models_s']} s | | |",
+        "",
+        "Example conversation (first run, temperature 0.6):",
+        "",
+        "| User | Assistant | TTFT ms | prompt tokens evaluated / cached |",
+        "|---|---|---|---|",
+    ]
+    for t in llm["example_conversation"]:
+        answer = t["assistant"].replace("|", "/").replace("\n", " ")
+        lines.append(
+            f"| {t['user']} | {answer} | {t['ttft_ms']} | "
+            f"{t['prompt_evaluated']} / {t['prompt_cached']} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7, help="repetitions per measure")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.runs))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speech.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    (args.out / "speech.md").write_text(to_markdown(result))
+    print(to_markdown(result))
+
+
+if __name__ == "__main__":
+    main()

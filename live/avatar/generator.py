@@ -1,0 +1,354 @@
+"""The avatar's ``VideoGenerator``: TTS audio in, paced face frames plus audio chunks out.
+
+One audio chunk of ``sample_rate // fps`` samples goes out with every speaking frame, so
+``AVSynchronizer`` keeps lips and sound together. With no audio queued the generator emits
+idle frames at the frame rate (blinks, slight head motion, mouth at rest), so the video
+never stalls. ``clear_buffer`` drops everything queued, empties the synchronizer's queues and
+closes the mouth within two frames.
+
+Phoneme timings (``alignment_callback``) are matched to audio by duration in the order they
+arrive: the TTS announces a chunk's timings just before pushing that chunk's audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import threading
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from livekit import rtc
+from livekit.agents.voice.avatar import AudioSegmentEnd, AvatarOptions, VideoGenerator
+
+from live.alignment import PhonemeTiming
+from live.avatar.face import FaceRenderer, FaceState
+from live.avatar.visemes import (
+    CLOSED,
+    AudioMouthEstimator,
+    MouthShape,
+    MouthSmoother,
+    VisemeSpan,
+    shape_over,
+    timings_to_spans,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FrameInfo:
+    """What the generator just emitted; for tests, benchmarks and metering."""
+
+    index: int  # video frame number since start
+    media_time: float  # index / fps
+    speaking: bool
+    mouth: MouthShape
+    audio_rms: float  # RMS of the frame's audio chunk (int16 units), 0 when idle
+    render_ms: float
+
+
+class BlinkScheduler:
+    """Natural blinks: every 3-6 s, ~200 ms each, now and then a double blink."""
+
+    _CURVE = (0.45, 0.9, 1.0, 0.7, 0.35, 0.1)  # eyelid closure per 40 ms step
+
+    def __init__(self, rng: random.Random, *, min_s: float = 3.0, max_s: float = 6.0) -> None:
+        self._rng = rng
+        self._min, self._max = min_s, max_s
+        self._next = rng.uniform(1.0, max_s)
+        self._start: float | None = None
+        self.blinks = 0
+
+    def value(self, t: float) -> float:
+        if self._start is None and t >= self._next:
+            self._start = t
+            self.blinks += 1
+        if self._start is None:
+            return 0.0
+        k = (t - self._start) / 0.04
+        if k >= len(self._CURVE) - 1:
+            self._start = None
+            double = self._rng.random() < 0.12
+            self._next = t + (0.25 if double else self._rng.uniform(self._min, self._max))
+            return 0.0
+        i = int(k)
+        frac = k - i
+        return self._CURVE[i] * (1 - frac) + self._CURVE[i + 1] * frac
+
+
+class HeadMotion:
+    """Slow idle sway (sum of incommensurate sines) plus a small nod with speech energy."""
+
+    def __init__(self, rng: random.Random, *, amplitude_px: float) -> None:
+        self._ph = [rng.uniform(0, 2 * math.pi) for _ in range(6)]
+        self._a = amplitude_px
+        self._nod = 0.0
+
+    def value(self, t: float, energy: float) -> tuple[float, float, float]:
+        p = self._ph
+        self._nod += (energy - self._nod) * 0.15
+        dx = self._a * (0.6 * math.sin(0.31 * t + p[0]) + 0.4 * math.sin(0.83 * t + p[1]))
+        dy = self._a * (0.35 * math.sin(0.47 * t + p[2]) + 0.25 * math.sin(1.13 * t + p[3]))
+        dy += 0.5 * self._a * self._nod
+        ang = 0.006 * (0.7 * math.sin(0.23 * t + p[4]) + 0.3 * math.sin(0.71 * t + p[5]))
+        return dx, dy, ang
+
+
+class FaceVideoGenerator(VideoGenerator):
+    """Drives a ``FaceRenderer`` from audio (and optional phoneme timings)."""
+
+    def __init__(
+        self,
+        *,
+        renderer: FaceRenderer,
+        options: AvatarOptions,
+        seed: int | None = None,
+        frame_listener: Callable[[FrameInfo], None] | None = None,
+        render_in_thread: bool = True,
+        mouth_delay: float = 0.08,
+    ) -> None:
+        if options.audio_channels != 1:
+            raise ValueError("the local avatar publishes mono audio")
+        self._renderer = renderer
+        self._opts = options
+        self._sr = options.audio_sample_rate
+        self._fps = float(options.video_fps)
+        self._spf = int(self._sr // self._fps)  # samples per video frame
+        self._listener = frame_listener
+        self._queue: asyncio.Queue[npt.NDArray[np.int16] | AudioSegmentEnd] = asyncio.Queue()
+        self._resampler: rtc.AudioResampler | None = None
+        self._resampler_rate = 0
+        self._buf = np.zeros(0, np.int16)
+        self._pushed = 0  # output-rate samples queued since the last clear
+        self._played = 0  # output-rate samples emitted since the last clear
+        self._seg_pushed = 0  # samples pushed in the current segment (for padding)
+        self._spans: deque[VisemeSpan] = deque()
+        self._pending_align: deque[tuple[list[PhonemeTiming], float]] = deque()
+        self._align_lock = threading.Lock()
+        self._head_align_left = 0.0  # seconds of audio still covered by the head entry
+        self._head_align_offset = 0.0
+        self._estimator = AudioMouthEstimator(sample_rate=self._sr)
+        self._smoother = MouthSmoother(fps=self._fps)
+        rng = random.Random(seed)
+        self._blink = BlinkScheduler(rng)
+        self._head = HeadMotion(rng, amplitude_px=renderer.height * 0.0025 + 0.4)
+        self._closing_frames = 0
+        self._frame_index = 0
+        # LiveKit sends a frame's audio later than its video (the audio source's 100 ms
+        # queue, then the receiver's jitter buffer): the mouth trails its audio by this much
+        self.mouth_delay_frames = max(0, round(mouth_delay * self._fps))
+        self._delayed: deque[MouthShape] = deque()
+        self._av_sync: rtc.AVSynchronizer | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="avatar-render") if (
+            render_in_thread) else None
+
+    # ---- wiring -------------------------------------------------------------------
+
+    def set_av_sync(self, av_sync: rtc.AVSynchronizer | None) -> None:
+        """Let ``clear_buffer`` flush the synchronizer's queues (audio stops at once)."""
+        self._av_sync = av_sync
+
+    @property
+    def blinks(self) -> int:
+        return self._blink.blinks
+
+    def alignment_callback(
+        self, timings: list[PhonemeTiming], num_samples: int, sample_rate: int
+    ) -> None:
+        """``live.alignment.AlignmentCallback``: timings for the next ``num_samples`` pushed."""
+        if num_samples <= 0 or sample_rate <= 0:
+            return
+        with self._align_lock:
+            self._pending_align.append((list(timings), num_samples / sample_rate))
+
+    # ---- VideoGenerator -----------------------------------------------------------
+
+    async def push_audio(self, frame: rtc.AudioFrame | AudioSegmentEnd) -> None:
+        if isinstance(frame, AudioSegmentEnd):
+            if self._resampler is not None:
+                for f in self._resampler.flush():
+                    self._enqueue(self._samples(f))
+            pad = (-self._seg_pushed) % self._spf
+            if pad and self._seg_pushed:
+                self._enqueue(np.zeros(pad, np.int16))
+            self._seg_pushed = 0
+            with self._align_lock:  # the segment's audio is complete: drop its leftover
+                if self._head_align_left > 0:
+                    self._head_align_left = 0.0
+            self._queue.put_nowait(frame)
+            return
+        self._attach_alignment(frame.samples_per_channel / frame.sample_rate)
+        if frame.sample_rate != self._sr or frame.num_channels != 1:
+            if self._resampler is None or self._resampler_rate != frame.sample_rate:
+                self._resampler = rtc.AudioResampler(
+                    input_rate=frame.sample_rate, output_rate=self._sr, num_channels=1
+                )
+                self._resampler_rate = frame.sample_rate
+            mono = frame if frame.num_channels == 1 else _downmix(frame)
+            for f in self._resampler.push(mono):
+                self._enqueue(self._samples(f))
+        else:
+            self._enqueue(self._samples(frame))
+
+    def clear_buffer(self) -> asyncio.Future[None] | None:  # type: ignore[override]
+        """Drop queued audio and timings; close the mouth; flush the synchronizer."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._buf = np.zeros(0, np.int16)
+        self._pushed = self._played = self._seg_pushed = 0
+        self._spans.clear()
+        self._delayed.clear()
+        with self._align_lock:
+            self._pending_align.clear()
+            self._head_align_left = 0.0
+        self._resampler = None
+        self._closing_frames = 2
+        if self._av_sync is not None:
+            return asyncio.ensure_future(self._av_sync.clear_queue())
+        return None
+
+    def __aiter__(self) -> AsyncIterator[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd]:
+        return self._stream()
+
+    async def aclose(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---- internals ----------------------------------------------------------------
+
+    @staticmethod
+    def _samples(frame: rtc.AudioFrame) -> npt.NDArray[np.int16]:
+        return np.frombuffer(frame.data, dtype=np.int16).copy()
+
+    def _enqueue(self, samples: npt.NDArray[np.int16]) -> None:
+        if samples.size == 0:
+            return
+        self._pushed += samples.size
+        self._seg_pushed += samples.size
+        self._queue.put_nowait(samples)
+
+    def _attach_alignment(self, seconds: float) -> None:
+        """Map this frame's audio time onto pending phoneme timings (in arrival order)."""
+        pos = self._pushed / self._sr  # where this frame starts on the audio clock
+        left = seconds
+        with self._align_lock:
+            while left > 1e-9:
+                if self._head_align_left <= 1e-9:
+                    if not self._pending_align:
+                        return
+                    timings, dur = self._pending_align.popleft()
+                    self._head_align_left = dur
+                    # the chunk's time 0 sits at the current audio position
+                    self._spans.extend(timings_to_spans(timings, pos + (seconds - left)))
+                take = min(left, self._head_align_left)
+                self._head_align_left -= take
+                left -= take
+
+    def _mouth_target(self, chunk: npt.NDArray[np.int16]) -> MouthShape:
+        t0 = self._played / self._sr
+        t1 = t0 + chunk.size / self._sr
+        while self._spans and self._spans[0].end <= t0 - 0.2:
+            self._spans.popleft()
+        level = self._estimator.level(chunk)
+        if self._spans:
+            shape = shape_over(list(self._spans), t0, t1)
+            if shape is not None:
+                # timings say which shape, loudness says how far: keeps pauses shut
+                k = 0.35 + 0.65 * level if level > 0 else 0.0
+                return MouthShape(shape.open * k, shape.wide, shape.round)
+        return self._estimator.estimate(chunk, level=level)
+
+    def _frame_state(self, mouth: MouthShape, energy: float) -> FaceState:
+        t = self._frame_index / self._fps
+        b = self._blink.value(t)
+        dx, dy, ang = self._head.value(t, energy)
+        return FaceState(mouth=mouth, blink_l=b, blink_r=b, head_dx=dx, head_dy=dy,
+                         head_angle=ang)
+
+    async def _render(self, state: FaceState) -> tuple[rtc.VideoFrame, float]:
+        loop = asyncio.get_running_loop()
+        t = loop.time()
+        if self._executor is not None:
+            rgba = await loop.run_in_executor(self._executor, self._renderer.render, state)
+        else:
+            rgba = self._renderer.render(state)
+        ms = (loop.time() - t) * 1000.0
+        vf = rtc.VideoFrame(
+            self._renderer.width, self._renderer.height, rtc.VideoBufferType.RGBA, rgba.tobytes()
+        )
+        return vf, ms
+
+    def _emit(self, speaking: bool, mouth: MouthShape, rms: float, ms: float) -> None:
+        if self._listener is not None:
+            self._listener(FrameInfo(self._frame_index, self._frame_index / self._fps,
+                                     speaking, mouth, rms, ms))
+        self._frame_index += 1
+
+    async def _stream(
+        self,
+    ) -> AsyncGenerator[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd, None]:
+        loop = asyncio.get_running_loop()
+        frame_s = 1.0 / self._fps
+        next_idle = loop.time()
+        while True:
+            if self._buf.size >= self._spf:
+                chunk, self._buf = self._buf[: self._spf], self._buf[self._spf:]
+                if self._closing_frames:
+                    self._closing_frames = 0
+                self._delayed.append(self._mouth_target(chunk))
+                target = (self._delayed.popleft()
+                          if len(self._delayed) > self.mouth_delay_frames else CLOSED)
+                mouth = self._smoother.step(target)
+                rms = float(np.sqrt(np.mean(chunk.astype(np.float32) ** 2)))
+                energy = min(1.0, rms / 4000.0)
+                vf, ms = await self._render(self._frame_state(mouth, energy))
+                self._played += chunk.size
+                self._emit(True, mouth, rms, ms)
+                yield vf
+                yield rtc.AudioFrame(chunk.tobytes(), self._sr, 1, chunk.size)
+                next_idle = loop.time() + frame_s
+                continue
+
+            try:
+                try:
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    timeout = next_idle - loop.time()
+                    if timeout <= 0:
+                        raise TimeoutError from None
+                    item = await asyncio.wait_for(self._queue.get(), timeout)
+            except TimeoutError:
+                # idle: mouth at rest (after an interruption: shut within two frames)
+                if self._closing_frames:
+                    self._closing_frames -= 1
+                    v = self._smoother.value
+                    mouth = v.scaled(0.35) if self._closing_frames else CLOSED
+                    self._smoother.value = mouth
+                else:
+                    mouth = self._smoother.step(CLOSED)
+                    if mouth.open < 0.02:
+                        mouth = self._smoother.value = CLOSED
+                vf, ms = await self._render(self._frame_state(mouth, 0.0))
+                self._emit(False, mouth, 0.0, ms)
+                next_idle = max(next_idle + frame_s, loop.time() - frame_s)
+                yield vf
+                continue
+            if isinstance(item, AudioSegmentEnd):
+                self._buf = np.zeros(0, np.int16)  # padding made it whole; drop any rest
+                self._delayed.clear()  # the segment's last few (usually silent) shapes
+                yield item
+                continue
+            self._buf = np.concatenate([self._buf, item]) if self._buf.size else item
+
+
+def _downmix(frame: rtc.AudioFrame) -> rtc.AudioFrame:
+    data = np.frombuffer(frame.data, np.int16).reshape(-1, frame.num_channels)
+    mono = data.mean(axis=1).astype(np.int16)
+    return rtc.AudioFrame(mono.tobytes(), frame.sample_rate, 1, mono.size)

@@ -1,0 +1,58 @@
+"""Options shared by the in-process avatar and the avatar participant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from livekit.agents.voice.avatar import AvatarOptions
+
+from live.avatar.face import FaceRenderer
+from live.avatar.portrait import PortraitPack, load_pack
+
+Mode = Literal["in-process", "participant"]
+DEFAULT_IDENTITY = "local-avatar"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalAvatarOptions:
+    """How the local avatar renders and where it publishes.
+
+    ``portrait``: a portrait pack folder (None: the committed astronaut pack).
+    ``mode``: ``in-process`` publishes from the agent participant (cheapest, and the only
+    mode that gets phoneme timings); ``participant`` joins as its own participant the way
+    hosted avatars do.
+    """
+
+    width: int = 512
+    height: int = 512
+    fps: int = 25
+    sample_rate: int = 24000
+    portrait: Path | None = None
+    mode: Mode = "in-process"
+    identity: str = DEFAULT_IDENTITY
+    name: str = "Avatar"
+    seed: int | None = None
+
+    def avatar_options(self) -> AvatarOptions:
+        return AvatarOptions(
+            video_width=self.width,
+            video_height=self.height,
+            video_fps=self.fps,
+            audio_sample_rate=self.sample_rate,
+            audio_channels=1,
+        )
+
+
+@lru_cache(maxsize=8)
+def _pack(portrait: str) -> PortraitPack:
+    return load_pack(portrait or None)
+
+
+def build_renderer(opts: LocalAvatarOptions) -> FaceRenderer:
+    """A fresh renderer (it holds per-frame scratch buffers); the pack is loaded once."""
+    return FaceRenderer(
+        _pack(str(opts.portrait) if opts.portrait else ""), width=opts.width, height=opts.height
+    )

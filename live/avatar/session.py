@@ -1,0 +1,171 @@
+"""``LocalAvatarSession``: the embedded talking face, started like a hosted avatar plugin.
+
+``await avatar.start(agent_session, room=ctx.room)`` before ``agent_session.start(...)``.
+
+- ``in-process`` (default): the session's audio goes into a ``QueueAudioOutput``; an
+  ``AvatarRunner`` in this process renders the face and the agent participant itself
+  publishes the video and the (lip-synced) audio, like bithuman's local mode. Phoneme
+  timings from the local TTS reach the mouth through ``alignment_callback``.
+- ``participant``: a second participant joins with a token carrying
+  ``lk.publish_on_behalf`` = the agent's identity and publishes for it; the agent streams
+  its speech there with ``DataStreamAudioOutput`` (byte streams, ``lk.clear_buffer`` RPC,
+  ``lk.playback_started`` / ``lk.playback_finished`` back). Here it runs as a task in this
+  process; ``run_avatar_participant`` is what another process would call.
+
+Either way, interruption reaches the generator's ``clear_buffer`` and the agent gets
+playback started / finished (interrupted) events from ``AvatarRunner``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from livekit import api, rtc
+from livekit.agents import AgentSession
+from livekit.agents.types import ATTRIBUTE_PUBLISH_ON_BEHALF
+from livekit.agents.voice.avatar import AvatarRunner, DataStreamAudioOutput, QueueAudioOutput
+
+from live.alignment import PhonemeTiming
+from live.avatar.generator import FaceVideoGenerator, FrameInfo
+from live.avatar.options import LocalAvatarOptions, build_renderer
+from live.avatar.runner import run_avatar_participant
+
+logger = logging.getLogger(__name__)
+
+
+class LocalAvatarSession:
+    """The local avatar; ``start`` once per agent session, ``aclose`` when it ends."""
+
+    def __init__(
+        self,
+        *,
+        options: LocalAvatarOptions | None = None,
+        livekit_url: str | None = None,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+        frame_listener: Callable[[FrameInfo], None] | None = None,
+    ) -> None:
+        self._opts = options or LocalAvatarOptions()
+        self._url = livekit_url
+        self._key = api_key
+        self._secret = api_secret
+        self._listener = frame_listener
+        self._gen: FaceVideoGenerator | None = None
+        self._runner: AvatarRunner | None = None
+        self._participant_task: asyncio.Task[None] | None = None
+        self._participant_ready = asyncio.Event()
+        if self._opts.mode == "participant" and not (livekit_url and api_key and api_secret):
+            raise ValueError("participant mode needs livekit_url, api_key and api_secret")
+
+    @property
+    def options(self) -> LocalAvatarOptions:
+        return self._opts
+
+    @property
+    def avatar_identity(self) -> str | None:
+        """Identity that publishes the avatar's tracks (None in-process: the agent's own)."""
+        return self._opts.identity if self._opts.mode == "participant" else None
+
+    @property
+    def provider(self) -> str:
+        return "local"
+
+    def alignment_callback(
+        self, timings: list[PhonemeTiming], num_samples: int, sample_rate: int
+    ) -> None:
+        """``live.alignment.AlignmentCallback`` for the local TTS (``on_alignment=``).
+
+        In-process only; before ``start`` and in participant mode the timings are dropped
+        and the mouth follows the audio.
+        """
+        if self._gen is not None:
+            self._gen.alignment_callback(timings, num_samples, sample_rate)
+
+    async def start(self, agent_session: AgentSession, *, room: rtc.Room) -> None:
+        if self._opts.mode == "participant":
+            await self._start_participant(agent_session, room)
+        else:
+            await self._start_in_process(agent_session, room)
+
+    async def _start_in_process(self, agent_session: AgentSession, room: rtc.Room) -> None:
+        opts = self._opts
+        self._gen = FaceVideoGenerator(
+            renderer=build_renderer(opts), options=opts.avatar_options(), seed=opts.seed,
+            frame_listener=self._listener,
+        )
+        audio = QueueAudioOutput(sample_rate=opts.sample_rate)
+        self._runner = AvatarRunner(
+            room, audio_recv=audio, video_gen=self._gen, options=opts.avatar_options()
+        )
+        self._gen.set_av_sync(self._runner.av_sync)
+        await self._runner.start()
+        agent_session.output.replace_audio_tail(audio)
+        logger.info("local avatar started in-process", extra={"room": room.name})
+
+    def participant_token(self, room: rtc.Room) -> str:
+        """Token for the avatar participant: kind agent, publishing for the local agent."""
+        assert self._key and self._secret
+        return (
+            api.AccessToken(self._key, self._secret)
+            .with_kind("agent")
+            .with_identity(self._opts.identity)
+            .with_name(self._opts.name)
+            .with_ttl(timedelta(hours=6))
+            .with_grants(api.VideoGrants(room_join=True, room=room.name))
+            .with_attributes({ATTRIBUTE_PUBLISH_ON_BEHALF: room.local_participant.identity})
+            .to_jwt()
+        )
+
+    async def _start_participant(self, agent_session: AgentSession, room: rtc.Room) -> None:
+        assert self._url
+        token = self.participant_token(room)
+        self._participant_task = asyncio.create_task(
+            run_avatar_participant(
+                self._url, token, options=self._opts, ready=self._participant_ready,
+                frame_listener=self._listener,
+            ),
+            name="local-avatar-participant",
+        )
+        agent_session.output.replace_audio_tail(
+            DataStreamAudioOutput(
+                room,
+                destination_identity=self._opts.identity,
+                sample_rate=self._opts.sample_rate,
+                wait_remote_track=rtc.TrackKind.KIND_VIDEO,
+                wait_playback_start=True,
+            )
+        )
+        logger.info("local avatar participant launched",
+                    extra={"room": room.name, "identity": self._opts.identity})
+
+    async def wait_ready(self, *, within: float = 20.0) -> None:
+        """Participant mode: until the avatar has joined and its runner is up."""
+        if self._opts.mode != "participant":
+            return
+        assert self._participant_task is not None
+        ready = asyncio.ensure_future(self._participant_ready.wait())
+        done, _ = await asyncio.wait({ready, self._participant_task}, timeout=within,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if self._participant_task in done:
+            self._participant_task.result()  # raises what the participant failed with
+            raise RuntimeError("avatar participant ended before it was ready")
+        if not done:
+            raise TimeoutError("avatar participant did not become ready")
+
+    async def aclose(self) -> None:
+        if self._runner is not None:
+            await self._runner.aclose()
+            self._runner = None
+        if self._gen is not None:
+            await self._gen.aclose()
+            self._gen = None
+        if self._participant_task is not None:
+            self._participant_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._participant_task
+            self._participant_task = None

@@ -1,0 +1,264 @@
+"""The face generator on its own: frame timing, lip movement, interruption, idle."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+from livekit import rtc
+from livekit.agents.voice.avatar import AudioSegmentEnd, AvatarOptions
+
+from live.avatar.face import FaceRenderer
+from live.avatar.generator import BlinkScheduler, FaceVideoGenerator, FrameInfo
+from live.avatar.portrait import load_pack
+from tests.live.avatar.conftest import SpeechClip, dark_fraction, rgba
+
+pytestmark = pytest.mark.unit
+
+W = H = 512
+FPS = 25
+SR = 24000
+OPTS = AvatarOptions(video_width=W, video_height=H, video_fps=FPS, audio_sample_rate=SR,
+                     audio_channels=1)
+
+
+@pytest.fixture(scope="module")
+def renderer() -> FaceRenderer:
+    return FaceRenderer(load_pack(), width=W, height=H)
+
+
+@dataclass
+class Run:
+    """What came out of the generator, in order."""
+
+    video: list[npt.NDArray[np.uint8]] = field(default_factory=list)
+    speaking: list[bool] = field(default_factory=list)
+    audio: list[npt.NDArray[np.int16]] = field(default_factory=list)  # per speaking frame
+    infos: list[FrameInfo] = field(default_factory=list)
+    segment_ends: int = 0
+    delay: int = 0  # frames the mouth trails its audio (the generator's mouth_delay)
+
+
+def make_gen(renderer: FaceRenderer, run: Run, seed: int = 1) -> FaceVideoGenerator:
+    return FaceVideoGenerator(renderer=renderer, options=OPTS, seed=seed,
+                              frame_listener=run.infos.append)
+
+
+async def feed(gen: FaceVideoGenerator, clip: SpeechClip, *, aligned: bool,
+               end: bool = True) -> None:
+    """Push the clip like the TTS would: timings first, then that chunk's audio in 100 ms."""
+    step = clip.sample_rate // 10
+    pos = 0
+    for timings, n in clip.chunks:
+        if aligned:
+            gen.alignment_callback(timings, n, clip.sample_rate)
+        chunk = clip.samples[pos:pos + n]
+        pos += n
+        for i in range(0, n, step):
+            part = chunk[i:i + step]
+            await gen.push_audio(rtc.AudioFrame(part.tobytes(), clip.sample_rate, 1, part.size))
+    if end:
+        await gen.push_audio(AudioSegmentEnd())
+
+
+async def collect(gen: FaceVideoGenerator, run: Run, *, until_end: bool = True,
+                  max_frames: int = 10_000) -> None:
+    async for item in gen:
+        if isinstance(item, rtc.VideoFrame):
+            run.video.append(rgba(bytes(item.data), item.width, item.height))
+            run.speaking.append(False)
+        elif isinstance(item, rtc.AudioFrame):
+            run.speaking[-1] = True
+            run.audio.append(np.frombuffer(item.data, np.int16).copy())
+        else:
+            run.segment_ends += 1
+            if until_end:
+                return
+        if len(run.video) >= max_frames:
+            return
+
+
+def pearson(a: list[float], b: list[float]) -> float:
+    return float(np.corrcoef(np.asarray(a), np.asarray(b))[0, 1])
+
+
+async def speak(renderer: FaceRenderer, clip: SpeechClip, *, aligned: bool) -> Run:
+    run = Run()
+    gen = make_gen(renderer, run)
+    run.delay = gen.mouth_delay_frames
+    feeder = asyncio.create_task(feed(gen, clip, aligned=aligned))
+    await asyncio.wait_for(collect(gen, run), 60)
+    await feeder
+    await gen.aclose()
+    return run
+
+
+def openness(run: Run, renderer: FaceRenderer) -> tuple[list[float], list[float]]:
+    """Per speaking frame: dark share of the mouth box (above idle) and audio RMS."""
+    box = renderer.mouth_box()
+    idle = dark_fraction(renderer.render_idle(), box)
+    opened, env = [], []
+    for img, spk in zip(run.video, run.speaking, strict=True):
+        if spk:
+            opened.append(dark_fraction(img, box) - idle)
+    for chunk in run.audio:
+        env.append(float(np.sqrt(np.mean(chunk.astype(np.float32) ** 2))))
+    # compare each mouth with the audio it shows (run.delay frames earlier)
+    d = run.delay
+    return opened[d:], env[: len(env) - d]
+
+
+async def test_frame_count_matches_audio_duration(
+    renderer: FaceRenderer, speech_clip: SpeechClip
+) -> None:
+    run = await speak(renderer, speech_clip, aligned=False)
+    expected = speech_clip.duration * FPS
+    n_speaking = sum(run.speaking)
+    assert abs(n_speaking - expected) <= 2, (n_speaking, expected)
+    # exactly one audio chunk per speaking frame, each sample_rate // fps long
+    assert len(run.audio) == n_speaking
+    assert {c.size for c in run.audio} == {SR // FPS}
+    assert run.segment_ends == 1
+
+
+@pytest.mark.parametrize("aligned", [False, True], ids=["audio-only", "phoneme-timings"])
+async def test_mouth_opening_follows_the_speech_envelope(
+    renderer: FaceRenderer, speech_clip: SpeechClip, aligned: bool, avatar_artifacts: Path
+) -> None:
+    """Measure: dark-pixel share of the rendered mouth vs the frame's audio RMS."""
+    run = await speak(renderer, speech_clip, aligned=aligned)
+    opened, env = openness(run, renderer)
+    r = pearson(opened, env)
+    (avatar_artifacts / f"envelope_r_{'aligned' if aligned else 'audio'}.txt").write_text(
+        f"pearson r = {r:.3f} over {len(opened)} frames\n"
+    )
+    assert r >= 0.6, r
+    # the mouth really opens during speech and is shut in the pauses
+    assert max(opened) > 0.05
+    # pauses: a quiet frame after two quiet frames (not the jaw still closing)
+    quiet = [opened[k] for k in range(2, len(env)) if max(env[k - 2:k + 1]) < 30]
+    assert quiet and max(quiet) < 0.01, quiet
+
+
+async def test_phoneme_timings_shape_the_mouth(
+    renderer: FaceRenderer, speech_clip: SpeechClip
+) -> None:
+    """With timings, bilabials (m/b/p) close the mouth and open vowels open it."""
+    run = await speak(renderer, speech_clip, aligned=True)
+    infos = [i for i in run.infos if i.speaking][run.delay:]
+    t = 0.0
+    vowel_frames: list[int] = []
+    bilabial_frames: list[int] = []
+    for timings, n in speech_clip.chunks:
+        for pt in timings:
+            mid = t + pt.start + pt.duration / 2
+            k = int(mid * FPS)
+            if pt.duration >= 0.05 and pt.phoneme in "aɑæɐʌ":
+                vowel_frames.append(k)
+            elif pt.duration >= 0.05 and pt.phoneme in "mbp":
+                bilabial_frames.append(k)
+        t += n / speech_clip.sample_rate
+    assert vowel_frames and bilabial_frames
+    vowel_open = np.mean([infos[k].mouth.open for k in vowel_frames if k < len(infos)])
+    bilabial_open = np.mean([infos[k].mouth.open for k in bilabial_frames if k < len(infos)])
+    assert vowel_open > 2 * bilabial_open, (vowel_open, bilabial_open)
+
+
+async def test_interruption_closes_the_mouth_and_drops_the_audio(
+    renderer: FaceRenderer, speech_clip: SpeechClip
+) -> None:
+    run = Run()
+    gen = make_gen(renderer, run)
+    await feed(gen, speech_clip, aligned=False)
+    frames = aiter(gen)
+    # play into the speech until the mouth is clearly open
+    for _ in range(400):
+        item = await anext(frames)
+        if isinstance(item, rtc.AudioFrame) and run.infos[-1].mouth.open > 0.4:
+            break
+    else:
+        pytest.fail("mouth never opened")
+    n_before = len(run.infos)
+    cleared = gen.clear_buffer()
+    if cleared is not None:
+        await cleared
+    after: list[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd] = []
+    for _ in range(6):
+        after.append(await asyncio.wait_for(anext(frames), 2))
+    # nothing of the cleared speech comes out, and no segment end for it either
+    assert all(isinstance(i, rtc.VideoFrame) for i in after)
+    infos = run.infos[n_before:]
+    assert all(not i.speaking for i in infos)
+    # closed within 100 ms of media time: frames 0..2 after the clear (40 ms each)
+    media0 = infos[0].media_time
+    closed_at = next(i.media_time for i in infos if i.mouth.open == 0.0)
+    assert closed_at - media0 <= 0.1
+    box = renderer.mouth_box()
+    idle = dark_fraction(renderer.render_idle(), box)
+    last = rgba(bytes(after[-1].data), W, H)  # type: ignore[union-attr]
+    assert dark_fraction(last, box) - idle < 0.01
+    await gen.aclose()
+
+
+async def test_idle_frames_keep_coming_with_the_mouth_shut(renderer: FaceRenderer) -> None:
+    run = Run()
+    gen = make_gen(renderer, run)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await asyncio.wait_for(collect(gen, run, until_end=False, max_frames=25), 5)
+    elapsed = loop.time() - t0
+    assert len(run.video) == 25 and not any(run.speaking) and not run.audio
+    assert all(i.mouth.open == 0.0 for i in run.infos)
+    # paced at the frame rate on its own (about 1 s for 25 frames), not a busy loop
+    assert elapsed > 0.8
+    box = renderer.mouth_box()
+    idle = dark_fraction(renderer.render_idle(), box)
+    assert max(dark_fraction(v, box) for v in run.video) - idle < 0.01
+    await gen.aclose()
+
+
+def test_blinks_come_every_three_to_six_seconds() -> None:
+    sched = BlinkScheduler(random.Random(7))
+    starts: list[float] = []
+    prev = 0.0
+    for k in range(int(120 * FPS)):
+        t = k / FPS
+        v = sched.value(t)
+        if v > 0 and prev == 0:
+            starts.append(t)
+        prev = v
+    gaps = np.diff(starts)
+    singles = gaps[gaps > 1.0]
+    assert len(starts) >= 18
+    assert singles.min() >= 3.0 - 0.3 and singles.max() <= 6.0 + 0.3
+    assert np.std(singles) > 0.4  # irregular, like people
+
+
+async def test_strip_of_frames_for_people_to_look_at(
+    renderer: FaceRenderer, speech_clip: SpeechClip, avatar_artifacts: Path
+) -> None:
+    run = await speak(renderer, speech_clip, aligned=True)
+    idx = [i for i, s in enumerate(run.speaking) if s]
+    pick = idx[10:10 + 24 * 2:2]  # every other frame, ~2 s of speech
+    tiles = []
+    for i in pick:
+        img = run.video[i]
+        x0, y0, x1, y1 = renderer.mouth_box()
+        face = img[max(y0 - 150, 0):y1 + 40, max(x0 - 70, 0):x1 + 70, :3]
+        tiles.append(face)
+    rows = [np.concatenate(tiles[r * 6:(r + 1) * 6], axis=1) for r in range(len(tiles) // 6)]
+    strip = np.concatenate(rows, axis=0)
+    path = avatar_artifacts / "speech_strip.png"
+    assert cv2.imwrite(str(path), cv2.cvtColor(strip, cv2.COLOR_RGB2BGR))
+    full = [run.video[i][:, :, :3] for i in pick[::6][:4]]
+    assert cv2.imwrite(str(avatar_artifacts / "speech_frames.png"),
+                       cv2.cvtColor(np.concatenate(full, axis=1), cv2.COLOR_RGB2BGR))
+    assert path.stat().st_size > 10_000
+    assert not math.isnan(float(strip.mean()))
