@@ -4,18 +4,34 @@ STT, LLM and TTS use LiveKit Agents' own ``FallbackAdapter`` classes, which swit
 instance when one raises (connect failure, 5xx, socket closed, timeout) and probe the failed
 one in the background until it recovers. Avatars are started once per session, so their chain
 is simply tried in order at start.
+
+An avatar that runs as its own participant (a hosted vendor's worker, or the local renderer in
+participant mode) receives the agent's speech over a data stream and reports when it has played
+it. If that participant leaves mid-session nobody reports any more, and the agent would wait
+for the playback forever. ``watch_avatar`` (started by ``start_avatar_with_fallback``) notices
+the departure, gives the agent its own audio track back and ends any wait for the lost avatar.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from livekit import rtc
-from livekit.agents import AgentSession, APIError, llm, stt, tts
+from livekit.agents import AgentSession, APIError, CloseEvent, llm, stt, tts
 from livekit.agents.vad import VAD
+from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.io import AudioOutput
+from livekit.agents.voice.room_io import (
+    ATTRIBUTE_PUBLISH_ON_BEHALF,
+    AudioOutputOptions,
+    _ParticipantAudioOutput,
+)
 
 from live.providers.registry import ProviderError
 
@@ -140,13 +156,28 @@ async def _close(avatar: Any) -> None:
         logger.debug("closing a failed avatar raised", exc_info=True)
 
 
+class ActiveAvatar(str):
+    """The name of the avatar in use (a plain ``str`` to callers that only need that).
+
+    ``avatar`` is the started avatar object (``None`` for "none"). ``watch`` is set when the
+    avatar is a separate participant: it reports the avatar leaving mid-session and is closed
+    with the agent session.
+    """
+
+    avatar: Any = None
+    watch: AvatarWatch | None = None
+
+
 async def start_avatar_with_fallback(
     chain: Sequence[tuple[str, AvatarFactory]],
     agent_session: AgentSession,
     room: rtc.Room,
     *,
     join_timeout: float | None = None,
-) -> str:
+    watch: bool = True,
+    on_avatar_lost: LostCallback | None = None,
+    fallback_on_loss: bool = False,
+) -> ActiveAvatar:
     """Start the first avatar of ``chain`` that works; return its name (``"none"`` if none).
 
     Each factory builds its avatar (a ``ProviderError`` such as "Hedra ... discontinued" counts
@@ -154,10 +185,17 @@ async def start_avatar_with_fallback(
     next entry is the retry. With ``join_timeout`` an avatar must also publish its video in
     time. One error is logged naming what failed and what is used instead; the conversation
     itself never depends on an avatar.
+
+    With ``watch`` (default), an avatar that is a separate participant is watched for the rest
+    of the session (``result.watch``, see ``watch_avatar``); ``on_avatar_lost`` is then called
+    if it leaves, and with ``fallback_on_loss`` the entries after it in ``chain`` are tried
+    once the agent's own audio is back.
     """
     failures: list[str] = []
     active = NO_AVATAR
-    for name, factory in chain:
+    started: Any = None
+    rest: list[tuple[str, AvatarFactory]] = []  # what may replace the started avatar
+    for index, (name, factory) in enumerate(chain):
         tail = _audio_tail(agent_session)
         avatar: Any = None
         try:
@@ -175,6 +213,8 @@ async def start_avatar_with_fallback(
             _restore_audio_tail(agent_session, tail)
             continue
         active = name
+        started = avatar
+        rest = list(chain[index + 1 :]) if fallback_on_loss else []
         break
     if failures:
         logger.error(
@@ -188,4 +228,286 @@ async def start_avatar_with_fallback(
                 "failed": [f.split(":")[0] for f in failures],
             },
         )
-    return active
+    result = ActiveAvatar(active)
+    result.avatar = started
+    identity = getattr(started, "avatar_identity", None)
+    if watch and isinstance(identity, str) and identity:
+        tail = _audio_tail(agent_session)
+        if isinstance(tail, DataStreamAudioOutput):  # speech goes to the avatar participant
+            result.watch = watch_avatar(
+                agent_session,
+                room,
+                identity,
+                name=active,
+                on_lost=on_avatar_lost,
+                fallback=rest,
+                fallback_join_timeout=join_timeout,
+            )
+    return result
+
+
+@dataclass(frozen=True)
+class AvatarLost:
+    """What happened when an avatar participant left mid-session."""
+
+    avatar: str  # its name in the chain, e.g. "tavus"
+    identity: str  # its participant identity
+    reason: str  # LiveKit's DisconnectReason name, e.g. "CLIENT_INITIATED"
+    audio_restored: bool  # the agent publishes its own audio track again
+    interrupted_segments: int  # speech segments the avatar never reported as played
+
+
+LostCallback = Callable[[AvatarLost], Awaitable[None] | None]
+
+
+class AvatarWatch:
+    """Watches one avatar participant for the rest of an agent session (see ``watch_avatar``)."""
+
+    def __init__(
+        self,
+        agent_session: AgentSession,
+        room: rtc.Room,
+        identity: str | None,
+        *,
+        name: str,
+        on_lost: LostCallback | None,
+        fallback: Sequence[tuple[str, AvatarFactory]],
+        fallback_join_timeout: float | None,
+        audio_options: AudioOutputOptions,
+    ) -> None:
+        self._session = agent_session
+        self._room = room
+        self._identity = identity
+        self._name = name
+        self._on_lost = on_lost
+        self._fallback = list(fallback)
+        self._fallback_join_timeout = fallback_join_timeout
+        self._audio_options = audio_options
+        self._lost_fut: asyncio.Future[AvatarLost] = asyncio.get_running_loop().create_future()
+        self._room_audio: _ParticipantAudioOutput | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._replacement: asyncio.Task[ActiveAvatar] | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._closed = False
+        room.on("participant_disconnected", self._on_participant_disconnected)
+        agent_session.on("close", self._on_session_close)
+
+    @property
+    def identity(self) -> str | None:
+        return self._identity
+
+    @property
+    def lost(self) -> AvatarLost | None:
+        """``None`` while the avatar is present (or the watch was closed first)."""
+        fut = self._lost_fut
+        return fut.result() if fut.done() and not fut.cancelled() else None
+
+    @property
+    def room_audio(self) -> AudioOutput | None:
+        """The agent's own audio output that took over, once the avatar was lost."""
+        return self._room_audio
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def wait_lost(self) -> AvatarLost:
+        """Until the avatar leaves (``CancelledError`` if the watch is closed first)."""
+        return await asyncio.shield(self._lost_fut)
+
+    async def wait_replacement(self) -> ActiveAvatar:
+        """After a loss with ``fallback`` entries: the avatar started instead (or "none")."""
+        await self.wait_lost()
+        if self._replacement is None:
+            return ActiveAvatar(NO_AVATAR)
+        return await asyncio.shield(self._replacement)
+
+    async def aclose(self) -> None:
+        """Stop watching and release the restored audio output (called on session close)."""
+        self._detach()
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._release())
+        await asyncio.shield(self._closing)
+
+    def _detach(self) -> None:
+        """Stop reacting at once: a departure from here on is the session's own doing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._room.off("participant_disconnected", self._on_participant_disconnected)
+        self._session.off("close", self._on_session_close)
+        if not self._lost_fut.done():
+            self._lost_fut.cancel()
+
+    async def _release(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._room_audio is not None:
+            await self._room_audio.aclose()
+        replacement = self._replacement
+        if replacement is not None and replacement.done() and not replacement.cancelled():
+            # nobody else holds the avatar started in the lost one's place
+            if replacement.exception() is None:
+                started = replacement.result()
+                if started.watch is not None:
+                    await started.watch.aclose()
+                if started.avatar is not None:
+                    await _close(started.avatar)
+
+    def _on_session_close(self, _ev: CloseEvent) -> None:
+        self._detach()
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._release())
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _is_avatar(self, participant: rtc.RemoteParticipant) -> bool:
+        if self._identity is not None:
+            return participant.identity == self._identity
+        agent = self._room.local_participant.identity
+        return participant.attributes.get(ATTRIBUTE_PUBLISH_ON_BEHALF) == agent
+
+    def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        if self._closed or self._lost_fut.done() or not self._is_avatar(participant):
+            return
+        # synchronously, so a playback wait on the lost avatar ends in this same loop turn
+        restored, interrupted = self._restore_room_audio(participant.identity)
+        reason = rtc.DisconnectReason.Name(
+            participant.disconnect_reason or rtc.DisconnectReason.UNKNOWN_REASON
+        )
+        lost = AvatarLost(
+            avatar=self._name,
+            identity=participant.identity,
+            reason=reason,
+            audio_restored=restored,
+            interrupted_segments=interrupted,
+        )
+        logger.error(
+            "avatar %s left the room mid-session (%s); %s",
+            self._name,
+            reason,
+            "the agent speaks with its own audio track"
+            if restored
+            else "its audio output was no longer in use",
+            extra={
+                "room": self._room.name,
+                "avatar": self._name,
+                "identity": participant.identity,
+                "interrupted_segments": interrupted,
+            },
+        )
+        self._room.off("participant_disconnected", self._on_participant_disconnected)
+        if restored and self._fallback:
+            self._replacement = self._spawn(self._start_fallback())
+        self._lost_fut.set_result(lost)
+        if self._on_lost is not None:
+            try:
+                maybe = self._on_lost(lost)
+                if inspect.isawaitable(maybe):
+                    self._spawn(maybe)
+            except Exception:
+                logger.exception("on_lost callback failed", extra={"room": self._room.name})
+
+    def _restore_room_audio(self, identity: str) -> tuple[bool, int]:
+        """Swap the data stream to ``identity`` for a published track of the agent's own."""
+        old = _audio_tail(self._session)
+        if not isinstance(old, DataStreamAudioOutput) or (
+            getattr(old, "_destination_identity", identity) != identity
+        ):
+            return False, 0
+        interrupted = old._pending_playback_count
+        # the avatar is gone: a clear-buffer RPC to it could only fail after its timeout
+        old.clear_buffer = _no_clear_buffer  # type: ignore[method-assign]
+        opts = self._audio_options
+        new = _ParticipantAudioOutput(
+            self._room,
+            sample_rate=opts.sample_rate,
+            num_channels=opts.num_channels,
+            track_publish_options=opts.track_publish_options,
+            track_name=opts.track_name if isinstance(opts.track_name, str) else ROOM_AUDIO_TRACK,
+        )
+        self._room_audio = new
+        # the swap finishes segments already handed to the avatar (interrupted) and moves a
+        # segment still being captured onto the new output
+        self._session.output.replace_audio_tail(new)
+        # without wrappers the old output was the whole chain: end its waits directly
+        for _ in range(old._pending_playback_count):
+            old.on_playback_finished(playback_position=0.0, interrupted=True)
+        self._spawn(self._publish(new))
+        return True, interrupted
+
+    async def _publish(self, out: _ParticipantAudioOutput) -> None:
+        try:
+            await out.start()  # publishes, then waits until someone subscribes
+        except Exception:
+            logger.exception("publishing the agent's audio failed", extra={"room": self._room.name})
+
+    async def _start_fallback(self) -> ActiveAvatar:
+        active = await start_avatar_with_fallback(
+            self._fallback,
+            self._session,
+            self._room,
+            join_timeout=self._fallback_join_timeout,
+            on_avatar_lost=self._on_lost,
+        )
+        out = self._room_audio
+        if out is not None and _audio_tail(self._session) is not out:
+            # the new avatar speaks for the agent now: retire our track
+            self._room_audio = None
+            await out.aclose()
+            await _unpublish(self._room, out)
+        return active
+
+
+ROOM_AUDIO_TRACK = "roomio_audio"  # the name RoomIO gives the agent's audio track
+
+
+def _no_clear_buffer() -> None:
+    """``clear_buffer`` of a data-stream output whose avatar has left: nothing to clear."""
+
+
+async def _unpublish(room: rtc.Room, out: _ParticipantAudioOutput) -> None:
+    pub = getattr(out, "_publication", None)
+    if pub is None or not room.isconnected():
+        return
+    with contextlib.suppress(Exception):
+        await room.local_participant.unpublish_track(pub.sid)
+
+
+def watch_avatar(
+    agent_session: AgentSession,
+    room: rtc.Room,
+    avatar_identity: str | None,
+    *,
+    name: str = "avatar",
+    on_lost: LostCallback | None = None,
+    fallback: Sequence[tuple[str, AvatarFactory]] = (),
+    fallback_join_timeout: float | None = None,
+    audio_options: AudioOutputOptions | None = None,
+) -> AvatarWatch:
+    """Keep the session talking if the avatar participant ``avatar_identity`` leaves.
+
+    ``None`` matches any participant publishing on behalf of the agent (attribute
+    ``lk.publish_on_behalf``). On departure, if the session's audio still goes to that
+    participant: the agent publishes its own audio track again (like RoomIO would, from
+    ``audio_options``), playback waits on the avatar end as interrupted, one error is logged,
+    ``on_lost`` is called, and the ``fallback`` avatars are tried in order. The watch closes
+    itself when the session closes; call ``aclose`` before removing the avatar on purpose.
+    """
+    return AvatarWatch(
+        agent_session,
+        room,
+        avatar_identity,
+        name=name,
+        on_lost=on_lost,
+        fallback=fallback,
+        fallback_join_timeout=fallback_join_timeout,
+        audio_options=audio_options or AudioOutputOptions(),
+    )

@@ -41,6 +41,7 @@ class PulseVideoGenerator(VideoGenerator):
         self._bstream = AudioByteStream(sample_rate, 1, samples_per_channel=self._samples_per_frame)
         self._resampler: rtc.AudioResampler | None = None
         self.audio_frames_in = 0
+        self.audio_started = asyncio.Event()  # the agent's speech reached the avatar
 
     async def push_audio(self, frame: rtc.AudioFrame | AudioSegmentEnd) -> None:
         if isinstance(frame, AudioSegmentEnd):
@@ -49,6 +50,7 @@ class PulseVideoGenerator(VideoGenerator):
             self._queue.put_nowait(frame)
             return
         self.audio_frames_in += 1
+        self.audio_started.set()
         frames = [frame]
         if frame.sample_rate != self._sample_rate:
             if self._resampler is None:
@@ -91,7 +93,11 @@ class PulseVideoGenerator(VideoGenerator):
 
 @dataclass
 class FakeAvatarWorker:
-    """One avatar participant in one room; ``stop()`` leaves the room."""
+    """One avatar participant in one room; ``stop()`` leaves the room.
+
+    ``leave()`` plays a worker that dies mid-session: it drops out of the room first, so no
+    playback-finished message for the speech it holds ever reaches the agent.
+    """
 
     url: str
     token: str
@@ -103,6 +109,7 @@ class FakeAvatarWorker:
     error: BaseException | None = None
     generator: PulseVideoGenerator | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _abrupt: bool = False
     _task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -113,6 +120,11 @@ class FakeAvatarWorker:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await self._task
+
+    async def leave(self) -> None:
+        """Disconnect without finishing or reporting anything (a crashed vendor worker)."""
+        self._abrupt = True
+        await self.stop()
 
     async def _run(self) -> None:
         claims = jwt.decode(self.token, options={"verify_signature": False})
@@ -143,6 +155,8 @@ class FakeAvatarWorker:
             self.error = err
             logger.exception("fake avatar worker failed")
         finally:
+            if self._abrupt:
+                await room.disconnect()
             if runner is not None:
                 await runner.aclose()
             await room.disconnect()
