@@ -1,0 +1,161 @@
+"""The web process: admin UI (HTML), JSON API, LiveKit webhooks.
+
+`gunicorn "web:create_app()"` builds one app per worker from the process settings. Views
+validate, call one function of :class:`web.backend.Backend`, enqueue, and return.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask, Response, jsonify, render_template, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_wtf.csrf import CSRFError, CSRFProtect
+
+from config.settings import Settings, get_settings
+
+from . import admin, api, auth, db, webhooks
+from .backend import Backend
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["create_app"]
+
+DEFAULT_RATELIMIT_STORAGE = "memory://"
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    backend: Backend | None = None,
+    ratelimit_storage_uri: str | None = None,
+    bootstrap: bool = True,
+) -> Flask:
+    """Build the app.
+
+    Args:
+        settings: the process settings (default: `get_settings()`).
+        backend: the back-office calls (default: Celery tasks and the LiveKit API).
+        ratelimit_storage_uri: where login attempts are counted. Default ``memory://``
+            (per process; fine for one gunicorn worker). With several workers pass a shared
+            store, e.g. ``settings.broker.effective_url`` (redis://); it is then required to be
+            reachable: there is no silent fallback to memory.
+        bootstrap: create the admin from settings.web.admin_email if no admin exists.
+    """
+    settings = settings or get_settings()
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.web.secret_key.get_secret_value(),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.web.secure_cookies,
+        SESSION_COOKIE_NAME="avatar_session",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        WTF_CSRF_TIME_LIMIT=None,  # tied to the session instead of a clock
+        MAX_CONTENT_LENGTH=1024 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions["settings"] = settings
+    app.extensions["backend"] = backend or Backend()
+
+    csrf = CSRFProtect(app)
+    limiter = Limiter(
+        get_remote_address,
+        app=app,
+        storage_uri=ratelimit_storage_uri or DEFAULT_RATELIMIT_STORAGE,
+        default_limits=[],
+        headers_enabled=True,
+    )
+
+    db.init_app(app)
+    auth.init_app(app)
+    admin.init_app(app)
+    api.init_app(app)
+    webhooks.init_app(app)
+
+    csrf.exempt(api.bp)
+    csrf.exempt(api.alias_bp)
+    csrf.exempt(webhooks.bp)
+
+    app.view_functions["auth.login"] = limiter.limit(  # type: ignore[assignment]
+        settings.web.login_rate_limit,
+        methods=["POST"],
+        error_message="Too many sign-in attempts. Wait a minute and try again.",
+    )(app.view_functions["auth.login"])
+
+    _register_error_pages(app)
+    _register_security_headers(app, settings)
+
+    if bootstrap and auth.bootstrap_admin(settings):
+        logger.info("bootstrap admin created from settings.web.admin_email")
+    return app
+
+
+def _register_security_headers(app: Flask, settings: Settings) -> None:
+    """Defence in depth: no inline scripts anywhere, so a CSP can forbid them."""
+    lk = settings.livekit.browser_url
+    lk_http = "http" + lk[2:] if lk.startswith("ws") else lk
+    csp = "; ".join(
+        [
+            "default-src 'self'",
+            "script-src 'self'",
+            "style-src 'self' 'unsafe-inline'",  # width/colour attributes of the charts
+            "img-src 'self' data:",
+            "media-src 'self' blob: mediastream:",
+            f"connect-src 'self' {lk} {lk_http}",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+            "form-action 'self'",
+        ]
+    )
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers.setdefault("Content-Security-Policy", csp)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        if request.endpoint != "static":
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+
+def _wants_json() -> bool:
+    return request.path.startswith(("/api/", "/webhooks/")) or request.path.endswith(".json")
+
+
+def _register_error_pages(app: Flask) -> None:
+    def page(status: int, title: str, message: str) -> tuple[str | Response, int]:
+        if _wants_json():
+            code = {404: "not_found", 405: "method_not_allowed", 429: "rate_limited"}.get(
+                status, "error"
+            )
+            return jsonify({"error": {"code": code, "message": message, "fields": {}}}), status
+        return render_template("error.html", status=status, title=title, message=message), status
+
+    @app.errorhandler(404)
+    def _not_found(_e: Any) -> tuple[str | Response, int]:
+        return page(404, "Not found", "There is nothing at this address.")
+
+    @app.errorhandler(405)
+    def _method(_e: Any) -> tuple[str | Response, int]:
+        return page(405, "Method not allowed", "This address does not accept that method.")
+
+    @app.errorhandler(429)
+    def _rate_limited(e: Any) -> tuple[str | Response, int]:
+        message = getattr(e, "description", None) or "Too many requests."
+        if request.endpoint == "auth.login":
+            return render_template("login.html", error=message, email=""), 429
+        return page(429, "Slow down", str(message))
+
+    @app.errorhandler(CSRFError)
+    def _csrf(e: CSRFError) -> tuple[str | Response, int]:
+        return page(400, "Form expired", "The form expired or was not sent from this site. "
+                    "Go back, reload the page and try again.")
+
+    @app.errorhandler(500)
+    def _server_error(_e: Any) -> tuple[str | Response, int]:
+        return page(500, "Something went wrong", "The error was logged.")

@@ -1,0 +1,118 @@
+"""The launch form, validated with pydantic and mapped onto a `SessionSpec`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from config.settings import Settings
+from live.metadata import DEFAULT_INSTRUCTIONS, SessionSpec
+
+from ..api.schemas import NAME_PATTERN
+
+LANGUAGES: tuple[tuple[str, str], ...] = (
+    ("en", "English"),
+    ("de", "German"),
+    ("fr", "French"),
+    ("es", "Spanish"),
+    ("it", "Italian"),
+    ("nl", "Dutch"),
+    ("pt", "Portuguese"),
+)
+PROVIDERS: dict[str, tuple[str, ...]] = {
+    "stt": ("local", "assemblyai"),
+    "llm": ("local", "openai"),
+    "tts": ("local", "espeak", "cartesia"),
+    "avatar": ("local", "tavus", "hedra", "none"),
+}
+
+
+class LaunchForm(BaseModel):
+    """Flat form fields; empty strings mean "use the configured default"."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    room: str | None = Field(default=None, max_length=128, pattern=NAME_PATTERN)
+    instructions: str = Field(min_length=1, max_length=8000)
+    greeting: str | None = Field(default=None, max_length=500)
+    language: str = Field(min_length=2, max_length=16, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+    stt_provider: Literal["local", "assemblyai"]
+    llm_provider: Literal["local", "openai"]
+    llm_model: str | None = Field(default=None, max_length=128)
+    tts_provider: Literal["local", "espeak", "cartesia"]
+    tts_voice: str | None = Field(default=None, max_length=128)
+    avatar_provider: Literal["local", "tavus", "hedra", "none"]
+    avatar_id: str | None = Field(default=None, max_length=256)
+    request_key: str | None = Field(default=None, max_length=64)
+
+    @field_validator("room", "greeting", "llm_model", "tts_voice", "avatar_id", "request_key",
+                     mode="before")
+    @classmethod
+    def _blank_is_none(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    def spec(self) -> SessionSpec:
+        return SessionSpec.model_validate(
+            {
+                "instructions": self.instructions,
+                "greeting": self.greeting,
+                "language": self.language,
+                "stt": {"provider": self.stt_provider},
+                "llm": {"provider": self.llm_provider, "model": self.llm_model},
+                "tts": {"provider": self.tts_provider, "voice": self.tts_voice},
+                "avatar": {"provider": self.avatar_provider, "avatar_id": self.avatar_id},
+            }
+        )
+
+
+FIELD_LABELS = {
+    "room": "Room",
+    "instructions": "Instructions",
+    "greeting": "Greeting",
+    "language": "Language",
+    "stt_provider": "Speech-to-text",
+    "llm_provider": "Language model",
+    "llm_model": "Model",
+    "tts_provider": "Text-to-speech",
+    "tts_voice": "Voice",
+    "avatar_provider": "Avatar",
+    "avatar_id": "Avatar id",
+}
+
+
+def form_errors(err: ValidationError) -> dict[str, str]:
+    """Field name -> a sentence an operator understands."""
+    out: dict[str, str] = {}
+    for e in err.errors():
+        name = str(e["loc"][0]) if e["loc"] else "form"
+        kind = e["type"]
+        if kind == "missing" or (kind == "string_too_short" and e.get("input") == ""):
+            msg = "This field is required."
+        elif kind == "string_pattern_mismatch" and name == "room":
+            msg = "Use letters, digits, '.', '_' or '-', starting with a letter or digit."
+        elif kind == "string_pattern_mismatch" and name == "language":
+            msg = "Use a language code such as en or pt-BR."
+        elif kind == "literal_error":
+            msg = "Choose one of the listed options."
+        else:
+            msg = e["msg"].removeprefix("Value error, ").rstrip(".") + "."
+        out.setdefault(name, msg)
+    return out
+
+
+def defaults(settings: Settings) -> dict[str, str]:
+    """Initial form values: the configured providers."""
+    return {
+        "room": "",
+        "instructions": DEFAULT_INSTRUCTIONS,
+        "greeting": SessionSpec().greeting or "",
+        "language": settings.stt.language or "en",
+        "stt_provider": settings.stt.provider,
+        "llm_provider": settings.llm.provider,
+        "llm_model": "",
+        "tts_provider": settings.tts.provider,
+        "tts_voice": "",
+        "avatar_provider": settings.avatar.provider,
+        "avatar_id": "",
+    }

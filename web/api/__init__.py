@@ -1,0 +1,235 @@
+"""JSON API (`/api/v1`): start sessions, read their status, transcript, summary and usage.
+
+Authentication: ``Authorization: Bearer <token>`` (see `web.auth.create_api_token`).
+Errors: ``{"error": {"code", "message", "fields"}}``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from flask import Blueprint, Flask, Response, g, jsonify, request, url_for
+from pydantic import ValidationError
+from sqlalchemy import select
+from werkzeug.exceptions import HTTPException
+
+from store.models import AgentSessionRecord, SessionStatus, Summary
+
+from .. import queries
+from ..auth import verify_api_token
+from ..db import get_db
+from ..settings import app_settings, backend
+from .openapi import build_openapi
+from .schemas import CreateSessionRequest, field_errors
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+alias_bp = Blueprint("api_alias", __name__, url_prefix="/api")
+
+IDEMPOTENCY_KEY_MAX = 100
+
+
+class ApiError(Exception):
+    """Any API failure; rendered as the JSON error body."""
+
+    def __init__(
+        self, status: int, code: str, message: str, fields: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.fields = status, code, message, fields or {}
+
+    def response(self) -> tuple[Response, int]:
+        body = {"error": {"code": self.code, "message": self.message, "fields": self.fields}}
+        return jsonify(body), self.status
+
+
+def token_required(view: F) -> F:
+    """Reject requests without a valid bearer token (401 with WWW-Authenticate)."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>")
+        row = verify_api_token(get_db(), token.strip())
+        if row is None:
+            raise ApiError(401, "unauthorized", "invalid or revoked API token")
+        g.api_token = row
+        return view(*args, **kwargs)
+
+    return cast(F, wrapped)
+
+
+def _get_session(session_id: str) -> AgentSessionRecord:
+    """:raise ApiError 404: unknown id."""
+    record = get_db().get(AgentSessionRecord, session_id) if len(session_id) <= 64 else None
+    if record is None:
+        raise ApiError(404, "not_found", f"no session with id {session_id!r}")
+    return record
+
+
+def _json_body() -> dict[str, Any]:
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    return body
+
+
+@token_required
+def create_session() -> tuple[Response, int]:
+    """Create a session, enqueue provisioning, return a participant token for the room.
+
+    Idempotent per ``Idempotency-Key``: a replay returns the same session (status 200) and
+    a fresh token, and does not enqueue again.
+    """
+    try:
+        req = CreateSessionRequest.model_validate(_json_body())
+    except ValidationError as err:
+        raise ApiError(
+            422, "validation_error", "the request body is invalid", field_errors(err)
+        ) from None
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        key = key.strip()
+        if not key or len(key) > IDEMPOTENCY_KEY_MAX:
+            raise ApiError(
+                400,
+                "invalid_idempotency_key",
+                f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters",
+            )
+        key = f"api:{key}"
+    settings = app_settings()
+    b = backend()
+    db = get_db()
+    existed = key is not None and db.scalar(
+        select(AgentSessionRecord.id).where(AgentSessionRecord.request_key == key)
+    )
+    record = b.create_session(
+        db, settings, req.spec(), room=req.room, source="api", request_key=key
+    )
+    db.commit()
+    if not existed:
+        b.enqueue_provision(settings, record.id)
+        logger.info("session requested", extra={"session_id": record.id, "room": record.room})
+    identity = req.identity or f"caller-{secrets.token_hex(4)}"
+    token = b.mint_token(settings, room=record.room, identity=identity, name=req.name)
+    body = {
+        "session": queries.session_dict(record),
+        "room": record.room,
+        "livekit_url": settings.livekit.browser_url,
+        "identity": identity,
+        "token": token,
+        "links": {
+            "self": url_for("api.get_session", session_id=record.id),
+            "transcript": url_for("api.get_transcript", session_id=record.id),
+        },
+    }
+    return jsonify(body), 200 if existed else 201
+
+
+@bp.get("/sessions/<session_id>")
+@token_required
+def get_session(session_id: str) -> Response:
+    record = _get_session(session_id)
+    return jsonify({"session": queries.session_dict(record), "progress": queries.progress(record)})
+
+
+@bp.get("/sessions/<session_id>/transcript")
+@token_required
+def get_transcript(session_id: str) -> Response:
+    """Live lines as they are written; `report` once post-processing has run."""
+    record = _get_session(session_id)
+    db = get_db()
+    after = request.args.get("after", "0")
+    if not after.isdigit():
+        raise ApiError(400, "invalid_parameter", "after must be a line id", {"after": "not a number"})
+    lines = queries.transcript_lines(db, record.id, after_id=int(after))
+    report = queries.get_report(db, record.id)
+    return jsonify(
+        {
+            "session_id": record.id,
+            "status": record.status,
+            "lines": [queries.line_dict(line) for line in lines],
+            "report": None
+            if report is None
+            else {"lines": report.lines, "stats": report.stats, "created_at": queries.iso(report.created_at)},
+        }
+    )
+
+
+@bp.get("/sessions/<session_id>/summary")
+@token_required
+def get_summary(session_id: str) -> Response:
+    record = _get_session(session_id)
+    summary = get_db().get(Summary, record.id)
+    return jsonify(
+        {
+            "session_id": record.id,
+            "status": record.status,
+            "ready": summary is not None,
+            "summary": queries.summary_dict(summary),
+        }
+    )
+
+
+@bp.get("/sessions/<session_id>/usage")
+@token_required
+def get_usage(session_id: str) -> Response:
+    record = _get_session(session_id)
+    settings = app_settings()
+    usage = queries.usage_breakdown(get_db(), settings, record.id)
+    return jsonify({"session_id": record.id, **usage.as_dict(settings.pricing.currency)})
+
+
+@bp.post("/sessions/<session_id>/end")
+@token_required
+def end_session(session_id: str) -> tuple[Response, int]:
+    """Ask LiveKit to close the room; the back office finalizes the session afterwards."""
+    record = _get_session(session_id)
+    if record.status in (SessionStatus.ENDED, SessionStatus.FAILED):
+        raise ApiError(409, "not_running", f"the session is already {record.status}")
+    backend().end_session(app_settings(), record)
+    logger.info("session end requested", extra={"session_id": record.id})
+    return jsonify({"session_id": record.id, "status": "ending"}), 202
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(build_openapi(app_settings()))
+
+
+bp.add_url_rule("/sessions", "create_session", create_session, methods=["POST"])
+alias_bp.add_url_rule("/sessions", "create_session", create_session, methods=["POST"])
+
+
+def _api_error(err: ApiError) -> tuple[Response, int]:
+    return err.response()
+
+
+def _http_error(err: HTTPException) -> tuple[Response, int]:
+    code = (err.name or "error").lower().replace(" ", "_")
+    status = err.code or 500
+    return ApiError(status, code, err.description or err.name).response()
+
+
+for _blueprint in (bp, alias_bp):
+    _blueprint.register_error_handler(ApiError, _api_error)
+    _blueprint.register_error_handler(HTTPException, _http_error)
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+    app.register_blueprint(alias_bp)
