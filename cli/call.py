@@ -29,6 +29,7 @@ SAMPLE_RATE = 48000
 FRAME_MS = 10
 SPEECH_RMS = 300.0  # int16 RMS above which reply audio counts as speech
 REPLY_SILENCE_S = 1.5  # a reply is over after this much silence
+VIDEO_KEEP_PX = 256  # recorded frames are scaled down to this size
 
 
 class TurnResult(BaseModel):
@@ -157,6 +158,7 @@ class _Recorder:
         self.audio: list[tuple[float, np.ndarray]] = []
         self.video: list[tuple[float, np.ndarray]] = []
         self.audio_rate = SAMPLE_RATE
+        self.keep_since = 0.0
         self.got_audio = asyncio.Event()
         self.got_video = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
@@ -168,17 +170,36 @@ class _Recorder:
             self.got_audio.set()
 
     async def pump_video(self, track: rtc.Track) -> None:
+        import cv2
+
         stream = rtc.VideoStream(track, format=rtc.VideoBufferType.RGB24)
         async for ev in stream:
             f = ev.frame
-            img = np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, 3).copy()
-            self.video.append((time.monotonic(), img))
+            img: np.ndarray = np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, 3)
+            scale = VIDEO_KEEP_PX / max(f.width, f.height)
+            if scale < 1:  # keep memory bounded: frames are only scored and sampled
+                img = cv2.resize(img, (round(f.width * scale), round(f.height * scale)),
+                                 interpolation=cv2.INTER_AREA)
+            now = time.monotonic()
+            self.video.append((now, img.copy()))
+            while self.video and self.video[0][0] < self.keep_since:
+                self.video.pop(0)
             self.got_video.set()
 
 
-def _mouth_roi(img: np.ndarray) -> np.ndarray:
-    h, w = img.shape[:2]
-    return img[int(h * 0.58) : int(h * 0.85), int(w * 0.33) : int(w * 0.67)].astype(np.float32)
+def _gray(img: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+
+def _change_score(img: np.ndarray, ref: np.ndarray) -> float:
+    """Largest local change against the idle face: an opening mouth is a compact dark patch,
+    while idle head sway and noise spread thin changes along edges."""
+    import cv2
+
+    k = max(5, img.shape[0] // 24)
+    return float(cv2.blur(np.abs(_gray(img) - ref), (k, k)).max())
 
 
 async def _wait_until(pred: object, timeout: float, step: float = 0.02) -> bool:
@@ -297,17 +318,16 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
         if spec.greeting:
             start = await _wait_quiet(rec, joined, opts.greeting_timeout)
             result.greeting_heard = start is not None
-        idle_frames = [img for _, img in rec.video[-10:]]
-        ref = np.median(np.stack([_mouth_roi(i) for i in idle_frames]), axis=0) if idle_frames else None
-        idle_noise = (
-            max(float(np.abs(_mouth_roi(i) - ref).mean()) for i in idle_frames) if ref is not None else 0.0
-        )
-        threshold = max(4.0, 2.5 * idle_noise)
+        idle_frames = [img for _, img in rec.video[-12:]]
+        ref = np.median(np.stack([_gray(i) for i in idle_frames]), axis=0) if idle_frames else None
+        idle_noise = max((_change_score(i, ref) for i in idle_frames), default=0.0) if ref is not None else 0.0
+        threshold = max(12.0, 2.0 * idle_noise)
         opts.out_dir.mkdir(parents=True, exist_ok=True)
         for i, utt in enumerate(opts.utterances, 1):
             pcm = read_wav(utt) if isinstance(utt, Path) else synthesize(utt)
             prompt = str(utt)
             spoken.clear()
+            rec.keep_since = time.monotonic()
             await speech_q.put(pcm)
             await asyncio.wait_for(spoken.wait(), timeout=len(pcm) / SAMPLE_RATE + 10)
             t_end = time.monotonic() + 0.05  # the source's queue (50 ms) still plays out
@@ -330,7 +350,7 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
             if ref is not None:
                 best: tuple[float, np.ndarray] | None = None
                 for t, img in frames:
-                    d = float(np.abs(_mouth_roi(img) - ref).mean())
+                    d = _change_score(img, ref)
                     if d > threshold and turn.video_latency_s is None:
                         turn.video_latency_s = round(t - t_end, 3)
                     if best is None or d > best[0]:
@@ -353,7 +373,7 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
     finally:
         if mic_task:
             mic_task.cancel()
-        for t in rec.tasks:
-            t.cancel()
+        for task in rec.tasks:
+            task.cancel()
         await room.disconnect()
     return result

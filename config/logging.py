@@ -45,13 +45,38 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+_mask_installed = False
+
+
+def install_secret_mask(secrets: list[str]) -> None:
+    """Mask secrets in every log record of this process, whoever configured the handlers.
+
+    Done in the record factory because filters on a logger do not see propagated records;
+    the live worker's handlers are configured by LiveKit's CLI, not by us.
+    """
+    global _mask_installed
+    values = [s for s in secrets if s]
+    if _mask_installed or not values:
+        return
+    previous = logging.getLogRecordFactory()
+    mask = SecretMaskFilter(values)
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        mask.filter(record)
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _mask_installed = True
+
+
 def setup_logging(settings: Settings) -> None:
     """Idempotent: configures the root logger once per process."""
     root = logging.getLogger()
     if getattr(root, "_avatar_configured", False):
         return
+    install_secret_mask(settings.secret_values())
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(SecretMaskFilter(settings.secret_values()))
     if settings.logging.json_format:
         handler.setFormatter(JsonFormatter())
     else:

@@ -37,6 +37,7 @@ class SessionLifecycle:
         self._last_activity = time.monotonic()
         self._tasks: set[asyncio.Task[None]] = set()
         self._grace_task: asyncio.Task[None] | None = None
+        self._caller_seen = False
         self.end_reason = "ended"
 
     def start(self) -> None:
@@ -49,7 +50,9 @@ class SessionLifecycle:
         s.on("close", lambda ev: self._cancel_all())
         self._spawn(self._max_length())
         self._spawn(self._idle_watch())
-        if not self._callers():
+        if self._callers():
+            self._caller_seen = True
+        else:
             self._on_left(None)  # nobody there yet: the grace timer covers a caller who never comes
 
     def _spawn(self, coro: Any) -> None:
@@ -73,24 +76,31 @@ class SessionLifecycle:
     def _touch(self, *_: Any) -> None:
         self._last_activity = time.monotonic()
 
-    def _callers(self) -> list[rtc.RemoteParticipant]:
-        return [p for p in self._ctx.room.remote_participants.values() if p.kind in CALLER_KINDS]
+    def _callers(self, leaving: rtc.RemoteParticipant | None = None) -> list[rtc.RemoteParticipant]:
+        # the leaving participant may still be listed while its disconnect event runs
+        return [
+            p
+            for p in self._ctx.room.remote_participants.values()
+            if p.kind in CALLER_KINDS and (leaving is None or p.identity != leaving.identity)
+        ]
 
     def _on_joined(self, p: rtc.RemoteParticipant) -> None:
-        if p.kind in CALLER_KINDS and self._grace_task:
+        if p.kind not in CALLER_KINDS:
+            return
+        self._caller_seen = True
+        if self._grace_task:
             self._grace_task.cancel()
             self._grace_task = None
-            self._touch()
+        self._touch()
 
-    def _on_left(self, _p: rtc.RemoteParticipant | None) -> None:
-        if self._callers() or self._grace_task:
+    def _on_left(self, p: rtc.RemoteParticipant | None) -> None:
+        if self._callers(leaving=p) or self._grace_task:
             return
         self._grace_task = asyncio.create_task(self._grace())
 
     async def _grace(self) -> None:
         # a caller who has not yet joined gets at least the idle timeout to arrive
-        never_joined = not self._ctx.room.remote_participants
-        wait = max(self._grace_seconds, self._idle_seconds if never_joined else 0.0)
+        wait = max(self._grace_seconds, 0.0 if self._caller_seen else self._idle_seconds)
         await asyncio.sleep(wait)  # a timer, not synchronisation
         if not self._callers():
             self._end("caller_left")

@@ -43,12 +43,15 @@ def _settings() -> Settings:
 
 def prewarm(proc: JobProcess) -> None:
     """Load every local model once per job process; sessions of that process share them."""
+    from config.logging import install_secret_mask
     from live.providers import local_models
 
     settings = _settings()
+    install_secret_mask(settings.secret_values())
     ctx = ProviderContext(settings=settings, shared=proc.userdata)
     proc.userdata["provider_ctx"] = ctx
     local_models.prewarm(ctx)
+    import tasks.maintenance  # noqa: F401  (imported now, not on the session's event loop)
 
 
 def build_server(settings: Settings) -> AgentServer:
@@ -206,7 +209,13 @@ async def entrypoint(ctx: JobContext) -> None:
             return build
 
         chain = [(name, factory(name, opts)) for name, opts in comps.avatar_chain]
-        avatar_name = await start_avatar_with_fallback(chain, session, ctx.room)
+
+        def _avatar_lost(_lost: Any) -> None:
+            ctx.proc.userdata["avatar_lost_at"] = time.time()  # stop metering avatar time
+
+        avatar_name = await start_avatar_with_fallback(
+            chain, session, ctx.room, on_avatar_lost=_avatar_lost
+        )
         avatar = built.get(avatar_name)
         if avatar is not None:
             _link_mouth_to_voice(avatar, comps.tts)
@@ -267,7 +276,7 @@ def _attach_recorder(session: AgentSession[Any], recorder: SessionRecorder, spec
         if not isinstance(item, ChatMessage) or item.role not in ("user", "assistant"):
             return
         text = item.text_content or ""
-        m = dict(item.metrics or {})
+        m: dict[str, Any] = dict(item.metrics or {})
         recorder.add_line(
             item_id=item.id,
             speaker="user" if item.role == "user" else "agent",
@@ -313,7 +322,8 @@ async def on_session_end(ctx: JobContext) -> None:
         rows = usage_rows(session.usage.model_usage)
     avatar_name, avatar_started = ctx.proc.userdata.pop("avatar", ("none", time.time()))
     if avatar_name != "none":
-        rows[(avatar_name, "avatar_seconds")] = round(time.time() - avatar_started, 3)
+        avatar_end = ctx.proc.userdata.pop("avatar_lost_at", None) or time.time()
+        rows[(avatar_name, "avatar_seconds")] = round(avatar_end - avatar_started, 3)
     recorder.set_usage(rows)
     reason = lifecycle.end_reason if lifecycle else "ended"
     recorder.set_status(SessionStatus.ENDED, ended_at=utcnow(), end_reason=reason)
@@ -328,10 +338,10 @@ async def on_session_end(ctx: JobContext) -> None:
 
 
 def main() -> None:
-    from config.logging import setup_logging
+    from config.logging import install_secret_mask
 
     settings = _settings()
-    setup_logging(settings)
+    install_secret_mask(settings.secret_values())  # LiveKit's CLI sets up the handlers
     cli.run_app(build_server(settings))
 
 

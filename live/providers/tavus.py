@@ -185,7 +185,7 @@ class HostedAvatar:
             },
         )
 
-    async def wait_for_join(self, *, timeout: float | None = 30.0) -> None:  # noqa: ASYNC109
+    async def wait_for_join(self, *, timeout: float | None = 30.0) -> None:
         """Until the avatar participant has published its video (``asyncio.TimeoutError``)."""
         await self._session.wait_for_join(timeout=timeout)
 

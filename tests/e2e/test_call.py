@@ -64,6 +64,7 @@ async def test_caller_gets_two_spoken_answers_with_video(stack: Stack, artifacts
         out_dir=artifacts_dir / "call",
         reply_timeout=90,
     ))
+    print(result.render())  # the caller's own latency figures, kept in the test log
     assert result.error is None, result.render() + "\n--- live log ---\n" + stack.log_text("live")[-6000:]
     assert result.greeting_heard
     assert len(result.turns) == 2
