@@ -61,7 +61,7 @@ def test_up_runs_services_and_stops_cleanly(tmp_path: Path) -> None:
         os.kill(proc.pid, signal.SIGINT)
         proc.wait(60)
         assert proc.returncode == 0
-        gone, alive = psutil.wait_procs(children, timeout=10)
+        _gone, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"orphans left: {[p.pid for p in alive]}"
         assert not port_open("127.0.0.1", lk_port) and not port_open("127.0.0.1", valkey_port)
     finally:
