@@ -98,7 +98,7 @@ def run_checks(echo: Callable[[str], None] = typer.echo) -> bool:
     ok = True
     for c in checks(settings):
         mark = "ok  " if c.ok else ("FAIL" if c.required else "warn")
-        echo(f"[{mark}] {c.name:<28} {c.detail}")
+        echo(f"[{mark}] {c.name:<34} {c.detail}")
         if not c.ok:
             echo(f"       fix: {c.fix}")
             ok = ok and not c.required

@@ -154,6 +154,9 @@ def stack(
     import sys
 
     var = tmp_path_factory.mktemp("stack")
+    # A database number of its own: other tests run their own Celery workers on this Valkey,
+    # and a worker of the wrong suite must not consume the stack's tasks.
+    redis_url = valkey_url.rsplit("/", 1)[0] + "/7"
     db_url = f"sqlite:///{var / 'stack.db'}"
     upgrade_db(db_url)
     env = dict(os.environ)
@@ -164,7 +167,7 @@ def stack(
         LIVEKIT_URL=livekit_server.url,
         LIVEKIT_API_KEY=livekit_server.api_key,
         LIVEKIT_API_SECRET=livekit_server.api_secret,
-        REDIS_URL=valkey_url,
+        REDIS_URL=redis_url,
         DATABASE_URL=db_url,
         VAR_DIR=str(var),
         HF_HUB_OFFLINE="1",
@@ -181,7 +184,7 @@ def stack(
         env, logs["celery"],
     )
     live = _spawn([sys.executable, "-m", "live.worker", "start"], env, logs["live"])
-    st = Stack(livekit_server, valkey_url, db_url, env, var, logs)
+    st = Stack(livekit_server, redis_url, db_url, env, var, logs)
     try:
         wait_for(lambda: "registered worker" in st.log_text("live") or live.poll() is not None,
                  180, "the live worker to register")

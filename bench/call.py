@@ -1,0 +1,158 @@
+"""End-to-end latency as a caller measures it, on the embedded default.
+
+Starts a livekit-server and the live worker (the same commands `avatar up` runs), then makes
+calls with `avatar call`'s caller and reads the worker's own per-stage metrics from the store.
+
+    scripts/netns-run .venv/bin/python -m bench.call --calls 2 --turns 3
+
+Writes bench/results/call.json and call.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from cli.call import CallOptions, run_call
+from cli.services import LiveKitServerConfig, start_livekit_server, start_valkey, stop_process
+from config.settings import load_settings
+from store.db import session_scope, upgrade_db
+from store.models import TurnMetric
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUESTIONS = [
+    "Hello, what is your name?",
+    "What can you help me with today?",
+    "Tell me something nice about the ocean.",
+    "Thank you, that was lovely.",
+]
+STAGES = ["end_of_utterance_delay", "transcription_delay", "llm_ttft", "tts_ttfb", "e2e_latency"]
+
+
+def _free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def _wait_ended(db_url: str, session_id: str | None, timeout: float = 60.0) -> None:
+    from store.models import AgentSessionRecord
+
+    deadline = time.monotonic() + timeout
+    while session_id and time.monotonic() < deadline:
+        with session_scope(db_url) as db:
+            rec = db.get(AgentSessionRecord, session_id)
+            if rec is None or not rec.is_open:
+                return
+        time.sleep(0.2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=2)
+    ap.add_argument("--turns", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    if os.environ.get("AVATAR_NETNS") != "1":
+        sys.exit("run inside scripts/netns-run (WebRTC stays in a private network namespace)")
+
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-call-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    db_url = f"sqlite:///{work / 'bench.db'}"
+    upgrade_db(db_url)
+    secret = "bench-secret-0123456789abcdef0123456789abcdef"
+    cfg = LiveKitServerConfig(
+        port=_free_port(), rtc_tcp_port=_free_port(), rtc_udp_port=_free_port(socket.SOCK_DGRAM),
+        api_key="benchkey", api_secret=secret, node_ip=os.environ.get("LIVEKIT__NODE_IP", "127.0.0.1"),
+    )
+    lk = start_livekit_server(cfg, log_path=work / "livekit.log")
+    valkey_port = _free_port()
+    valkey = start_valkey(valkey_port, work / "valkey")
+    url = f"ws://127.0.0.1:{cfg.port}"
+    env = dict(os.environ, LIVEKIT_URL=url, LIVEKIT_API_KEY="benchkey", LIVEKIT_API_SECRET=secret,
+               DATABASE_URL=db_url, VAR_DIR=str(work), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               LIVE_HEALTH_PORT=str(_free_port()), LIMITS__MAX_CONCURRENT_SESSIONS="1",
+               LIMITS__CALLER_GRACE_SECONDS="1", REDIS_URL=f"redis://127.0.0.1:{valkey_port}/0")
+    log = open(work / "live.log", "wb")
+    live = subprocess.Popen([sys.executable, "-m", "live.worker", "start"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while b"registered worker" not in (work / "live.log").read_bytes():
+            if time.monotonic() > deadline or live.poll() is not None:
+                sys.exit("live worker did not register; see " + str(work / "live.log"))
+            time.sleep(0.2)
+        settings = load_settings(livekit={"url": url, "api_key": "benchkey", "api_secret": secret},
+                                 db={"url": db_url}, var_dir=work, _env_file=None)
+        calls: list[dict[str, Any]] = []
+        for i in range(args.calls):
+            result = asyncio.run(run_call(settings, CallOptions(
+                room=f"bench-{i}", utterances=list(QUESTIONS[: args.turns]), out_dir=work / "calls",
+                reply_timeout=60,
+            )))
+            print(result.render(), flush=True)
+            calls.append(result.model_dump(mode="json"))
+            _wait_ended(db_url, result.session_id)  # cap 1: the next call needs a free slot
+        with session_scope(db_url) as db:
+            turns = db.scalars(select(TurnMetric)).all()
+            stage = {s: [getattr(t, s) for t in turns if getattr(t, s) is not None] for s in STAGES}
+    finally:
+        stop_process(live, timeout=20)
+        stop_process(lk)
+        stop_process(valkey)
+    audio = [t["audio_latency_s"] for c in calls for t in c["turns"] if t["audio_latency_s"] is not None]
+    video = [t["video_latency_s"] for c in calls for t in c["turns"] if t["video_latency_s"] is not None]
+    summary: dict[str, Any] = {
+        "command": "scripts/netns-run .venv/bin/python -m bench.call "
+                   f"--calls {args.calls} --turns {args.turns}",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "load_average": os.getloadavg(),
+        "turns": len(audio),
+        "caller_audio_latency_s": {"median": _median(audio), "max": max(audio, default=None)},
+        "caller_video_latency_s": {"median": _median(video), "max": max(video, default=None)},
+        "worker_stage_median_s": {s: _median(v) for s, v in stage.items()},
+        "calls": calls,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "call.json").write_text(json.dumps(summary, indent=2))
+    md = [
+        "# End-to-end call latency (embedded default)",
+        "",
+        f"Command: `{summary['command']}` ({summary['when']}). Machine: {summary['machine']}, "
+        f"load average {tuple(round(x, 2) for x in summary['load_average'])}; shared and noisy.",
+        "",
+        "| Measure | Median | Max |",
+        "|---|---|---|",
+        f"| caller: end of own speech -> first reply audio | {summary['caller_audio_latency_s']['median']} s "
+        f"| {summary['caller_audio_latency_s']['max']} s |",
+        f"| caller: end of own speech -> first open mouth on video | {summary['caller_video_latency_s']['median']} s "
+        f"| {summary['caller_video_latency_s']['max']} s |",
+    ]
+    for s, v in summary["worker_stage_median_s"].items():
+        md.append(f"| worker: {s} | {v} s | |")
+    md.append("")
+    md.append(f"{summary['turns']} turns over {args.calls} calls.")
+    (args.out / "call.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
