@@ -156,7 +156,7 @@ def stack(
     var = tmp_path_factory.mktemp("stack")
     # A database number of its own: other tests run their own Celery workers on this Valkey,
     # and a worker of the wrong suite must not consume the stack's tasks.
-    redis_url = valkey_url.rsplit("/", 1)[0] + "/7"
+    redis_url = valkey_url.rsplit("/", 1)[0] + "/11"
     db_url = f"sqlite:///{var / 'stack.db'}"
     upgrade_db(db_url)
     env = dict(os.environ)
