@@ -43,11 +43,18 @@ class TurnResult(BaseModel):
     frame_paths: list[str] = []
 
 
+class InterruptionResult(BaseModel):
+    prompt: str
+    reply_started: bool = False
+    stop_latency_s: float | None = None  # caller starts speaking over the avatar -> it stops
+
+
 class CallResult(BaseModel):
     room: str
     session_id: str | None = None
     greeting_heard: bool = False
     turns: list[TurnResult] = []
+    interruption: InterruptionResult | None = None
     error: str | None = None
 
     @property
@@ -65,6 +72,10 @@ class CallResult(BaseModel):
                          f"reply {t.reply_audio_s:.1f} s, {t.video_frames} video frames")
             if t.wav_path:
                 lines.append(f"        recorded: {t.wav_path}")
+        if self.interruption:
+            it = self.interruption
+            stop = f"{it.stop_latency_s * 1000:.0f} ms" if it.stop_latency_s is not None else "did not stop"
+            lines.append(f"interruption: spoke over the answer to {it.prompt!r}; avatar stopped after {stop}")
         if self.error:
             lines.append(f"error: {self.error}")
         return "\n".join(lines)
@@ -77,6 +88,10 @@ class CallOptions:
     out_dir: Path
     dispatch: bool = True
     reply_timeout: float = 45.0
+    # Ask this, then speak over the answer `interrupt_after` seconds into it.
+    interrupt_prompt: str | None = None
+    interrupt_after: float = 1.0
+    interrupt_with: str = "Sorry, stop. Wait a moment please."
     identity: str = field(default_factory=lambda: f"caller-{uuid.uuid4().hex[:6]}")
     spec: SessionSpec | None = None
     greeting_timeout: float = 30.0
@@ -243,6 +258,49 @@ async def _wait_quiet(rec: _Recorder, since: float, timeout: float) -> float | N
     return start
 
 
+def _stopped_at(rec: _Recorder, since: float, gap: float, loud_at_since: bool = False) -> float | None:
+    """End of the agent's speech after `since`: the last loud frame before `gap` s of quiet."""
+    last: float | None = since if loud_at_since else None
+    for t, pcm in rec.audio:
+        if t < since or not pcm.size:
+            continue
+        loud = float(np.sqrt(np.mean(pcm.astype(np.float32) ** 2))) > SPEECH_RMS
+        if loud:
+            if last is not None and t - last >= gap:
+                return last
+            last = t
+    if last is not None and time.monotonic() - last >= gap:
+        return last
+    return None
+
+
+async def _interrupt(
+    rec: _Recorder, opts: CallOptions, speech_q: asyncio.Queue[np.ndarray], spoken: asyncio.Event
+) -> InterruptionResult:
+    assert opts.interrupt_prompt
+    out = InterruptionResult(prompt=opts.interrupt_prompt)
+    spoken.clear()
+    await speech_q.put(synthesize(opts.interrupt_prompt))
+    await asyncio.wait_for(spoken.wait(), timeout=30)
+    asked = time.monotonic()
+    if not await _wait_until(lambda: _speech_after(rec, asked) is not None, opts.reply_timeout):
+        return out
+    out.reply_started = True
+    start = _speech_after(rec, asked) or asked
+    await _wait_until(lambda: time.monotonic() >= start + opts.interrupt_after, opts.interrupt_after + 1)
+    if _stopped_at(rec, start, 0.4) is not None:
+        return out  # the answer was over before we could speak over it
+    pcm = synthesize(opts.interrupt_with)
+    spoken.clear()
+    over = time.monotonic()
+    await speech_q.put(pcm)
+    if await _wait_until(lambda: _stopped_at(rec, over, 0.4, loud_at_since=True) is not None, 15):
+        stop = _stopped_at(rec, over, 0.4, loud_at_since=True)
+        assert stop is not None
+        out.stop_latency_s = round(max(0.0, stop - over), 3)
+    return out
+
+
 async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
     room_name = opts.room or f"call-{uuid.uuid4().hex[:8]}"
     result = CallResult(room=room_name)
@@ -363,6 +421,8 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
                     turn.frame_paths.append(str(p))
             turn.reply_text = await asyncio.to_thread(transcribe, reply_pcm, SAMPLE_RATE)
             result.turns.append(turn)
+        if opts.interrupt_prompt and result.error is None:
+            result.interruption = await _interrupt(rec, opts, speech_q, spoken)
         jobs = getattr(room, "remote_participants", {})
         for p in jobs.values():
             sid = p.attributes.get("avatar.session_id") if p.attributes else None

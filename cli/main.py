@@ -138,6 +138,10 @@ def call(
     ] = True,
     reply_timeout: Annotated[float, typer.Option(help="Seconds to wait for each reply.")] = 45.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    interrupt: Annotated[
+        str | None,
+        typer.Option(help="Finally ask this and speak over the answer, to measure how fast it stops."),
+    ] = None,
 ) -> None:
     """Join a room as a caller, speak, record the avatar's answer and print each turn's latency."""
     import asyncio
@@ -149,7 +153,8 @@ def call(
     if not utterances:
         utterances = ["Hello! What can you do for me?"]
     opts = CallOptions(
-        room=room, utterances=utterances, out_dir=out, dispatch=dispatch, reply_timeout=reply_timeout
+        room=room, utterances=utterances, out_dir=out, dispatch=dispatch,
+        reply_timeout=reply_timeout, interrupt_prompt=interrupt,
     )
     result = asyncio.run(run_call(settings, opts))
     if json_out:

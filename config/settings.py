@@ -264,6 +264,10 @@ class LimitsSettings(BaseModel):
     endpointing_max_delay: float = Field(
         default=3.0, ge=0, description="Silence after which a turn always ends (seconds)."
     )
+    interruption_min_speech: float = Field(
+        default=0.3, ge=0.05, le=5.0,
+        description="Seconds of caller speech over the agent that interrupt it.",
+    )
     transcript_retention_days: int = Field(
         default=90, ge=1, description="Transcripts older than this are deleted by beat."
     )

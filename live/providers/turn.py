@@ -42,6 +42,9 @@ def turn_handling(settings: Settings, ctx: ProviderContext) -> dict[str, Any]:
                 "min_delay": limits.endpointing_min_delay,
                 "max_delay": limits.endpointing_max_delay,
             },
-            "interruption": {"resume_false_interruption": False},
+            "interruption": {
+                "resume_false_interruption": False,
+                "min_duration": limits.interruption_min_speech,
+            },
         },
     }

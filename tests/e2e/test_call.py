@@ -104,3 +104,63 @@ async def test_caller_gets_two_spoken_answers_with_video(stack: Stack, artifacts
         assert usage.get(("local", "avatar_seconds"), 0) > 1
         rec = db.get(AgentSessionRecord, sid)
         assert rec is not None and rec.end_reason == "caller_left"
+
+
+async def test_speaking_over_the_avatar_stops_it(stack: Stack, artifacts_dir) -> None:  # type: ignore[no-untyped-def]
+    """Interruption end to end: the caller talks over the answer and the avatar goes quiet."""
+    settings = stack.settings()
+    result = await run_call(settings, CallOptions(
+        room=None, utterances=[], out_dir=artifacts_dir / "call", reply_timeout=90,
+        interrupt_prompt="Please tell me a long story about a lighthouse keeper and the sea.",
+        interrupt_after=0.8,
+    ))
+    print(result.render())
+    assert result.error is None, result.render() + "\n--- live log ---\n" + stack.log_text("live")[-6000:]
+    it = result.interruption
+    assert it is not None and it.reply_started
+    # VAD needs LIMITS__INTERRUPTION_MIN_SPEECH (0.3 s) of speech, then the audio is cleared.
+    assert it.stop_latency_s is not None and it.stop_latency_s < 1.5, result.render()
+    sid = result.session_id
+    assert sid
+    await asyncio.to_thread(wait_for, lambda: _status(stack, sid) == "ended", 60, "session ended")
+    with session_scope(stack.db_url) as db:
+        lines = db.scalars(select(TranscriptLine).where(TranscriptLine.session_id == sid)).all()
+        assert any(ln.speaker == "agent" and ln.interrupted for ln in lines)
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason"),
+    [
+        ({"greeting": None, "idle_timeout_seconds": 3}, "idle"),
+        ({"greeting": None, "idle_timeout_seconds": 120, "max_session_minutes": 0.08}, "max_length"),
+    ],
+)
+async def test_session_limits_end_the_session(stack: Stack, spec: dict[str, object], reason: str) -> None:
+    """A silent caller stays in the room; the configured limit ends the session and says why."""
+    from livekit import rtc
+
+    from tasks.provisioning import mint_participant_token
+
+    settings = stack.settings()
+    room_name = f"limit-{reason}"
+    with session_scope(stack.db_url) as db:
+        rec = AgentSessionRecord(room=room_name, source="api", status="dispatched")
+        db.add(rec)
+        db.flush()
+        sid = rec.id
+    async with api.LiveKitAPI(settings.livekit.http_url, stack.livekit.api_key, stack.livekit.api_secret) as lk:
+        await lk.room.create_room(api.CreateRoomRequest(name=room_name))
+        await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
+            agent_name=settings.livekit.agent_name, room=room_name,
+            metadata=json.dumps({**spec, "session_id": sid}),
+        ))
+    caller = rtc.Room()
+    await caller.connect(settings.livekit.effective_url,
+                         mint_participant_token(settings, room=room_name, identity="silent"))
+    try:
+        await asyncio.to_thread(wait_for, lambda: _status(stack, sid) == "ended", 90, "session ended")
+    finally:
+        await caller.disconnect()
+    with session_scope(stack.db_url) as db:
+        row = db.get(AgentSessionRecord, sid)
+        assert row is not None and row.end_reason == reason
