@@ -94,7 +94,7 @@ class CallOptions:
     interrupt_with: str = "Sorry, stop. Wait a moment please."
     identity: str = field(default_factory=lambda: f"caller-{uuid.uuid4().hex[:6]}")
     spec: SessionSpec | None = None
-    greeting_timeout: float = 30.0
+    greeting_timeout: float = 60.0
 
 
 # ------------------------------------------------------------------------------ audio helpers
@@ -213,8 +213,12 @@ def _change_score(img: np.ndarray, ref: np.ndarray) -> float:
     while idle head sway and noise spread thin changes along edges."""
     import cv2
 
-    k = max(5, img.shape[0] // 24)
-    return float(cv2.blur(np.abs(_gray(img) - ref), (k, k)).max())
+    h = img.shape[0]
+    k = max(5, h // 24)
+    # rows from just under the eyes to the chin of a head-and-shoulders framing: blinks
+    # are local changes too, and must not count as speech
+    band = slice(int(h * 0.3), int(h * 0.9))
+    return float(cv2.blur(np.abs(_gray(img)[band] - ref[band]), (k, k)).max())
 
 
 async def _wait_until(pred: object, timeout: float, step: float = 0.02) -> bool:
@@ -376,10 +380,10 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
         if spec.greeting:
             start = await _wait_quiet(rec, joined, opts.greeting_timeout)
             result.greeting_heard = start is not None
-        idle_frames = [img for _, img in rec.video[-12:]]
+        idle_frames = [img for _, img in rec.video[-25:]]  # about a second of the idle face
         ref = np.median(np.stack([_gray(i) for i in idle_frames]), axis=0) if idle_frames else None
-        idle_noise = max((_change_score(i, ref) for i in idle_frames), default=0.0) if ref is not None else 0.0
-        threshold = max(12.0, 2.0 * idle_noise)
+        idle_scores = [_change_score(i, ref) for i in idle_frames] if ref is not None else [0.0]
+        threshold = max(10.0, 1.5 * float(np.percentile(idle_scores, 90)))
         opts.out_dir.mkdir(parents=True, exist_ok=True)
         for i, utt in enumerate(opts.utterances, 1):
             pcm = read_wav(utt) if isinstance(utt, Path) else synthesize(utt)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 logger = logging.getLogger(__name__)
@@ -30,14 +31,24 @@ class Admission:
         """For LiveKit's load reporting: 1.0 means full."""
         return min(1.0, self.in_use() / self.cap)
 
-    async def try_reserve(self, job_id: str) -> bool:
-        async with self._lock:
-            if job_id in self._pending:
-                return True
-            if self.in_use() >= self.cap:
+    async def try_reserve(self, job_id: str, wait: float = 0.0) -> bool:
+        """Reserve a slot; at the cap, wait up to `wait` s for one to free before declining.
+
+        A session that just ended still holds its slot until its process exits; without the
+        wait, a request arriving in that window would be declined although a slot is about
+        to free, and with no other worker the dispatch would be lost.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            async with self._lock:
+                if job_id in self._pending:
+                    return True
+                if self.in_use() < self.cap:
+                    self._pending.add(job_id)
+                    return True
+            if time.monotonic() >= deadline:
                 return False
-            self._pending.add(job_id)
-            return True
+            await asyncio.sleep(0.1)  # slots free when job processes exit: poll the pool
 
     def release(self, job_id: str) -> None:
         """Drop the reservation once the job runs (it then counts as running) or failed."""

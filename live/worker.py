@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -35,6 +36,8 @@ from live.recorder import SessionRecorder, usage_rows
 from store.models import SessionStatus, utcnow
 
 logger = logging.getLogger("live.worker")
+# How long a request at the cap waits for a finishing session's slot before it is declined.
+ADMISSION_WAIT_SECONDS = 5.0
 
 
 def _settings() -> Settings:
@@ -62,7 +65,7 @@ def build_server(settings: Settings) -> AgentServer:
 
     async def on_request(req: JobRequest) -> None:
         assert admission is not None
-        if not await admission.try_reserve(req.id):
+        if not await admission.try_reserve(req.id, wait=ADMISSION_WAIT_SECONDS):
             logger.info(
                 "declining job: at the concurrent-session cap",
                 extra={"job_id": req.id, "room": req.room.name, "cap": admission.cap},
@@ -80,7 +83,9 @@ def build_server(settings: Settings) -> AgentServer:
     server = AgentServer(
         setup_fnc=prewarm,
         load_fnc=load,
-        load_threshold=1.0,
+        # LiveKit's threshold would answer "unavailable" before on_request runs (and can
+        # over-accept, livekit/agents#4884); the Admission cap is the one exact gate.
+        load_threshold=math.inf,
         num_idle_processes=min(2, settings.limits.max_concurrent_sessions),
         host="127.0.0.1",
         port=int(os.environ.get("LIVE_HEALTH_PORT", "8081")),

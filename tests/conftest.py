@@ -173,7 +173,7 @@ def stack(
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
         LIVE_HEALTH_PORT=str(free_port()),
-        LIMITS__MAX_CONCURRENT_SESSIONS="1",
+        LIMITS__MAX_CONCURRENT_SESSIONS="2",
         LIMITS__CALLER_GRACE_SECONDS="1",
         LIMITS__IDLE_TIMEOUT_SECONDS="60",
     )

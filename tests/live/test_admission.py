@@ -33,3 +33,14 @@ async def test_reservation_becomes_running_then_frees() -> None:
 def test_cap_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Admission(0, lambda: [])
+
+
+async def test_request_at_the_cap_waits_for_a_finishing_session() -> None:
+    running = ["old"]
+    adm = Admission(1, lambda: running)
+    waiter = asyncio.create_task(adm.try_reserve("new", wait=5.0))
+    await asyncio.sleep(0)  # let it find the cap full
+    assert not waiter.done()
+    running.clear()  # the old session's process exits
+    assert await asyncio.wait_for(waiter, 2.0)
+    assert not await adm.try_reserve("third", wait=0.2)  # still full: declined after the wait
