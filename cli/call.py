@@ -9,6 +9,7 @@ video frame whose mouth region moved away from the idle face.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -382,8 +383,9 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
             result.greeting_heard = start is not None
         idle_frames = [img for _, img in rec.video[-25:]]  # about a second of the idle face
         ref = np.median(np.stack([_gray(i) for i in idle_frames]), axis=0) if idle_frames else None
-        idle_scores = [_change_score(i, ref) for i in idle_frames] if ref is not None else [0.0]
-        threshold = max(10.0, 1.5 * float(np.percentile(idle_scores, 90)))
+        idle_motion = [_change_score(b, _gray(a)) for a, b in itertools.pairwise(idle_frames)]
+        # lips move fast; idle sway is slow: frame-to-frame change separates them
+        threshold = max(6.0, 2.0 * float(np.percentile(idle_motion, 90))) if idle_motion else 6.0
         opts.out_dir.mkdir(parents=True, exist_ok=True)
         for i, utt in enumerate(opts.utterances, 1):
             pcm = read_wav(utt) if isinstance(utt, Path) else synthesize(utt)
@@ -411,10 +413,13 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
             turn.video_frames = len(frames)
             if ref is not None:
                 best: tuple[float, np.ndarray] | None = None
+                prev: np.ndarray | None = None
                 for t, img in frames:
-                    d = _change_score(img, ref)
-                    if d > threshold and turn.video_latency_s is None:
-                        turn.video_latency_s = round(t - t_end, 3)
+                    if prev is not None and turn.video_latency_s is None:
+                        if _change_score(img, _gray(prev)) > threshold:
+                            turn.video_latency_s = round(t - t_end, 3)
+                    prev = img
+                    d = _change_score(img, ref)  # the widest-open mouth is kept as a picture
                     if best is None or d > best[0]:
                         best = (d, img)
                 if best is not None:

@@ -38,6 +38,22 @@ from store.models import SessionStatus, utcnow
 logger = logging.getLogger("live.worker")
 # How long a request at the cap waits for a finishing session's slot before it is declined.
 ADMISSION_WAIT_SECONDS = 5.0
+PREWARM_NICENESS = 10
+
+
+def _restore_priority() -> None:
+    """Back to normal priority, for every thread (on Linux, niceness is per thread and the
+    model threads were started during the low-priority prewarm)."""
+    tasks_dir = "/proc/self/task"
+    tids = [int(t) for t in os.listdir(tasks_dir)] if os.path.isdir(tasks_dir) else [0]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, 0)
+        except ProcessLookupError:
+            continue  # that thread has ended
+        except PermissionError:
+            logger.debug("cannot raise the session's CPU priority back (needs CAP_SYS_NICE)")
+            return
 
 
 def _settings() -> Settings:
@@ -49,11 +65,19 @@ def prewarm(proc: JobProcess) -> None:
     from config.logging import install_secret_mask
     from live.providers import local_models
 
+    # The pool starts a replacement process whenever a session takes an idle one; its model
+    # loading must not take CPU from the sessions already talking. The session raises its
+    # priority back when it starts (where the OS allows it).
+    os.nice(PREWARM_NICENESS)
     settings = _settings()
     install_secret_mask(settings.secret_values())
     ctx = ProviderContext(settings=settings, shared=proc.userdata)
     proc.userdata["provider_ctx"] = ctx
     local_models.prewarm(ctx)
+    if "local" in (settings.avatar.provider, settings.avatar.fallback):
+        from live.providers.local_avatar import load_portrait
+
+        load_portrait(settings.avatar, ctx)
     import tasks.maintenance  # noqa: F401  (imported now, not on the session's event loop)
 
 
@@ -154,6 +178,7 @@ def _fail_invalid_metadata(settings: Settings, raw: str, err: Exception) -> None
 
 
 async def entrypoint(ctx: JobContext) -> None:
+    _restore_priority()
     settings = _settings()
     raw = ctx.job.metadata or ""
     try:

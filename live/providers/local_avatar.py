@@ -29,15 +29,21 @@ def local_avatar_options(options: AvatarSettings) -> LocalAvatarOptions:
     )
 
 
-@register("avatar", "local")
-def create_local_avatar(options: AvatarSettings, ctx: ProviderContext) -> LocalAvatarSession:
-    """A ``LocalAvatarSession``; the portrait pack is checked (and cached) here."""
+def load_portrait(options: AvatarSettings, ctx: ProviderContext) -> LocalAvatarOptions:
+    """Load (once per process) and check the portrait pack; prewarm calls this too."""
     opts = local_avatar_options(options)
     key = f"avatar.local.pack:{opts.portrait or ''}"
     try:
         ctx.cached(key, lambda: load_pack(opts.portrait))
     except PortraitError as exc:
         raise ProviderError(f"local avatar: {exc}") from None
+    return opts
+
+
+@register("avatar", "local")
+def create_local_avatar(options: AvatarSettings, ctx: ProviderContext) -> LocalAvatarSession:
+    """A ``LocalAvatarSession``; the portrait pack is checked (and cached) here."""
+    opts = load_portrait(options, ctx)
     lk = ctx.settings.livekit
     return LocalAvatarSession(
         options=opts,
