@@ -30,6 +30,7 @@ SAMPLE_RATE = 48000
 FRAME_MS = 10
 SPEECH_RMS = 300.0  # int16 RMS above which reply audio counts as speech
 REPLY_SILENCE_S = 1.5  # a reply is over after this much silence
+STOP_QUIET_S = 1.2  # the avatar counts as stopped after this much quiet
 VIDEO_KEEP_PX = 256  # recorded frames are scaled down to this size
 
 
@@ -299,8 +300,9 @@ async def _interrupt(
     spoken.clear()
     over = time.monotonic()
     await speech_q.put(pcm)
-    if await _wait_until(lambda: _stopped_at(rec, over, 0.4, loud_at_since=True) is not None, 15):
-        stop = _stopped_at(rec, over, 0.4, loud_at_since=True)
+    # a pause between two synthesized sentences is not a stop: require STOP_QUIET_S of quiet
+    if await _wait_until(lambda: _stopped_at(rec, over, STOP_QUIET_S, loud_at_since=True) is not None, 15):
+        stop = _stopped_at(rec, over, STOP_QUIET_S, loud_at_since=True)
         assert stop is not None
         out.stop_latency_s = round(max(0.0, stop - over), 3)
     return out
