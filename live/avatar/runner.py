@@ -17,10 +17,11 @@ from pathlib import Path
 
 from livekit import rtc
 from livekit.agents.types import ATTRIBUTE_PUBLISH_ON_BEHALF
-from livekit.agents.voice.avatar import AvatarRunner, DataStreamAudioReceiver
+from livekit.agents.voice.avatar import DataStreamAudioReceiver
 
 from live.avatar.generator import FaceVideoGenerator, FrameInfo
 from live.avatar.options import LocalAvatarOptions, build_renderer
+from live.avatar.publish import FaceAvatarRunner
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ async def run_avatar_participant(
         renderer=build_renderer(opts), options=opts.avatar_options(), seed=opts.seed,
         frame_listener=frame_listener,
     )
-    runner = AvatarRunner(
+    runner = FaceAvatarRunner(
         room,
         audio_recv=_AudioReceiver(room, sender_identity=sender),
         video_gen=gen,

@@ -27,11 +27,12 @@ from datetime import timedelta
 from livekit import api, rtc
 from livekit.agents import AgentSession
 from livekit.agents.types import ATTRIBUTE_PUBLISH_ON_BEHALF
-from livekit.agents.voice.avatar import AvatarRunner, DataStreamAudioOutput, QueueAudioOutput
+from livekit.agents.voice.avatar import DataStreamAudioOutput, QueueAudioOutput
 
 from live.alignment import PhonemeTiming
 from live.avatar.generator import FaceVideoGenerator, FrameInfo
 from live.avatar.options import LocalAvatarOptions, build_renderer
+from live.avatar.publish import FaceAvatarRunner
 from live.avatar.runner import run_avatar_participant
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class LocalAvatarSession:
         self._secret = api_secret
         self._listener = frame_listener
         self._gen: FaceVideoGenerator | None = None
-        self._runner: AvatarRunner | None = None
+        self._runner: FaceAvatarRunner | None = None
         self._participant_task: asyncio.Task[None] | None = None
         self._participant_ready = asyncio.Event()
         if self._opts.mode == "participant" and not (livekit_url and api_key and api_secret):
@@ -98,7 +99,7 @@ class LocalAvatarSession:
             frame_listener=self._listener,
         )
         audio = QueueAudioOutput(sample_rate=opts.sample_rate)
-        self._runner = AvatarRunner(
+        self._runner = FaceAvatarRunner(
             room, audio_recv=audio, video_gen=self._gen, options=opts.avatar_options()
         )
         self._gen.set_av_sync(self._runner.av_sync)
