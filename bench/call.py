@@ -64,6 +64,20 @@ def _wait_ended(db_url: str, session_id: str | None, timeout: float = 60.0) -> N
         time.sleep(0.2)
 
 
+async def _wait_room_empty(settings: Any, room: str, timeout: float = 60.0) -> None:
+    from livekit import api
+
+    key = settings.livekit.api_key.get_secret_value()
+    secret = settings.livekit.api_secret.get_secret_value()
+    deadline = time.monotonic() + timeout
+    async with api.LiveKitAPI(settings.livekit.http_url, key, secret) as lk:
+        while time.monotonic() < deadline:
+            rooms = await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
+            if not rooms.rooms or rooms.rooms[0].num_participants == 0:
+                return
+            await asyncio.sleep(0.2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=2)
@@ -109,7 +123,10 @@ def main() -> None:
             )))
             print(result.render(), flush=True)
             calls.append(result.model_dump(mode="json"))
-            _wait_ended(db_url, result.session_id)  # cap 1: the next call needs a free slot
+            # cap 1: the next call needs the slot back, i.e. the agent out of the room (LiveKit
+            # drops a dispatch that no worker accepts)
+            _wait_ended(db_url, result.session_id)
+            asyncio.run(_wait_room_empty(settings, f"bench-{i}"))
         with session_scope(db_url) as db:
             turns = db.scalars(select(TurnMetric)).all()
             stage = {s: [getattr(t, s) for t in turns if getattr(t, s) is not None] for s in STAGES}

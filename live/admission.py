@@ -28,8 +28,15 @@ class Admission:
         return len(set(self._running_ids()) | self._pending)
 
     def load(self) -> float:
-        """For LiveKit's load reporting: 1.0 means full."""
-        return min(1.0, self.in_use() / self.cap)
+        """For LiveKit's load reporting, which only ranks workers here: at most 0.5.
+
+        The server does not offer a job to a worker whose reported load is high (seen with
+        livekit-server 1.13: 0.99 was never offered a job, 0.5 was), and a dispatch that no
+        worker is offered is dropped. Offered every job, this worker enforces the cap
+        itself: it waits for a finishing session's slot, or declines so another worker can
+        take the job.
+        """
+        return 0.5 * min(1.0, self.in_use() / self.cap)
 
     async def try_reserve(self, job_id: str, wait: float = 0.0) -> bool:
         """Reserve a slot; at the cap, wait up to `wait` s for one to free before declining.

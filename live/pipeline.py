@@ -73,10 +73,10 @@ def build_components(settings: Settings, spec: SessionSpec, ctx: ProviderContext
 
     avatar_opts = slot_options(settings.avatar, spec.avatar)
     chain: list[tuple[str, Any]] = []
-    if avatar_opts.provider != "none":
+    if avatar_opts.provider != "none":  # "none" is a choice (audio only), not a failure
         chain.append((avatar_opts.provider, avatar_opts))
-    if avatar_opts.fallback not in (avatar_opts.provider, "none"):
-        chain.append((avatar_opts.fallback, settings.avatar))
+        if avatar_opts.fallback not in (avatar_opts.provider, "none"):
+            chain.append((avatar_opts.fallback, settings.avatar))
     return Components(
         stt=built["stt"][1],
         llm=built["llm"][1],
