@@ -88,7 +88,7 @@ class LiveKitServerConfig:
     rtc_tcp_port: int = 7881
     rtc_udp_port: int = 7882
     api_key: str = "devkey"
-    api_secret: str = "secret"
+    api_secret: str = "embedded-dev-secret-change-me-0123456789"
     node_ip: str = "127.0.0.1"
     webhook_urls: list[str] = field(default_factory=list)
 

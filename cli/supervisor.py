@@ -52,6 +52,8 @@ def read_procfile(path: Path = PROJECT_ROOT / "Procfile") -> dict[str, str]:
 def local_env(settings: Settings) -> dict[str, str]:
     """Environment every local process shares: the embedded services' URLs, loopback binds."""
     env = dict(os.environ)
+    # the Procfile's commands (gunicorn, celery) live next to this interpreter
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(
         {
             "LIVEKIT_URL": settings.livekit.effective_url,

