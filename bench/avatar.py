@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -67,12 +66,6 @@ def render_bench(width: int, height: int, n: int = 500) -> dict[str, float]:
     }
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -94,15 +87,8 @@ async def room_bench(width: int, height: int, fps: int, seconds: float) -> dict[
 
     from cli.services import LiveKitServerConfig, start_livekit_server, stop_process
 
-    port = free_port()
-    cfg = LiveKitServerConfig(
-        port=port,
-        rtc_tcp_port=free_port(),
-        rtc_udp_port=free_port(socket.SOCK_DGRAM),
-        api_key=KEY,
-        api_secret=SECRET,
-        node_ip=os.environ.get("LIVEKIT__NODE_IP", "127.0.0.1"),
-    )
+    cfg = LiveKitServerConfig.on_free_ports(api_key=KEY, api_secret=SECRET)
+    port = cfg.port
     server = start_livekit_server(cfg)
     url = f"ws://127.0.0.1:{port}"
 

@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,13 @@ from typing import Any
 from sqlalchemy import select
 
 from cli.call import CallOptions, run_call
-from cli.services import LiveKitServerConfig, start_livekit_server, start_valkey, stop_process
+from cli.services import (
+    LiveKitServerConfig,
+    free_port,
+    start_livekit_server,
+    start_valkey,
+    stop_process,
+)
 from config.settings import load_settings
 from store.db import session_scope, upgrade_db
 from store.models import TurnMetric
@@ -40,12 +45,6 @@ QUESTIONS = [
     "Thank you, that was lovely.",
 ]
 STAGES = ["end_of_utterance_delay", "transcription_delay", "llm_ttft", "tts_ttfb", "e2e_latency"]
-
-
-def _free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _median(values: list[float]) -> float | None:
@@ -92,17 +91,14 @@ def main() -> None:
     db_url = f"sqlite:///{work / 'bench.db'}"
     upgrade_db(db_url)
     secret = "bench-secret-0123456789abcdef0123456789abcdef"
-    cfg = LiveKitServerConfig(
-        port=_free_port(), rtc_tcp_port=_free_port(), rtc_udp_port=_free_port(socket.SOCK_DGRAM),
-        api_key="benchkey", api_secret=secret, node_ip=os.environ.get("LIVEKIT__NODE_IP", "127.0.0.1"),
-    )
+    cfg = LiveKitServerConfig.on_free_ports(api_key="benchkey", api_secret=secret)
     lk = start_livekit_server(cfg, log_path=work / "livekit.log")
-    valkey_port = _free_port()
+    valkey_port = free_port()
     valkey = start_valkey(valkey_port, work / "valkey")
     url = f"ws://127.0.0.1:{cfg.port}"
     env = dict(os.environ, LIVEKIT_URL=url, LIVEKIT_API_KEY="benchkey", LIVEKIT_API_SECRET=secret,
                DATABASE_URL=db_url, VAR_DIR=str(work), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-               LIVE_HEALTH_PORT=str(_free_port()), LIMITS__MAX_CONCURRENT_SESSIONS="1",
+               LIVE_HEALTH_PORT=str(free_port()), LIMITS__MAX_CONCURRENT_SESSIONS="1",
                LIMITS__CALLER_GRACE_SECONDS="1", REDIS_URL=f"redis://127.0.0.1:{valkey_port}/0")
     log = open(work / "live.log", "wb")
     live = subprocess.Popen([sys.executable, "-m", "live.worker", "start"], env=env, stdout=log,

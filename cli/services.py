@@ -29,6 +29,13 @@ class ServiceError(RuntimeError):
     """An embedded service could not be found or started; the message says how to fix it."""
 
 
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port the OS considers free on 127.0.0.1 now (tests and benchmarks run side by side)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -91,6 +98,21 @@ class LiveKitServerConfig:
     api_secret: str = "embedded-dev-secret-change-me-0123456789"
     node_ip: str = "127.0.0.1"
     webhook_urls: list[str] = field(default_factory=list)
+
+    @classmethod
+    def on_free_ports(
+        cls, *, api_key: str, api_secret: str, webhook_urls: list[str] | None = None
+    ) -> LiveKitServerConfig:
+        """A server for tests and benchmarks: free ports, the namespace's address for ICE."""
+        return cls(
+            port=free_port(),
+            rtc_tcp_port=free_port(),
+            rtc_udp_port=free_port(socket.SOCK_DGRAM),
+            api_key=api_key,
+            api_secret=api_secret,
+            node_ip=os.environ.get("LIVEKIT__NODE_IP", "127.0.0.1"),
+            webhook_urls=webhook_urls or [],
+        )
 
     def to_yaml(self) -> str:
         ip_range = f"{self.node_ip}/32"

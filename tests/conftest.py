@@ -7,7 +7,6 @@ inside it. Ports are picked free so concurrent runs do not collide.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import pytest
 from cli.services import (
     LiveKitServerConfig,
     find_livekit_server,
+    free_port,
     start_livekit_server,
     start_valkey,
     stop_process,
@@ -29,12 +29,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TEST_API_KEY = "testkey"
 TEST_API_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -59,16 +53,8 @@ def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKit
         pytest.fail("livekit-server is not installed: run `make setup`")
     if os.environ.get("AVATAR_NETNS") != "1":
         pytest.skip("WebRTC tests run only inside scripts/netns-run (see README)")
-    port = free_port()
-    cfg = LiveKitServerConfig(
-        port=port,
-        rtc_tcp_port=free_port(),
-        rtc_udp_port=free_port(socket.SOCK_DGRAM),
-        api_key=TEST_API_KEY,
-        api_secret=TEST_API_SECRET,
-        node_ip=os.environ.get("LIVEKIT__NODE_IP", "127.0.0.1"),
-        webhook_urls=[],
-    )
+    cfg = LiveKitServerConfig.on_free_ports(api_key=TEST_API_KEY, api_secret=TEST_API_SECRET)
+    port = cfg.port
     log = tmp_path_factory.mktemp("livekit") / "livekit.log"
     proc = start_livekit_server(cfg, log_path=log)
     yield LiveKitServer(f"ws://127.0.0.1:{port}", TEST_API_KEY, TEST_API_SECRET, cfg.node_ip, log)

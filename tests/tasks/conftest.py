@@ -250,16 +250,10 @@ def webhook_livekit(
         pytest.fail("livekit-server is not installed: run `make setup`")
     if os.environ.get("AVATAR_NETNS") != "1":
         pytest.skip("LiveKit tests run only inside scripts/netns-run")
-    port = free_port()
-    cfg = LiveKitServerConfig(
-        port=port,
-        rtc_tcp_port=free_port(),
-        rtc_udp_port=free_port(socket.SOCK_DGRAM),
-        api_key=TEST_API_KEY,
-        api_secret=TEST_API_SECRET,
-        node_ip=os.environ.get("LIVEKIT__NODE_IP", "127.0.0.1"),
-        webhook_urls=[webhook_receiver.url],
+    cfg = LiveKitServerConfig.on_free_ports(
+        api_key=TEST_API_KEY, api_secret=TEST_API_SECRET, webhook_urls=[webhook_receiver.url]
     )
+    port = cfg.port
     log = tmp_path_factory.mktemp("livekit-tasks") / "livekit.log"
     proc = start_livekit_server(cfg, log_path=log)
     livekit_proxy.target = port

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,11 +28,15 @@ def hooked(tmp_path: Path, valkey_url: str) -> Iterator[Settings]:
     """A livekit-server whose webhooks go to a served `create_app()`."""
     if os.environ.get("AVATAR_NETNS") != "1":
         pytest.skip("runs only inside scripts/netns-run")
-    web_port, lk_port = free_port(), free_port()
+    web_port = free_port()
+    lk_cfg = LiveKitServerConfig.on_free_ports(
+        api_key=TEST_API_KEY, api_secret=TEST_API_SECRET,
+        webhook_urls=[f"http://127.0.0.1:{web_port}/webhooks/livekit"],
+    )
     db_url = f"sqlite:///{tmp_path / 'hooks.db'}"
     upgrade_db(db_url)
     settings = load_settings(
-        livekit={"url": f"ws://127.0.0.1:{lk_port}", "api_key": TEST_API_KEY,
+        livekit={"url": f"ws://127.0.0.1:{lk_cfg.port}", "api_key": TEST_API_KEY,
                  "api_secret": TEST_API_SECRET, "webhook_rules_prefix": "support-"},
         broker={"url": valkey_url.rsplit("/", 1)[0] + "/3"},
         db={"url": db_url},
@@ -44,12 +47,7 @@ def hooked(tmp_path: Path, valkey_url: str) -> Iterator[Settings]:
     server = make_server("127.0.0.1", web_port, create_app(settings), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    lk = start_livekit_server(LiveKitServerConfig(
-        port=lk_port, rtc_tcp_port=free_port(), rtc_udp_port=free_port(socket.SOCK_DGRAM),
-        api_key=TEST_API_KEY, api_secret=TEST_API_SECRET,
-        node_ip=os.environ.get("LIVEKIT__NODE_IP", "127.0.0.1"),
-        webhook_urls=[f"http://127.0.0.1:{web_port}/webhooks/livekit"],
-    ), log_path=tmp_path / "livekit.log")
+    lk = start_livekit_server(lk_cfg, log_path=tmp_path / "livekit.log")
     try:
         yield settings
     finally:
