@@ -307,8 +307,8 @@ async def _interrupt(
     out.reply_started = True
     start = _speech_after(rec, asked) or asked
     await _wait_until(lambda: time.monotonic() >= start + opts.interrupt_after, opts.interrupt_after + 1)
-    if _stopped_at(rec, start, 0.4) is not None:
-        return out  # the answer was over before we could speak over it
+    if _stopped_at(rec, start, STOP_QUIET_S) is not None:
+        return out  # the answer was over before we could speak over it (a pause is not an end)
     pcm = synthesize(opts.interrupt_with)
     spoken.clear()
     over = time.monotonic()
