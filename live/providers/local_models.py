@@ -25,7 +25,7 @@ import re
 import secrets
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,10 @@ LLM_MODELS = ("smollm2-135m",)
 PIPER_VOICES = ("joe-us",)
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CPU_THREADS = 2
+# Whisper's decoder steps are too small to split across threads: on a 2-core machine one
+# thread decodes ~1.6x faster than two (thread hand-offs dominate) and the encoder loses less
+# than that (measured side by side: 190-220 ms vs 230-340 ms for a 3 s utterance, 10 s window).
+WHISPER_THREADS = 1
 
 # Piper phonemizes through the espeak-ng library it embeds; the espeak TTS may drive the same
 # library (same global state), so both take this lock around espeak calls.
@@ -174,41 +178,136 @@ class Transcript:
     end: float
     confidence: float
     segments: tuple[Segment, ...]
+    window_seconds: float = 30.0  # encoder window the transcript was decoded on
+
+
+# Whisper reads 30 s windows; a short utterance padded to 30 s spends ~80% of its encoder time
+# on padding. CTranslate2 accepts a shorter mel input, so utterances that fit a shorter window
+# are encoded on that window only (about 5x less encoder work for 10 s instead of 30 s). The
+# decoder then sometimes fails to stop (it was trained on 30 s); such a result is recognised
+# (token cap hit, repeated phrase, implausible word rate, high compression ratio) and the
+# utterance is decoded again on the full window, so accuracy is the 30 s path's.
+FULL_WINDOW_SECONDS = 30.0
+DEFAULT_WINDOW_SECONDS = 10.0
+WINDOW_MARGIN_SECONDS = 1.0  # room after the speech, so the decoder sees the end of it
+MAX_WORDS_PER_SECOND = 6.0  # fast speech is ~4 words/s
+MAX_TOKENS_PER_SECOND = 8.0
+_REPEAT_MIN_WORDS = 3
+
+
+def _windowed_model(path: Path, **kwargs: Any) -> Any:
+    """A faster-whisper model whose encoder can be limited to the first N mel frames."""
+    from faster_whisper import WhisperModel
+
+    class WindowedWhisperModel(WhisperModel):  # type: ignore[misc]
+        window_frames: int | None = None
+
+        def encode(self, features: np.ndarray) -> Any:
+            if self.window_frames is not None and features.shape[-1] > self.window_frames:
+                features = np.ascontiguousarray(features[..., : self.window_frames])
+            return super().encode(features)
+
+    return WindowedWhisperModel(str(path), **kwargs)
+
+
+def repeats_itself(text: str, min_words: int = _REPEAT_MIN_WORDS) -> bool:
+    """True for the marks of a decoder loop: the whole text said twice or more, a phrase of
+    >= ``min_words`` words twice in a row, or a phrase one word longer twice anywhere.
+
+    A false alarm only costs a second decode; a missed loop puts a wrong line in the chat.
+    """
+    words = re.sub(r"[^\w' ]+", " ", text.lower()).split()
+    for k in range(2, len(words) + 1):
+        if len(words) % k == 0 and words == words[: len(words) // k] * k:
+            return True
+    for n in range(min_words, len(words) // 2 + 1):
+        for i in range(len(words) - 2 * n + 1):
+            if words[i : i + n] == words[i + n : i + 2 * n]:
+                return True
+    grams = [tuple(words[i : i + min_words + 1]) for i in range(len(words) - min_words)]
+    return len(grams) != len(set(grams))
+
+
+def short_window_result_ok(
+    text: str, segments: list[tuple[int, float, float]], duration: float, cap: int | None
+) -> bool:
+    """Whether a short-window decode can be kept, or the full window must be decoded.
+
+    ``segments`` are (tokens, compression ratio, mean log-probability). The VAD heard speech,
+    so an empty text is a miss too. Rejected: the token cap reached (no end of text), a
+    compressible or unlikely segment (Whisper's own fallback rules), more words than anyone
+    says in that time, a phrase said twice in a row (the usual decoder loop).
+    """
+    if not text:
+        return False
+    if cap is not None and sum(n for n, _, _ in segments) >= cap - 1:
+        return False
+    if any(ratio > 2.4 or logprob < -1.0 for _, ratio, logprob in segments):
+        return False
+    if len(text.split()) > 3 + MAX_WORDS_PER_SECOND * duration:
+        return False
+    return not repeats_itself(text)
 
 
 class WhisperEngine:
-    """faster-whisper (CTranslate2 int8, 2 threads) behind one worker thread."""
+    """faster-whisper (CTranslate2 int8, one thread) behind one worker thread."""
 
     def __init__(self, model: str, path: Path) -> None:
-        from faster_whisper import WhisperModel
-
         self.model_name = model
         self.english_only = model.endswith(".en")
-        self._model = WhisperModel(
-            str(path),
+        self._model = _windowed_model(
+            path,
             device="cpu",
             compute_type="int8",
-            cpu_threads=CPU_THREADS,
+            cpu_threads=WHISPER_THREADS,
             num_workers=1,
             local_files_only=True,
         )
         self.executor = SerialExecutor(f"whisper-{model}")
+        self.full_window_retries = 0  # short-window results that had to be decoded again
 
-    def transcribe_sync(self, audio: np.ndarray, language: str | None) -> Transcript:
+    def transcribe_sync(
+        self, audio: np.ndarray, language: str | None, window_seconds: float = FULL_WINDOW_SECONDS
+    ) -> Transcript:
         """16 kHz mono float32 in, one final transcript out (greedy: cheapest on 2 cores)."""
+        duration = audio.size / WHISPER_SAMPLE_RATE
+        if duration + WINDOW_MARGIN_SECONDS <= window_seconds < FULL_WINDOW_SECONDS:
+            cap = int(10 + MAX_TOKENS_PER_SECOND * duration)
+            short, trustworthy = self._decode(audio, language, window_seconds, cap)
+            if trustworthy:
+                return short
+            self.full_window_retries += 1
+            logger.debug(
+                "short-window transcript rejected; decoding on the full window",
+                extra={"audio_seconds": round(duration, 2), "lk.pii.text": short.text},
+            )
+        return self._decode(audio, language, FULL_WINDOW_SECONDS, None)[0]
+
+    def _decode(
+        self, audio: np.ndarray, language: str | None, window_seconds: float, cap: int | None
+    ) -> tuple[Transcript, bool]:
+        """One greedy decode on a window; also says whether the result looks trustworthy."""
         lang = "en" if self.english_only else (language or None)
-        segments, info = self._model.transcribe(
-            audio,
-            language=lang,
-            beam_size=1,
-            best_of=1,
-            temperature=0.0,
-            condition_on_previous_text=False,
-            without_timestamps=False,
-            vad_filter=False,
-        )
+        full = window_seconds >= FULL_WINDOW_SECONDS
+        self._model.window_frames = None if full else int(window_seconds * 100)
+        try:
+            segments, info = self._model.transcribe(
+                audio,
+                language=lang,
+                beam_size=1,
+                best_of=1,
+                temperature=0.0,
+                condition_on_previous_text=False,
+                # a short window's timestamps are unreliable: the utterance spans the audio
+                without_timestamps=not full,
+                vad_filter=False,
+                max_new_tokens=cap,
+            )
+            raw = list(segments)
+        finally:
+            self._model.window_frames = None
         kept: list[Segment] = []
-        for s in segments:
+        for s in raw:
             # Whisper's own silence rule: unsure and probably no speech -> drop (hallucinations)
             if s.no_speech_prob > 0.6 and s.avg_logprob < -1.0:
                 continue
@@ -222,17 +321,26 @@ class WhisperEngine:
             confidence = float(np.clip(np.exp(mean_logprob), 0.0, 1.0))
         else:
             confidence = 0.0
-        return Transcript(
+        transcript = Transcript(
             text=text,
             language=info.language or (lang or "en"),
             start=kept[0].start if kept else 0.0,
-            end=kept[-1].end if kept else 0.0,
+            end=min(kept[-1].end, audio.size / WHISPER_SAMPLE_RATE) if kept else 0.0,
             confidence=confidence,
             segments=tuple(kept),
+            window_seconds=min(window_seconds, FULL_WINDOW_SECONDS),
+        )
+        if full:
+            return transcript, True
+        stats = [(len(s.tokens), s.compression_ratio, s.avg_logprob) for s in raw]
+        return transcript, short_window_result_ok(
+            text, stats, audio.size / WHISPER_SAMPLE_RATE, cap
         )
 
-    async def transcribe(self, audio: np.ndarray, language: str | None) -> Transcript:
-        return await self.executor.run(self.transcribe_sync, audio, language)
+    async def transcribe(
+        self, audio: np.ndarray, language: str | None, window_seconds: float = FULL_WINDOW_SECONDS
+    ) -> Transcript:
+        return await self.executor.run(self.transcribe_sync, audio, language, window_seconds)
 
 
 def load_whisper(model: str, var_dir: Path) -> WhisperEngine:
@@ -325,11 +433,20 @@ def get_llama(ctx: ProviderContext, model: str) -> LlamaEngine:
 
 @dataclass(frozen=True)
 class SpeechChunk:
-    """One synthesized sentence: int16 PCM plus per-phoneme sample counts (may be empty)."""
+    """Synthesized int16 PCM; a sentence's first chunk carries its phoneme sample counts.
+
+    ``span_samples`` is how much audio ``phonemes`` cover: the whole sentence, which may
+    arrive as several chunks (0 on the chunks that continue a sentence).
+    """
 
     pcm: bytes
     num_samples: int
     phonemes: tuple[tuple[str, int], ...]  # (phoneme, number of samples)
+    span_samples: int = -1  # -1: same as num_samples
+
+    @property
+    def timed_samples(self) -> int:
+        return self.num_samples if self.span_samples < 0 else self.span_samples
 
 
 def piper_aligned_model(voice: str, var_dir: Path) -> Path | None:
@@ -361,6 +478,88 @@ def piper_aligned_model(voice: str, var_dir: Path) -> Path | None:
     return target
 
 
+def piper_streaming_models(voice: str, var_dir: Path) -> tuple[Path, Path] | None:
+    """Piper's (aligned) voice cut once, on disk, at the vocoder's input.
+
+    The front part maps phoneme ids to latent frames and per-phoneme durations; the vocoder
+    (HiFi-GAN, about 55% of the work) maps frames to audio and is convolutional, so it can
+    run on short overlapping stretches of frames: a sentence's first audio then costs the
+    front part plus a few frames instead of the whole sentence. None when the model cannot
+    be cut (no ``onnx``, or an export without a ``/dec/`` vocoder).
+    """
+    aligned = piper_aligned_model(voice, var_dir)
+    if aligned is None:
+        return None
+    folder = var_dir / "models" / "piper"
+    stem = piper_voice_paths(voice)[0].stem
+    front, vocoder = folder / f"{stem}.front.onnx", folder / f"{stem}.vocoder.onnx"
+    if all(p.is_file() and p.stat().st_mtime >= aligned.stat().st_mtime for p in (front, vocoder)):
+        return front, vocoder
+    import onnx
+    from onnx.utils import Extractor
+
+    model = onnx.load(str(aligned))
+    graph = model.graph
+    latent = next((n.input[0] for n in graph.node if n.name.startswith("/dec/")), None)
+    if latent is None or len(graph.output) < 2:
+        logger.warning("Piper voice has no separable vocoder: streaming within sentences is off")
+        return None
+    inputs = [i.name for i in graph.input]
+    extractor = Extractor(model)
+    parts = (
+        (front, extractor.extract_model(inputs, [latent, graph.output[1].name])),
+        (vocoder, extractor.extract_model([latent], [graph.output[0].name])),
+    )
+    if [i.name for i in parts[1][1].graph.input] != [latent]:
+        logger.warning("Piper vocoder depends on more than its latent input: not split")
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    for target, part in parts:
+        tmp = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}")
+        onnx.save(part, str(tmp))
+        os.replace(tmp, target)
+    del model, extractor, parts
+    return front, vocoder
+
+
+def group_alignments(
+    phoneme_id_map: Mapping[str, Sequence[int]],
+    phonemes: list[str],
+    phoneme_ids: list[int],
+    id_samples: np.ndarray,
+) -> tuple[tuple[str, int], ...]:
+    """Samples per phoneme id -> samples per phoneme (each phoneme owns its trailing pad).
+
+    The same grouping as ``PiperVoice.synthesize``; empty when the ids do not line up.
+    """
+    from piper.const import BOS, EOS, PAD
+
+    if len(id_samples) != len(phoneme_ids):
+        return ()
+    pad_ids = phoneme_id_map.get(PAD, [])
+    out: list[tuple[str, int]] = []
+    idx = 0
+    for phoneme in [BOS, *phonemes, EOS]:
+        expected = list(phoneme_id_map.get(phoneme, []))
+        if phoneme != EOS:
+            expected += pad_ids
+        if phoneme_ids[idx : idx + len(expected)] != expected:
+            return ()
+        out.append((phoneme, int(id_samples[idx : idx + len(expected)].sum())))
+        idx += len(expected)
+    return tuple(out)
+
+
+def soft_limit(audio: np.ndarray, knee: float = 0.8) -> np.ndarray:
+    """Leaves samples below ``knee`` alone and bends louder ones smoothly under 1.0."""
+    over = np.abs(audio) > knee
+    if over.any():
+        a = np.abs(audio[over])
+        audio = audio.copy()
+        audio[over] = np.sign(audio[over]) * (knee + (1 - knee) * np.tanh((a - knee) / (1 - knee)))
+    return audio
+
+
 _CLAUSE_BREAK = re.compile(r"(?<=[,;:])\s+")
 
 
@@ -381,48 +580,131 @@ def split_long_text(text: str, max_chars: int = 100) -> list[str]:
     return pieces
 
 
+# Vocoder stretches, in latent frames (256 samples, 11.6 ms each): a short first one for a
+# quick start, longer ones after it (fewer runs); each run sees VOCODER_CONTEXT frames on
+# both sides, enough for its audio to match a whole-sentence run (measured: > 120 dB SNR).
+VOCODER_CHUNKS = (10, 40, 150)
+VOCODER_CONTEXT = 12
+# Piper peak-normalises each sentence, which needs the whole sentence first. Streamed
+# audio gets one fixed gain instead (the voice's sentences peak at 0.3-0.8, ~0.55 typical)
+# and a soft limiter above 0.8.
+PIPER_STREAM_GAIN = 1.6
+
+
 class PiperEngine:
     """Piper (onnxruntime) with phoneme alignments, behind one worker thread."""
 
-    def __init__(self, voice: str, var_dir: Path) -> None:
+    def __init__(self, voice: str, var_dir: Path, *, stream_vocoder: bool = True) -> None:
         import onnxruntime
         from piper import PiperVoice
         from piper.config import PiperConfig
 
         model_path, config_path = piper_voice_paths(voice)
-        aligned = piper_aligned_model(voice, var_dir)
+        split = piper_streaming_models(voice, var_dir) if stream_vocoder else None
+        aligned = piper_aligned_model(voice, var_dir) if split is None else None
         self.voice_name = voice
-        self.alignments = aligned is not None
+        self.alignments = split is not None or aligned is not None
+        self.streaming = split is not None
         options = onnxruntime.SessionOptions()
         # no arena: a long sentence's activations (~150 MiB) go back to the OS afterwards
         options.enable_cpu_mem_arena = False
         options.intra_op_num_threads = CPU_THREADS
         options.inter_op_num_threads = 1
-        session = onnxruntime.InferenceSession(
-            str(aligned or model_path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+
+        def session(path: Path) -> Any:
+            return onnxruntime.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+
+        if split is not None:
+            main = session(split[0])
+            self._vocoder: Any = session(split[1])
+            self._latent_name: str = self._vocoder.get_inputs()[0].name
+            self._front_inputs = {i.name for i in main.get_inputs()}
+        else:
+            main = session(aligned or model_path)
         with open(config_path, encoding="utf-8") as f:
             config = PiperConfig.from_dict(json.load(f))
-        self._voice = PiperVoice(config=config, session=session)
+        # in streaming mode the session is the front part; PiperVoice is used for its text
+        # front-end (espeak phonemes, ids) and for whole-sentence synthesis otherwise
+        self._voice = PiperVoice(config=config, session=main)
         self.sample_rate: int = int(self._voice.config.sample_rate)
+        self.hop_length: int = int(self._voice.config.hop_length)
         self.executor = SerialExecutor(f"piper-{voice}")
 
     def iter_sync(self, text: str) -> Iterator[SpeechChunk]:
-        """One chunk per sentence (or clause of a long one); run on the executor, step by step."""
+        """Audio chunks of ``text``, sentence by sentence; run on the executor, step by step.
+
+        Streaming splits each sentence's audio into several chunks (the first one ready
+        after the front part and ~10 vocoder frames).
+        """
         for piece in split_long_text(text):
-            chunks = iter(self._voice.synthesize(piece, include_alignments=self.alignments))
-            while True:
-                with ESPEAK_LOCK:  # the first step phonemizes through the shared espeak library
-                    chunk = next(chunks, None)
-                if chunk is None:
-                    break
-                pcm = chunk.audio_int16_array
-                phonemes: tuple[tuple[str, int], ...] = ()
-                if chunk.phoneme_alignments:
-                    phonemes = tuple(
-                        (a.phoneme, int(a.num_samples)) for a in chunk.phoneme_alignments
-                    )
-                yield SpeechChunk(pcm.tobytes(), int(pcm.shape[0]), phonemes)
+            if self.streaming:
+                yield from self._stream_piece(piece)
+            else:
+                yield from self._whole_sentences(piece)
+
+    def _whole_sentences(self, piece: str) -> Iterator[SpeechChunk]:
+        chunks = iter(self._voice.synthesize(piece, include_alignments=self.alignments))
+        while True:
+            with ESPEAK_LOCK:  # the first step phonemizes through the shared espeak library
+                chunk = next(chunks, None)
+            if chunk is None:
+                break
+            pcm = chunk.audio_int16_array
+            phonemes: tuple[tuple[str, int], ...] = ()
+            if chunk.phoneme_alignments:
+                phonemes = tuple((a.phoneme, int(a.num_samples)) for a in chunk.phoneme_alignments)
+            yield SpeechChunk(pcm.tobytes(), int(pcm.shape[0]), phonemes)
+
+    def _stream_piece(self, piece: str) -> Iterator[SpeechChunk]:
+        voice, config = self._voice, self._voice.config
+        with ESPEAK_LOCK:
+            sentences = voice.phonemize(piece)
+        for phonemes in sentences:
+            if not phonemes:
+                continue
+            ids = voice.phonemes_to_ids(phonemes)
+            feed: dict[str, np.ndarray] = {
+                "input": np.array([ids], dtype=np.int64),
+                "input_lengths": np.array([len(ids)], dtype=np.int64),
+                "scales": np.array(
+                    [config.noise_scale, config.length_scale, config.noise_w_scale],
+                    dtype=np.float32,
+                ),
+            }
+            if "sid" in self._front_inputs:
+                feed["sid"] = np.array([config.default_speaker_id], dtype=np.int64)
+            latent, durations = voice.session.run(None, feed)
+            id_samples = (np.asarray(durations).reshape(-1) * self.hop_length).astype(np.int64)
+            timed = group_alignments(config.phoneme_id_map, phonemes, ids, id_samples)
+            span = int(latent.shape[2]) * self.hop_length
+            first = True
+            for audio in self.vocode(latent):
+                pcm = (soft_limit(audio * PIPER_STREAM_GAIN) * 32767).astype(np.int16)
+                yield SpeechChunk(
+                    pcm.tobytes(),
+                    int(pcm.shape[0]),
+                    timed if first else (),
+                    span if first else 0,
+                )
+                first = False
+
+    def vocode(self, latent: np.ndarray) -> Iterator[np.ndarray]:
+        """Latent frames -> float audio, a stretch at a time (with context on both sides)."""
+        frames, hop, ctx = int(latent.shape[2]), self.hop_length, VOCODER_CONTEXT
+        start, n = 0, 0
+        while start < frames:
+            size = VOCODER_CHUNKS[min(n, len(VOCODER_CHUNKS) - 1)]
+            end = min(frames, start + size)
+            if frames - end < size // 2:  # no short tail run: fold it into this one
+                end = frames
+            lo, hi = max(0, start - ctx), min(frames, end + ctx)
+            out = self._vocoder.run(
+                None, {self._latent_name: np.ascontiguousarray(latent[:, :, lo:hi])}
+            )[0].reshape(-1)
+            yield out[(start - lo) * hop : (end - lo) * hop]
+            start, n = end, n + 1
 
     def synthesize_sync(self, text: str) -> list[SpeechChunk]:
         return list(self.iter_sync(text))

@@ -20,6 +20,7 @@ from livekit.agents.types import NOT_GIVEN, APIConnectOptions, NotGivenOr
 from config.settings import STTSettings
 from live.providers.local_models import (
     DEFAULT_WHISPER,
+    DEFAULT_WINDOW_SECONDS,
     WHISPER_SAMPLE_RATE,
     WhisperEngine,
     get_whisper,
@@ -57,7 +58,13 @@ def to_whisper_audio(buffer: utils.AudioBuffer) -> np.ndarray:
 class LocalSTT(stt.STT):
     """Whisper (tiny.en or base) through faster-whisper, int8 on 2 CPU threads."""
 
-    def __init__(self, *, engine: WhisperEngine, language: str = "en") -> None:
+    def __init__(
+        self,
+        *,
+        engine: WhisperEngine,
+        language: str = "en",
+        window_seconds: float = DEFAULT_WINDOW_SECONDS,
+    ) -> None:
         super().__init__(
             capabilities=stt.STTCapabilities(
                 streaming=False,
@@ -68,6 +75,7 @@ class LocalSTT(stt.STT):
         )
         self._engine = engine
         self._language = language
+        self._window_seconds = window_seconds
 
     @property
     def model(self) -> str:
@@ -90,7 +98,9 @@ class LocalSTT(stt.STT):
         if audio.size < WHISPER_SAMPLE_RATE // 10:  # under 100 ms: nothing to say
             result_text, result_lang, start, end, conf = "", lang, 0.0, 0.0, 0.0
         else:
-            result = await self._engine.transcribe(audio, lang[:2] if lang else None)
+            result = await self._engine.transcribe(
+                audio, lang[:2] if lang else None, self._window_seconds
+            )
             result_text, result_lang = result.text, result.language
             start, end, conf = result.start, result.end, result.confidence
         logger.debug(
@@ -122,4 +132,6 @@ def create_local_stt(options: STTSettings, ctx: ProviderContext) -> Any:
     # as another provider's fallback the options name that provider's model: use the default
     model = options.model if options.provider == "local" else DEFAULT_WHISPER
     engine = get_whisper(ctx, model)
-    return LocalSTT(engine=engine, language=options.language)
+    return LocalSTT(
+        engine=engine, language=options.language, window_seconds=options.window_seconds
+    )

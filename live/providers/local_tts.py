@@ -59,10 +59,11 @@ async def _piper_chunks(engine: PiperEngine, text: str) -> AsyncIterator[SpeechC
 
 
 def _notify(callback: AlignmentCallback | None, chunk: SpeechChunk, sample_rate: int) -> None:
-    if callback is None:
+    """Announce a sentence's timings once, before its first chunk (covering all its chunks)."""
+    if callback is None or chunk.timed_samples == 0:
         return
     try:
-        callback(phoneme_timings(chunk, sample_rate), chunk.num_samples, sample_rate)
+        callback(phoneme_timings(chunk, sample_rate), chunk.timed_samples, sample_rate)
     except Exception:  # the avatar's problem must not silence the agent
         logger.exception("alignment callback failed")
 

