@@ -120,6 +120,15 @@ class STTSettings(BaseModel):
             "Whisper's 30 s (about 2x faster for short turns; 30 turns it off)."
         ),
     )
+    interim_seconds: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=10.0,
+        description=(
+            "Local Whisper: an interim transcript every N seconds of speech while the model "
+            "is idle (0 turns interims off)."
+        ),
+    )
 
 
 class LLMSettings(BaseModel):

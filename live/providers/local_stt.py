@@ -1,33 +1,59 @@
 """Local speech to text: faster-whisper as a LiveKit ``stt.STT`` (no key, no network).
 
-Whisper is not a streaming model, so the STT says ``streaming=False``: AgentSession wraps it
-in ``stt.StreamAdapter`` with the session's VAD, which cuts the caller's speech into
-utterances and calls :meth:`LocalSTT.recognize` once per utterance. The model is loaded once
-per process (``ctx.cached``) and shared by every session through its own worker thread.
+Whisper is not a streaming model. Given a VAD, :class:`LocalSTT` streams anyway, the way
+``stt.StreamAdapter`` does (the VAD cuts the caller's speech into utterances, one final
+transcript each), plus two things the adapter cannot do:
+
+- **speculative finals**: when the caller has been quiet for ``SPECULATE_AFTER_SECONDS`` the
+  utterance so far is transcribed at once, while the VAD is still waiting out its silence
+  rule; if the caller stays quiet, that transcript is the final one, so Whisper's time is
+  mostly hidden in the silence the VAD needed anyway. If the caller speaks again, it is
+  dropped and the utterance goes on.
+- **interim transcripts** every ``interim_seconds`` of speech (0: none), when the model is
+  idle, so captions follow the caller.
+
+Without a VAD it says ``streaming=False`` and AgentSession wraps it in ``stt.StreamAdapter``.
+The model is loaded once per process (``ctx.cached``) and shared by every session through its
+own worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 import numpy as np
 from livekit import rtc
 from livekit.agents import stt, utils
+from livekit.agents import vad as lk_vad
 from livekit.agents.language import LanguageCode
-from livekit.agents.types import NOT_GIVEN, APIConnectOptions, NotGivenOr
+from livekit.agents.types import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    NOT_GIVEN,
+    APIConnectOptions,
+    NotGivenOr,
+)
 
 from config.settings import STTSettings
 from live.providers.local_models import (
     DEFAULT_WHISPER,
     DEFAULT_WINDOW_SECONDS,
     WHISPER_SAMPLE_RATE,
+    Transcript,
     WhisperEngine,
+    get_vad,
     get_whisper,
 )
 from live.providers.registry import ProviderContext, register
 
 logger = logging.getLogger(__name__)
+
+# Quiet long enough to guess the caller is done: transcribe now, confirm at the VAD's end of
+# speech (0.55 s of silence by default), so ~0.3 s of Whisper's time overlaps the wait.
+SPECULATE_AFTER_SECONDS = 0.2
+MIN_AUDIO_SAMPLES = WHISPER_SAMPLE_RATE // 10  # under 100 ms: nothing to say
 
 
 def to_whisper_audio(buffer: utils.AudioBuffer) -> np.ndarray:
@@ -56,7 +82,7 @@ def to_whisper_audio(buffer: utils.AudioBuffer) -> np.ndarray:
 
 
 class LocalSTT(stt.STT):
-    """Whisper (tiny.en or base) through faster-whisper, int8 on 2 CPU threads."""
+    """Whisper (tiny.en or base) through faster-whisper, int8, on the process's model thread."""
 
     def __init__(
         self,
@@ -64,11 +90,13 @@ class LocalSTT(stt.STT):
         engine: WhisperEngine,
         language: str = "en",
         window_seconds: float = DEFAULT_WINDOW_SECONDS,
+        vad: lk_vad.VAD | None = None,
+        interim_seconds: float = 0.0,
     ) -> None:
         super().__init__(
             capabilities=stt.STTCapabilities(
-                streaming=False,
-                interim_results=False,
+                streaming=vad is not None,
+                interim_results=vad is not None and interim_seconds > 0,
                 aligned_transcript=False,
                 offline_recognize=True,
             )
@@ -76,6 +104,10 @@ class LocalSTT(stt.STT):
         self._engine = engine
         self._language = language
         self._window_seconds = window_seconds
+        self._vad = vad
+        self._interim_seconds = interim_seconds
+        self.speculation_hits = 0  # finals that came from a speculative transcript
+        self.speculation_misses = 0  # speculative transcripts dropped: the caller went on
 
     @property
     def model(self) -> str:
@@ -85,6 +117,43 @@ class LocalSTT(stt.STT):
     def provider(self) -> str:
         return "local"
 
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    ) -> stt.RecognizeStream:
+        if self._vad is None:
+            return super().stream(language=language, conn_options=conn_options)
+        return _LocalSpeechStream(
+            stt=self,
+            vad=self._vad,
+            language=self._language_code(language),
+            conn_options=conn_options,
+        )
+
+    def _language_code(self, language: NotGivenOr[str]) -> str:
+        return language if isinstance(language, str) and language else self._language
+
+    async def transcribe(self, audio: np.ndarray, language: str) -> Transcript | None:
+        """16 kHz float audio -> transcript (None for under 100 ms of audio)."""
+        if audio.size < MIN_AUDIO_SAMPLES:
+            return None
+        return await self._engine.transcribe(
+            audio, language[:2] if language else None, self._window_seconds
+        )
+
+    def speech_data(self, result: Transcript | None, language: str) -> stt.SpeechData:
+        if result is None:
+            return stt.SpeechData(language=LanguageCode(language), text="")
+        return stt.SpeechData(
+            language=LanguageCode(result.language),
+            text=result.text,
+            start_time=result.start,
+            end_time=result.end,
+            confidence=result.confidence,
+        )
+
     async def _recognize_impl(
         self,
         buffer: utils.AudioBuffer,
@@ -93,37 +162,177 @@ class LocalSTT(stt.STT):
         conn_options: APIConnectOptions,
     ) -> stt.SpeechEvent:
         audio = to_whisper_audio(buffer)
-        lang = language if isinstance(language, str) and language else self._language
+        lang = self._language_code(language)
         request_id = utils.shortuuid()
-        if audio.size < WHISPER_SAMPLE_RATE // 10:  # under 100 ms: nothing to say
-            result_text, result_lang, start, end, conf = "", lang, 0.0, 0.0, 0.0
-        else:
-            result = await self._engine.transcribe(
-                audio, lang[:2] if lang else None, self._window_seconds
-            )
-            result_text, result_lang = result.text, result.language
-            start, end, conf = result.start, result.end, result.confidence
+        result = await self.transcribe(audio, lang)
+        data = self.speech_data(result, lang)
         logger.debug(
             "local transcript",
             extra={
                 "request_id": request_id,
                 "audio_seconds": round(audio.size / WHISPER_SAMPLE_RATE, 3),
-                "lk.pii.text": result_text,
+                "lk.pii.text": data.text,
             },
         )
         return stt.SpeechEvent(
-            type=stt.SpeechEventType.FINAL_TRANSCRIPT,
-            request_id=request_id,
-            alternatives=[
-                stt.SpeechData(
-                    language=LanguageCode(result_lang),
-                    text=result_text,
-                    start_time=start,
-                    end_time=end,
-                    confidence=conf,
-                )
-            ],
+            type=stt.SpeechEventType.FINAL_TRANSCRIPT, request_id=request_id, alternatives=[data]
         )
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    """Done callback for a dropped transcription: retrieve its error so none goes unseen."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("dropped local transcription failed", exc_info=task.exception())
+
+
+class _LocalSpeechStream(stt.RecognizeStream):
+    """VAD-cut utterances -> Whisper, with speculative finals and optional interims."""
+
+    def __init__(
+        self,
+        *,
+        stt: LocalSTT,
+        vad: lk_vad.VAD,
+        language: str,
+        conn_options: APIConnectOptions,
+    ) -> None:
+        super().__init__(stt=stt, conn_options=conn_options)
+        self._local = stt
+        self._vad = vad
+        self._language = language
+
+    async def _run(self) -> None:
+        vad_stream = self._vad.stream()
+        pending: set[asyncio.Task[Any]] = set()
+
+        async def forward_input() -> None:
+            async for data in self._input_ch:
+                if isinstance(data, self._FlushSentinel):
+                    vad_stream.flush()
+                else:
+                    vad_stream.push_frame(data)
+            vad_stream.end_input()
+
+        def start(frames: list[rtc.AudioFrame]) -> asyncio.Task[Transcript | None]:
+            audio = to_whisper_audio(list(frames))
+            task = asyncio.create_task(self._local.transcribe(audio, self._language))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            return task
+
+        async def recognize() -> None:
+            local, send = self._local, self._event_ch.send_nowait
+            speech: list[rtc.AudioFrame] = []
+            speaking = False
+            utterance = 0
+            speculation: asyncio.Task[Transcript | None] | None = None
+            last_silence = 0.0
+            since_interim = 0.0
+            interim: asyncio.Task[Transcript | None] | None = None
+
+            def drop_speculation() -> None:
+                nonlocal speculation
+                if speculation is not None:
+                    local.speculation_misses += 1
+                    speculation.add_done_callback(_consume)
+                    speculation = None
+
+            def send_interim(task: asyncio.Task[Transcript | None], number: int) -> None:
+                if task.cancelled() or task.exception() is not None:
+                    _consume(task)
+                    return
+                result = task.result()
+                if number == utterance and speaking and result is not None and result.text:
+                    send(
+                        stt.SpeechEvent(
+                            type=stt.SpeechEventType.INTERIM_TRANSCRIPT,
+                            alternatives=[local.speech_data(result, self._language)],
+                        )
+                    )
+
+            async for ev in vad_stream:
+                if ev.type == lk_vad.VADEventType.START_OF_SPEECH:
+                    speaking, utterance = True, utterance + 1
+                    speech = list(ev.frames)
+                    last_silence = since_interim = 0.0
+                    drop_speculation()
+                    send(stt.SpeechEvent(type=stt.SpeechEventType.START_OF_SPEECH))
+                elif ev.type == lk_vad.VADEventType.INFERENCE_DONE:
+                    if not speaking:
+                        continue
+                    speech.extend(ev.frames)
+                    since_interim += sum(f.duration for f in ev.frames)
+                    silence = ev.raw_accumulated_silence
+                    if silence < last_silence:  # the VAD's silence count restarted: speech
+                        drop_speculation()
+                    last_silence = silence
+                    if speculation is None and silence >= SPECULATE_AFTER_SECONDS:
+                        speculation = start(speech)
+                    elif (
+                        local._interim_seconds > 0
+                        and silence == 0.0
+                        and since_interim >= local._interim_seconds
+                        and not pending
+                    ):
+                        since_interim = 0.0
+                        interim = start(speech)
+                        interim.add_done_callback(
+                            lambda t, n=utterance: send_interim(t, n)  # type: ignore[misc]
+                        )
+                elif ev.type == lk_vad.VADEventType.END_OF_SPEECH:
+                    speaking = False
+                    speech_end_time = time.time() - ev.silence_duration - ev.inference_duration
+                    send(
+                        stt.SpeechEvent(
+                            type=stt.SpeechEventType.END_OF_SPEECH,
+                            speech_end_time=speech_end_time,
+                        )
+                    )
+                    final, speculation = speculation, None
+                    speculative = final is not None
+                    if final is not None:
+                        local.speculation_hits += 1
+                    else:
+                        final = start(ev.frames)
+                    result = await final
+                    audio_seconds = sum(f.duration for f in ev.frames)
+                    request_id = utils.shortuuid()
+                    send(
+                        stt.SpeechEvent(
+                            type=stt.SpeechEventType.RECOGNITION_USAGE,
+                            request_id=request_id,
+                            recognition_usage=stt.RecognitionUsage(audio_duration=audio_seconds),
+                        )
+                    )
+                    if result is None or not result.text:
+                        continue
+                    logger.debug(
+                        "local transcript",
+                        extra={
+                            "request_id": request_id,
+                            "audio_seconds": round(audio_seconds, 3),
+                            "speculative": speculative,
+                            "lk.pii.text": result.text,
+                        },
+                    )
+                    send(
+                        stt.SpeechEvent(
+                            type=stt.SpeechEventType.FINAL_TRANSCRIPT,
+                            request_id=request_id,
+                            alternatives=[local.speech_data(result, self._language)],
+                            speech_end_time=speech_end_time,
+                        )
+                    )
+
+        tasks = [
+            asyncio.create_task(forward_input(), name="LocalSTT.forward_input"),
+            asyncio.create_task(recognize(), name="LocalSTT.recognize"),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            await utils.aio.cancel_and_wait(*tasks, *pending)
+            await vad_stream.aclose()
 
 
 @register("stt", "local", extra="local")
@@ -133,5 +342,9 @@ def create_local_stt(options: STTSettings, ctx: ProviderContext) -> Any:
     model = options.model if options.provider == "local" else DEFAULT_WHISPER
     engine = get_whisper(ctx, model)
     return LocalSTT(
-        engine=engine, language=options.language, window_seconds=options.window_seconds
+        engine=engine,
+        language=options.language,
+        window_seconds=options.window_seconds,
+        vad=get_vad(ctx),
+        interim_seconds=options.interim_seconds,
     )

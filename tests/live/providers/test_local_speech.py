@@ -19,7 +19,14 @@ from live.providers import local_models
 from live.providers.local_stt import LocalSTT, to_whisper_audio
 from live.providers.local_tts import EspeakTTS, LocalTTS
 from live.providers.registry import ProviderContext, create
-from tests.live.providers.speech import pcm_frame, resample, silence, split_frames, wer
+from tests.live.providers.speech import (
+    normalize,
+    pcm_frame,
+    resample,
+    silence,
+    split_frames,
+    wer,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -195,6 +202,103 @@ async def test_stream_adapter_with_silero_vad_transcribes_an_utterance(
     text = await asyncio.wait_for(first_final(), timeout=60)
     await stream.aclose()
     assert wer(SENTENCES[1], text) <= 0.15, text
+
+
+def _vad_stt(
+    local_ctx: ProviderContext, whisper: local_models.WhisperEngine, interim_seconds: float = 0.0
+) -> LocalSTT:
+    return LocalSTT(
+        engine=whisper, vad=local_models.get_vad(local_ctx), interim_seconds=interim_seconds
+    )
+
+
+def _push(stream: lk_stt.RecognizeStream, pcm: bytes, rate: int) -> None:
+    for frame in split_frames(resample(pcm, rate, 48000), ms=10):
+        stream.push_frame(frame)
+
+
+async def _events_until_final(stream: lk_stt.RecognizeStream) -> list[lk_stt.SpeechEvent]:
+    events: list[lk_stt.SpeechEvent] = []
+    async for ev in stream:
+        events.append(ev)
+        if ev.type == SpeechEventType.FINAL_TRANSCRIPT:
+            return events
+    raise AssertionError(f"no final transcript: {[e.type for e in events]}")
+
+
+async def test_streaming_stt_finals_come_from_the_transcript_started_in_the_silence(
+    local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+) -> None:
+    stt = _vad_stt(local_ctx, whisper)
+    assert stt.capabilities.streaming and not stt.capabilities.interim_results
+    stream = stt.stream()
+    sr = piper.sample_rate
+    _push(stream, silence(0.5, sr) + piper_pcm(piper, SENTENCES[1]) + silence(1.5, sr), sr)
+    stream.end_input()
+    events = await asyncio.wait_for(_events_until_final(stream), timeout=60)
+    await stream.aclose()
+    kinds = [e.type for e in events]
+    assert kinds[0] == SpeechEventType.START_OF_SPEECH
+    assert kinds[-3:] == [
+        SpeechEventType.END_OF_SPEECH,
+        SpeechEventType.RECOGNITION_USAGE,
+        SpeechEventType.FINAL_TRANSCRIPT,
+    ]
+    assert events[-2].recognition_usage and events[-2].recognition_usage.audio_duration > 2.0
+    assert wer(SENTENCES[1], events[-1].alternatives[0].text) <= 0.15
+    assert stt.speculation_hits == 1
+
+
+def _trimmed(pcm: bytes, threshold: int = 300) -> bytes:
+    """Speech without its leading and trailing quiet, so pauses between pieces are exact."""
+    samples = np.frombuffer(pcm, dtype=np.int16)
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > threshold)
+    return samples[loud[0] : loud[-1] + 1].tobytes()
+
+
+async def test_a_pause_shorter_than_the_end_of_speech_does_not_cut_the_final(
+    local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+) -> None:
+    """0.35 s of quiet starts a speculative transcript (after 0.2 s); the VAD ends speech only
+    after 0.55 s, so the words after the pause must replace that transcript, not be lost."""
+    stt = _vad_stt(local_ctx, whisper)
+    stream = stt.stream()
+    sr = piper.sample_rate
+    first, second = "The weather is lovely today,", "so let us walk to the park."
+    pcm = silence(0.5, sr) + _trimmed(piper_pcm(piper, first)) + silence(0.35, sr)
+    pcm += _trimmed(piper_pcm(piper, second)) + silence(1.5, sr)
+    _push(stream, pcm, sr)
+    stream.end_input()
+    events = await asyncio.wait_for(_events_until_final(stream), timeout=60)
+    await stream.aclose()
+    assert [e.type for e in events].count(SpeechEventType.END_OF_SPEECH) == 1
+    assert wer(f"{first} {second}", events[-1].alternatives[0].text) <= 0.2
+    assert stt.speculation_misses >= 1 and stt.speculation_hits == 1
+
+
+async def test_interim_transcripts_follow_a_long_utterance(
+    local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+) -> None:
+    stt = _vad_stt(local_ctx, whisper, interim_seconds=1.0)
+    assert stt.capabilities.interim_results
+    stream = stt.stream()
+    sr = piper.sample_rate
+    text = f"{SENTENCES[1]} {SENTENCES[2]}"
+    _push(stream, silence(0.3, sr) + piper_pcm(piper, text), sr)  # still talking
+
+    async def first_interim() -> str:
+        async for ev in stream:
+            if ev.type == SpeechEventType.INTERIM_TRANSCRIPT:
+                return ev.alternatives[0].text
+        raise AssertionError("no interim transcript")
+
+    interim = await asyncio.wait_for(first_interim(), timeout=60)
+    assert interim and set(normalize(interim)) & set(normalize(text))
+    _push(stream, silence(1.5, sr), sr)
+    stream.end_input()
+    events = await asyncio.wait_for(_events_until_final(stream), timeout=60)
+    await stream.aclose()
+    assert wer(text, events[-1].alternatives[0].text) <= 0.2
 
 
 async def test_registry_builds_the_local_speech_providers_from_settings(
