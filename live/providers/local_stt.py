@@ -41,6 +41,7 @@ from live.providers.local_models import (
     DEFAULT_WHISPER,
     DEFAULT_WINDOW_SECONDS,
     WHISPER_SAMPLE_RATE,
+    WINDOW_MARGIN_SECONDS,
     Transcript,
     WhisperEngine,
     get_vad,
@@ -228,7 +229,9 @@ class _LocalSpeechStream(stt.RecognizeStream):
             speculation: asyncio.Task[Transcript | None] | None = None
             last_silence = 0.0
             since_interim = 0.0
-            interim: asyncio.Task[Transcript | None] | None = None
+            # interims only while the utterance fits the short window: past it, each one
+            # would pay for Whisper's full 30 s window
+            interim_limit = local._window_seconds - WINDOW_MARGIN_SECONDS
 
             def drop_speculation() -> None:
                 nonlocal speculation
@@ -273,10 +276,10 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         and silence == 0.0
                         and since_interim >= local._interim_seconds
                         and not pending
+                        and sum(f.duration for f in speech) <= interim_limit
                     ):
                         since_interim = 0.0
-                        interim = start(speech)
-                        interim.add_done_callback(
+                        start(speech).add_done_callback(
                             lambda t, n=utterance: send_interim(t, n)  # type: ignore[misc]
                         )
                 elif ev.type == lk_vad.VADEventType.END_OF_SPEECH:
