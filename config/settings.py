@@ -117,7 +117,7 @@ class STTSettings(BaseModel):
         le=30.0,
         description=(
             "Local Whisper: utterances that fit this window are encoded on it instead of "
-            "Whisper's 30 s (about 2x faster for short turns; 30 turns it off)."
+            "Whisper's 30 s (about 3x faster for short turns; 30 turns it off)."
         ),
     )
     interim_seconds: float = Field(
@@ -288,6 +288,15 @@ class LimitsSettings(BaseModel):
     interruption_min_speech: float = Field(
         default=0.3, ge=0.05, le=5.0,
         description="Seconds of caller speech over the agent that interrupt it.",
+    )
+    echo_guard_seconds: float = Field(
+        default=3.0,
+        ge=0.0,
+        le=10.0,
+        description=(
+            "After the agent starts speaking, caller audio cannot interrupt it for this long "
+            "(LiveKit's AEC warm-up: the caller's echo canceller settles; 0 turns it off)."
+        ),
     )
     transcript_retention_days: int = Field(
         default=90, ge=1, description="Transcripts older than this are deleted by beat."

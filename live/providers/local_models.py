@@ -201,10 +201,12 @@ def _windowed_model(path: Path, **kwargs: Any) -> Any:
 
     class WindowedWhisperModel(WhisperModel):  # type: ignore[misc]
         window_frames: int | None = None
+        encoded_frames = 0  # mel frames of the last encoder run (observable by tests)
 
         def encode(self, features: np.ndarray) -> Any:
             if self.window_frames is not None and features.shape[-1] > self.window_frames:
                 features = np.ascontiguousarray(features[..., : self.window_frames])
+            self.encoded_frames = int(features.shape[-1])
             return super().encode(features)
 
     return WindowedWhisperModel(str(path), **kwargs)
@@ -265,6 +267,12 @@ class WhisperEngine:
         )
         self.executor = SerialExecutor(f"whisper-{model}")
         self.full_window_retries = 0  # short-window results that had to be decoded again
+        self.busy = 0  # transcriptions queued or running (event-loop side)
+
+    @property
+    def encoded_frames(self) -> int:
+        """Mel frames the encoder saw last (3000 = Whisper's full 30 s window)."""
+        return int(self._model.encoded_frames)
 
     def transcribe_sync(
         self, audio: np.ndarray, language: str | None, window_seconds: float = FULL_WINDOW_SECONDS
@@ -340,7 +348,11 @@ class WhisperEngine:
     async def transcribe(
         self, audio: np.ndarray, language: str | None, window_seconds: float = FULL_WINDOW_SECONDS
     ) -> Transcript:
-        return await self.executor.run(self.transcribe_sync, audio, language, window_seconds)
+        self.busy += 1
+        try:
+            return await self.executor.run(self.transcribe_sync, audio, language, window_seconds)
+        finally:
+            self.busy -= 1
 
 
 def load_whisper(model: str, var_dir: Path) -> WhisperEngine:
@@ -581,9 +593,11 @@ def split_long_text(text: str, max_chars: int = 100) -> list[str]:
 
 
 # Vocoder stretches, in latent frames (256 samples, 11.6 ms each): a short first one for a
-# quick start, longer ones after it (fewer runs); each run sees VOCODER_CONTEXT frames on
-# both sides, enough for its audio to match a whole-sentence run (measured: > 120 dB SNR).
-VOCODER_CHUNKS = (10, 40, 150)
+# quick start (186 ms of speech, room for another session's run on the shared model thread
+# before the next stretch is due), longer ones after it (fewer runs). Each run sees
+# VOCODER_CONTEXT frames on both sides, enough for its audio to match a whole-sentence run
+# (measured: > 120 dB SNR).
+VOCODER_CHUNKS = (16, 48, 150)
 VOCODER_CONTEXT = 12
 # Piper peak-normalises each sentence, which needs the whole sentence first. Streamed
 # audio gets one fixed gain instead (the voice's sentences peak at 0.3-0.8, ~0.55 typical)
@@ -616,27 +630,54 @@ class PiperEngine:
                 str(path), sess_options=options, providers=["CPUExecutionProvider"]
             )
 
-        if split is not None:
-            main = session(split[0])
-            self._vocoder: Any = session(split[1])
-            self._latent_name: str = self._vocoder.get_inputs()[0].name
-            self._front_inputs = {i.name for i in main.get_inputs()}
-        else:
-            main = session(aligned or model_path)
         with open(config_path, encoding="utf-8") as f:
             config = PiperConfig.from_dict(json.load(f))
+        if split is not None:
+            main = session(split[0])
+            self._front_inputs = {i.name for i in main.get_inputs()}
+            self._vocoder: Any = session(split[1])
+            self._latent_name: str = self._vocoder.get_inputs()[0].name
+        else:
+            main = session(aligned or model_path)
         # in streaming mode the session is the front part; PiperVoice is used for its text
         # front-end (espeak phonemes, ids) and for whole-sentence synthesis otherwise
         self._voice = PiperVoice(config=config, session=main)
         self.sample_rate: int = int(self._voice.config.sample_rate)
         self.hop_length: int = int(self._voice.config.hop_length)
         self.executor = SerialExecutor(f"piper-{voice}")
+        if self.streaming and not self._vocoder_matches_hop():
+            logger.warning("Piper vocoder output is not hop_length per frame: not streamed")
+            aligned = piper_aligned_model(voice, var_dir)
+            self._voice = PiperVoice(config=config, session=session(aligned or model_path))
+            self.streaming, self.alignments = False, aligned is not None
+
+    def _vocoder_matches_hop(self) -> bool:
+        """Stretches are cut by sample count, which needs hop_length samples per frame."""
+        latent, _ = self._front(self._voice.phonemes_to_ids([]))
+        audio = self._vocoder.run(None, {self._latent_name: latent})[0]
+        return bool(audio.size == latent.shape[2] * self.hop_length)
+
+    def _front(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Phoneme ids -> latent frames (1, channels, frames) and frames per phoneme id."""
+        config = self._voice.config
+        feed: dict[str, np.ndarray] = {
+            "input": np.array([ids], dtype=np.int64),
+            "input_lengths": np.array([len(ids)], dtype=np.int64),
+            "scales": np.array(
+                [config.noise_scale, config.length_scale, config.noise_w_scale],
+                dtype=np.float32,
+            ),
+        }
+        if "sid" in self._front_inputs:
+            feed["sid"] = np.array([config.default_speaker_id], dtype=np.int64)
+        latent, durations = self._voice.session.run(None, feed)
+        return latent, np.asarray(durations).reshape(-1)
 
     def iter_sync(self, text: str) -> Iterator[SpeechChunk]:
         """Audio chunks of ``text``, sentence by sentence; run on the executor, step by step.
 
         Streaming splits each sentence's audio into several chunks (the first one ready
-        after the front part and ~10 vocoder frames).
+        after the front part and the first VOCODER_CHUNKS[0] vocoder frames).
         """
         for piece in split_long_text(text):
             if self.streaming:
@@ -665,18 +706,8 @@ class PiperEngine:
             if not phonemes:
                 continue
             ids = voice.phonemes_to_ids(phonemes)
-            feed: dict[str, np.ndarray] = {
-                "input": np.array([ids], dtype=np.int64),
-                "input_lengths": np.array([len(ids)], dtype=np.int64),
-                "scales": np.array(
-                    [config.noise_scale, config.length_scale, config.noise_w_scale],
-                    dtype=np.float32,
-                ),
-            }
-            if "sid" in self._front_inputs:
-                feed["sid"] = np.array([config.default_speaker_id], dtype=np.int64)
-            latent, durations = voice.session.run(None, feed)
-            id_samples = (np.asarray(durations).reshape(-1) * self.hop_length).astype(np.int64)
+            latent, durations = self._front(ids)
+            id_samples = (durations * self.hop_length).astype(np.int64)
             timed = group_alignments(config.phoneme_id_map, phonemes, ids, id_samples)
             span = int(latent.shape[2]) * self.hop_length
             first = True
@@ -697,8 +728,8 @@ class PiperEngine:
         while start < frames:
             size = VOCODER_CHUNKS[min(n, len(VOCODER_CHUNKS) - 1)]
             end = min(frames, start + size)
-            if frames - end < size // 2:  # no short tail run: fold it into this one
-                end = frames
+            if frames - end < VOCODER_CHUNKS[min(n + 1, len(VOCODER_CHUNKS) - 1)] // 2:
+                end = frames  # no short tail run (it would redo its context): fold it in
             lo, hi = max(0, start - ctx), min(frames, end + ctx)
             out = self._vocoder.run(
                 None, {self._latent_name: np.ascontiguousarray(latent[:, :, lo:hi])}

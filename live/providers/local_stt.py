@@ -40,6 +40,7 @@ from config.settings import STTSettings
 from live.providers.local_models import (
     DEFAULT_WHISPER,
     DEFAULT_WINDOW_SECONDS,
+    FULL_WINDOW_SECONDS,
     WHISPER_SAMPLE_RATE,
     WINDOW_MARGIN_SECONDS,
     Transcript,
@@ -186,6 +187,46 @@ def _consume(task: asyncio.Task[Any]) -> None:
         logger.warning("dropped local transcription failed", exc_info=task.exception())
 
 
+class _Utterance:
+    """The caller's speech so far at 16 kHz, resampled once as frames arrive.
+
+    Interims and speculative finals take snapshots of a growing utterance; resampling it all
+    again for each (tens of ms for 9 s, on the event loop) would grow with its length.
+    """
+
+    def __init__(self) -> None:
+        self._resampler: rtc.AudioResampler | None = None
+        self._rate = 0
+        self._chunks: list[np.ndarray] = []
+        self.seconds = 0.0
+
+    def push(self, frames: list[rtc.AudioFrame]) -> None:
+        for frame in frames:
+            self.seconds += frame.duration
+            if frame.num_channels == 1 and frame.sample_rate == WHISPER_SAMPLE_RATE:
+                self._chunks.append(to_whisper_audio(frame))
+                continue
+            if self._resampler is None or self._rate != frame.sample_rate:
+                self._rate = frame.sample_rate
+                self._resampler = rtc.AudioResampler(
+                    frame.sample_rate,
+                    WHISPER_SAMPLE_RATE,
+                    num_channels=frame.num_channels,
+                    quality=rtc.AudioResamplerQuality.HIGH,
+                )
+            for out in self._resampler.push(frame):
+                pcm = np.frombuffer(out.data, dtype=np.int16)
+                if out.num_channels != 1:
+                    pcm = pcm.reshape(-1, out.num_channels).mean(axis=1)
+                self._chunks.append((pcm.astype(np.float32) / 32768.0).astype(np.float32))
+
+    def audio(self) -> np.ndarray:
+        """Everything so far (the resampler holds back a few ms: the tail is quiet anyway)."""
+        if len(self._chunks) > 1:
+            self._chunks = [np.concatenate(self._chunks)]
+        return self._chunks[0] if self._chunks else np.zeros(0, dtype=np.float32)
+
+
 class _LocalSpeechStream(stt.RecognizeStream):
     """VAD-cut utterances -> Whisper, with speculative finals and optional interims."""
 
@@ -205,6 +246,14 @@ class _LocalSpeechStream(stt.RecognizeStream):
     async def _run(self) -> None:
         vad_stream = self._vad.stream()
         pending: set[asyncio.Task[Any]] = set()
+        local, send = self._local, self._event_ch.send_nowait
+        # interims only while the utterance fits the short window: past it, each one would
+        # pay for Whisper's full 30 s window (and with the window at 30 s, never)
+        interim_limit = (
+            local._window_seconds - WINDOW_MARGIN_SECONDS
+            if local._window_seconds < FULL_WINDOW_SECONDS
+            else 0.0
+        )
 
         async def forward_input() -> None:
             async for data in self._input_ch:
@@ -214,31 +263,27 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     vad_stream.push_frame(data)
             vad_stream.end_input()
 
-        def start(frames: list[rtc.AudioFrame]) -> asyncio.Task[Transcript | None]:
-            audio = to_whisper_audio(list(frames))
-            task = asyncio.create_task(self._local.transcribe(audio, self._language))
+        def start(audio: np.ndarray) -> asyncio.Task[Transcript | None]:
+            task = asyncio.create_task(local.transcribe(audio, self._language))
             pending.add(task)
             task.add_done_callback(pending.discard)
             return task
 
+        def drop(task: asyncio.Task[Transcript | None] | None) -> None:
+            """Not needed any more: cancel it (a queued one never runs), keep its errors seen."""
+            if task is not None and not task.done():
+                task.cancel()
+            if task is not None:
+                task.add_done_callback(_consume)
+
         async def recognize() -> None:
-            local, send = self._local, self._event_ch.send_nowait
-            speech: list[rtc.AudioFrame] = []
+            speech = _Utterance()
             speaking = False
             utterance = 0
             speculation: asyncio.Task[Transcript | None] | None = None
+            interim: asyncio.Task[Transcript | None] | None = None
             last_silence = 0.0
             since_interim = 0.0
-            # interims only while the utterance fits the short window: past it, each one
-            # would pay for Whisper's full 30 s window
-            interim_limit = local._window_seconds - WINDOW_MARGIN_SECONDS
-
-            def drop_speculation() -> None:
-                nonlocal speculation
-                if speculation is not None:
-                    local.speculation_misses += 1
-                    speculation.add_done_callback(_consume)
-                    speculation = None
 
             def send_interim(task: asyncio.Task[Transcript | None], number: int) -> None:
                 if task.cancelled() or task.exception() is not None:
@@ -256,30 +301,36 @@ class _LocalSpeechStream(stt.RecognizeStream):
             async for ev in vad_stream:
                 if ev.type == lk_vad.VADEventType.START_OF_SPEECH:
                     speaking, utterance = True, utterance + 1
-                    speech = list(ev.frames)
+                    speech = _Utterance()
+                    speech.push(ev.frames)
                     last_silence = since_interim = 0.0
-                    drop_speculation()
                     send(stt.SpeechEvent(type=stt.SpeechEventType.START_OF_SPEECH))
                 elif ev.type == lk_vad.VADEventType.INFERENCE_DONE:
                     if not speaking:
                         continue
-                    speech.extend(ev.frames)
+                    speech.push(ev.frames)
                     since_interim += sum(f.duration for f in ev.frames)
                     silence = ev.raw_accumulated_silence
-                    if silence < last_silence:  # the VAD's silence count restarted: speech
-                        drop_speculation()
+                    if silence < last_silence and speculation is not None:
+                        # the VAD's silence count restarted: the caller goes on
+                        local.speculation_misses += 1
+                        drop(speculation)
+                        speculation = None
                     last_silence = silence
                     if speculation is None and silence >= SPECULATE_AFTER_SECONDS:
-                        speculation = start(speech)
+                        drop(interim)  # the final matters more than a caption
+                        interim = None
+                        speculation = start(speech.audio())
                     elif (
                         local._interim_seconds > 0
                         and silence == 0.0
                         and since_interim >= local._interim_seconds
-                        and not pending
-                        and sum(f.duration for f in speech) <= interim_limit
+                        and speech.seconds <= interim_limit
+                        and local._engine.busy == 0  # no other session's turn waits on it
                     ):
                         since_interim = 0.0
-                        start(speech).add_done_callback(
+                        interim = start(speech.audio())
+                        interim.add_done_callback(
                             lambda t, n=utterance: send_interim(t, n)  # type: ignore[misc]
                         )
                 elif ev.type == lk_vad.VADEventType.END_OF_SPEECH:
@@ -291,20 +342,22 @@ class _LocalSpeechStream(stt.RecognizeStream):
                             speech_end_time=speech_end_time,
                         )
                     )
+                    drop(interim)
+                    interim = None
+                    # the END frames are the ones already pushed: the utterance is complete
                     final, speculation = speculation, None
                     speculative = final is not None
                     if final is not None:
                         local.speculation_hits += 1
                     else:
-                        final = start(ev.frames)
+                        final = start(speech.audio())
                     result = await final
-                    audio_seconds = sum(f.duration for f in ev.frames)
                     request_id = utils.shortuuid()
                     send(
                         stt.SpeechEvent(
                             type=stt.SpeechEventType.RECOGNITION_USAGE,
                             request_id=request_id,
-                            recognition_usage=stt.RecognitionUsage(audio_duration=audio_seconds),
+                            recognition_usage=stt.RecognitionUsage(audio_duration=speech.seconds),
                         )
                     )
                     if result is None or not result.text:
@@ -313,7 +366,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         "local transcript",
                         extra={
                             "request_id": request_id,
-                            "audio_seconds": round(audio_seconds, 3),
+                            "audio_seconds": round(speech.seconds, 3),
                             "speculative": speculative,
                             "lk.pii.text": result.text,
                         },

@@ -36,6 +36,7 @@ def turn_handling(settings: Settings, ctx: ProviderContext) -> dict[str, Any]:
     limits = settings.limits
     return {
         "vad": get_vad(ctx),
+        "aec_warmup_duration": limits.echo_guard_seconds or None,
         "turn_handling": {
             "turn_detection": turn_detector(ctx),
             "endpointing": {

@@ -83,18 +83,18 @@ async def test_short_utterances_are_decoded_on_a_short_window_long_ones_on_30_s(
 ) -> None:
     short = to_whisper_audio(pcm_frame(piper_pcm(piper, SENTENCES[1]), piper.sample_rate))
     fast = await whisper.transcribe(short, "en", 10.0)
-    assert fast.window_seconds == 10.0
+    assert fast.window_seconds == 10.0 and whisper.encoded_frames == 1000  # 10 ms mel frames
     assert wer(SENTENCES[1], fast.text) <= 0.15, fast.text
     assert 0.0 <= fast.start < fast.end <= short.size / 16000
     off = await whisper.transcribe(short, "en", 30.0)  # the setting at 30 turns it off
-    assert off.window_seconds == 30.0
+    assert off.window_seconds == 30.0 and whisper.encoded_frames == 3000
     assert wer(SENTENCES[1], off.text) <= 0.15, off.text
 
     text = " ".join(SENTENCES * 2)  # about 14 s: longer than the short window
     long = to_whisper_audio(pcm_frame(piper_pcm(piper, text), piper.sample_rate))
     assert long.size / 16000 > 10.0
     result = await whisper.transcribe(long, "en", 10.0)
-    assert result.window_seconds == 30.0
+    assert result.window_seconds == 30.0 and whisper.encoded_frames == 3000
     assert wer(text, result.text) <= 0.2, result.text
 
 
