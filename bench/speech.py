@@ -50,7 +50,7 @@ UTTERANCES = {  # Piper at its native pace: about 1, 3 and 8 s of speech
     "3s": "Could you tell me what the weather will be like in London tomorrow afternoon?",
     "8s": (
         "I would like to book a table for four people tomorrow evening at eight o'clock, "
-        "preferably near the window, and please note that one of us is vegetarian, thanks."
+        "preferably near the window, and please note that one of us is vegetarian."
     ),
 }
 CONVERSATION = [
@@ -194,6 +194,46 @@ async def _first_audio(make_stream: Callable[[], Any], text: str) -> tuple[float
     return (first - t0) * 1000, total, audio
 
 
+async def _played(make_stream: Callable[[], Any], text: str, t0: float) -> tuple[float, float]:
+    """(time to first audio ms, silence heard mid-answer ms) for a player that starts at the
+    first audio and plays in real time: a gap is audio that arrived after the earlier audio
+    had finished playing (an underrun)."""
+    stream = make_stream()
+    stream.push_text(text)
+    stream.end_input()
+    first = deadline = gaps = 0.0
+    async for ev in stream:
+        now = time.perf_counter()
+        if not first:
+            first = deadline = now
+        gaps += max(0.0, now - deadline)
+        deadline = max(deadline, now) + ev.frame.duration
+    await stream.aclose()
+    return (first - t0) * 1000, gaps * 1000
+
+
+async def bench_concurrent_tts(
+    variants: dict[str, Callable[[], Any]], runs: int
+) -> dict[str, Any]:
+    """Two sessions answering at once through one process's voice (one shared model thread)."""
+    texts = (TTS_TEXT, TTS_LONG_FIRST)
+    firsts: dict[str, list[float]] = {name: [] for name in variants}
+    gaps: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(runs):
+        for name, make in variants.items():
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*(_played(make, text, t0) for text in texts))
+            firsts[name].append(max(r[0] for r in results))
+            gaps[name].append(max(r[1] for r in results))
+    return {
+        name: {
+            "slower_first_audio_ms": median(firsts[name]),
+            "worst_mid_answer_silence_ms": median(gaps[name]),
+        }
+        for name in variants
+    }
+
+
 async def bench_tts(ctx: ProviderContext, runs: int) -> dict[str, Any]:
     """Piper with the vocoder streamed within sentences (default) and whole-sentence Piper
     side by side, alternating runs; espeak-ng for scale."""
@@ -235,6 +275,9 @@ async def bench_tts(ctx: ProviderContext, runs: int) -> dict[str, Any]:
                 for name in variants
             },
         }
+    out["two_sessions_at_once"] = await bench_concurrent_tts(
+        {"piper": streamed.stream, "piper_whole_sentence": whole.stream}, runs
+    )
     out["sample_rate"] = streamed.sample_rate
     out["memory_mib_before_comparison"] = memory
     return out
@@ -345,6 +388,7 @@ def to_markdown(r: dict[str, Any]) -> str:
             f" | {target} | {met} |"
         )
     two, long = tts["two_sentences"], tts["long_first_sentence"]
+    both = tts["two_sessions_at_once"]
     lines += [
         f"| LLM time to first token, first turn | {llm['first_turn_ttft_ms']} ms | | |",
         f"| LLM time to first token, turns 2-5 | {llm['later_turns_ttft_ms']} ms "
@@ -361,6 +405,12 @@ def to_markdown(r: dict[str, Any]) -> str:
         f"| TTS real-time factor, Piper streamed / whole-sentence "
         f"| {two['piper']['real_time_factor']} / {two['piper_whole_sentence']['real_time_factor']}"
         " | | |",
+        "| TTS, two sessions answering at once (one voice, one model thread): slower first "
+        "audio / worst silence inside an answer, streamed vs whole-sentence "
+        f"| {both['piper']['slower_first_audio_ms']} / "
+        f"{both['piper']['worst_mid_answer_silence_ms']} ms vs "
+        f"{both['piper_whole_sentence']['slower_first_audio_ms']} / "
+        f"{both['piper_whole_sentence']['worst_mid_answer_silence_ms']} ms | | |",
         f"| TTS time to first audio / RTF, espeak-ng | {two['espeak']['first_audio_ms']} ms / "
         f"{two['espeak']['real_time_factor']} | | |",
         f"| RSS with all models loaded (after load / peak) | {mem['rss_all_models_loaded']} / "

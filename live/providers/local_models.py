@@ -15,9 +15,12 @@ process (faster-whisper, Piper and espeak-ng are not safe to call concurrently).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ctypes
 import ctypes.util
+import heapq
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -84,6 +87,73 @@ class SerialExecutor:
     def submit_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run from synchronous code (prewarm) on the model's own thread."""
         return self._pool.submit(fn, *args).result()
+
+
+class DeadlineExecutor:
+    """One worker thread around a model, running the queued step whose deadline is earliest.
+
+    Streamed speech is produced in steps (a sentence's front pass, then vocoder stretches).
+    When sessions share the voice, first-come order lets one session's new sentence run
+    while another's queued audio runs out, and the listener hears a gap. Deadlines (when a
+    session's queued audio ends) put the step that would otherwise cause a gap first.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: list[tuple[float, int, Callable[..., Any], tuple[Any, ...], Any, Any]] = []
+        self._ready = threading.Condition()
+        self._order = itertools.count()
+        threading.Thread(target=self._work, name=name, daemon=True).start()
+
+    async def run(self, fn: Callable[..., T], *args: Any, deadline: float = 0.0) -> T:
+        """Run ``fn(*args)`` on the model thread; ``deadline`` is a ``time.perf_counter()``."""
+        return await self.submit(fn, *args, deadline=deadline)
+
+    def submit(self, fn: Callable[..., T], *args: Any, deadline: float = 0.0) -> asyncio.Future[T]:
+        """Queue at once (from the event loop); cancelling the future drops a waiting step."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._ready:
+            heapq.heappush(self._queue, (deadline, next(self._order), fn, args, loop, future))
+            self._ready.notify()
+        return future
+
+    def submit_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run from synchronous code (prewarm) on the model's own thread."""
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._ready:
+            heapq.heappush(self._queue, (0.0, next(self._order), fn, args, None, done))
+            self._ready.notify()
+        return done.result()
+
+    def _work(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue:
+                    self._ready.wait()
+                _, _, fn, args, loop, future = heapq.heappop(self._queue)
+            if loop is None:  # submit_sync
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as err:  # handed to the caller
+                    future.set_exception(err)
+                continue
+            if future.cancelled():  # the stream was closed while this step waited
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as err:  # handed to the awaiting task
+                loop.call_soon_threadsafe(_settle, future, None, err)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 # --- model files ------------------------------------------------------------------------
@@ -644,7 +714,7 @@ class PiperEngine:
         self._voice = PiperVoice(config=config, session=main)
         self.sample_rate: int = int(self._voice.config.sample_rate)
         self.hop_length: int = int(self._voice.config.hop_length)
-        self.executor = SerialExecutor(f"piper-{voice}")
+        self.executor = DeadlineExecutor(f"piper-{voice}")
         if self.streaming and not self._vocoder_matches_hop():
             logger.warning("Piper vocoder output is not hop_length per frame: not streamed")
             aligned = piper_aligned_model(voice, var_dir)

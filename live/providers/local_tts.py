@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -51,11 +52,53 @@ def phoneme_timings(chunk: SpeechChunk, sample_rate: int) -> list[PhonemeTiming]
     return out
 
 
-async def _piper_chunks(engine: PiperEngine, text: str) -> AsyncIterator[SpeechChunk]:
-    """Sentence chunks of ``text``, each synthesized on Piper's worker thread."""
+# A new answer's first step goes after the steps of sessions whose queued audio runs out
+# within this time (see DeadlineExecutor): a step cannot be interrupted, and a long sentence's
+# front pass (~0.2 s) would otherwise outlast another session's first stretch (186 ms).
+# Alone on the voice, a stream's steps run at once whatever their deadline.
+FIRST_AUDIO_SLACK_SECONDS = 0.5
+
+
+class PlaybackClock:
+    """When this stream's audio, played from its first chunk on, will have run out."""
+
+    def __init__(self) -> None:
+        self._started: float | None = None
+        self._seconds = 0.0
+
+    def deadline(self) -> float:
+        if self._started is None:
+            return time.perf_counter() + FIRST_AUDIO_SLACK_SECONDS
+        return self._started + self._seconds
+
+    def played(self, seconds: float) -> None:
+        if self._started is None:
+            self._started = time.perf_counter()
+        self._seconds += seconds
+
+
+async def _piper_chunks(
+    engine: PiperEngine, text: str, clock: PlaybackClock
+) -> AsyncIterator[SpeechChunk]:
+    """Chunks of ``text``, each step synthesized on Piper's thread by its stream's deadline.
+
+    The next step is queued before the current one ends: the model thread takes its next job
+    as soon as a step finishes, before this coroutine could queue one, and another session's
+    long step would slip in ahead of ours while our queued audio runs out.
+    """
     it = engine.iter_sync(text)
-    while (chunk := await engine.executor.run(next, it, None)) is not None:
-        yield chunk
+    step = engine.executor.submit(next, it, None, deadline=clock.deadline())
+    try:
+        while True:
+            following = engine.executor.submit(next, it, None, deadline=clock.deadline())
+            chunk = await step
+            step = following
+            if chunk is None:
+                return
+            clock.played(chunk.num_samples / engine.sample_rate)
+            yield chunk
+    finally:
+        step.cancel()  # the step queued ahead (or one left by a closed stream)
 
 
 def _notify(callback: AlignmentCallback | None, chunk: SpeechChunk, sample_rate: int) -> None:
@@ -121,7 +164,7 @@ class _PiperChunkedStream(tts.ChunkedStream):
             num_channels=1,
             mime_type="audio/pcm",
         )
-        async for chunk in _piper_chunks(engine, self.input_text):
+        async for chunk in _piper_chunks(engine, self.input_text, PlaybackClock()):
             _notify(self._piper.on_alignment, chunk, engine.sample_rate)
             output_emitter.push(chunk.pcm)
         output_emitter.flush()
@@ -154,6 +197,7 @@ class _PiperSynthesizeStream(tts.SynthesizeStream):
 
         async def synthesize() -> None:
             position = 0.0  # seconds of audio pushed so far
+            clock = PlaybackClock()
             async for ev in sentences:
                 output_emitter.push_timed_transcript(
                     TimedString(text=ev.token, start_time=position)
@@ -162,7 +206,7 @@ class _PiperSynthesizeStream(tts.SynthesizeStream):
                 if not text:
                     continue
                 self._mark_started()
-                async for chunk in _piper_chunks(engine, text):
+                async for chunk in _piper_chunks(engine, text, clock):
                     _notify(self._piper.on_alignment, chunk, engine.sample_rate)
                     output_emitter.push(chunk.pcm)
                     position += chunk.num_samples / engine.sample_rate

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +110,27 @@ def test_soft_limiter_keeps_quiet_samples_and_bounds_loud_ones() -> None:
     out = local_models.soft_limit(audio)
     assert np.allclose(out[:3], audio[:3])
     assert np.all(np.abs(out) < 1.0) and out[3] > 0.8 and out[4] < -0.8
+
+
+async def test_the_model_thread_runs_the_step_with_the_earliest_deadline_first() -> None:
+    executor = local_models.DeadlineExecutor("test-deadlines")
+    started, gate, order = threading.Event(), threading.Event(), []
+
+    def busy() -> None:
+        started.set()
+        assert gate.wait(30)
+
+    blocker = executor.submit(busy)
+    assert await asyncio.to_thread(started.wait, 30)  # the thread is busy: the rest queues
+    steps = [
+        executor.submit(order.append, name, deadline=deadline)
+        for name, deadline in (("late", 3.0), ("first", 1.0), ("second", 2.0))
+    ]
+    executor.submit(order.append, "closed", deadline=0.5).cancel()  # its stream went away
+    gate.set()
+    await asyncio.gather(blocker, *steps)
+    assert order == ["first", "second", "late"]  # and the cancelled step never ran
+    assert executor.submit_sync(lambda: "sync") == "sync"
 
 
 def test_whisper_base_without_its_packages_names_the_pip_command(
