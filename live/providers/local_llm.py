@@ -27,6 +27,7 @@ from livekit.agents.types import (
     APIConnectOptions,
     NotGivenOr,
 )
+from livekit.agents.voice.transcription.filters import EMOJI_PATTERN
 
 from config.settings import LLMSettings
 from live.providers.local_models import LLM_MODELS, LlamaEngine, get_llama, system_prompt
@@ -36,6 +37,12 @@ logger = logging.getLogger(__name__)
 
 _SENTENCE_END = re.compile(r"[.!?…][\"')\]]*(?=\s|$)")
 _MARKDOWN = str.maketrans("", "", "*#`")
+
+
+def spoken_text(piece: str) -> str:
+    """A streamed piece without markdown marks or emojis: a tiny model ignores the persona's
+    "no markdown, no emojis" now and then, and the text is both spoken and kept as transcript."""
+    return EMOJI_PATTERN.sub("", piece.translate(_MARKDOWN))
 _CHARS_PER_TOKEN = 3  # conservative for English, to keep the history inside the context
 
 
@@ -269,9 +276,9 @@ class LocalLLMStream(llm.LLMStream):
             complete = False
             for choice in chunk.get("choices") or []:
                 content = (choice.get("delta") or {}).get("content")
-                if content:
+                text = spoken_text(content or "")
+                if text:
                     pieces += 1
-                    text = content.translate(_MARKDOWN)
                     if pieces < soft_limit and not pending:
                         complete = emit(text)
                     else:

@@ -133,6 +133,12 @@ async def test_the_model_thread_runs_the_step_with_the_earliest_deadline_first()
     assert executor.submit_sync(lambda: "sync") == "sync"
 
 
+def test_the_local_llm_drops_emojis_and_markdown_marks_from_what_it_streams() -> None:
+    assert local_llm.spoken_text("🌟Hello **there**! 👍🏽") == "Hello there! "
+    assert local_llm.spoken_text("🎓") == ""
+    assert local_llm.spoken_text("It's 5 o'clock, isn't it?") == "It's 5 o'clock, isn't it?"
+
+
 def test_whisper_base_without_its_packages_names_the_pip_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
