@@ -179,37 +179,27 @@ async def bench_llm(ctx: ProviderContext, runs: int) -> dict[str, Any]:
     }
 
 
-async def _first_audio(make_stream: Callable[[], Any], text: str) -> tuple[float, float, float]:
-    """(time to first audio ms, total synthesis s, audio s) for one streamed synthesis."""
-    t0 = time.perf_counter()
+async def _played(
+    make_stream: Callable[[], Any], text: str, t0: float | None = None
+) -> tuple[float, float, float, float]:
+    """One streamed synthesis heard by a player that starts at the first audio and plays in
+    real time: (time to first audio ms, total synthesis s, audio s, silence heard mid-answer
+    ms). A gap is audio that arrived after the earlier audio had finished playing."""
+    t0 = time.perf_counter() if t0 is None else t0
     stream = make_stream()
     stream.push_text(text)
     stream.end_input()
-    first, audio = 0.0, 0.0
-    async for ev in stream:
-        first = first or time.perf_counter()
-        audio += ev.frame.duration
-    total = time.perf_counter() - t0
-    await stream.aclose()
-    return (first - t0) * 1000, total, audio
-
-
-async def _played(make_stream: Callable[[], Any], text: str, t0: float) -> tuple[float, float]:
-    """(time to first audio ms, silence heard mid-answer ms) for a player that starts at the
-    first audio and plays in real time: a gap is audio that arrived after the earlier audio
-    had finished playing (an underrun)."""
-    stream = make_stream()
-    stream.push_text(text)
-    stream.end_input()
-    first = deadline = gaps = 0.0
+    first = deadline = gaps = audio = 0.0
     async for ev in stream:
         now = time.perf_counter()
         if not first:
             first = deadline = now
         gaps += max(0.0, now - deadline)
         deadline = max(deadline, now) + ev.frame.duration
+        audio += ev.frame.duration
+    total = time.perf_counter() - t0
     await stream.aclose()
-    return (first - t0) * 1000, gaps * 1000
+    return (first - t0) * 1000, total, audio, gaps * 1000
 
 
 async def bench_concurrent_tts(
@@ -224,7 +214,7 @@ async def bench_concurrent_tts(
             t0 = time.perf_counter()
             results = await asyncio.gather(*(_played(make, text, t0) for text in texts))
             firsts[name].append(max(r[0] for r in results))
-            gaps[name].append(max(r[1] for r in results))
+            gaps[name].append(max(r[3] for r in results))
     return {
         name: {
             "slower_first_audio_ms": median(firsts[name]),
@@ -239,7 +229,7 @@ async def bench_tts(ctx: ProviderContext, runs: int) -> dict[str, Any]:
     side by side, alternating runs; espeak-ng for scale."""
     streamed = LocalTTS(engine=local_models.get_piper(ctx, "joe-us"))
     for text in (TTS_TEXT, TTS_LONG_FIRST):
-        await _first_audio(streamed.stream, text)
+        await _played(streamed.stream, text)
     # the production set of models has now done all its work: its memory peak, before the
     # comparison voice below is loaded
     memory = memory_mib()
@@ -255,13 +245,13 @@ async def bench_tts(ctx: ProviderContext, runs: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for text_name, text in (("two_sentences", TTS_TEXT), ("long_first_sentence", TTS_LONG_FIRST)):
         for make in variants.values():
-            await _first_audio(make, text)  # warm-up
+            await _played(make, text)  # warm-up
         firsts: dict[str, list[float]] = {name: [] for name in variants}
         rtfs: dict[str, list[float]] = {name: [] for name in variants}
         audio_s = 0.0
         for _ in range(runs):
             for name, make in variants.items():
-                first, total, audio_s = await _first_audio(make, text)
+                first, total, audio_s, _ = await _played(make, text)
                 firsts[name].append(first)
                 rtfs[name].append(total / audio_s)
         out[text_name] = {

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -58,29 +59,35 @@ SPECULATE_AFTER_SECONDS = 0.2
 MIN_AUDIO_SAMPLES = WHISPER_SAMPLE_RATE // 10  # under 100 ms: nothing to say
 
 
+def _float_mono(frames: Iterable[rtc.AudioFrame]) -> np.ndarray:
+    """int16 frames (any channel count) -> mono float32 in [-1, 1]."""
+    parts = []
+    for f in frames:
+        pcm = np.frombuffer(f.data, dtype=np.int16)
+        if f.num_channels != 1:
+            pcm = pcm.reshape(-1, f.num_channels).mean(axis=1)
+        parts.append(pcm.astype(np.float32) / 32768.0)
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+
+def _resampler(frame: rtc.AudioFrame) -> rtc.AudioResampler:
+    return rtc.AudioResampler(
+        frame.sample_rate,
+        WHISPER_SAMPLE_RATE,
+        num_channels=frame.num_channels,
+        quality=rtc.AudioResamplerQuality.HIGH,
+    )
+
+
 def to_whisper_audio(buffer: utils.AudioBuffer) -> np.ndarray:
     """Any LiveKit audio (rate, channels, list of frames) -> 16 kHz mono float32 in [-1, 1]."""
     frame = utils.merge_frames(buffer) if isinstance(buffer, list) else buffer
     if frame.samples_per_channel == 0:
         return np.zeros(0, dtype=np.float32)
-    if frame.num_channels != 1 or frame.sample_rate != WHISPER_SAMPLE_RATE:
-        resampler = rtc.AudioResampler(
-            frame.sample_rate,
-            WHISPER_SAMPLE_RATE,
-            num_channels=frame.num_channels,
-            quality=rtc.AudioResamplerQuality.HIGH,
-        )
-        frames = [*resampler.push(frame), *resampler.flush()]
-        pcm = (
-            np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in frames])
-            if frames
-            else np.zeros(0, dtype=np.int16)
-        )
-        if frame.num_channels != 1:
-            pcm = pcm.reshape(-1, frame.num_channels).mean(axis=1)
-    else:
-        pcm = np.frombuffer(frame.data, dtype=np.int16)
-    return (pcm.astype(np.float32) / 32768.0).astype(np.float32)
+    if frame.sample_rate == WHISPER_SAMPLE_RATE:
+        return _float_mono([frame])
+    resampler = _resampler(frame)
+    return _float_mono([*resampler.push(frame), *resampler.flush()])
 
 
 class LocalSTT(stt.STT):
@@ -203,22 +210,12 @@ class _Utterance:
     def push(self, frames: list[rtc.AudioFrame]) -> None:
         for frame in frames:
             self.seconds += frame.duration
-            if frame.num_channels == 1 and frame.sample_rate == WHISPER_SAMPLE_RATE:
-                self._chunks.append(to_whisper_audio(frame))
+            if frame.sample_rate == WHISPER_SAMPLE_RATE:
+                self._chunks.append(_float_mono([frame]))
                 continue
             if self._resampler is None or self._rate != frame.sample_rate:
-                self._rate = frame.sample_rate
-                self._resampler = rtc.AudioResampler(
-                    frame.sample_rate,
-                    WHISPER_SAMPLE_RATE,
-                    num_channels=frame.num_channels,
-                    quality=rtc.AudioResamplerQuality.HIGH,
-                )
-            for out in self._resampler.push(frame):
-                pcm = np.frombuffer(out.data, dtype=np.int16)
-                if out.num_channels != 1:
-                    pcm = pcm.reshape(-1, out.num_channels).mean(axis=1)
-                self._chunks.append((pcm.astype(np.float32) / 32768.0).astype(np.float32))
+                self._rate, self._resampler = frame.sample_rate, _resampler(frame)
+            self._chunks.append(_float_mono(self._resampler.push(frame)))
 
     def audio(self) -> np.ndarray:
         """Everything so far (the resampler holds back a few ms: the tail is quiet anyway)."""
