@@ -279,11 +279,28 @@ class LimitsSettings(BaseModel):
     caller_grace_seconds: float = Field(
         default=5.0, ge=0, description="How long the agent stays after the caller leaves."
     )
+    turn_detector: Literal["vad", "transcript", "v1-mini", "smart-turn"] = Field(
+        default="vad",
+        description=(
+            "End of turn: 'vad' (silence of ENDPOINTING_MIN_DELAY), 'transcript' (a turn whose "
+            "transcript trails off waits ENDPOINTING_MAX_DELAY), 'v1-mini' (LiveKit's local "
+            "audio model) or 'smart-turn' (pipecat's Smart Turn v3). Chosen by bench.turns."
+        ),
+    )
     endpointing_min_delay: float = Field(
-        default=0.5, ge=0, description="Silence before a turn may end (seconds)."
+        default=0.9, ge=0, description="Silence before a turn may end (seconds)."
     )
     endpointing_max_delay: float = Field(
-        default=3.0, ge=0, description="Silence after which a turn always ends (seconds)."
+        default=1.5,
+        ge=0,
+        description="Silence after which a turn always ends, when the detector says it goes on (seconds).",
+    )
+    preemptive_tts: bool = Field(
+        default=True,
+        description=(
+            "Start the reply's LLM and first TTS sentence on the caller's speculative transcript, "
+            "while the end of the turn is still being confirmed; dropped if the caller goes on."
+        ),
     )
     interruption_min_speech: float = Field(
         default=0.3, ge=0.05, le=5.0,

@@ -286,10 +286,11 @@ def render(item: Item, out_dir: Path = OUT) -> Rendered:
     speech = speech / (np.abs(speech).max() + 1e-9) * 0.5  # about -6 dBFS peak
     lead, trail = int(LEAD_S * RATE), int(TRAIL_S * RATE)
     audio = np.concatenate([np.zeros(lead, np.float32), speech, np.zeros(trail, np.float32)])
-    if "noise" in item.condition:
-        snr_db = rng.uniform(15, 25)
-        level = np.sqrt(np.mean(speech**2)) * 10 ** (-snr_db / 20)
-        audio = audio + _room_noise(len(audio), rng) * level
+    # a microphone is never digitally silent: clean items get a faint room tone (55 dB under
+    # the speech), "noise" items a loud one (15 to 25 dB SNR)
+    snr_db = rng.uniform(15, 25) if "noise" in item.condition else 55.0
+    level = np.sqrt(np.mean(speech**2)) * 10 ** (-snr_db / 20)
+    audio = audio + _room_noise(len(audio), rng) * level
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{item.id}.wav"
     write_wav(path, audio)

@@ -948,7 +948,12 @@ def prewarm(ctx: ProviderContext) -> None:
     s = ctx.settings
     tune_malloc()
     get_vad(ctx)
-    init_turn_detector(ctx)
+    if s.limits.turn_detector == "v1-mini":
+        init_turn_detector(ctx)
+    elif s.limits.turn_detector == "smart-turn":
+        from live.providers.smart_turn import SmartTurnModel
+
+        ctx.cached("local.eot.smart-turn", SmartTurnModel)
     if _uses_local(s.stt):
         model = s.stt.model if s.stt.provider == "local" else "tiny.en"
         get_whisper(ctx, model if model in WHISPER_MODELS else "tiny.en")

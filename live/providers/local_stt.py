@@ -295,6 +295,20 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         )
                     )
 
+            def send_preflight(task: asyncio.Task[Transcript | None], number: int) -> None:
+                """The speculative transcript, as LiveKit's preflight: the session starts the
+                reply (LLM, first TTS sentence) now and keeps it if the final says the same."""
+                if task.cancelled() or task.exception() is not None:
+                    return  # drop() retrieves the error
+                result = task.result()
+                if number == utterance and task is speculation and result is not None and result.text:
+                    send(
+                        stt.SpeechEvent(
+                            type=stt.SpeechEventType.PREFLIGHT_TRANSCRIPT,
+                            alternatives=[local.speech_data(result, self._language)],
+                        )
+                    )
+
             async for ev in vad_stream:
                 if ev.type == lk_vad.VADEventType.START_OF_SPEECH:
                     speaking, utterance = True, utterance + 1
@@ -318,6 +332,9 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         drop(interim)  # the final matters more than a caption
                         interim = None
                         speculation = start(speech.audio())
+                        speculation.add_done_callback(
+                            lambda t, n=utterance: send_preflight(t, n)  # type: ignore[misc]
+                        )
                     elif (
                         local._interim_seconds > 0
                         and silence == 0.0

@@ -1,34 +1,217 @@
-"""Voice activity and end of turn, offline: Silero VAD plus LiveKit's local ``v1-mini`` model.
+"""Voice activity and end of turn, offline, chosen by measurement (``bench.turns``).
 
-``TurnDetector(version="v1-mini")`` runs LiveKit's audio end-of-turn model in-process
-(``livekit-local-inference``, weights inside the wheel): it never calls the cloud gateway.
-The auto mode would pick the cloud ``v1`` model in dev mode, so the version is explicit.
-Without the native package the session falls back to VAD-only endpointing.
+``LIMITS__TURN_DETECTOR`` picks one of four, each a LiveKit Agents turn detector (or LiveKit's
+own VAD mode), so ``AgentSession`` runs the endpointing as it always does:
+
+- ``vad``: the turn ends after ``ENDPOINTING_MIN_DELAY`` of silence. On the turn-taking
+  corpus (12 voices that are not the agent's, 32 mid-sentence hesitations of 0.3-0.9 s) this
+  was the best trade-off: the audio models below cut more hesitations short at every delay,
+  because the robotic and data-driven voices confuse their prosody cues.
+- ``transcript``: :class:`TranscriptTurnDetector` reads the transcript so far; one that trails
+  off ("My phone number is ...", "I'd like to order") waits ``ENDPOINTING_MAX_DELAY``.
+- ``v1-mini``: LiveKit's local audio model (``livekit-local-inference``, offline).
+- ``smart-turn``: pipecat's Smart Turn v3 (:class:`SmartTurnDetector`).
+
+Results and the command that measures them: ``bench/results/turns-endpoint.md``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
+
+import numpy as np
+from livekit import rtc
+from livekit.agents.language import LanguageCode
+from livekit.agents.llm import ChatContext
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
+from livekit.agents.voice.turn import TurnDetectionEvent
 
 from config.settings import Settings
 from live.providers.local_models import get_vad, init_turn_detector
 from live.providers.registry import ProviderContext
+from live.providers.turn_text import text_completeness
 
 logger = logging.getLogger(__name__)
 
+class TranscriptTurnDetector:
+    """End of turn from the words: LiveKit's text turn-detector contract, with no model.
 
-def turn_detector(ctx: ProviderContext) -> Any:
-    """The local end-of-turn detector, or ``"vad"`` when it is not installed."""
-    if not init_turn_detector(ctx):
-        return "vad"
-    from livekit.agents.inference.eot import TurnDetector
+    ``AgentSession`` calls ``predict_end_of_turn`` with the conversation and the caller's
+    transcript so far; below ``unlikely_threshold`` it waits the endpointing's max delay
+    instead of its min delay. Works with any STT, local or hosted.
+    """
 
-    return TurnDetector(version="v1-mini")
+    @property
+    def model(self) -> str:
+        return "transcript-rule"
+
+    @property
+    def provider(self) -> str:
+        return "local"
+
+    async def unlikely_threshold(self, language: LanguageCode | None) -> float | None:
+        return 0.5
+
+    async def supports_language(self, language: LanguageCode | None) -> bool:
+        return language is None or str(language).lower().startswith("en")
+
+    async def predict_end_of_turn(self, chat_ctx: ChatContext, *, timeout: float | None = None) -> float:
+        for item in reversed(chat_ctx.items):
+            if getattr(item, "role", None) == "user":
+                text = item.text_content or ""  # type: ignore[union-attr]
+                return 0.0 if text_completeness(text) == "incomplete" else 1.0
+        return 1.0
+
+
+class _SmartTurnStream:
+    """The caller's last 8 s at 16 kHz; a prediction runs on a thread when LiveKit asks."""
+
+    def __init__(self, detector: SmartTurnDetector) -> None:
+        from live.providers.smart_turn import SAMPLE_RATE, WINDOW_SECONDS
+
+        self._detector = detector
+        self._rate = SAMPLE_RATE
+        self._keep = SAMPLE_RATE * WINDOW_SECONDS
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._resampler: rtc.AudioResampler | None = None
+        self._in_rate = 0
+        self._fut: asyncio.Future[TurnDetectionEvent] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def model(self) -> str:
+        return self._detector.model
+
+    @property
+    def provider(self) -> str:
+        return self._detector.provider
+
+    @property
+    def is_fallback(self) -> bool:
+        return False
+
+    @property
+    def prediction_timeout(self) -> float:
+        return 1.0
+
+    async def unlikely_threshold(self, language: LanguageCode | None) -> float | None:
+        return self._detector.threshold
+
+    async def backchannel_threshold(self, language: LanguageCode | None) -> float | None:
+        return None
+
+    async def supports_language(self, language: LanguageCode | None) -> bool:
+        return True
+
+    def push_audio(self, frame: rtc.AudioFrame) -> None:
+        if self._closed:
+            return
+        frames = [frame]
+        if frame.sample_rate != self._rate:
+            if self._resampler is None or self._in_rate != frame.sample_rate:
+                self._in_rate = frame.sample_rate
+                self._resampler = rtc.AudioResampler(
+                    frame.sample_rate, self._rate, num_channels=frame.num_channels,
+                    quality=rtc.AudioResamplerQuality.QUICK,
+                )
+            frames = self._resampler.push(frame)
+        for f in frames:
+            pcm = np.frombuffer(f.data, dtype=np.int16)
+            if f.num_channels > 1:
+                pcm = pcm.reshape(-1, f.num_channels).mean(axis=1)
+            self._buf = np.concatenate([self._buf, pcm.astype(np.float32) / 32768.0])[-self._keep :]
+
+    def predict(self) -> asyncio.Future[TurnDetectionEvent]:
+        self.cancel_inference()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[TurnDetectionEvent] = loop.create_future()
+        self._fut = fut
+        snapshot = self._buf.copy()
+
+        async def run() -> None:
+            t0 = time.monotonic()
+            try:
+                p = await asyncio.to_thread(self._detector.model_instance.predict, snapshot)
+            except Exception:
+                logger.exception("smart turn prediction failed")
+                p = 1.0  # commit on the min delay rather than stall the caller
+            if not fut.done():
+                fut.set_result(TurnDetectionEvent(
+                    type="eot_prediction", end_of_turn_probability=p, last_speaking_time=time.time(),
+                    inference_duration=time.monotonic() - t0,
+                ))
+
+        self._task = asyncio.create_task(run())
+        return fut
+
+    def cancel_inference(self, *, timed_out: bool = False) -> None:
+        if self._fut is not None and not self._fut.done():
+            self._fut.set_result(TurnDetectionEvent(
+                type="eot_prediction", end_of_turn_probability=0.0, last_speaking_time=time.time(),
+            ))
+        self._fut = None
+
+    def flush(self, reason: str | None = None) -> None:
+        self._buf = np.zeros(0, dtype=np.float32)
+        self.cancel_inference()
+
+    def end_input(self) -> None:
+        self.flush()
+        self._closed = True
+
+    async def aclose(self) -> None:
+        self.end_input()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+
+class SmartTurnDetector:
+    """pipecat's Smart Turn v3 as a LiveKit streaming turn detector (audio in, P(done) out)."""
+
+    def __init__(self, model: Any, threshold: float = 0.5) -> None:
+        self.model_instance = model
+        self.threshold = threshold
+
+    @property
+    def model(self) -> str:
+        return "smart-turn-v3.2"
+
+    @property
+    def provider(self) -> str:
+        return "pipecat"
+
+    def stream(self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS) -> _SmartTurnStream:
+        return _SmartTurnStream(self)
+
+
+def get_smart_turn(ctx: ProviderContext) -> Any:
+    from live.providers.smart_turn import SmartTurnModel
+
+    return ctx.cached("local.eot.smart-turn", SmartTurnModel)
+
+
+def turn_detector(settings: Settings, ctx: ProviderContext) -> Any:
+    """The configured detector, or ``"vad"`` (LiveKit's silence rule)."""
+    kind = settings.limits.turn_detector
+    if kind == "transcript":
+        return TranscriptTurnDetector()
+    if kind == "smart-turn":
+        return SmartTurnDetector(get_smart_turn(ctx))
+    if kind == "v1-mini":
+        if not init_turn_detector(ctx):
+            return "vad"
+        from livekit.agents.inference.eot import TurnDetector
+
+        return TurnDetector(version="v1-mini")
+    return "vad"
 
 
 def turn_handling(settings: Settings, ctx: ProviderContext) -> dict[str, Any]:
-    """``AgentSession`` keyword arguments for VAD, end of turn and interruptions.
+    """``AgentSession`` keyword arguments for VAD, end of turn, preemption and interruptions.
 
     Use as ``AgentSession(stt=..., llm=..., tts=..., **turn_handling(settings, ctx))``.
     False-interruption resume is off: the avatar plays the agent's audio and cannot pause it.
@@ -38,10 +221,14 @@ def turn_handling(settings: Settings, ctx: ProviderContext) -> dict[str, Any]:
         "vad": get_vad(ctx),
         "aec_warmup_duration": limits.echo_guard_seconds or None,
         "turn_handling": {
-            "turn_detection": turn_detector(ctx),
+            "turn_detection": turn_detector(settings, ctx),
             "endpointing": {
                 "min_delay": limits.endpointing_min_delay,
                 "max_delay": limits.endpointing_max_delay,
+            },
+            "preemptive_generation": {
+                "enabled": True,
+                "preemptive_tts": limits.preemptive_tts,
             },
             "interruption": {
                 "resume_false_interruption": False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 
 import numpy as np
 import pytest
@@ -246,6 +247,36 @@ async def test_streaming_stt_finals_come_from_the_transcript_started_in_the_sile
     ]
     assert events[-2].recognition_usage and events[-2].recognition_usage.audio_duration > 2.0
     assert wer(SENTENCES[1], events[-1].alternatives[0].text) <= 0.15
+    assert stt.speculation_hits == 1
+
+
+async def test_speculative_transcript_goes_out_as_preflight_before_the_end_of_speech(
+    local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+) -> None:
+    """Paced like a microphone: the transcript started after 0.2 s of quiet reaches the session
+    as a preflight (it starts the reply) before the VAD's end of speech, and the final says the
+    same, so the session keeps the reply it started."""
+    stt = _vad_stt(local_ctx, whisper)
+    stream = stt.stream()
+    sr = piper.sample_rate
+    frames = split_frames(resample(silence(0.3, sr) + piper_pcm(piper, SENTENCES[1]) + silence(1.2, sr), sr, 48000), ms=10)
+
+    async def feed() -> None:
+        start = time.monotonic()
+        for i, frame in enumerate(frames):  # real-time pacing, as a room delivers audio
+            stream.push_frame(frame)
+            await asyncio.sleep(max(0.0, start + (i + 1) * 0.01 - time.monotonic()))
+        stream.end_input()
+
+    feeder = asyncio.create_task(feed())
+    events = await asyncio.wait_for(_events_until_final(stream), timeout=60)
+    await feeder
+    await stream.aclose()
+    kinds = [e.type for e in events]
+    assert SpeechEventType.PREFLIGHT_TRANSCRIPT in kinds, kinds
+    assert kinds.index(SpeechEventType.PREFLIGHT_TRANSCRIPT) < kinds.index(SpeechEventType.END_OF_SPEECH)
+    preflight = events[kinds.index(SpeechEventType.PREFLIGHT_TRANSCRIPT)].alternatives[0].text
+    assert preflight == events[-1].alternatives[0].text
     assert stt.speculation_hits == 1
 
 

@@ -28,18 +28,64 @@ pytestmark = pytest.mark.slow
 def test_turn_handling_is_offline_and_configurable(local_ctx: ProviderContext) -> None:
     from livekit.agents.inference.eot import TurnDetector
 
-    settings = load_settings(
-        _env_file=None,
-        var_dir=local_ctx.settings.var_dir,
-        limits={"endpointing_min_delay": 0.4, "endpointing_max_delay": 2.0},
-    )
-    kwargs = turn_handling(settings, local_ctx)
-    th = kwargs["turn_handling"]
-    assert isinstance(th["turn_detection"], TurnDetector)
-    assert th["turn_detection"].model == "turn-detector-v1-mini"  # local, never the cloud v1
-    assert th["endpointing"] == {"min_delay": 0.4, "max_delay": 2.0}
+    from live.providers.turn import SmartTurnDetector, TranscriptTurnDetector
+
+    def handling(**limits: object) -> dict:
+        settings = load_settings(_env_file=None, var_dir=local_ctx.settings.var_dir, limits=limits)
+        return turn_handling(settings, local_ctx)
+
+    default = handling()
+    th = default["turn_handling"]
+    assert th["turn_detection"] == "vad"  # the measured default (bench/results/turns-endpoint.md)
+    assert th["endpointing"] == {"min_delay": 0.9, "max_delay": 1.5}
+    assert th["preemptive_generation"] == {"enabled": True, "preemptive_tts": True}
     assert th["interruption"]["resume_false_interruption"] is False
-    assert kwargs["vad"] is local_models.get_vad(local_ctx)  # loaded once per process
+    assert default["vad"] is local_models.get_vad(local_ctx)  # loaded once per process
+
+    th = handling(endpointing_min_delay=0.4, endpointing_max_delay=2.0, preemptive_tts=False)
+    assert th["turn_handling"]["endpointing"] == {"min_delay": 0.4, "max_delay": 2.0}
+    assert th["turn_handling"]["preemptive_generation"]["preemptive_tts"] is False
+    assert isinstance(handling(turn_detector="transcript")["turn_handling"]["turn_detection"],
+                      TranscriptTurnDetector)
+    assert isinstance(handling(turn_detector="smart-turn")["turn_handling"]["turn_detection"],
+                      SmartTurnDetector)
+    mini = handling(turn_detector="v1-mini")["turn_handling"]["turn_detection"]
+    assert isinstance(mini, TurnDetector)
+    assert mini.model == "turn-detector-v1-mini"  # local, never the cloud v1
+
+
+async def test_smart_turn_runs_as_a_livekit_streaming_turn_detector(
+    local_ctx: ProviderContext, piper: local_models.PiperEngine
+) -> None:
+    """Smart Turn v3 through LiveKit's streaming detector contract, on 48 kHz frames as a room
+    delivers them: a finished question scores above the threshold, the stream's answer is the
+    model's own on the same audio, and new speech resolves a pending prediction as not done.
+    (How well it separates finished from unfinished turns is measured in bench.turns, not here:
+    on synthetic voices it often does not.)"""
+    import numpy as np
+
+    from live.providers.turn import SmartTurnDetector, get_smart_turn
+
+    model = get_smart_turn(local_ctx)
+    detector = SmartTurnDetector(model)
+    sr = piper.sample_rate
+    pcm = silence(0.3, sr)
+    pcm += b"".join(c.pcm for c in piper.synthesize_sync("Could you tell me the opening hours on Saturday?"))
+    pcm += silence(0.2, sr)
+    stream = detector.stream()
+    for frame in split_frames(resample(pcm, sr, 48000), ms=10):
+        stream.push_audio(frame)
+    ev = await asyncio.wait_for(stream.predict(), timeout=30)
+    threshold = await stream.unlikely_threshold(None)
+    assert threshold is not None and ev.end_of_turn_probability >= threshold
+    direct = resample(pcm, sr, 16000)
+    expected = model.predict(np.frombuffer(direct.data, dtype=np.int16).astype(np.float32) / 32768)
+    assert abs(ev.end_of_turn_probability - expected) < 0.1
+
+    fut = stream.predict()
+    stream.cancel_inference()  # new speech: a pending prediction resolves as "not done"
+    assert (await fut).end_of_turn_probability == 0.0
+    await stream.aclose()
 
 
 class MicInput(AudioInput):

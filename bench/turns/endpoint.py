@@ -1,0 +1,336 @@
+"""End of turn chosen by measurement: every offline candidate on the turn-taking corpus.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.turns.endpoint
+
+Each candidate is a policy: at every pause (0.2 s into the silence) it classifies the turn so
+far as *complete*, *unsure* or *incomplete*, and each class has a wait (seconds of silence
+after the caller's last speech before the turn ends). The turn ends at the first pause that
+lasts longer than its wait. Per candidate, voice group and voice:
+
+- end-of-speech to end-of-turn on complete utterances (p50, p95), from the utterance's true
+  end of speech (its energy, not the VAD's guess);
+- false cuts: a hesitation (or any utterance) whose turn ended at a pause inside it;
+- turns that ended only by the longest wait (``max``), which the caller hears as a stall.
+
+Thresholds are chosen on the ``dev`` split only; ``holdout`` is reported apart. Writes
+``bench/results/turns-endpoint.{json,md,svg}``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from bench.turns.corpus import Item, load_manifest
+from bench.turns.features import Features, Pause, compute
+from live.providers.turn_text import text_completeness
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+COMMAND = "HF_HUB_OFFLINE=1 .venv/bin/python -m bench.turns.endpoint"
+Klass = str  # "complete" | "unsure" | "incomplete"
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    classify: Callable[[Pause], Klass]
+    waits: dict[str, float]  # class -> silence needed, s
+    dynamic: bool = False  # LiveKit's dynamic endpointing: the complete wait learns pauses
+
+    @property
+    def max_wait(self) -> float:
+        return max(self.waits.values())
+
+
+def _always(_: Pause) -> Klass:
+    return "complete"
+
+
+def vad_only(s: float) -> Policy:
+    return Policy(f"VAD silence {s:.2f} s", _always, {"complete": s})
+
+
+def mini(th: float, wc: float, wi: float, name: str | None = None) -> Policy:
+    return Policy(
+        name or f"v1-mini >= {th:.2f} ({wc:.2f}/{wi:.2f} s)",
+        lambda p: "complete" if p.mini >= th else "incomplete",
+        {"complete": wc, "incomplete": wi},
+    )
+
+
+def smart(th: float, wc: float, wi: float) -> Policy:
+    return Policy(
+        f"Smart Turn v3 >= {th:.2f} ({wc:.2f}/{wi:.2f} s)",
+        lambda p: "complete" if p.smart >= th else "incomplete",
+        {"complete": wc, "incomplete": wi},
+    )
+
+
+def text_rule(wc: float, wi: float) -> Policy:
+    return Policy(
+        f"transcript rule ({wc:.2f}/{wi:.2f} s)",
+        lambda p: "complete" if text_completeness(p.text) == "complete" else "incomplete",
+        {"complete": wc, "incomplete": wi},
+    )
+
+
+def combined(th: float, wc: float, wu: float, wi: float) -> Policy:
+    """Transcript and Smart Turn: both must say done for the short wait."""
+
+    def classify(p: Pause) -> Klass:
+        t = text_completeness(p.text)
+        if t == "incomplete":
+            return "incomplete"
+        return "complete" if (t == "complete" and p.smart >= th) else "unsure"
+
+    return Policy(
+        f"transcript + Smart Turn >= {th:.2f} ({wc:.2f}/{wu:.2f}/{wi:.2f} s)",
+        classify,
+        {"complete": wc, "unsure": wu, "incomplete": wi},
+    )
+
+
+def text_two_level(wc: float, wu: float, wi: float) -> Policy:
+    def classify(p: Pause) -> Klass:
+        t = text_completeness(p.text)
+        return "incomplete" if t == "incomplete" else ("complete" if t == "complete" else "unsure")
+
+    return Policy(f"transcript rule, 3 waits ({wc:.2f}/{wu:.2f}/{wi:.2f} s)", classify,
+                  {"complete": wc, "unsure": wu, "incomplete": wi})
+
+
+def dynamic(wmin: float, wmax: float) -> Policy:
+    return Policy(f"dynamic endpointing ({wmin:.2f}..{wmax:.2f} s)", _always,
+                  {"complete": wmin, "incomplete": wmax}, dynamic=True)
+
+
+@dataclass
+class Outcome:
+    id: str
+    delay: float  # end of turn - true end of speech (s); only meaningful without a cut
+    cut: bool
+    by_max: bool
+
+
+def run_policy(policy: Policy, items: list[Item], feats: dict[str, Features],
+               truth: dict[str, dict[str, float]]) -> list[Outcome]:
+    out: list[Outcome] = []
+    learned: dict[str, float] = {}  # dynamic: per caller (voice), the learned complete wait
+    for it in items:
+        f = feats[it.id]
+        if not f.pauses:
+            continue
+        waits = dict(policy.waits)
+        if policy.dynamic:
+            waits["complete"] = learned.get(it.voice, policy.waits["complete"])
+        ended = None
+        for k, p in enumerate(f.pauses):
+            klass = policy.classify(p)
+            wait = waits[klass]
+            if p.length >= wait:
+                ended = (k, p.onset + wait, klass, wait)
+                break
+            if policy.dynamic:  # a pause the caller resumed after: learn it (EMA, alpha 0.9)
+                cur = learned.get(it.voice, policy.waits["complete"])
+                learned[it.voice] = min(policy.waits["incomplete"],
+                                        max(policy.waits["complete"], 0.9 * cur + 0.1 * (p.length + 0.1)))
+        assert ended is not None  # the last pause never ends
+        k, t_end, klass, wait = ended
+        out.append(Outcome(
+            id=it.id,
+            delay=round(t_end - truth[it.id]["speech_end"], 3),
+            cut=k < len(f.pauses) - 1,
+            by_max=wait >= policy.max_wait and len(policy.waits) > 1 and not policy.dynamic,
+        ))
+    return out
+
+
+def _q(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
+def summarize(outs: list[Outcome], items: dict[str, Item]) -> dict[str, float | int | None]:
+    complete = [o for o in outs if items[o.id].kind == "complete"]
+    hes = [o for o in outs if items[o.id].kind == "hesitation"]
+    ok = [o.delay for o in complete if not o.cut]
+    return {
+        "n_complete": len(complete),
+        "p50": _q(ok, 50),
+        "p95": _q(ok, 95),
+        "by_max": sum(o.by_max for o in complete),
+        "complete_cut": sum(o.cut for o in complete),
+        "n_hesitation": len(hes),
+        "false_cut": round(sum(o.cut for o in hes) / len(hes), 3) if hes else None,
+    }
+
+
+def three(wc: float, wu: float, wi: float, th: float = 0.95, mth: float = 0.5,
+          wf: float | None = None) -> Policy:
+    """Transcript first; Smart Turn and v1-mini may only shorten a wait, never lengthen it.
+
+    incomplete transcript -> ``wi``; otherwise ``wc`` (complete) or ``wu`` (no closing mark);
+    with ``wf``, a complete transcript that both audio models also call done waits ``wf``.
+    """
+
+    def classify(p: Pause) -> Klass:
+        t = text_completeness(p.text)
+        if t == "complete" and wf is not None and p.smart >= th and p.mini >= mth:
+            return "fast"
+        return t
+
+    waits = {"complete": wc, "unsure": wu, "incomplete": wi}
+    name = f"transcript rule ({wc:.2f}/{wu:.2f}/{wi:.2f} s)"
+    if wf is not None:
+        waits["fast"] = wf
+        name = f"transcript + Smart Turn >= {th:.2f} + v1-mini >= {mth:.2f} ({wf:.2f}/{wc:.2f}/{wu:.2f}/{wi:.2f} s)"
+    return Policy(name, classify, waits)
+
+
+def candidates() -> list[Policy]:
+    ps: list[Policy] = [vad_only(s) for s in (0.3, 0.4, 0.55, 0.7, 0.8, 0.85, 0.9, 1.1)]
+    ps.append(mini(0.36, 0.55, 3.0, name="today: v1-mini >= 0.36, VAD 0.55 s, max 3.0 s"))
+    for th in (0.36, 0.5, 0.65):
+        ps.append(mini(th, 0.3, 1.2))
+    for th in (0.5, 0.8, 0.95):
+        ps.append(smart(th, 0.3, 1.2))
+    ps.append(text_rule(0.3, 1.2))
+    for wc in (0.6, 0.7, 0.8, 0.85, 0.9):
+        for wi in (1.2, 1.5):
+            ps.append(three(wc, wc, wi))
+    for wf in (0.4, 0.5, 0.6):
+        for wc in (0.7, 0.8, 0.9):
+            for th, mth in ((0.9, 0.5), (0.95, 0.5), (0.95, 0.6)):
+                ps.append(three(wc, wc, 1.5, th, mth, wf))
+    for wc in (0.3, 0.5):
+        ps.append(dynamic(wc, 1.2))
+    return ps
+
+
+def choose(results: list[dict], max_false_cut: float = 0.05) -> dict:
+    """On dev: the lowest p50 that keeps false cuts within the limit, then the lowest p95."""
+    ok = [r for r in results if (r["dev"]["all"]["false_cut"] or 0) <= max_false_cut
+          and r["dev"]["all"]["complete_cut"] == 0]
+    return min(ok, key=lambda r: (r["dev"]["all"]["p50"], r["dev"]["all"]["p95"]))
+
+
+def svg(results: list[dict], chosen: str, path: Path) -> None:
+    """False cuts on hesitations against p50 end-of-turn delay, one dot per candidate (dev)."""
+    w, h, m = 720, 420, 60
+    xs = [r["dev"]["all"]["p50"] for r in results]
+    x_max = max(1.6, max(x for x in xs if x is not None) + 0.1)
+    def px(x: float) -> float: return m + (w - 2 * m) * x / x_max
+    def py(y: float) -> float: return h - m - (h - 2 * m) * y
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
+             f'<rect width="{w}" height="{h}" fill="white"/>',
+             f'<line x1="{m}" y1="{h-m}" x2="{w-m}" y2="{h-m}" stroke="black"/>',
+             f'<line x1="{m}" y1="{m}" x2="{m}" y2="{h-m}" stroke="black"/>',
+             f'<line x1="{m}" y1="{py(0.05)}" x2="{w-m}" y2="{py(0.05)}" stroke="#c33" stroke-dasharray="4"/>',
+             f'<text x="{w-m-120}" y="{py(0.05)-4}" fill="#c33">5% false cuts</text>',
+             f'<text x="{w/2-120}" y="{h-20}">end of speech to end of turn, p50 (s), dev split</text>',
+             f'<text x="14" y="{m-20}">false cuts on hesitations</text>']
+    for t in np.arange(0, x_max, 0.2):
+        parts.append(f'<text x="{px(t)-8}" y="{h-m+16}">{t:.1f}</text>')
+    for t in (0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f'<text x="{m-34}" y="{py(t)+4}">{t:.0%}</text>')
+    for r in results:
+        a = r["dev"]["all"]
+        if a["p50"] is None:
+            continue
+        color = "#1a7f37" if r["name"] == chosen else ("#888" if "today" not in r["name"] else "#c33")
+        rad = 6 if r["name"] == chosen or "today" in r["name"] else 3
+        parts.append(f'<circle cx="{px(a["p50"]):.1f}" cy="{py(a["false_cut"] or 0):.1f}" r="{rad}" fill="{color}"><title>{r["name"]}</title></circle>')
+        if r["name"] == chosen or "today" in r["name"]:
+            parts.append(f'<text x="{px(a["p50"])+8:.1f}" y="{py(a["false_cut"] or 0)-8:.1f}" fill="{color}">{"chosen" if r["name"] == chosen else "today"}</text>')
+    parts.append("</svg>")
+    path.write_text("\n".join(parts) + "\n")
+
+
+def main() -> None:
+    feats = compute()
+    items = load_manifest()
+    by_id = {i.id: i for i in items}
+    truth = {r["id"]: r for r in json.loads((Path("var/corpus/turns") / "index.json").read_text())}
+    results = []
+    for pol in candidates():
+        outs = run_policy(pol, items, feats, truth)
+        entry: dict = {"name": pol.name}
+        entry["all"] = summarize(outs, by_id)
+        for split in ("dev", "holdout"):
+            sel = [o for o in outs if by_id[o.id].split == split]
+            entry[split] = {"all": summarize(sel, by_id)}
+            for g in ("synthetic", "natural", "human"):
+                entry[split][g] = summarize([o for o in sel if by_id[o.id].group == g], by_id)
+        entry["per_voice"] = {
+            v: summarize([o for o in outs if by_id[o.id].voice == v], by_id)
+            for v in sorted({i.voice for i in items})
+        }
+        results.append(entry)
+    best = choose(results)
+    RESULTS.mkdir(exist_ok=True)
+    meta = {"command": COMMAND, "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
+            "chosen": best["name"], "results": results}
+    (RESULTS / "turns-endpoint.json").write_text(json.dumps(meta, indent=1) + "\n")
+    svg(results, best["name"], RESULTS / "turns-endpoint.svg")
+    (RESULTS / "turns-endpoint.md").write_text(render_md(meta, by_id))
+    print(render_md(meta, by_id))
+
+
+def _fmt(v: float | int | None, pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.0%}" if pct else (f"{v:.2f}" if isinstance(v, float) else str(v))
+
+
+def render_md(meta: dict, by_id: dict[str, Item]) -> str:
+    lines = [
+        "# End of turn on the turn-taking corpus (offline)",
+        "",
+        f"Command: `{meta['command']}` ({meta['date']}). Machine: {meta['machine']}.",
+        "Corpus: `bench/turns/manifest.json` (178 utterances, 12 voices, none the agent's own).",
+        "Delays run from the true end of speech to the end of the turn on complete utterances;",
+        "false cuts are hesitations whose turn ended in the pause; *max* counts complete",
+        "utterances that ended only by the longest wait. Waits are complete/unsure/incomplete.",
+        "",
+        f"**Chosen on dev: {meta['chosen']}** (lowest p50, then p95, with false cuts <= 5% and no complete",
+        "utterance cut).",
+        "",
+        "| Candidate | dev p50 | dev p95 | dev false cuts | dev max | holdout p50 | holdout p95 | holdout false cuts | holdout max | all false cuts |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in meta["results"]:
+        d, h = r["dev"]["all"], r["holdout"]["all"]
+        mark = "**" if r["name"] == meta["chosen"] else ""
+        lines.append(
+            f"| {mark}{r['name']}{mark} | {_fmt(d['p50'])} | {_fmt(d['p95'])} | {_fmt(d['false_cut'], True)} | {d['by_max']} "
+            f"| {_fmt(h['p50'])} | {_fmt(h['p95'])} | {_fmt(h['false_cut'], True)} | {h['by_max']} "
+            f"| {_fmt(r['all']['false_cut'], True)} |"
+        )
+    lines += ["", "Per voice group (dev + holdout), chosen candidate and today's:", "",
+              "| Candidate | group | p50 | p95 | false cuts | max |", "|---|---|---|---|---|---|"]
+    for r in meta["results"]:
+        if r["name"] != meta["chosen"] and "today" not in r["name"]:
+            continue
+        for g in ("synthetic", "natural", "human"):
+            d, h = r["dev"][g], r["holdout"][g]
+            p50s = [x for x in (d["p50"], h["p50"]) if x is not None]
+            lines.append(f"| {r['name']} | {g} | {_fmt(min(p50s) if p50s else None)}..{_fmt(max(p50s) if p50s else None)} "
+                         f"| {_fmt(d['p95'])} / {_fmt(h['p95'])} | {_fmt(d['false_cut'], True)} / {_fmt(h['false_cut'], True)} "
+                         f"| {d['by_max'] + h['by_max']} |")
+    lines += ["", "Per voice (all splits), chosen candidate:", "",
+              "| Voice | p50 | p95 | false cuts | max |", "|---|---|---|---|---|"]
+    chosen = next(r for r in meta["results"] if r["name"] == meta["chosen"])
+    for v, s in chosen["per_voice"].items():
+        lines.append(f"| {v} | {_fmt(s['p50'])} | {_fmt(s['p95'])} | {_fmt(s['false_cut'], True)} | {s['by_max']} |")
+    lines += ["", "Plot: `turns-endpoint.svg` (false cuts against p50, one dot per candidate).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Does the transcript so far read like a finished turn? A rule on Whisper's own marks.
+
+Whisper punctuates: it ends a finished sentence with ``.``, ``?`` or ``!`` and writes ``...``
+when speech trails off. A turn that stops on an article, a preposition, a conjunction or a
+verb that needs a continuation ("I'd like to order", "the address is") is not finished,
+whatever the punctuation says. Measured on the turn-taking corpus (``bench.turns``), this rule
+holds on robotic voices where the prosody models do not.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+Completeness = Literal["complete", "unsure", "incomplete"]
+
+# Words a finished English turn rarely ends on.
+CONTINUATION_WORDS = frozenset(
+    """
+    a an the to and or but so because if of for with in on at from by into than
+    when while which whose whether my your our their his her its
+    is are was were am be been being i i'm i'd i'll we we're you're he she they it's
+    um uh er erm like could would should shall must some any very really just also as
+    """.split()
+)
+_TRAILING = re.compile(r"(\.\.\.|…|,|;|:|-|–|—)\s*$")
+_FINAL = re.compile(r"[.?!]\s*$")
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def text_completeness(text: str) -> Completeness:
+    """``complete`` (finished sentence), ``incomplete`` (clearly goes on) or ``unsure``."""
+    t = text.strip().strip('"').strip()
+    if not t:
+        return "unsure"
+    if _TRAILING.search(t):
+        return "incomplete"
+    words = _WORD.findall(t.lower())
+    if words and words[-1] in CONTINUATION_WORDS:
+        return "incomplete"
+    if _FINAL.search(t):
+        return "complete"
+    return "unsure"  # no closing mark: Whisper often leaves it off short turns

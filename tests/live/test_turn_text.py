@@ -1,0 +1,51 @@
+"""The transcript end-of-turn rule and its LiveKit turn-detector wrapper (no models)."""
+
+from __future__ import annotations
+
+import pytest
+from livekit.agents.llm import ChatContext
+
+from live.providers.turn import TranscriptTurnDetector
+from live.providers.turn_text import text_completeness
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["What time is it?", "Please repeat that.", "I agree with you.", "Thank you very much!",
+     "Who are you?", "My order number is 45279."],
+)
+def test_finished_sentences_are_complete(text: str) -> None:
+    assert text_completeness(text) == "complete"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["My phone number is...", "I would like to order a", "The problem is that the", "Please send it to.",
+     "I think the best time is…", "We need a table for,", "So, um,", "I was wondering if"],
+)
+def test_turns_that_trail_off_are_incomplete(text: str) -> None:
+    assert text_completeness(text) == "incomplete"
+
+
+@pytest.mark.parametrize("text", ["", "  ", "Let's start", "rear left"])
+def test_no_closing_mark_is_unsure_not_incomplete(text: str) -> None:
+    assert text_completeness(text) == "unsure"
+
+
+async def test_detector_waits_longer_only_for_an_unfinished_transcript() -> None:
+    det = TranscriptTurnDetector()
+    threshold = await det.unlikely_threshold(None)
+    assert threshold is not None
+
+    def ctx(user_text: str) -> ChatContext:
+        c = ChatContext()
+        c.add_message(role="assistant", content="Hello, how can I help?")
+        c.add_message(role="user", content=user_text)
+        return c
+
+    assert await det.predict_end_of_turn(ctx("I'd like to book a table for two.")) >= threshold
+    assert await det.predict_end_of_turn(ctx("I'd like to book...")) < threshold
+    assert await det.predict_end_of_turn(ctx("Let's start")) >= threshold  # unsure: not held
+    assert await det.supports_language(None) and not await det.supports_language("de")  # type: ignore[arg-type]
