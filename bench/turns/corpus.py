@@ -38,7 +38,7 @@ from typing import Literal
 
 import numpy as np
 
-from bench.turns.texts import BACKCHANNEL, COMPLETE, HESITATION
+from bench.turns.texts import BACKCHANNEL, COMPLETE, FINAL_COMPLETE, FINAL_HESITATION, HESITATION
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "manifest.json"
@@ -96,7 +96,7 @@ class Item:
     group: Group
     condition: str
     pause_ms: int = 0  # hesitations: the pause inside the turn
-    split: Literal["dev", "holdout"] = "dev"
+    split: Literal["dev", "holdout", "final"] = "dev"
 
 
 @dataclass
@@ -139,6 +139,16 @@ def plan() -> list[Item]:
             items.append(Item(f"b{i}-{r}", "backchannel", text, voice.id, voice.group, "clean"))
     for it in items:
         it.split = _split(it.id)
+    # the final check: written after the default was chosen, run once at the end
+    for i, text in enumerate(FINAL_COMPLETE):
+        voice = synth[(i * 7 + 1) % len(synth)]
+        cond = CONDITIONS[(i * 5 + 1) % len(CONDITIONS)]
+        items.append(Item(f"fc{i:02d}", "complete", text, voice.id, voice.group, cond, split="final"))
+    for i, text in enumerate(FINAL_HESITATION):
+        voice = synth[(i * 3 + 4) % len(synth)]
+        cond = CONDITIONS[(i * 7 + 2) % len(CONDITIONS)]
+        pause = 300 + (i * 157) % 601
+        items.append(Item(f"fh{i:02d}", "hesitation", text, voice.id, voice.group, cond, pause, "final"))
     return items
 
 

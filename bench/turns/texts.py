@@ -94,3 +94,35 @@ HESITATION: list[str] = [
 ]
 
 BACKCHANNEL: list[str] = ["Mm-hm.", "Yeah.", "Okay.", "Right.", "Uh-huh.", "I see."]
+
+# Written after the end-of-turn default was chosen, and evaluated only once, at the end: a
+# check that the choice holds on turns nobody tuned against (split "final").
+FINAL_COMPLETE: list[str] = [
+    "Is the pharmacy open on Sundays?",
+    "I lost my keys somewhere in the park.",
+    "How far is the airport from the city centre?",
+    "Can you spell your last name for me?",
+    "The heating in my flat stopped working last night.",
+    "Do I need a visa to travel to Canada?",
+    "I would like a window seat if possible.",
+    "What is the quickest way to learn to swim as an adult?",
+    "Please cancel the order I placed yesterday.",
+    "How many people can the small meeting room hold?",
+    "My son has a fever and a sore throat, should I keep him home from school tomorrow?",
+    "Could you read me the last message again?",
+]
+
+FINAL_HESITATION: list[str] = [
+    "I'm looking for | a gift for my father.",
+    "The reason I'm calling is | my bill looks wrong.",
+    "Could you tell me | how to get to the station?",
+    "We would like to reserve | two seats for the concert.",
+    "My date of birth is | the third of March.",
+    "I'd prefer | something a bit cheaper.",
+    "Is it possible to | pay in two instalments?",
+    "I have a question about | the return policy.",
+    "The best number to reach me is | five five five, nine eight seven.",
+    "Can you remind me | what time the doctor sees me?",
+    "I usually take | the bus to work.",
+    "What I'd like is | a room facing the garden.",
+]

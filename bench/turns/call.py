@@ -1,0 +1,218 @@
+"""Turn-taking through a real room: the corpus spoken by the project's caller to the live worker.
+
+    scripts/netns-run .venv/bin/python -m bench.turns.call                 # the default config
+    scripts/netns-run .venv/bin/python -m bench.turns.call --label today \\
+        --env LIMITS__TURN_DETECTOR=v1-mini --env LIMITS__ENDPOINTING_MIN_DELAY=0.5 \\
+        --env LIMITS__ENDPOINTING_MAX_DELAY=3.0 --env LIMITS__PREEMPTIVE_TTS=false
+
+Per voice, one call speaks its complete utterances and another its hesitations, each file cut
+at its true end of speech (then the caller's microphone sends silence). The caller measures
+*heard latency*: the end of its own speech to the first reply audio it receives. The worker's
+stored turn metrics give the end-of-turn delay; a hesitation whose one utterance became two
+user turns in the transcript was cut. Writes ``bench/results/turns-call[-LABEL].{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from bench.stack import embedded_stack, require_netns, wait_room_empty, wait_session_ended
+from bench.turns.corpus import RATE, Item, build, load_manifest, read_wav, write_wav
+from cli.call import CallOptions, run_call
+from live.metadata import SessionSpec
+from store.db import session_scope
+from store.models import TranscriptLine, TurnMetric
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def _q(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values else None
+
+
+def _plan(items: list[Item], per_voice: int, split: str) -> list[tuple[str, str, list[Item]]]:
+    """(voice, kind, items) per call."""
+    chosen = [i for i in items if split == "all" or i.split == split]
+    calls: list[tuple[str, str, list[Item]]] = []
+    for voice in sorted({i.voice for i in chosen}):
+        complete = [i for i in chosen if i.voice == voice and i.kind == "complete"][:per_voice]
+        hes = [i for i in chosen if i.voice == voice and i.kind == "hesitation"]
+        if complete:
+            calls.append((voice, "complete", complete))
+        if hes:
+            calls.append((voice, "hesitation", hes))
+    return calls
+
+
+def _session_rows(db_url: str, session_id: str | None) -> tuple[list[TranscriptLine], list[TurnMetric]]:
+    if not session_id:
+        return [], []
+    with session_scope(db_url) as db:
+        lines = list(db.scalars(select(TranscriptLine).where(TranscriptLine.session_id == session_id)
+                                .order_by(TranscriptLine.started_at)))
+        turns = list(db.scalars(select(TurnMetric).where(TurnMetric.session_id == session_id)
+                                .order_by(TurnMetric.id)))
+        db.expunge_all()
+    return lines, turns
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--per-voice", type=int, default=5, help="complete utterances per voice")
+    ap.add_argument("--split", choices=["dev", "holdout", "all"], default="all")
+    ap.add_argument("--env", action="append", default=[], help="K=V for the live worker")
+    ap.add_argument("--label", default="", help="suffix of the result files")
+    ap.add_argument("--voices", default="", help="comma-separated voice ids (default: all)")
+    args = ap.parse_args()
+    require_netns()
+    rendered = build()
+    items = load_manifest()
+    if args.voices:
+        keep = set(args.voices.split(","))
+        items = [i for i in items if i.voice in keep]
+    worker_env = dict(kv.split("=", 1) for kv in args.env)
+    plan = _plan(items, args.per_voice, args.split)
+    rows: list[dict[str, Any]] = []
+    cuts: list[dict[str, Any]] = []
+    with embedded_stack("bench-turns", worker_env) as stack:
+        utt_dir = stack.work / "utterances"
+        utt_dir.mkdir(exist_ok=True)
+        from config.settings import load_settings
+
+        max_delay = load_settings(_env_file=None, **{}).limits.endpointing_max_delay
+        if "LIMITS__ENDPOINTING_MAX_DELAY" in worker_env:
+            max_delay = float(worker_env["LIMITS__ENDPOINTING_MAX_DELAY"])
+        for n, (voice, kind, call_items) in enumerate(plan):
+            paths = []
+            for it in call_items:
+                r = rendered[it.id]
+                audio, _ = read_wav(Path(r.path))
+                path = utt_dir / f"{it.id}.wav"
+                write_wav(path, audio[: int(r.speech_end * RATE)])
+                paths.append(path)
+            room = f"turns-{n}"
+            result = asyncio.run(run_call(stack.settings, CallOptions(
+                room=room, utterances=list(paths), out_dir=stack.work / "calls", reply_timeout=60,
+                spec=SessionSpec(greeting="Hi, I'm Ava."),
+            )))
+            print(f"{voice} {kind}: " + result.render().replace("\n", "\n  "), flush=True)
+            wait_session_ended(stack.db_url, result.session_id)
+            asyncio.run(wait_room_empty(stack.settings, room))
+            lines, metrics = _session_rows(stack.db_url, result.session_id)
+            user_lines = [ln for ln in lines if ln.speaker == "user"]
+            if kind == "hesitation":
+                cuts.append({"voice": voice, "group": call_items[0].group, "utterances": len(call_items),
+                             "user_turns": len(user_lines), "cuts": max(0, len(user_lines) - len(call_items)),
+                             "texts": [ln.text for ln in user_lines], "error": result.error})
+            aligned = len(user_lines) == len(call_items) and len(metrics) >= len(call_items)
+            for k, it in enumerate(call_items):
+                turn = result.turns[k] if k < len(result.turns) else None
+                m = metrics[k] if aligned else None
+                rows.append({
+                    "id": it.id, "voice": voice, "group": it.group, "kind": kind, "split": it.split,
+                    "heard_s": turn.audio_latency_s if turn else None,
+                    "mouth_s": turn.video_latency_s if turn else None,
+                    "end_of_turn_s": m.end_of_utterance_delay if m else None,
+                    "transcription_s": m.transcription_delay if m else None,
+                    "llm_ttft_s": m.llm_ttft if m else None,
+                    "tts_ttfb_s": m.tts_ttfb if m else None,
+                    "aligned": aligned,
+                    "heard_text": user_lines[k].text if aligned else None,
+                    "said": it.text,
+                })
+    summary = summarize(rows, cuts, max_delay)
+    cmd = "scripts/netns-run .venv/bin/python -m bench.turns.call"
+    cmd += "".join(f" --env {kv}" for kv in args.env)
+    cmd += f" --per-voice {args.per_voice} --split {args.split}" + (f" --label {args.label}" if args.label else "")
+    out = {"command": cmd, "when": datetime.now(UTC).isoformat(timespec="seconds"),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+           "load_average": [round(x, 2) for x in os.getloadavg()], "max_delay": max_delay,
+           "summary": summary, "hesitation_calls": cuts, "turns": rows}
+    stem = "turns-call" + (f"-{args.label}" if args.label else "")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
+    md = render_md(out)
+    (RESULTS / f"{stem}.md").write_text(md)
+    print(md)
+
+
+def _stats(rows: list[dict[str, Any]], max_delay: float) -> dict[str, Any]:
+    heard = [r["heard_s"] for r in rows if r["heard_s"] is not None]
+    eot = [r["end_of_turn_s"] for r in rows if r["end_of_turn_s"] is not None]
+    return {
+        "turns": len(rows), "answered": len(heard),
+        "heard_p50": _q(heard, 50), "heard_p95": _q(heard, 95),
+        "end_of_turn_p50": _q(eot, 50), "end_of_turn_p95": _q(eot, 95),
+        "ended_by_max_delay": sum(1 for v in eot if v >= max_delay - 0.05),
+        "mouth_p50": _q([r["mouth_s"] for r in rows if r["mouth_s"] is not None], 50),
+        "llm_ttft_p50": _q([r["llm_ttft_s"] for r in rows if r["llm_ttft_s"] is not None], 50),
+    }
+
+
+def summarize(rows: list[dict[str, Any]], cuts: list[dict[str, Any]], max_delay: float) -> dict[str, Any]:
+    complete = [r for r in rows if r["kind"] == "complete"]
+    by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_voice: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in complete:
+        by_group[r["group"]].append(r)
+        by_voice[r["voice"]].append(r)
+    n_hes = sum(c["utterances"] for c in cuts)
+    return {
+        "complete": _stats(complete, max_delay),
+        "by_group": {g: _stats(v, max_delay) for g, v in sorted(by_group.items())},
+        "by_voice": {v: _stats(r, max_delay) for v, r in sorted(by_voice.items())},
+        "by_split": {s: _stats([r for r in complete if r["split"] == s], max_delay) for s in ("dev", "holdout")},
+        "hesitations": n_hes,
+        "hesitation_cuts": sum(c["cuts"] for c in cuts),
+        "hesitation_cut_rate": round(sum(c["cuts"] for c in cuts) / n_hes, 3) if n_hes else None,
+    }
+
+
+def render_md(out: dict[str, Any]) -> str:
+    s = out["summary"]
+    lines = [
+        "# Turn-taking through a real room (the corpus, spoken by the project's caller)",
+        "",
+        f"Command: `{out['command']}` ({out['when']}). Machine: {out['machine']}, load average "
+        f"{tuple(out['load_average'])}; the caller, the SFU and the worker share the two cores.",
+        "Heard latency: the caller's end of speech to the first reply audio it receives. End of",
+        f"turn: the worker's own metric. Max delay {out['max_delay']} s.",
+        "",
+        "| Complete utterances | turns | answered | heard p50 | heard p95 | end of turn p50 | p95 | ended by max delay | LLM first token p50 | first lip movement p50 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, st: dict[str, Any]) -> str:
+        return (f"| {name} | {st['turns']} | {st['answered']} | {st['heard_p50']} | {st['heard_p95']} | "
+                f"{st['end_of_turn_p50']} | {st['end_of_turn_p95']} | {st['ended_by_max_delay']} | "
+                f"{st['llm_ttft_p50']} | {st['mouth_p50']} |")
+
+    lines.append(row("**all**", s["complete"]))
+    for g, st in s["by_group"].items():
+        lines.append(row(f"group: {g}", st))
+    for sp, st in s["by_split"].items():
+        lines.append(row(f"split: {sp}", st))
+    for v, st in s["by_voice"].items():
+        lines.append(row(f"voice: {v}", st))
+    lines += ["", f"Hesitations: {s['hesitation_cuts']} of {s['hesitations']} cut "
+              f"({s['hesitation_cut_rate']:.0%})." if s["hesitation_cut_rate"] is not None else "", ""]
+    lines += ["| Voice | hesitations | cut |", "|---|---|---|"]
+    for c in out["hesitation_calls"]:
+        lines.append(f"| {c['voice']} | {c['utterances']} | {c['cuts']} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
