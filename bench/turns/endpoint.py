@@ -219,34 +219,51 @@ def choose(results: list[dict], max_false_cut: float = 0.05) -> dict:
     return min(ok, key=lambda r: (r["dev"]["all"]["p50"], r["dev"]["all"]["p95"]))
 
 
-def svg(results: list[dict], chosen: str, path: Path) -> None:
+FAMILIES = [("VAD silence", "#1f77b4"), ("v1-mini", "#ff7f0e"), ("Smart Turn", "#9467bd"),
+            ("transcript + Smart Turn", "#e377c2"), ("transcript", "#17becf"), ("dynamic", "#8c564b")]
+
+
+def _family(name: str) -> tuple[str, str]:
+    if "today" in name:
+        return "today", "#d62728"
+    for prefix, color in FAMILIES:
+        if name.startswith(prefix):
+            return prefix, color
+    return "other", "#888"
+
+
+def svg(results: list[dict], marks: dict[str, str], path: Path) -> None:
     """False cuts on hesitations against p50 end-of-turn delay, one dot per candidate (dev)."""
-    w, h, m = 720, 420, 60
+    w, h, m = 760, 440, 60
     xs = [r["dev"]["all"]["p50"] for r in results]
     x_max = max(1.6, max(x for x in xs if x is not None) + 0.1)
-    def px(x: float) -> float: return m + (w - 2 * m) * x / x_max
+    def px(x: float) -> float: return m + (w - 2 * m - 150) * x / x_max
     def py(y: float) -> float: return h - m - (h - 2 * m) * y
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
              f'<rect width="{w}" height="{h}" fill="white"/>',
-             f'<line x1="{m}" y1="{h-m}" x2="{w-m}" y2="{h-m}" stroke="black"/>',
+             f'<line x1="{m}" y1="{h-m}" x2="{px(x_max)}" y2="{h-m}" stroke="black"/>',
              f'<line x1="{m}" y1="{m}" x2="{m}" y2="{h-m}" stroke="black"/>',
-             f'<line x1="{m}" y1="{py(0.05)}" x2="{w-m}" y2="{py(0.05)}" stroke="#c33" stroke-dasharray="4"/>',
-             f'<text x="{w-m-120}" y="{py(0.05)-4}" fill="#c33">5% false cuts</text>',
-             f'<text x="{w/2-120}" y="{h-20}">end of speech to end of turn, p50 (s), dev split</text>',
-             f'<text x="14" y="{m-20}">false cuts on hesitations</text>']
+             f'<line x1="{m}" y1="{py(0.05)}" x2="{px(x_max)}" y2="{py(0.05)}" stroke="#c33" stroke-dasharray="4"/>',
+             f'<text x="{px(x_max)-80}" y="{py(0.05)-4}" fill="#c33">5% false cuts</text>',
+             f'<text x="{m+80}" y="{h-20}">end of speech to end of turn, p50 (s), complete utterances, dev split</text>',
+             f'<text x="14" y="{m-20}">false cuts on hesitations (dev)</text>']
     for t in np.arange(0, x_max, 0.2):
         parts.append(f'<text x="{px(t)-8}" y="{h-m+16}">{t:.1f}</text>')
     for t in (0, 0.25, 0.5, 0.75, 1.0):
         parts.append(f'<text x="{m-34}" y="{py(t)+4}">{t:.0%}</text>')
+    for k, (label, color) in enumerate([*FAMILIES, ("today", "#d62728")]):
+        y = m + 16 * k
+        parts.append(f'<circle cx="{w-150}" cy="{y}" r="4" fill="{color}"/><text x="{w-140}" y="{y+4}">{label}</text>')
     for r in results:
         a = r["dev"]["all"]
         if a["p50"] is None:
             continue
-        color = "#1a7f37" if r["name"] == chosen else ("#888" if "today" not in r["name"] else "#c33")
-        rad = 6 if r["name"] == chosen or "today" in r["name"] else 3
-        parts.append(f'<circle cx="{px(a["p50"]):.1f}" cy="{py(a["false_cut"] or 0):.1f}" r="{rad}" fill="{color}"><title>{r["name"]}</title></circle>')
-        if r["name"] == chosen or "today" in r["name"]:
-            parts.append(f'<text x="{px(a["p50"])+8:.1f}" y="{py(a["false_cut"] or 0)-8:.1f}" fill="{color}">{"chosen" if r["name"] == chosen else "today"}</text>')
+        _, color = _family(r["name"])
+        mark = marks.get(r["name"])
+        rad = 6 if mark else 3.5
+        parts.append(f'<circle cx="{px(a["p50"]):.1f}" cy="{py(a["false_cut"] or 0):.1f}" r="{rad}" fill="{color}" fill-opacity="0.8"><title>{r["name"]}</title></circle>')
+        if mark:
+            parts.append(f'<text x="{px(a["p50"])+8:.1f}" y="{py(a["false_cut"] or 0)-8:.1f}">{mark}</text>')
     parts.append("</svg>")
     path.write_text("\n".join(parts) + "\n")
 
@@ -293,7 +310,9 @@ def main() -> None:
             "chosen": best["name"], "results": results, "wer": wer_table(items, feats),
             "final": final, "default": _default_name()}
     (RESULTS / "turns-endpoint.json").write_text(json.dumps(meta, indent=1) + "\n")
-    svg(results, best["name"], RESULTS / "turns-endpoint.svg")
+    marks = {best["name"]: "dev choice", _default_name(): "default"}
+    marks.update({r["name"]: "today" for r in results if "today" in r["name"]})
+    svg(results, marks, RESULTS / "turns-endpoint.svg")
     (RESULTS / "turns-endpoint.md").write_text(render_md(meta, by_id))
     print(render_md(meta, by_id))
 

@@ -26,6 +26,7 @@ from store.models import (
     UsageRecord,
 )
 from tests.conftest import Stack, wait_for
+from tests.e2e.voices import other_voice_wav
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,9 +59,14 @@ async def test_invalid_metadata_fails_only_that_job(stack: Stack) -> None:
 
 async def test_caller_gets_two_spoken_answers_with_video(stack: Stack, artifacts_dir) -> None:  # type: ignore[no-untyped-def]
     settings = stack.settings()
+    # the caller does not sound like the agent (the turn-taking was once tuned on its own voice)
+    utterances = [
+        other_voice_wav("Hello, what is your name?", artifacts_dir / "ask-name.wav", "flite"),
+        other_voice_wav("What colour is the sky on a sunny day?", artifacts_dir / "ask-sky.wav", "espeak"),
+    ]
     result = await run_call(settings, CallOptions(
         room=None,
-        utterances=["Hello, what is your name?", "What colour is the sky on a sunny day?"],
+        utterances=list(utterances),
         out_dir=artifacts_dir / "call",
         reply_timeout=90,
     ))
@@ -85,6 +91,10 @@ async def test_caller_gets_two_spoken_answers_with_video(stack: Stack, artifacts
         turns = db.scalars(select(TurnMetric).where(TurnMetric.session_id == sid)).all()
         assert sum(1 for t in turns if t.e2e_latency is not None) >= 2
         assert any(t.llm_ttft for t in turns) and any(t.tts_ttfb for t in turns)
+        # each turn ended on the end-of-turn rule, none only because the max delay ran out
+        ends = [t.end_of_utterance_delay for t in turns if t.end_of_utterance_delay is not None]
+        assert len(ends) >= 2, ends
+        assert all(e < settings.limits.endpointing_max_delay - 0.05 for e in ends), ends
 
     # The caller left: after the grace period the session ends and the back office runs.
     await asyncio.to_thread(wait_for, lambda: _status(stack, sid) == "ended", 60, "session ended")
