@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Both do all the set-up first.
-.PHONY: setup run run-isolated test lint bench clean
+.PHONY: setup run run-isolated test lint bench bench-turns clean
 
 setup:
 	@scripts/setup.sh
@@ -21,6 +21,14 @@ test: lint
 bench: setup
 	scripts/netns-run .venv/bin/python -m bench.speech
 	scripts/netns-run .venv/bin/python -m bench.avatar
+
+# Turn-taking on a corpus of voices that are not the agent's (renders it first; needs the
+# Debian voice engines that `scripts/setup.sh --bench` installs).
+bench-turns:
+	scripts/setup.sh --bench
+	HF_HUB_OFFLINE=1 .venv/bin/python -m bench.turns.endpoint
+	HF_HUB_OFFLINE=1 .venv/bin/python -m bench.turns.stt_cost
+	scripts/netns-run .venv/bin/python -m bench.turns.call
 
 clean:
 	rm -rf .venv .tools var test-artifacts
