@@ -302,6 +302,15 @@ class LimitsSettings(BaseModel):
             "while the end of the turn is still being confirmed; dropped if the caller goes on."
         ),
     )
+    interruption_min_words: int = Field(
+        default=1,
+        ge=0,
+        le=10,
+        description=(
+            "Words the caller must have said over the agent before it stops (0: any sound "
+            "interrupts). With the local STT, a backchannel alone ('mm-hm', 'okay') has none."
+        ),
+    )
     interruption_min_speech: float = Field(
         default=0.3, ge=0.05, le=5.0,
         description="Seconds of caller speech over the agent that interrupt it.",

@@ -220,6 +220,7 @@ async def entrypoint(ctx: JobContext) -> None:
     )
     ctx.proc.userdata["agent_session"] = session
     _attach_recorder(session, recorder, spec)
+    _tell_stt_when_agent_speaks(session, comps.stt)
 
     await ctx.connect()
     await ctx.room.local_participant.set_attributes({"avatar.session_id": session_id})
@@ -285,6 +286,19 @@ async def entrypoint(ctx: JobContext) -> None:
     lifecycle.start()
     if spec.greeting:
         session.say(spec.greeting)
+
+
+def _tell_stt_when_agent_speaks(session: AgentSession[Any], stt: Any) -> None:
+    """The local STT transcribes the caller's first words early, and passes no backchannel
+    on, while the agent speaks: so "stop" interrupts quickly and "mm-hm" does not."""
+    from live.providers.local_stt import LocalSTT
+
+    if not isinstance(stt, LocalSTT):
+        return
+
+    @session.on("agent_state_changed")
+    def _on_state(ev: Any) -> None:
+        stt.agent_speaking = ev.new_state == "speaking"
 
 
 def _link_mouth_to_voice(avatar: Any, tts: Any) -> None:

@@ -56,6 +56,25 @@ logger = logging.getLogger(__name__)
 # Quiet long enough to guess the caller is done: transcribe now, confirm at the VAD's end of
 # speech (0.55 s of silence by default), so ~0.3 s of Whisper's time overlaps the wait.
 SPECULATE_AFTER_SECONDS = 0.2
+# While the agent speaks, the caller's first words are transcribed this far into their speech,
+# so the session can tell "stop" (interrupts) from "mm-hm" (does not) within about half a second.
+EARLY_INTERIM_SECONDS = 0.3
+# What a listener says to show they follow, not to take the turn.
+BACKCHANNELS = frozenset(
+    """mm mmm mhm mmhm mmhmm hm hmm uh-huh uhhuh uh huh yeah yep yup ok okay right alright
+    aha ah oh""".split()
+)
+_BACKCHANNEL_PHRASES = frozenset({"i see", "got it", "uh huh", "mm hm", "mm hmm"})
+
+
+def is_backchannel(text: str) -> bool:
+    """'Mm-hm.', 'Yeah, okay.', 'I see.': feedback a caller gives while the agent speaks."""
+    words = [w for w in "".join(c if c.isalpha() or c in " '-" else " " for c in text.lower()).split()]
+    words = [p for w in words for p in w.split("-") if p]
+    if not words or len(words) > 3:
+        return False
+    joined = " ".join(words)
+    return joined in _BACKCHANNEL_PHRASES or all(w in BACKCHANNELS for w in words)
 MIN_AUDIO_SAMPLES = WHISPER_SAMPLE_RATE // 10  # under 100 ms: nothing to say
 
 
@@ -105,7 +124,7 @@ class LocalSTT(stt.STT):
         super().__init__(
             capabilities=stt.STTCapabilities(
                 streaming=vad is not None,
-                interim_results=vad is not None and interim_seconds > 0,
+                interim_results=vad is not None,
                 aligned_transcript=False,
                 offline_recognize=True,
             )
@@ -117,6 +136,10 @@ class LocalSTT(stt.STT):
         self._interim_seconds = interim_seconds
         self.speculation_hits = 0  # finals that came from a speculative transcript
         self.speculation_misses = 0  # speculative transcripts dropped: the caller went on
+        # Set by the session's owner while the agent's voice plays: then the caller's first
+        # words are transcribed early and a backchannel alone is not passed on as input.
+        self.agent_speaking = False
+        self.backchannels_ignored = 0
 
     @property
     def model(self) -> str:
@@ -281,6 +304,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
             interim: asyncio.Task[Transcript | None] | None = None
             last_silence = 0.0
             since_interim = 0.0
+            early_done = False
 
             def send_interim(task: asyncio.Task[Transcript | None], number: int) -> None:
                 if task.cancelled() or task.exception() is not None:
@@ -288,6 +312,8 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     return
                 result = task.result()
                 if number == utterance and speaking and result is not None and result.text:
+                    if local.agent_speaking and is_backchannel(result.text):
+                        return
                     send(
                         stt.SpeechEvent(
                             type=stt.SpeechEventType.INTERIM_TRANSCRIPT,
@@ -312,6 +338,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
             async for ev in vad_stream:
                 if ev.type == lk_vad.VADEventType.START_OF_SPEECH:
                     speaking, utterance = True, utterance + 1
+                    early_done = False
                     speech = _Utterance()
                     speech.push(ev.frames)
                     last_silence = since_interim = 0.0
@@ -334,6 +361,18 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         speculation = start(speech.audio())
                         speculation.add_done_callback(
                             lambda t, n=utterance: send_preflight(t, n)  # type: ignore[misc]
+                        )
+                    elif (
+                        local.agent_speaking
+                        and not early_done
+                        and silence == 0.0
+                        and ev.speech_duration >= EARLY_INTERIM_SECONDS
+                    ):
+                        early_done = True  # once per utterance: "stop" or "mm-hm"?
+                        drop(interim)
+                        interim = start(speech.audio())
+                        interim.add_done_callback(
+                            lambda t, n=utterance: send_interim(t, n)  # type: ignore[misc]
                         )
                     elif (
                         local._interim_seconds > 0
@@ -375,6 +414,10 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         )
                     )
                     if result is None or not result.text:
+                        continue
+                    if local.agent_speaking and is_backchannel(result.text):
+                        # feedback while the agent talks: not a turn, not an interruption
+                        local.backchannels_ignored += 1
                         continue
                     logger.debug(
                         "local transcript",

@@ -233,6 +233,7 @@ def turn_handling(settings: Settings, ctx: ProviderContext) -> dict[str, Any]:
             "interruption": {
                 "resume_false_interruption": False,
                 "min_duration": limits.interruption_min_speech,
+                "min_words": limits.interruption_min_words,
             },
         },
     }

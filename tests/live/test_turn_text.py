@@ -49,3 +49,15 @@ async def test_detector_waits_longer_only_for_an_unfinished_transcript() -> None
     assert await det.predict_end_of_turn(ctx("I'd like to book...")) < threshold
     assert await det.predict_end_of_turn(ctx("Let's start")) >= threshold  # unsure: not held
     assert await det.supports_language(None) and not await det.supports_language("de")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "backchannel"),
+    [("Mm-hm.", True), ("Mm-hmm.", True), ("Yeah.", True), ("Okay.", True), ("Yeah, okay.", True),
+     ("I see.", True), ("Uh-huh.", True), ("Stop.", False), ("Sorry, stop.", False), ("Yes.", False),
+     ("Okay, stop please.", False), ("", False), ("Wait, what?", False)],
+)
+def test_backchannels_are_told_from_interruptions(text: str, backchannel: bool) -> None:
+    from live.providers.local_stt import is_backchannel
+
+    assert is_backchannel(text) is backchannel

@@ -280,6 +280,66 @@ async def test_speculative_transcript_goes_out_as_preflight_before_the_end_of_sp
     assert stt.speculation_hits == 1
 
 
+async def _paced_events(stt: LocalSTT, pcm: bytes, rate: int) -> list[lk_stt.SpeechEvent]:
+    """Every event of one utterance, the audio pushed in real time as a room delivers it."""
+    stream = stt.stream()
+    frames = split_frames(resample(pcm, rate, 48000), ms=10)
+
+    async def feed() -> None:
+        start = time.monotonic()
+        for i, frame in enumerate(frames):
+            stream.push_frame(frame)
+            await asyncio.sleep(max(0.0, start + (i + 1) * 0.01 - time.monotonic()))
+        stream.end_input()
+
+    feeder = asyncio.create_task(feed())
+    events = [ev async for ev in stream]
+    await feeder
+    await stream.aclose()
+    return events
+
+
+async def test_while_the_agent_speaks_a_backchannel_is_not_passed_on(
+    local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+) -> None:
+    """'Okay.' over the agent's voice: neither a caption nor a final transcript, so the session
+    neither stops the agent (min_words) nor takes it as a turn. Said to a silent agent, it is."""
+    sr = piper.sample_rate
+    pcm = silence(0.3, sr) + piper_pcm(piper, "Okay.") + silence(1.0, sr)
+    stt = _vad_stt(local_ctx, whisper)
+    stt.agent_speaking = True
+    events = await asyncio.wait_for(_paced_events(stt, pcm, sr), timeout=60)
+    kinds = [e.type for e in events]
+    assert SpeechEventType.END_OF_SPEECH in kinds
+    assert SpeechEventType.FINAL_TRANSCRIPT not in kinds, [e.alternatives for e in events]
+    assert SpeechEventType.INTERIM_TRANSCRIPT not in kinds
+    assert stt.backchannels_ignored == 1
+
+    stt.agent_speaking = False
+    events = await asyncio.wait_for(_paced_events(stt, pcm, sr), timeout=60)
+    finals = [e.alternatives[0].text for e in events if e.type == SpeechEventType.FINAL_TRANSCRIPT]
+    assert finals and "okay" in finals[0].lower()
+
+
+async def test_while_the_agent_speaks_the_first_words_come_early(
+    local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+) -> None:
+    """Over the agent, the caller's first words are transcribed 0.3 s into their speech (an
+    interim, long before the end of speech), so "stop" can interrupt within about 0.5 s."""
+    sr = piper.sample_rate
+    pcm = silence(0.3, sr) + piper_pcm(piper, "Stop, please wait a moment, I have a question.") + silence(1.0, sr)
+    stt = _vad_stt(local_ctx, whisper, interim_seconds=0.0)  # no regular interims
+    stt.agent_speaking = True
+    events = await asyncio.wait_for(_paced_events(stt, pcm, sr), timeout=60)
+    kinds = [e.type for e in events]
+    assert SpeechEventType.INTERIM_TRANSCRIPT in kinds, kinds
+    first = kinds.index(SpeechEventType.INTERIM_TRANSCRIPT)
+    assert first < kinds.index(SpeechEventType.END_OF_SPEECH)
+    assert events[first].alternatives[0].text.strip()
+    finals = [e.alternatives[0].text for e in events if e.type == SpeechEventType.FINAL_TRANSCRIPT]
+    assert finals and wer("Stop, please wait a moment, I have a question.", finals[0]) <= 0.3
+
+
 def _trimmed(pcm: bytes, threshold: int = 300) -> bytes:
     """Speech without its leading and trailing quiet, so pauses between pieces are exact."""
     samples = np.frombuffer(pcm, dtype=np.int16)

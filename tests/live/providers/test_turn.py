@@ -40,6 +40,7 @@ def test_turn_handling_is_offline_and_configurable(local_ctx: ProviderContext) -
     assert th["endpointing"] == {"min_delay": 0.9, "max_delay": 1.5}
     assert th["preemptive_generation"] == {"enabled": True, "preemptive_tts": True}
     assert th["interruption"]["resume_false_interruption"] is False
+    assert th["interruption"]["min_words"] == 1  # a backchannel alone does not stop the agent
     assert default["vad"] is local_models.get_vad(local_ctx)  # loaded once per process
 
     th = handling(endpointing_min_delay=0.4, endpointing_max_delay=2.0, preemptive_tts=False)
