@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Both do all the set-up first.
-.PHONY: setup run run-isolated test lint bench bench-turns clean
+.PHONY: setup run run-isolated test test-fast lint bench bench-turns clean
 
 setup:
 	@scripts/setup.sh
@@ -17,6 +17,10 @@ lint: setup
 
 test: lint
 	scripts/netns-run .venv/bin/pytest -q
+
+# No servers, no models: about a minute and a half on two cores.
+test-fast:
+	.venv/bin/pytest -q -m "not integration and not browser and not slow"
 
 bench: setup
 	scripts/netns-run .venv/bin/python -m bench.speech

@@ -1,13 +1,18 @@
 """Shared fixtures: real servers started the way `avatar up` starts them.
 
 The suite runs inside `scripts/netns-run` (a private network namespace): LiveKit media stays
-inside it. Ports are picked free so concurrent runs do not collide.
+inside it. A plain `pytest` started outside it runs itself again inside it (see
+:func:`pytest_configure`); where that is impossible, the WebRTC tests fail and say why, so a
+run never looks green for tests that did not run. Ports are picked free so concurrent runs do
+not collide.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +31,21 @@ from config.settings import Settings, load_settings
 from store.db import upgrade_db
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+NETNS_RUN = Path(__file__).resolve().parent.parent / "scripts" / "netns-run"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Outside the private network namespace, run this same pytest again inside it."""
+    if os.environ.get("AVATAR_NETNS") == "1" or os.environ.get("AVATAR_NETNS_REEXEC") == "0":
+        return
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return  # the WebRTC fixtures fail with the reason
+    os.environ["AVATAR_NETNS_REEXEC"] = "0"  # once: if the namespace cannot be made, fail below
+    sys.stdout.flush()
+    sys.stderr.flush()
+    args = [str(NETNS_RUN), sys.executable, "-m", "pytest", *config.invocation_params.args]
+    os.chdir(config.invocation_params.dir)
+    os.execv(args[0], args)
 TEST_API_KEY = "testkey"
 TEST_API_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -52,7 +72,9 @@ def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKit
     if find_livekit_server() is None:
         pytest.fail("livekit-server is not installed: run `make setup`")
     if os.environ.get("AVATAR_NETNS") != "1":
-        pytest.skip("WebRTC tests run only inside scripts/netns-run (see README)")
+        pytest.fail("WebRTC tests run only inside the private network namespace, which could not "
+                    "be made here: run `make test` or `scripts/netns-run .venv/bin/pytest` (needs "
+                    "unshare and ip from util-linux and iproute2; as non-root, user namespaces)")
     cfg = LiveKitServerConfig.on_free_ports(api_key=TEST_API_KEY, api_secret=TEST_API_SECRET)
     port = cfg.port
     log = tmp_path_factory.mktemp("livekit") / "livekit.log"
