@@ -10,6 +10,7 @@ feeds all of them (pydantic-settings #279); nested variables use ``__``
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,7 @@ STTProvider = Literal["local", "assemblyai"]
 LLMProvider = Literal["local", "openai"]
 TTSProvider = Literal["local", "espeak", "cartesia"]
 AvatarProvider = Literal["local", "tavus", "hedra", "none"]
+ENDPOINT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
 class ConfigError(Exception):
@@ -146,6 +148,22 @@ class LLMSettings(BaseModel):
     fallback: LLMProvider | None = Field(
         default="local", description="Provider used when the hosted one fails (or none)."
     )
+    endpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description="Named OpenAI-compatible base URLs a session spec may pick with "
+        "`llm.endpoint` (the configured key is sent to them), e.g. "
+        "{\"ollama\": \"http://127.0.0.1:11434/v1\"}. Sessions cannot name a URL themselves.",
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoint_urls(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, url in v.items():
+            if not ENDPOINT_NAME_RE.match(name):
+                raise ValueError(f"endpoint name {name!r}: use letters, digits, '.', '_' or '-'")
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"endpoint {name!r}: expected an http:// or https:// URL")
+        return {name: url.rstrip("/") for name, url in v.items()}
 
 
 class TTSSettings(BaseModel):

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from live.metadata import SessionSpec
+from live.policy import enforce_spec
 from store.models import AgentSessionRecord, SessionStatus, new_id, utcnow
 from tasks.base import AvatarTask, NotFoundError, ServiceError, TransientError
 
@@ -93,7 +94,11 @@ def get_or_create_session(
     request_key: str | None,
     room_sid: str | None = None,
 ) -> tuple[AgentSessionRecord, bool]:
-    """Like :func:`create_session`, and says whether the record is new."""
+    """Like :func:`create_session`, and says whether the record is new.
+
+    :raise SpecError: the spec asks for more than the operator's settings allow.
+    """
+    enforce_spec(spec, settings)
     if request_key:
         found = db.scalars(
             select(AgentSessionRecord).where(AgentSessionRecord.request_key == request_key)

@@ -27,13 +27,22 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from live.policy import spec_violations
 from store.models import AgentSessionRecord, SessionCost, SessionStatus, Summary
 
 from .. import charts, queries
 from ..auth import current_admin, login_required
 from ..db import get_db
 from ..settings import app_settings, backend
-from .forms import FIELD_LABELS, LANGUAGES, PROVIDERS, LaunchForm, defaults, form_errors
+from .forms import (
+    FIELD_LABELS,
+    LANGUAGES,
+    PROVIDERS,
+    SPEC_FIELDS,
+    LaunchForm,
+    defaults,
+    form_errors,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -166,11 +175,18 @@ def launch() -> Any:
             providers=PROVIDERS,
         )
     form = request.form.to_dict()
+    errors: dict[str, str] = {}
     try:
         data = LaunchForm.model_validate(form)
         spec = data.spec()
     except ValidationError as err:
         errors = form_errors(err)
+    else:
+        errors = {
+            SPEC_FIELDS.get(k, k): v[:1].upper() + v[1:] + "."
+            for k, v in spec_violations(spec, settings).items()
+        }
+    if errors:
         return (
             render_template(
                 "admin/launch.html",

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
+from live.policy import spec_violations
 from store.models import AgentSessionRecord, SessionStatus, Summary
 
 from .. import queries
@@ -101,6 +102,13 @@ def create_session() -> tuple[Response, int]:
         raise ApiError(
             422, "validation_error", "the request body is invalid", field_errors(err)
         ) from None
+    settings = app_settings()
+    spec = req.spec()
+    problems = spec_violations(spec, settings)
+    if problems:
+        raise ApiError(
+            422, "validation_error", "the session asks for more than this server allows", problems
+        )
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         key = key.strip()
@@ -111,14 +119,13 @@ def create_session() -> tuple[Response, int]:
                 f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters",
             )
         key = f"api:{key}"
-    settings = app_settings()
     b = backend()
     db = get_db()
     existed = key is not None and db.scalar(
         select(AgentSessionRecord.id).where(AgentSessionRecord.request_key == key)
     )
     record = b.create_session(
-        db, settings, req.spec(), room=req.room, source="api", request_key=key
+        db, settings, spec, room=req.room, source="api", request_key=key
     )
     db.commit()
     if not existed:
