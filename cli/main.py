@@ -11,7 +11,13 @@ from typing import Annotated, Any
 
 import typer
 
-from config.settings import PROJECT_ROOT, ConfigError, Settings, load_settings
+from config.settings import (
+    PROJECT_ROOT,
+    ConfigError,
+    Settings,
+    check_deployment_secrets,
+    load_settings,
+)
 
 app = typer.Typer(
     help="Live avatar agents on LiveKit: run the stack, check it, call an agent.",
@@ -30,7 +36,9 @@ app.add_typer(portrait_app, name="portrait")
 
 def settings_or_exit() -> Settings:
     try:
-        return load_settings()
+        settings = load_settings()
+        check_deployment_secrets(settings)
+        return settings
     except ConfigError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
@@ -71,6 +79,12 @@ def up(
     except ServiceError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+    if any(p.name == "flower" for p in specs):
+        try:
+            check_deployment_secrets(settings, flower=True)
+        except ConfigError as err:
+            typer.echo(str(err), err=True)
+            raise typer.Exit(2) from None
     sup = Supervisor()
 
     def _signal(signum: int, _frame: Any) -> None:

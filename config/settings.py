@@ -511,7 +511,82 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(format_validation_error(err)) from None
 
 
+# Secrets whose default value is public (in this repository, or LiveKit's `--dev` pair).
+PUBLIC_DEFAULT_SECRETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "WEB__SECRET_KEY": ("web", "secret_key", ("dev-insecure-secret-key-change-me",)),
+    "LIVEKIT__API_KEY": ("livekit", "api_key", ("devkey",)),
+    "LIVEKIT__API_SECRET": (
+        "livekit", "api_secret", ("embedded-dev-secret-change-me-0123456789", "secret"),
+    ),
+    "WEB__FLOWER_PASSWORD": ("web", "flower_password", ("change-me",)),
+}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _loopback(url: str | None) -> bool:
+    if not url:
+        return True
+    from urllib.parse import urlsplit
+
+    if url.startswith(("unix://", "memory://")):
+        return True
+    host = urlsplit(url).hostname
+    return host in LOOPBACK_HOSTS or (host or "").startswith("127.")
+
+
+def is_local_only(settings: Settings) -> bool:
+    """The embedded default: LiveKit, the broker, the UI and its public URL all on loopback.
+
+    `avatar up` without LIVEKIT_URL / REDIS_URL is this, and so are the tests; anything
+    reachable from another machine is a deployment.
+    """
+    return (
+        _loopback(settings.livekit.url)
+        and _loopback(settings.livekit.public_url)
+        and _loopback(settings.broker.url)
+        and _loopback(settings.web.public_url)
+        and settings.web.host in LOOPBACK_HOSTS
+    )
+
+
+def public_default_secrets(settings: Settings, *, flower: bool = False) -> list[str]:
+    """Variables still holding a public default (Flower's password only when Flower runs)."""
+    out = []
+    for env, (group, name, public) in PUBLIC_DEFAULT_SECRETS.items():
+        if env == "WEB__FLOWER_PASSWORD" and not flower:
+            continue
+        value: SecretStr = getattr(getattr(settings, group), name)
+        if value.get_secret_value() in public:
+            out.append(env)
+    return out
+
+
+def check_deployment_secrets(settings: Settings, *, flower: bool = False) -> None:
+    """:raise ConfigError: outside the embedded default, for each public default secret.
+
+    A public Flask key lets anyone forge an admin session; a public LiveKit pair lets anyone
+    mint room tokens; Flower's `change-me` opens the task monitor.
+    """
+    if is_local_only(settings):
+        return
+    names = public_default_secrets(settings, flower=flower)
+    if names:
+        raise ConfigError(
+            "\n".join(
+                f"config error: {env}: is the public default; set a long random value "
+                "(only the embedded local stack may use the defaults)"
+                for env in names
+            )
+        )
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, built once (processes started from the CLI or Procfile)."""
-    return load_settings()
+    """The process-wide settings, built once (processes started from the CLI or Procfile).
+
+    :raise ConfigError: invalid settings, or public default secrets outside the embedded
+        default (see :func:`check_deployment_secrets`).
+    """
+    settings = load_settings()
+    check_deployment_secrets(settings)
+    return settings
