@@ -217,16 +217,67 @@ def admin_create(
 
 
 @token_app.command("create")
-def token_create(name: Annotated[str, typer.Argument(help="A label for the token.")]) -> None:
+def token_create(
+    name: Annotated[str, typer.Argument(help="A label for the token.")],
+    expires_in_days: Annotated[
+        float | None, typer.Option(help="Days until the token stops working (default: never).")
+    ] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(help="sessions:read and/or sessions:write (repeatable; default: both)."),
+    ] = None,
+) -> None:
     """Create an API token; it is printed once and stored only as a hash."""
     from store.db import session_scope, upgrade_db
-    from web.auth import create_api_token
+    from web.auth import SCOPES, AuthError, create_api_token
 
     settings = settings_or_exit()
     upgrade_db(settings.db.url)
-    with session_scope(settings.db.url) as db:
-        token = create_api_token(db, name)
+    try:
+        with session_scope(settings.db.url) as db:
+            token = create_api_token(
+                db, name, expires_in_days=expires_in_days, scopes=scope or SCOPES
+            )
+    except AuthError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(token)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    ident: Annotated[str, typer.Argument(help="The token, its name, or its id.")],
+) -> None:
+    """Revoke an API token: requests with it get 401 from now on."""
+    from store.db import session_scope
+    from web.auth import AuthError, revoke_api_token
+
+    settings = settings_or_exit()
+    try:
+        with session_scope(settings.db.url) as db:
+            row = revoke_api_token(db, ident)
+            label = f"{row.name} ({row.prefix}...)"
+    except AuthError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"revoked {label}")
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """Tokens with their prefix, scopes, expiry and state (never the token itself)."""
+    from sqlalchemy import select
+
+    from store.db import session_scope
+    from store.models import ApiToken
+
+    settings = settings_or_exit()
+    with session_scope(settings.db.url) as db:
+        for row in db.scalars(select(ApiToken).order_by(ApiToken.id)):
+            state = "revoked" if row.revoked else "active"
+            expires = row.expires_at.isoformat(timespec="minutes") if row.expires_at else "never"
+            typer.echo(f"{row.id}\t{row.name}\t{row.prefix}...\t{row.scopes}\t"
+                       f"expires {expires}\t{state}")
 
 
 @portrait_app.command("import")

@@ -267,17 +267,41 @@ class WebSettings(BaseModel):
     admin_password: SecretStr | None = Field(
         default=None, description="Password of the bootstrap admin."
     )
-    secure_cookies: bool = Field(
-        default=False, description="Mark cookies Secure (set true behind HTTPS)."
+    secure_cookies: bool | None = Field(
+        default=None,
+        description="Mark cookies Secure and send HSTS (HTTPS only). Empty: on, unless every "
+        "service is on loopback (the embedded local stack).",
+    )
+    trusted_proxies: int = Field(
+        default=0, ge=0, le=5,
+        description="Reverse proxies in front of the web process whose X-Forwarded-For/-Proto "
+        "are trusted (0: use the socket's address; Heroku's router: 1).",
     )
     login_rate_limit: str = Field(
-        default="10 per minute", description="Login attempts allowed per client address."
+        default="10 per minute",
+        description="Login attempts allowed per client address and, separately, per account.",
+    )
+    session_rate_limit: str = Field(
+        default="30 per minute;500 per day",
+        description="Sessions one API token may start: a rate and a daily quota, counted in "
+        "the broker so every web process shares them.",
     )
     flower_port: int = Field(default=5555, ge=1, le=65535, description="Flower port.")
     flower_user: str = Field(default="admin", description="Flower basic-auth user.")
     flower_password: SecretStr = Field(
         default=SecretStr("change-me"), description="Flower basic-auth password."
     )
+
+    @field_validator("login_rate_limit", "session_rate_limit")
+    @classmethod
+    def _rate(cls, v: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(v)
+        except ValueError:
+            raise ValueError("expected a rate such as '10 per minute' (several: ';')") from None
+        return v
 
     @property
     def base_url(self) -> str:

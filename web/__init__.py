@@ -14,8 +14,9 @@ from flask import Flask, Response, jsonify, render_template, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from config.settings import Settings, get_settings
+from config.settings import Settings, get_settings, is_local_only
 
 from . import admin, api, auth, db, webhooks
 from .backend import Backend
@@ -39,19 +40,23 @@ def create_app(
     Args:
         settings: the process settings (default: `get_settings()`).
         backend: the back-office calls (default: Celery tasks and the LiveKit API).
-        ratelimit_storage_uri: where login attempts are counted. Default ``memory://``
-            (per process; fine for one gunicorn worker). With several workers pass a shared
-            store, e.g. ``settings.broker.effective_url`` (redis://); it is then required to be
-            reachable: there is no silent fallback to memory.
+        ratelimit_storage_uri: where login attempts and session quotas are counted.
+            Default: the configured broker (redis://), shared by every gunicorn worker and
+            host; ``memory://`` (per process) only when no broker URL is configured (tests,
+            a lone process). The store must be reachable: there is no silent fallback.
         bootstrap: create the admin from settings.web.admin_email if no admin exists.
     """
     settings = settings or get_settings()
     app = Flask(__name__)
+    if settings.web.trusted_proxies:
+        # behind N proxies the client's address is the Nth from the right of X-Forwarded-For
+        n = settings.web.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
     app.config.update(
         SECRET_KEY=settings.web.secret_key.get_secret_value(),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.web.secure_cookies,
+        SESSION_COOKIE_SECURE=secure_cookies(settings),
         SESSION_COOKIE_NAME="avatar_session",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
         WTF_CSRF_TIME_LIMIT=None,  # tied to the session instead of a clock
@@ -65,10 +70,12 @@ def create_app(
     limiter = Limiter(
         get_remote_address,
         app=app,
-        storage_uri=ratelimit_storage_uri or DEFAULT_RATELIMIT_STORAGE,
+        storage_uri=ratelimit_storage_uri or settings.broker.url or DEFAULT_RATELIMIT_STORAGE,
         default_limits=[],
         headers_enabled=True,
+        key_prefix="avatar-web",
     )
+    app.extensions["avatar_limiter"] = limiter
 
     db.init_app(app)
     auth.init_app(app)
@@ -80,11 +87,16 @@ def create_app(
     csrf.exempt(api.alias_bp)
     csrf.exempt(webhooks.bp)
 
-    app.view_functions["auth.login"] = limiter.limit(  # type: ignore[assignment]
-        settings.web.login_rate_limit,
-        methods=["POST"],
-        error_message="Too many sign-in attempts. Wait a minute and try again.",
-    )(app.view_functions["auth.login"])
+    throttled = "Too many sign-in attempts. Wait a minute and try again."
+    login_view: Any = app.view_functions["auth.login"]
+    for key_func in (get_remote_address, auth.login_account_key):  # per address, per account
+        login_view = limiter.limit(
+            settings.web.login_rate_limit,
+            key_func=key_func,
+            methods=["POST"],
+            error_message=throttled,
+        )(login_view)
+    app.view_functions["auth.login"] = login_view
 
     _register_error_pages(app)
     _register_security_headers(app, settings)
@@ -92,6 +104,13 @@ def create_app(
     if bootstrap and auth.bootstrap_admin(settings):
         logger.info("bootstrap admin created from settings.web.admin_email")
     return app
+
+
+def secure_cookies(settings: Settings) -> bool:
+    """Secure cookies (and HSTS) unless configured off or the whole stack is on loopback."""
+    if settings.web.secure_cookies is not None:
+        return settings.web.secure_cookies
+    return not is_local_only(settings)
 
 
 def _register_security_headers(app: Flask, settings: Settings) -> None:
@@ -112,6 +131,8 @@ def _register_security_headers(app: Flask, settings: Settings) -> None:
         ]
     )
 
+    hsts = secure_cookies(settings)
+
     @app.after_request
     def _headers(response: Response) -> Response:
         response.headers.setdefault("Content-Security-Policy", csp)
@@ -120,6 +141,8 @@ def _register_security_headers(app: Flask, settings: Settings) -> None:
         response.headers.setdefault("Referrer-Policy", "same-origin")
         if request.endpoint != "static":
             response.headers.setdefault("Cache-Control", "no-store")
+        if hsts:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         return response
 
 

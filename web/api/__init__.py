@@ -9,10 +9,13 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from flask import Blueprint, Flask, Response, g, jsonify, request, url_for
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
+from flask_limiter import Limiter
+from limits import parse_many
 from pydantic import ValidationError
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
@@ -35,6 +38,7 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 alias_bp = Blueprint("api_alias", __name__, url_prefix="/api")
 
 IDEMPOTENCY_KEY_MAX = 100
+OPEN_STATUSES = SessionStatus.open_states()
 
 
 class ApiError(Exception):
@@ -46,27 +50,60 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.fields = status, code, message, fields or {}
 
+    retry_after: int | None = None
+
     def response(self) -> tuple[Response, int]:
         body = {"error": {"code": self.code, "message": self.message, "fields": self.fields}}
-        return jsonify(body), self.status
+        res = jsonify(body)
+        if self.retry_after is not None:
+            res.headers["Retry-After"] = str(self.retry_after)
+        return res, self.status
 
 
-def token_required(view: F) -> F:
-    """Reject requests without a valid bearer token (401 with WWW-Authenticate)."""
+def token_required(scope: str) -> Callable[[F], F]:
+    """Reject requests without a valid bearer token (401) or without `scope` (403)."""
 
-    @functools.wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>")
-        row = verify_api_token(get_db(), token.strip())
-        if row is None:
-            raise ApiError(401, "unauthorized", "invalid or revoked API token")
-        g.api_token = row
-        return view(*args, **kwargs)
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            header = request.headers.get("Authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>")
+            row = verify_api_token(get_db(), token.strip())
+            if row is None:
+                raise ApiError(401, "unauthorized", "invalid, expired or revoked API token")
+            if scope not in row.scopes.split():
+                raise ApiError(403, "forbidden", f"this token lacks the {scope} scope")
+            g.api_token = row
+            return view(*args, **kwargs)
 
-    return cast(F, wrapped)
+        return cast(F, wrapped)
+
+    return decorate
+
+
+def _check_session_quota() -> None:
+    """Count one new session against the token's rate and daily quota (shared store).
+
+    :raise ApiError 429: over either, with Retry-After.
+    """
+    limiter: Limiter = current_app.extensions["avatar_limiter"]
+    ident = f"api-sessions:{g.api_token.id}"
+    for item in parse_many(app_settings().web.session_rate_limit):
+        if not limiter.limiter.hit(item, ident):
+            reset = limiter.limiter.get_window_stats(item, ident).reset_time
+            err = ApiError(429, "rate_limited", f"this token may start at most {item} sessions")
+            err.retry_after = max(1, int(reset - time.time()))
+            raise err
+
+
+def _open_session_in_room(room: str) -> AgentSessionRecord | None:
+    return get_db().scalars(
+        select(AgentSessionRecord)
+        .where(AgentSessionRecord.room == room, AgentSessionRecord.status.in_(OPEN_STATUSES))
+        .order_by(AgentSessionRecord.created_at.desc())
+    ).first()
 
 
 def _get_session(session_id: str) -> AgentSessionRecord:
@@ -89,12 +126,15 @@ def _json_body() -> dict[str, Any]:
     return body
 
 
-@token_required
+@token_required("sessions:write")
 def create_session() -> tuple[Response, int]:
     """Create a session, enqueue provisioning, return a participant token for the room.
 
-    Idempotent per ``Idempotency-Key``: a replay returns the same session (status 200) and
-    a fresh token, and does not enqueue again.
+    Idempotent per ``Idempotency-Key`` (each token has its own key space): a replay returns
+    the same session (status 200) and a fresh token, and does not enqueue again. Without a
+    key, a room that already has an open session gets that session back when the request
+    asks for the same thing (200), else 409: one room never gets a second agent.
+    New sessions count against the token's rate and daily quota (429).
     """
     try:
         req = CreateSessionRequest.model_validate(_json_body())
@@ -118,16 +158,33 @@ def create_session() -> tuple[Response, int]:
                 "invalid_idempotency_key",
                 f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters",
             )
-        key = f"api:{key}"
+        key = f"api:{g.api_token.id}:{key}"
     b = backend()
     db = get_db()
     existed = key is not None and db.scalar(
         select(AgentSessionRecord.id).where(AgentSessionRecord.request_key == key)
     )
-    record = b.create_session(
-        db, settings, spec, room=req.room, source="api", request_key=key
-    )
-    db.commit()
+    record: AgentSessionRecord | None = None
+    if not existed and key is None and req.room is not None:
+        record = _open_session_in_room(req.room)
+        if record is not None:
+            wanted = spec.model_dump(mode="json", exclude={"session_id"})
+            stored = {k: v for k, v in (record.spec or {}).items() if k != "session_id"}
+            if stored != wanted:
+                raise ApiError(
+                    409, "room_busy",
+                    f"room {req.room!r} already has session {record.id} ({record.status}); "
+                    "end it first, or retry with the same body or an Idempotency-Key",
+                    {"room": "already has an open session"},
+                )
+            existed = True
+    if not existed:
+        _check_session_quota()
+    if record is None:
+        record = b.create_session(
+            db, settings, spec, room=req.room, source="api", request_key=key
+        )
+        db.commit()
     if not existed:
         b.enqueue_provision(settings, record.id)
         logger.info("session requested", extra={"session_id": record.id, "room": record.room})
@@ -148,14 +205,14 @@ def create_session() -> tuple[Response, int]:
 
 
 @bp.get("/sessions/<session_id>")
-@token_required
+@token_required("sessions:read")
 def get_session(session_id: str) -> Response:
     record = _get_session(session_id)
     return jsonify({"session": queries.session_dict(record), "progress": queries.progress(record)})
 
 
 @bp.get("/sessions/<session_id>/transcript")
-@token_required
+@token_required("sessions:read")
 def get_transcript(session_id: str) -> Response:
     """Live lines as they are written; `report` once post-processing has run."""
     record = _get_session(session_id)
@@ -178,7 +235,7 @@ def get_transcript(session_id: str) -> Response:
 
 
 @bp.get("/sessions/<session_id>/summary")
-@token_required
+@token_required("sessions:read")
 def get_summary(session_id: str) -> Response:
     record = _get_session(session_id)
     summary = get_db().get(Summary, record.id)
@@ -193,7 +250,7 @@ def get_summary(session_id: str) -> Response:
 
 
 @bp.get("/sessions/<session_id>/usage")
-@token_required
+@token_required("sessions:read")
 def get_usage(session_id: str) -> Response:
     record = _get_session(session_id)
     settings = app_settings()
@@ -202,7 +259,7 @@ def get_usage(session_id: str) -> Response:
 
 
 @bp.post("/sessions/<session_id>/end")
-@token_required
+@token_required("sessions:write")
 def end_session(session_id: str) -> tuple[Response, int]:
     """Ask LiveKit to close the room; the back office finalizes the session afterwards."""
     record = _get_session(session_id)
