@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import SecretStr
 
 from config.settings import (
     PROJECT_ROOT,
@@ -79,12 +80,6 @@ def up(
     except ServiceError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
-    if any(p.name == "flower" for p in specs):
-        try:
-            check_deployment_secrets(settings, flower=True)
-        except ConfigError as err:
-            typer.echo(str(err), err=True)
-            raise typer.Exit(2) from None
     sup = Supervisor()
 
     def _signal(signum: int, _frame: Any) -> None:
@@ -176,6 +171,41 @@ def call(
     else:
         typer.echo(result.render())
     raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command()
+def flower(
+    address: Annotated[str, typer.Option(envvar="HOST", help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(envvar="FLOWER_PORT", help="Port.")] = None,
+) -> None:
+    """Run Flower with basic auth passed in its environment, never on its command line.
+
+    The credentials are ``FLOWER_BASIC_AUTH`` (user:password) if set, else
+    ``WEB__FLOWER_USER``/``WEB__FLOWER_PASSWORD``; a public default password is refused
+    unless every service is on loopback.
+    """
+    settings = settings_or_exit()
+    creds = os.environ.get("FLOWER_BASIC_AUTH") or (
+        f"{settings.web.flower_user}:{settings.web.flower_password.get_secret_value()}"
+    )
+    user, _, password = creds.partition(":")
+    if not user or not password:
+        typer.echo("config error: FLOWER_BASIC_AUTH: expected user:password", err=True)
+        raise typer.Exit(2)
+    try:
+        check_deployment_secrets(
+            settings.model_copy(
+                update={"web": settings.web.model_copy(update={"flower_password": SecretStr(password)})}
+            ),
+            flower=True,
+        )
+    except ConfigError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    env = {**os.environ, "FLOWER_BASIC_AUTH": creds}
+    args = [sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--address={address}",
+            f"--port={port or settings.web.flower_port}", "--persistent=False"]
+    os.execve(sys.executable, args, env)
 
 
 @app.command()

@@ -494,18 +494,58 @@ class Settings(BaseSettings):
         return self
 
     def secret_values(self) -> list[str]:
-        """Every secret's plain value, so log filters and pages can mask them."""
+        """Every secret's plain value, so log filters and pages can mask them: the SecretStr
+        fields and the passwords inside URLs (database, broker, ...), raw and decoded."""
         out: list[str] = []
-        for group in (self.livekit, self.stt, self.llm, self.tts, self.avatar, self.web):
-            for name in type(group).model_fields:
-                val = getattr(group, name)
-                if isinstance(val, SecretStr) and len(val.get_secret_value()) >= 4:
-                    out.append(val.get_secret_value())
-        return out
+        for _path, val in _walk(self.model_dump()):
+            if isinstance(val, SecretStr):
+                out.append(val.get_secret_value())
+            elif isinstance(val, str) and "://" in val:
+                out += url_passwords(val)
+        return sorted({v for v in out if len(v) >= 4}, key=len, reverse=True)
 
     def masked(self) -> dict[str, Any]:
-        """The effective configuration with secrets replaced, for pages and `avatar doctor`."""
-        return self.model_dump(mode="json")  # SecretStr dumps as "**********"
+        """The effective configuration with secrets replaced, for pages and `avatar doctor`:
+        SecretStr fields dump as "**********", and URL passwords become "***"."""
+        return _mask_urls(self.model_dump(mode="json"))  # type: ignore[no-any-return]
+
+
+def url_passwords(url: str) -> list[str]:
+    """The password in a URL's userinfo, as written and percent-decoded."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return []
+    if not password:
+        return []
+    return [password, unquote(password)]
+
+
+def mask_url(url: str) -> str:
+    """`redis://:***@host:6379/0`: the URL without its password."""
+    for password in url_passwords(url):
+        url = url.replace(f":{password}@", ":***@")
+    return url
+
+
+def _walk(value: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    if isinstance(value, dict):
+        return [item for k, v in value.items() for item in _walk(v, (*path, str(k)))]
+    if isinstance(value, list | tuple):
+        return [item for v in value for item in _walk(v, path)]
+    return [(path, value)]
+
+
+def _mask_urls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _mask_urls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_urls(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    return value
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:

@@ -16,6 +16,7 @@ from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from config.logging import install_secret_mask
 from config.settings import Settings, get_settings, is_local_only
 
 from . import admin, api, auth, db, webhooks
@@ -47,6 +48,7 @@ def create_app(
         bootstrap: create the admin from settings.web.admin_email if no admin exists.
     """
     settings = settings or get_settings()
+    install_secret_mask(settings.secret_values())  # gunicorn configures its own handlers
     app = Flask(__name__)
     if settings.web.trusted_proxies:
         # behind N proxies the client's address is the Nth from the right of X-Forwarded-For

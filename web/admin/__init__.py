@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from config.settings import mask_url
 from live.policy import spec_violations
 from store.models import AgentSessionRecord, SessionCost, SessionStatus, Summary
 
@@ -415,8 +416,8 @@ def settings_page() -> str:
         groups=groups,
         scalars=scalars,
         flower_url=f"http://{host}:{settings.web.flower_port}/",
-        livekit_url=settings.livekit.browser_url,
-        livekit_http=settings.livekit.http_url,
+        livekit_url=mask_url(settings.livekit.browser_url),
+        livekit_http=mask_url(settings.livekit.http_url),
         to_text=_to_text,
     )
 
