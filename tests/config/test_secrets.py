@@ -107,3 +107,15 @@ def test_doctor_warns_locally_and_fails_in_deployment(
     assert run_checks(lines.append) is False
     (deployed,) = [line for line in lines if "] secrets " in line]
     assert deployed.startswith("[FAIL]") and "LIVEKIT__API_SECRET" in deployed
+
+
+def test_flower_refuses_a_public_password_outside_the_local_stack(tmp_path: Path) -> None:
+    deployed = {"LIVEKIT_URL": "wss://lk.example.com", "LIVEKIT_API_KEY": "APIxyz",
+                "LIVEKIT_API_SECRET": "s" * 40, "WEB__SECRET_KEY": "w" * 40}
+    for creds in ("admin:change-me", ""):
+        env = {**deployed, "FLOWER_BASIC_AUTH": creds} if creds else deployed
+        proc = _run(["-m", "cli.main", "flower"], tmp_path, **env)
+        assert proc.returncode == 2
+        assert "WEB__FLOWER_PASSWORD: is the public default" in proc.stderr
+    odd = _run(["-m", "cli.main", "flower"], tmp_path, **deployed, FLOWER_BASIC_AUTH="nocolon")
+    assert odd.returncode == 2 and "FLOWER_BASIC_AUTH: expected user:password" in odd.stderr
