@@ -341,7 +341,8 @@ class LimitsSettings(BaseModel):
         ),
     )
     transcript_retention_days: int = Field(
-        default=90, ge=1, description="Transcripts older than this are deleted by beat."
+        default=90, ge=1,
+        description="Transcript lines, exports and summaries older than this are deleted by beat.",
     )
 
     @model_validator(mode="after")
