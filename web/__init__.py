@@ -155,9 +155,10 @@ def _wants_json() -> bool:
 def _register_error_pages(app: Flask) -> None:
     def page(status: int, title: str, message: str) -> tuple[str | Response, int]:
         if _wants_json():
-            code = {404: "not_found", 405: "method_not_allowed", 429: "rate_limited"}.get(
-                status, "error"
-            )
+            code = {
+                404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+                429: "rate_limited",
+            }.get(status, "error")
             return jsonify({"error": {"code": code, "message": message, "fields": {}}}), status
         return render_template("error.html", status=status, title=title, message=message), status
 
@@ -168,6 +169,11 @@ def _register_error_pages(app: Flask) -> None:
     @app.errorhandler(405)
     def _method(_e: Any) -> tuple[str | Response, int]:
         return page(405, "Method not allowed", "This address does not accept that method.")
+
+    @app.errorhandler(413)
+    def _too_large(_e: Any) -> tuple[str | Response, int]:
+        limit = app.config["MAX_CONTENT_LENGTH"] // 1024
+        return page(413, "Too large", f"The request body is over {limit} KiB.")
 
     @app.errorhandler(429)
     def _rate_limited(e: Any) -> tuple[str | Response, int]:
