@@ -128,3 +128,20 @@ def test_launch_form_without_csrf_is_refused(
     forged = logged_in.post("/sessions/new", data={**data, "csrf_token": "forged"})
     assert forged.status_code == 400
     assert calls.enqueued == [] and _count(settings.db.url) == 0
+
+
+@pytest.mark.parametrize("cell", ["@SUM(1)", "\tcmd", "\r=1", "  =1+1", "\uff1dHYPERLINK(1)", "-2+3"])
+def test_csv_cells_cannot_start_a_formula(logged_in: FlaskClient, settings: Settings, cell: str) -> None:
+    import csv
+    import io
+    from datetime import UTC, datetime
+
+    from store.models import SessionStatus
+
+    from .conftest import add_costs, add_session
+
+    sid = add_session(settings.db.url, room="f", status=SessionStatus.ENDED)
+    add_costs(settings.db.url, sid, datetime.now(UTC).date(), {(cell, "m"): (1, 1)})
+    rows = list(csv.reader(io.StringIO(logged_in.get("/usage.csv").get_data(as_text=True))))
+    providers = [r[1] for r in rows[1:]]
+    assert providers == ["'" + cell]

@@ -398,9 +398,14 @@ def usage_csv() -> Response:
     )
 
 
+# Characters a spreadsheet may read as the start of a formula (OWASP's list, plus the
+# full-width forms some apps normalise), also after leading blanks.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
 def _csv_safe(value: str) -> str:
     """Keep spreadsheet apps from evaluating a cell as a formula."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@") else value
+    return "'" + value if value.lstrip(" ")[:1] in FORMULA_STARTS else value
 
 
 @bp.get("/settings")
