@@ -105,6 +105,11 @@ class SessionSpec(BaseModel):
     llm: LLMChoice = Field(default_factory=LLMChoice)
     tts: TTSChoice = Field(default_factory=TTSChoice)
     avatar: AvatarChoice = Field(default_factory=AvatarChoice)
+    text_chat: bool = Field(
+        default=False,
+        description="Let callers type to the agent (LiveKit text streams on `lk.chat`). Off: "
+        "the agent hears only speech, and callers' tokens cannot publish data.",
+    )
     max_session_minutes: float | None = Field(
         default=None, gt=0, le=24 * 60,
         description="End the session sooner than the operator's limit (never later).",

@@ -178,6 +178,19 @@ def _fail_invalid_metadata(settings: Settings, raw: str, err: Exception) -> None
             rec.ended_at = utcnow()
 
 
+def room_options(spec: SessionSpec) -> room_io.RoomOptions:
+    """Speech from standard and SIP callers; typed text only if the session allows it
+    (LiveKit enables `lk.chat` text input by default)."""
+    return room_io.RoomOptions(
+        text_input=spec.text_chat,
+        close_on_disconnect=False,  # the lifecycle applies the configured grace period
+        participant_kinds=[
+            rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
+            rtc.ParticipantKind.PARTICIPANT_KIND_SIP,
+        ],
+    )
+
+
 async def entrypoint(ctx: JobContext) -> None:
     _restore_priority()
     settings = _settings()
@@ -258,13 +271,7 @@ async def entrypoint(ctx: JobContext) -> None:
     await session.start(
         agent=AvatarAgent(instructions=spec.instructions),
         room=ctx.room,
-        room_options=room_io.RoomOptions(
-            close_on_disconnect=False,  # the lifecycle applies the configured grace period
-            participant_kinds=[
-                rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
-                rtc.ParticipantKind.PARTICIPANT_KIND_SIP,
-            ],
-        ),
+        room_options=room_options(spec),
         record=False,
     )
     recorder.set_status(

@@ -141,8 +141,10 @@ def mint_participant_token(
     identity: str,
     name: str | None = None,
     ttl: int | timedelta | None = None,
+    can_publish_data: bool = False,
 ) -> str:
-    """A short-lived join token for one room only; minted on demand, never stored."""
+    """A short-lived join token for one participant in one room, with no admin grants;
+    minted on demand, never stored. Data (typed chat) only for sessions that allow it."""
     if isinstance(ttl, timedelta):
         lifetime = ttl
     else:
@@ -152,7 +154,7 @@ def mint_participant_token(
         room=room,
         can_publish=True,
         can_subscribe=True,
-        can_publish_data=True,
+        can_publish_data=can_publish_data,
     )
     return (
         api.AccessToken(

@@ -125,3 +125,10 @@ def test_portrait_packs_by_name_only(settings: Settings) -> None:
     assert local_pack(settings, "nobody") is None
     ok = SessionSpec.model_validate({"avatar": {"provider": "local", "avatar_id": "me"}})
     assert spec_violations(ok, settings) == {}
+
+
+def test_typed_chat_reaches_the_agent_only_when_the_session_allows_it() -> None:
+    from live.worker import room_options
+
+    assert room_options(SessionSpec()).get_text_input_options() is None
+    assert room_options(SessionSpec(text_chat=True)).get_text_input_options() is not None

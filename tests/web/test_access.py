@@ -223,3 +223,28 @@ def test_secure_cookies_and_hsts_outside_the_local_stack(
     res = app.test_client().get("/login", base_url="https://avatar.example.com")
     assert res.headers["Strict-Transport-Security"].startswith("max-age=")
     assert make_app(_with_web(deployed, secure_cookies=False)).config["SESSION_COOKIE_SECURE"] is False
+
+
+# --------------------------------------------------------------------------- participant tokens
+
+
+@pytest.mark.parametrize("text_chat", [False, True])
+def test_participant_tokens_are_narrow(
+    client: FlaskClient, bearer: dict[str, str], settings: Settings, text_chat: bool
+) -> None:
+    import jwt
+
+    res = client.post("/api/v1/sessions", headers=bearer,
+                      json={"room": f"narrow-{text_chat}", "identity": "carol", "text_chat": text_chat})
+    assert res.status_code == 201, res.json
+    claims = jwt.decode(res.json["token"], settings.livekit.api_secret.get_secret_value(),
+                        algorithms=["HS256"], options={"verify_aud": False})
+    assert claims["sub"] == "carol"
+    assert claims["exp"] - claims["nbf"] == settings.livekit.token_ttl_seconds
+    video = {k: v for k, v in claims["video"].items() if v}
+    expected = {"roomJoin": True, "room": f"narrow-{text_chat}", "canPublish": True,
+                "canSubscribe": True}
+    if text_chat:
+        expected["canPublishData"] = True
+    assert video == expected  # no roomAdmin/roomCreate/roomList/roomRecord/agent grants
+    assert claims["video"].get("canPublishData") is text_chat

@@ -321,7 +321,8 @@ def join(session_id: str) -> str:
     token = ""
     if record.is_open:
         token = backend().mint_token(
-            settings, room=record.room, identity=identity, name=admin.email if admin else None
+            settings, room=record.room, identity=identity, name=admin.email if admin else None,
+            can_publish_data=bool((record.spec or {}).get("text_chat")),
         )
     return render_template(
         "admin/join.html",

@@ -189,7 +189,10 @@ def create_session() -> tuple[Response, int]:
         b.enqueue_provision(settings, record.id)
         logger.info("session requested", extra={"session_id": record.id, "room": record.room})
     identity = req.identity or f"caller-{secrets.token_hex(4)}"
-    token = b.mint_token(settings, room=record.room, identity=identity, name=req.name)
+    token = b.mint_token(
+        settings, room=record.room, identity=identity, name=req.name,
+        can_publish_data=bool((record.spec or {}).get("text_chat")),
+    )
     body = {
         "session": queries.session_dict(record),
         "room": record.room,
