@@ -248,3 +248,43 @@ def test_participant_tokens_are_narrow(
         expected["canPublishData"] = True
     assert video == expected  # no roomAdmin/roomCreate/roomList/roomRecord/agent grants
     assert claims["video"].get("canPublishData") is text_chat
+
+
+def test_concurrent_requests_for_one_room_start_one_agent(
+    settings: Settings, calls: Calls, shared_store: str
+) -> None:
+    """Two web processes, one request each for the same room, the first still creating its
+    session: the second is refused, not dispatched."""
+    import threading
+
+    from tasks.provisioning import create_session
+    from web import create_app
+    from web.backend import Backend
+
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_create(*args: object, **kwargs: object) -> AgentSessionRecord:
+        inside.set()
+        assert release.wait(30)
+        return create_session(*args, **kwargs)  # type: ignore[arg-type]
+
+    backend = Backend(create_session=slow_create, enqueue_provision=calls.enqueue)
+    one = create_app(settings, backend=backend, ratelimit_storage_uri=shared_store).test_client()
+    two = create_app(settings, backend=Backend(enqueue_provision=calls.enqueue),
+                     ratelimit_storage_uri=shared_store).test_client()
+    headers = _token(settings)
+    first: list[int] = []
+    t = threading.Thread(target=lambda: first.append(
+        one.post("/api/v1/sessions", json={"room": "race-room"}, headers=headers).status_code))
+    t.start()
+    try:
+        assert inside.wait(30)
+        res = two.post("/api/v1/sessions", json={"room": "race-room"}, headers=headers)
+        assert res.status_code == 409 and res.json["error"]["code"] == "room_busy"
+    finally:
+        release.set()
+        t.join(30)
+    assert first == [201]
+    again = two.post("/api/v1/sessions", json={"room": "race-room"}, headers=headers)
+    assert again.status_code == 200  # the guard is released; the open session comes back
+    assert len(calls.enqueued) == 1 and _count(settings) == 1

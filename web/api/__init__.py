@@ -10,7 +10,8 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
@@ -39,6 +40,7 @@ alias_bp = Blueprint("api_alias", __name__, url_prefix="/api")
 
 IDEMPOTENCY_KEY_MAX = 100
 OPEN_STATUSES = SessionStatus.open_states()
+ROOM_GUARD_SECONDS = 30  # a crashed request frees its room after this
 
 
 class ApiError(Exception):
@@ -96,6 +98,30 @@ def _check_session_quota() -> None:
             err = ApiError(429, "rate_limited", f"this token may start at most {item} sessions")
             err.retry_after = max(1, int(reset - time.time()))
             raise err
+
+
+@contextmanager
+def _room_guard(room: str | None) -> Iterator[None]:
+    """One request at a time may start a session in a room, across every web process (a
+    counter in the rate-limit store), so two concurrent calls cannot both dispatch an agent.
+
+    :raise ApiError 409: another request is starting a session in that room right now.
+    """
+    if room is None:
+        yield
+        return
+    storage = current_app.extensions["avatar_limiter"].storage
+    guard = f"avatar-room-start:{room}"
+    if storage.incr(guard, ROOM_GUARD_SECONDS) > 1:
+        raise ApiError(
+            409, "room_busy",
+            f"another request is starting a session in room {room!r}; retry in a moment",
+            {"room": "a session is being started"},
+        )
+    try:
+        yield
+    finally:
+        storage.clear(guard)
 
 
 def _open_session_in_room(room: str) -> AgentSessionRecord | None:
@@ -161,33 +187,34 @@ def create_session() -> tuple[Response, int]:
         key = f"api:{g.api_token.id}:{key}"
     b = backend()
     db = get_db()
-    existed = key is not None and db.scalar(
-        select(AgentSessionRecord.id).where(AgentSessionRecord.request_key == key)
-    )
-    record: AgentSessionRecord | None = None
-    if not existed and key is None and req.room is not None:
-        record = _open_session_in_room(req.room)
-        if record is not None:
-            wanted = spec.model_dump(mode="json", exclude={"session_id"})
-            stored = {k: v for k, v in (record.spec or {}).items() if k != "session_id"}
-            if stored != wanted:
-                raise ApiError(
-                    409, "room_busy",
-                    f"room {req.room!r} already has session {record.id} ({record.status}); "
-                    "end it first, or retry with the same body or an Idempotency-Key",
-                    {"room": "already has an open session"},
-                )
-            existed = True
-    if not existed:
-        _check_session_quota()
-    if record is None:
-        record = b.create_session(
-            db, settings, spec, room=req.room, source="api", request_key=key
+    with _room_guard(req.room if key is None else None):
+        existed = key is not None and db.scalar(
+            select(AgentSessionRecord.id).where(AgentSessionRecord.request_key == key)
         )
-        db.commit()
-    if not existed:
-        b.enqueue_provision(settings, record.id)
-        logger.info("session requested", extra={"session_id": record.id, "room": record.room})
+        record: AgentSessionRecord | None = None
+        if not existed and key is None and req.room is not None:
+            record = _open_session_in_room(req.room)
+            if record is not None:
+                wanted = spec.model_dump(mode="json", exclude={"session_id"})
+                stored = {k: v for k, v in (record.spec or {}).items() if k != "session_id"}
+                if stored != wanted:
+                    raise ApiError(
+                        409, "room_busy",
+                        f"room {req.room!r} already has session {record.id} ({record.status}); "
+                        "end it first, or retry with the same body or an Idempotency-Key",
+                        {"room": "already has an open session"},
+                    )
+                existed = True
+        if not existed:
+            _check_session_quota()
+        if record is None:
+            record = b.create_session(
+                db, settings, spec, room=req.room, source="api", request_key=key
+            )
+            db.commit()
+        if not existed:
+            b.enqueue_provision(settings, record.id)
+            logger.info("session requested", extra={"session_id": record.id, "room": record.room})
     identity = req.identity or f"caller-{secrets.token_hex(4)}"
     token = b.mint_token(
         settings, room=record.room, identity=identity, name=req.name,
