@@ -72,7 +72,7 @@ def create_app(
     limiter = Limiter(
         get_remote_address,
         app=app,
-        storage_uri=ratelimit_storage_uri or settings.broker.url or DEFAULT_RATELIMIT_STORAGE,
+        storage_uri=ratelimit_storage_uri or _limit_store(settings),
         default_limits=[],
         headers_enabled=True,
         key_prefix="avatar-web",
@@ -106,6 +106,12 @@ def create_app(
     if bootstrap and auth.bootstrap_admin(settings):
         logger.info("bootstrap admin created from settings.web.admin_email")
     return app
+
+
+def _limit_store(settings: Settings) -> str:
+    """The broker as the `limits` library spells it (a Unix socket is `redis+unix://`)."""
+    url = settings.broker.url or DEFAULT_RATELIMIT_STORAGE
+    return "redis+" + url if url.startswith("unix://") else url
 
 
 def secure_cookies(settings: Settings) -> bool:
