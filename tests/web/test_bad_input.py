@@ -80,7 +80,7 @@ def test_oversized_body_is_json_413(client: FlaskClient, bearer: dict[str, str],
     res = client.post("/api/v1/sessions", headers=bearer, content_type="application/json",
                       data='{"instructions": "' + "x" * (1024 * 1024 + 10) + '"}')
     assert res.status_code == 413
-    assert res.json["error"]["code"] == "request_entity_too_large"
+    assert res.json["error"]["code"] == "payload_too_large"
     assert _count(settings.db.url) == 0
 
 
