@@ -9,7 +9,13 @@ from dataclasses import dataclass
 
 import typer
 
-from config.settings import ConfigError, Settings, load_settings
+from config.settings import (
+    ConfigError,
+    Settings,
+    is_local_only,
+    load_settings,
+    public_default_secrets,
+)
 
 
 @dataclass
@@ -32,6 +38,20 @@ def checks(settings: Settings) -> list[Check]:
     from cli.services import find_livekit_server, find_valkey_server, port_open
 
     out: list[Check] = [Check("configuration", True, "loaded; secrets masked")]
+    public = public_default_secrets(settings, flower=True)
+    local = is_local_only(settings)
+    out.append(
+        Check(
+            "secrets",
+            not public,
+            "no public defaults" if not public else
+            f"public default values in {', '.join(public)}"
+            + (" (accepted only because every service is on loopback)" if local else ""),
+            "set long random values, e.g. `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'`",
+            required=not local,
+        )
+    )
     if settings.livekit.embedded:
         lk = find_livekit_server()
         out.append(

@@ -10,8 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import SecretStr
 
-from config.settings import PROJECT_ROOT, ConfigError, Settings, load_settings
+from config.settings import (
+    PROJECT_ROOT,
+    ConfigError,
+    Settings,
+    check_deployment_secrets,
+    load_settings,
+)
 
 app = typer.Typer(
     help="Live avatar agents on LiveKit: run the stack, check it, call an agent.",
@@ -30,7 +37,9 @@ app.add_typer(portrait_app, name="portrait")
 
 def settings_or_exit() -> Settings:
     try:
-        return load_settings()
+        settings = load_settings()
+        check_deployment_secrets(settings)
+        return settings
     except ConfigError as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(2) from None
@@ -165,6 +174,41 @@ def call(
 
 
 @app.command()
+def flower(
+    address: Annotated[str, typer.Option(envvar="HOST", help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(envvar="FLOWER_PORT", help="Port.")] = None,
+) -> None:
+    """Run Flower with basic auth passed in its environment, never on its command line.
+
+    The credentials are ``FLOWER_BASIC_AUTH`` (user:password) if set, else
+    ``WEB__FLOWER_USER``/``WEB__FLOWER_PASSWORD``; a public default password is refused
+    unless every service is on loopback.
+    """
+    settings = settings_or_exit()
+    creds = os.environ.get("FLOWER_BASIC_AUTH") or (
+        f"{settings.web.flower_user}:{settings.web.flower_password.get_secret_value()}"
+    )
+    user, _, password = creds.partition(":")
+    if not user or not password:
+        typer.echo("config error: FLOWER_BASIC_AUTH: expected user:password", err=True)
+        raise typer.Exit(2)
+    try:
+        check_deployment_secrets(
+            settings.model_copy(
+                update={"web": settings.web.model_copy(update={"flower_password": SecretStr(password)})}
+            ),
+            flower=True,
+        )
+    except ConfigError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(2) from None
+    env = {**os.environ, "FLOWER_BASIC_AUTH": creds}
+    args = [sys.executable, "-m", "celery", "-A", "tasks", "flower", f"--address={address}",
+            f"--port={port or settings.web.flower_port}", "--persistent=False"]
+    os.execve(sys.executable, args, env)
+
+
+@app.command()
 def schema() -> None:
     """Print the JSON schema of the dispatch metadata (a session's configuration)."""
     from live.metadata import SessionSpec
@@ -203,16 +247,67 @@ def admin_create(
 
 
 @token_app.command("create")
-def token_create(name: Annotated[str, typer.Argument(help="A label for the token.")]) -> None:
+def token_create(
+    name: Annotated[str, typer.Argument(help="A label for the token.")],
+    expires_in_days: Annotated[
+        float | None, typer.Option(help="Days until the token stops working (default: never).")
+    ] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(help="sessions:read and/or sessions:write (repeatable; default: both)."),
+    ] = None,
+) -> None:
     """Create an API token; it is printed once and stored only as a hash."""
     from store.db import session_scope, upgrade_db
-    from web.auth import create_api_token
+    from web.auth import SCOPES, AuthError, create_api_token
 
     settings = settings_or_exit()
     upgrade_db(settings.db.url)
-    with session_scope(settings.db.url) as db:
-        token = create_api_token(db, name)
+    try:
+        with session_scope(settings.db.url) as db:
+            token = create_api_token(
+                db, name, expires_in_days=expires_in_days, scopes=scope or SCOPES
+            )
+    except AuthError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(token)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    ident: Annotated[str, typer.Argument(help="The token, its name, or its id.")],
+) -> None:
+    """Revoke an API token: requests with it get 401 from now on."""
+    from store.db import session_scope
+    from web.auth import AuthError, revoke_api_token
+
+    settings = settings_or_exit()
+    try:
+        with session_scope(settings.db.url) as db:
+            row = revoke_api_token(db, ident)
+            label = f"{row.name} ({row.prefix}...)"
+    except AuthError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"revoked {label}")
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """Tokens with their prefix, scopes, expiry and state (never the token itself)."""
+    from sqlalchemy import select
+
+    from store.db import session_scope
+    from store.models import ApiToken
+
+    settings = settings_or_exit()
+    with session_scope(settings.db.url) as db:
+        for row in db.scalars(select(ApiToken).order_by(ApiToken.id)):
+            state = "revoked" if row.revoked else "active"
+            expires = row.expires_at.isoformat(timespec="minutes") if row.expires_at else "never"
+            typer.echo(f"{row.id}\t{row.name}\t{row.prefix}...\t{row.scopes}\t"
+                       f"expires {expires}\t{state}")
 
 
 @portrait_app.command("import")

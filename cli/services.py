@@ -137,13 +137,21 @@ class LiveKitServerConfig:
 
 
 def livekit_server_command(cfg: LiveKitServerConfig, binary: Path | None = None) -> list[str]:
+    """The command line: no configuration on it, since it holds the API secret and any
+    user can read a process's arguments; see :func:`livekit_server_env`."""
     binary = binary or find_livekit_server()
     if binary is None:
         raise ServiceError(
             "livekit-server is not installed: run `avatar setup` (builds it with Go), or set "
             "LIVEKIT_URL to an existing LiveKit server"
         )
-    return [str(binary), "--config-body", cfg.to_yaml()]
+    return [str(binary)]
+
+
+def livekit_server_env(cfg: LiveKitServerConfig, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: its configuration in ``LIVEKIT_CONFIG`` (what
+    ``--config-body`` reads), visible only to the same user, unlike the command line."""
+    return {**(os.environ if base is None else base), "LIVEKIT_CONFIG": cfg.to_yaml()}
 
 
 def start_livekit_server(
@@ -154,7 +162,8 @@ def start_livekit_server(
         raise ServiceError(f"port {cfg.port} is already in use; is another LiveKit server running?")
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
-        livekit_server_command(cfg), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        livekit_server_command(cfg), env=livekit_server_env(cfg), stdout=out,
+        stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         wait_for_port("127.0.0.1", cfg.port, timeout, proc)

@@ -22,6 +22,7 @@ from cli.services import (
     LiveKitServerConfig,
     ServiceError,
     livekit_server_command,
+    livekit_server_env,
     port_open,
     stop_process,
     valkey_command,
@@ -92,7 +93,10 @@ def plan(settings: Settings, only: list[str] | None = None) -> list[ProcSpec]:
             node_ip=settings.livekit.node_ip,
             webhook_urls=[f"http://127.0.0.1:{settings.web.port}/webhooks/livekit"],
         )
-        procs.append(ProcSpec("livekit", livekit_server_command(cfg), env, settings.livekit.port))
+        procs.append(
+            ProcSpec("livekit", livekit_server_command(cfg), livekit_server_env(cfg, env),
+                     settings.livekit.port)
+        )
     for name, cmd in read_procfile().items():
         if name == "release":
             continue

@@ -10,6 +10,7 @@ feeds all of them (pydantic-settings #279); nested variables use ``__``
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,7 @@ STTProvider = Literal["local", "assemblyai"]
 LLMProvider = Literal["local", "openai"]
 TTSProvider = Literal["local", "espeak", "cartesia"]
 AvatarProvider = Literal["local", "tavus", "hedra", "none"]
+ENDPOINT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
 class ConfigError(Exception):
@@ -146,6 +148,22 @@ class LLMSettings(BaseModel):
     fallback: LLMProvider | None = Field(
         default="local", description="Provider used when the hosted one fails (or none)."
     )
+    endpoints: dict[str, str] = Field(
+        default_factory=dict,
+        description="Named OpenAI-compatible base URLs a session spec may pick with "
+        "`llm.endpoint` (the configured key is sent to them), e.g. "
+        "{\"ollama\": \"http://127.0.0.1:11434/v1\"}. Sessions cannot name a URL themselves.",
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoint_urls(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, url in v.items():
+            if not ENDPOINT_NAME_RE.match(name):
+                raise ValueError(f"endpoint name {name!r}: use letters, digits, '.', '_' or '-'")
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"endpoint {name!r}: expected an http:// or https:// URL")
+        return {name: url.rstrip("/") for name, url in v.items()}
 
 
 class TTSSettings(BaseModel):
@@ -249,17 +267,41 @@ class WebSettings(BaseModel):
     admin_password: SecretStr | None = Field(
         default=None, description="Password of the bootstrap admin."
     )
-    secure_cookies: bool = Field(
-        default=False, description="Mark cookies Secure (set true behind HTTPS)."
+    secure_cookies: bool | None = Field(
+        default=None,
+        description="Mark cookies Secure and send HSTS (HTTPS only). Empty: on, unless every "
+        "service is on loopback (the embedded local stack).",
+    )
+    trusted_proxies: int = Field(
+        default=0, ge=0, le=5,
+        description="Reverse proxies in front of the web process whose X-Forwarded-For/-Proto "
+        "are trusted (0: use the socket's address; Heroku's router: 1).",
     )
     login_rate_limit: str = Field(
-        default="10 per minute", description="Login attempts allowed per client address."
+        default="10 per minute",
+        description="Login attempts allowed per client address and, separately, per account.",
+    )
+    session_rate_limit: str = Field(
+        default="30 per minute;500 per day",
+        description="Sessions one API token may start: a rate and a daily quota, counted in "
+        "the broker so every web process shares them.",
     )
     flower_port: int = Field(default=5555, ge=1, le=65535, description="Flower port.")
     flower_user: str = Field(default="admin", description="Flower basic-auth user.")
     flower_password: SecretStr = Field(
         default=SecretStr("change-me"), description="Flower basic-auth password."
     )
+
+    @field_validator("login_rate_limit", "session_rate_limit")
+    @classmethod
+    def _rate(cls, v: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(v)
+        except ValueError:
+            raise ValueError("expected a rate such as '10 per minute' (several: ';')") from None
+        return v
 
     @property
     def base_url(self) -> str:
@@ -325,7 +367,8 @@ class LimitsSettings(BaseModel):
         ),
     )
     transcript_retention_days: int = Field(
-        default=90, ge=1, description="Transcripts older than this are deleted by beat."
+        default=90, ge=1,
+        description="Transcript lines, exports and summaries older than this are deleted by beat.",
     )
 
     @model_validator(mode="after")
@@ -478,18 +521,58 @@ class Settings(BaseSettings):
         return self
 
     def secret_values(self) -> list[str]:
-        """Every secret's plain value, so log filters and pages can mask them."""
+        """Every secret's plain value, so log filters and pages can mask them: the SecretStr
+        fields and the passwords inside URLs (database, broker, ...), raw and decoded."""
         out: list[str] = []
-        for group in (self.livekit, self.stt, self.llm, self.tts, self.avatar, self.web):
-            for name in type(group).model_fields:
-                val = getattr(group, name)
-                if isinstance(val, SecretStr) and len(val.get_secret_value()) >= 4:
-                    out.append(val.get_secret_value())
-        return out
+        for _path, val in _walk(self.model_dump()):
+            if isinstance(val, SecretStr):
+                out.append(val.get_secret_value())
+            elif isinstance(val, str) and "://" in val:
+                out += url_passwords(val)
+        return sorted({v for v in out if len(v) >= 4}, key=len, reverse=True)
 
     def masked(self) -> dict[str, Any]:
-        """The effective configuration with secrets replaced, for pages and `avatar doctor`."""
-        return self.model_dump(mode="json")  # SecretStr dumps as "**********"
+        """The effective configuration with secrets replaced, for pages and `avatar doctor`:
+        SecretStr fields dump as "**********", and URL passwords become "***"."""
+        return _mask_urls(self.model_dump(mode="json"))  # type: ignore[no-any-return]
+
+
+def url_passwords(url: str) -> list[str]:
+    """The password in a URL's userinfo, as written and percent-decoded."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return []
+    if not password:
+        return []
+    return [password, unquote(password)]
+
+
+def mask_url(url: str) -> str:
+    """`redis://:***@host:6379/0`: the URL without its password."""
+    for password in url_passwords(url):
+        url = url.replace(f":{password}@", ":***@")
+    return url
+
+
+def _walk(value: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    if isinstance(value, dict):
+        return [item for k, v in value.items() for item in _walk(v, (*path, str(k)))]
+    if isinstance(value, list | tuple):
+        return [item for v in value for item in _walk(v, path)]
+    return [(path, value)]
+
+
+def _mask_urls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _mask_urls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_urls(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    return value
 
 
 def _env_name(loc: tuple[int | str, ...]) -> str:
@@ -519,7 +602,82 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(format_validation_error(err)) from None
 
 
+# Secrets whose default value is public (in this repository, or LiveKit's `--dev` pair).
+PUBLIC_DEFAULT_SECRETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "WEB__SECRET_KEY": ("web", "secret_key", ("dev-insecure-secret-key-change-me",)),
+    "LIVEKIT__API_KEY": ("livekit", "api_key", ("devkey",)),
+    "LIVEKIT__API_SECRET": (
+        "livekit", "api_secret", ("embedded-dev-secret-change-me-0123456789", "secret"),
+    ),
+    "WEB__FLOWER_PASSWORD": ("web", "flower_password", ("change-me",)),
+}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _loopback(url: str | None) -> bool:
+    if not url:
+        return True
+    from urllib.parse import urlsplit
+
+    if url.startswith(("unix://", "memory://")):
+        return True
+    host = urlsplit(url).hostname
+    return host in LOOPBACK_HOSTS or (host or "").startswith("127.")
+
+
+def is_local_only(settings: Settings) -> bool:
+    """The embedded default: LiveKit, the broker, the UI and its public URL all on loopback.
+
+    `avatar up` without LIVEKIT_URL / REDIS_URL is this, and so are the tests; anything
+    reachable from another machine is a deployment.
+    """
+    return (
+        _loopback(settings.livekit.url)
+        and _loopback(settings.livekit.public_url)
+        and _loopback(settings.broker.url)
+        and _loopback(settings.web.public_url)
+        and settings.web.host in LOOPBACK_HOSTS
+    )
+
+
+def public_default_secrets(settings: Settings, *, flower: bool = False) -> list[str]:
+    """Variables still holding a public default (Flower's password only when Flower runs)."""
+    out = []
+    for env, (group, name, public) in PUBLIC_DEFAULT_SECRETS.items():
+        if env == "WEB__FLOWER_PASSWORD" and not flower:
+            continue
+        value: SecretStr = getattr(getattr(settings, group), name)
+        if value.get_secret_value() in public:
+            out.append(env)
+    return out
+
+
+def check_deployment_secrets(settings: Settings, *, flower: bool = False) -> None:
+    """:raise ConfigError: outside the embedded default, for each public default secret.
+
+    A public Flask key lets anyone forge an admin session; a public LiveKit pair lets anyone
+    mint room tokens; Flower's `change-me` opens the task monitor.
+    """
+    if is_local_only(settings):
+        return
+    names = public_default_secrets(settings, flower=flower)
+    if names:
+        raise ConfigError(
+            "\n".join(
+                f"config error: {env}: is the public default; set a long random value "
+                "(only the embedded local stack may use the defaults)"
+                for env in names
+            )
+        )
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, built once (processes started from the CLI or Procfile)."""
-    return load_settings()
+    """The process-wide settings, built once (processes started from the CLI or Procfile).
+
+    :raise ConfigError: invalid settings, or public default secrets outside the embedded
+        default (see :func:`check_deployment_secrets`).
+    """
+    settings = load_settings()
+    check_deployment_secrets(settings)
+    return settings

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_INSTRUCTIONS = (
     "You are Ava, a friendly voice assistant shown as a talking face in a video call. "
@@ -17,21 +17,43 @@ DEFAULT_INSTRUCTIONS = (
 )
 
 
+# Names a session may pass through to a provider: no spaces, slashes only in model names
+# (`org/model` on vLLM), never a URL or a file path.
+MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127}$"
+VOICE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:+\-]{0,127}$"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+
+
 class STTChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
     provider: Literal["local", "assemblyai"] | None = Field(
         default=None, description="Override the configured STT provider."
     )
-    model: str | None = Field(default=None, description="STT model.")
+    model: str | None = Field(default=None, pattern=MODEL_PATTERN, description="STT model.")
 
 
 class LLMChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
     provider: Literal["local", "openai"] | None = Field(default=None, description="LLM provider.")
-    model: str | None = Field(default=None, description="LLM model name.")
-    base_url: str | None = Field(default=None, description="OpenAI-compatible base URL.")
+    model: str | None = Field(default=None, pattern=MODEL_PATTERN, description="LLM model name.")
+    endpoint: str | None = Field(
+        default=None,
+        pattern=ID_PATTERN,
+        description="Name of one of the operator's OpenAI-compatible endpoints (`LLM__ENDPOINTS`).",
+    )
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, ge=1, le=8192)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_urls(cls, data: object) -> object:
+        """The configured key goes wherever the URL points: only the operator picks URLs."""
+        if isinstance(data, dict) and "base_url" in data:
+            raise ValueError(
+                "base_url cannot be set by a session; name one of the operator's endpoints "
+                "with llm.endpoint"
+            )
+        return data
 
 
 class TTSChoice(BaseModel):
@@ -39,8 +61,8 @@ class TTSChoice(BaseModel):
     provider: Literal["local", "espeak", "cartesia"] | None = Field(
         default=None, description="TTS provider."
     )
-    voice: str | None = Field(default=None, description="Voice id.")
-    model: str | None = Field(default=None, description="TTS model.")
+    voice: str | None = Field(default=None, pattern=VOICE_PATTERN, description="Voice id.")
+    model: str | None = Field(default=None, pattern=MODEL_PATTERN, description="TTS model.")
 
 
 class AvatarChoice(BaseModel):
@@ -49,7 +71,10 @@ class AvatarChoice(BaseModel):
         default=None, description="Avatar provider; `none` is audio only."
     )
     avatar_id: str | None = Field(
-        default=None, description="Tavus face id, Hedra avatar id, or local portrait pack."
+        default=None,
+        pattern=ID_PATTERN,
+        description="Tavus face id, Hedra avatar id, or the name of a local portrait pack "
+        "(a folder under `var/portraits`, or `astronaut`).",
     )
 
 
@@ -80,12 +105,40 @@ class SessionSpec(BaseModel):
     llm: LLMChoice = Field(default_factory=LLMChoice)
     tts: TTSChoice = Field(default_factory=TTSChoice)
     avatar: AvatarChoice = Field(default_factory=AvatarChoice)
-    max_session_minutes: float | None = Field(default=None, gt=0, le=24 * 60)
-    idle_timeout_seconds: float | None = Field(default=None, gt=0)
+    text_chat: bool = Field(
+        default=False,
+        description="Let callers type to the agent (LiveKit text streams on `lk.chat`). Off: "
+        "the agent hears only speech, and callers' tokens cannot publish data.",
+    )
+    max_session_minutes: float | None = Field(
+        default=None, gt=0, le=24 * 60,
+        description="End the session sooner than the operator's limit (never later).",
+    )
+    idle_timeout_seconds: float | None = Field(
+        default=None, gt=0, le=24 * 3600,
+        description="End an idle session sooner than the operator's limit (never later).",
+    )
 
 
 class SpecError(ValueError):
     """Invalid dispatch metadata; the message names the field."""
+
+
+def spec_problems(err: ValidationError) -> dict[str, str]:
+    """`{"llm.temperature": "..."}`: the first problem per field, never the input value."""
+    out: dict[str, str] = {}
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "metadata"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif e["type"] == "string_pattern_mismatch":
+            msg = (
+                "use letters, digits, '.', '_' or '-', starting with a letter or digit "
+                "(no spaces, URLs or paths)"
+            )
+        out.setdefault(loc, msg)
+    return out
 
 
 def parse_spec(raw: str | None) -> SessionSpec:
@@ -95,7 +148,5 @@ def parse_spec(raw: str | None) -> SessionSpec:
     try:
         return SessionSpec.model_validate_json(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'metadata'}: {e['msg']}" for e in err.errors()
-        )
+        problems = "; ".join(f"{k}: {v}" for k, v in spec_problems(err).items())
         raise SpecError(f"invalid session metadata: {problems}") from None

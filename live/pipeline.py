@@ -14,14 +14,21 @@ from pydantic import BaseModel
 
 from config.settings import Settings
 from live.metadata import SessionSpec
+from live.policy import enforce_spec, llm_base_url, local_pack
 from live.providers import ProviderContext, ProviderError, create, entry
 
 logger = logging.getLogger(__name__)
 
 
-def slot_options(group: BaseModel, override: BaseModel) -> Any:
-    """The settings group with the session's non-empty choices applied."""
-    return group.model_copy(update=override.model_dump(exclude_none=True))
+def slot_options(group: BaseModel, override: BaseModel, **resolved: Any) -> Any:
+    """The settings group with the session's non-empty choices applied.
+
+    Only fields the settings group has are copied (a spec's `llm.endpoint` is a name, turned
+    into a URL by the caller through ``resolved``), so a spec cannot add settings.
+    """
+    fields = type(group).model_fields
+    update = {k: v for k, v in override.model_dump(exclude_none=True).items() if k in fields}
+    return group.model_copy(update={**update, **resolved})
 
 
 @dataclass
@@ -55,9 +62,13 @@ def _with_fallback(kind: str, primary_name: str, opts: Any, ctx: ProviderContext
 
 
 def build_components(settings: Settings, spec: SessionSpec, ctx: ProviderContext, vad: Any) -> Components:
-    """Build STT, LLM and TTS; a hosted provider that cannot even be built falls back now."""
+    """Build STT, LLM and TTS; a hosted provider that cannot even be built falls back now.
+
+    :raise SpecError: the spec asks for something the operator's settings do not allow.
+    """
+    enforce_spec(spec, settings)
     stt_opts = slot_options(settings.stt, spec.stt)
-    llm_opts = slot_options(settings.llm, spec.llm)
+    llm_opts = slot_options(settings.llm, spec.llm, base_url=llm_base_url(spec, settings.llm))
     tts_opts = slot_options(settings.tts, spec.tts)
     built: dict[str, tuple[str, Any]] = {}
     for kind, opts in (("stt", stt_opts), ("llm", llm_opts), ("tts", tts_opts)):
@@ -72,6 +83,9 @@ def build_components(settings: Settings, spec: SessionSpec, ctx: ProviderContext
             built[kind] = (fallback, create(kind, fallback, getattr(settings, kind), ctx))  # type: ignore[arg-type]
 
     avatar_opts = slot_options(settings.avatar, spec.avatar)
+    if avatar_opts.provider == "local" and spec.avatar.avatar_id:
+        pack = local_pack(settings, spec.avatar.avatar_id)  # a name, checked by enforce_spec
+        avatar_opts = avatar_opts.model_copy(update={"avatar_id": str(pack)})
     chain: list[tuple[str, Any]] = []
     if avatar_opts.provider != "none":  # "none" is a choice (audio only), not a failure
         chain.append((avatar_opts.provider, avatar_opts))

@@ -31,6 +31,7 @@ from live.agent import AvatarAgent
 from live.lifecycle import SessionLifecycle
 from live.metadata import SessionSpec, SpecError, parse_spec
 from live.pipeline import Components, build_components
+from live.policy import enforce_spec, session_limits
 from live.providers import ProviderContext
 from live.recorder import SessionRecorder, usage_rows
 from store.models import SessionStatus, utcnow
@@ -177,12 +178,26 @@ def _fail_invalid_metadata(settings: Settings, raw: str, err: Exception) -> None
             rec.ended_at = utcnow()
 
 
+def room_options(spec: SessionSpec) -> room_io.RoomOptions:
+    """Speech from standard and SIP callers; typed text only if the session allows it
+    (LiveKit enables `lk.chat` text input by default)."""
+    return room_io.RoomOptions(
+        text_input=spec.text_chat,
+        close_on_disconnect=False,  # the lifecycle applies the configured grace period
+        participant_kinds=[
+            rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
+            rtc.ParticipantKind.PARTICIPANT_KIND_SIP,
+        ],
+    )
+
+
 async def entrypoint(ctx: JobContext) -> None:
     _restore_priority()
     settings = _settings()
     raw = ctx.job.metadata or ""
     try:
         spec = parse_spec(raw)
+        enforce_spec(spec, settings)
     except SpecError as err:
         logger.error("job failed: %s", err, extra={"job_id": ctx.job.id, "room": ctx.job.room.name})
         await asyncio.to_thread(_fail_invalid_metadata, settings, raw, err)
@@ -257,13 +272,7 @@ async def entrypoint(ctx: JobContext) -> None:
     await session.start(
         agent=AvatarAgent(instructions=spec.instructions),
         room=ctx.room,
-        room_options=room_io.RoomOptions(
-            close_on_disconnect=False,  # the lifecycle applies the configured grace period
-            participant_kinds=[
-                rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
-                rtc.ParticipantKind.PARTICIPANT_KIND_SIP,
-            ],
-        ),
+        room_options=room_options(spec),
         record=False,
     )
     recorder.set_status(
@@ -275,11 +284,12 @@ async def entrypoint(ctx: JobContext) -> None:
         tts_provider=comps.tts_name,
         avatar_provider=avatar_name,
     )
+    max_minutes, idle_seconds = session_limits(spec, settings)
     lifecycle = SessionLifecycle(
         ctx,
         session,
-        max_minutes=spec.max_session_minutes or settings.limits.max_session_minutes,
-        idle_seconds=spec.idle_timeout_seconds or settings.limits.idle_timeout_seconds,
+        max_minutes=max_minutes,
+        idle_seconds=idle_seconds,
         grace_seconds=settings.limits.caller_grace_seconds,
     )
     ctx.proc.userdata["lifecycle"] = lifecycle

@@ -260,6 +260,10 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # space-separated, e.g. "sessions:read sessions:write" (web.auth.SCOPES)
+    scopes: Mapped[str] = mapped_column(String(255), default="sessions:read sessions:write")
 
 
 Index("ix_sessions_status_created", AgentSessionRecord.status, AgentSessionRecord.created_at)

@@ -148,11 +148,12 @@ def _add_log_filters(logger: Any = None, **_: Any) -> None:
     """Worker logs carry the task's ids (task_id, task_name, session_id) and never secrets."""
     import logging
 
-    from config.logging import SecretMaskFilter
+    from config.logging import SecretMaskFilter, install_secret_mask
     from tasks.base import TaskContextFilter
 
     target = logger or logging.getLogger()
     secrets = get_app().settings.secret_values()
+    install_secret_mask(secrets)  # records of every logger, including extra= and tracebacks
     for handler in target.handlers:
         if not any(isinstance(f, TaskContextFilter) for f in handler.filters):
             handler.addFilter(TaskContextFilter())

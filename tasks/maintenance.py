@@ -21,7 +21,15 @@ from sqlalchemy import delete, select
 
 from config.settings import Settings
 from store.db import session_scope
-from store.models import AgentSessionRecord, SessionStatus, TranscriptLine, utcnow
+from store.models import (
+    AgentSessionRecord,
+    SessionStatus,
+    Summary,
+    TranscriptLine,
+    TranscriptReport,
+    WebhookEvent,
+    utcnow,
+)
 from tasks.base import AvatarTask, enqueue_after_commit
 from tasks.provisioning import (
     CLAIM_LEASE,
@@ -177,13 +185,45 @@ def purge_transcripts(settings: Settings) -> int:
         return int(getattr(result, "rowcount", 0) or 0)
 
 
+# LiveKit signs each webhook with a token valid for minutes, and a replay after that fails
+# the signature check; the event ids only need to outlive that (and LiveKit's retries).
+WEBHOOK_EVENT_RETENTION = timedelta(days=2)
+
+
+def purge_expired(settings: Settings) -> dict[str, int]:
+    """Delete what the retention period covers: transcript lines, the full-text exports
+    (transcript reports) and summaries; and webhook event ids past their replay window.
+
+    Usage and cost rows stay: they hold no conversation text and bill the session.
+    """
+    cutoff = utcnow() - timedelta(days=settings.limits.transcript_retention_days)
+    counts = {"lines": purge_transcripts(settings)}
+    with session_scope(settings.db.url) as db:
+        for name, model, column in (
+            ("reports", TranscriptReport, TranscriptReport.created_at),
+            ("summaries", Summary, Summary.created_at),
+        ):
+            result = db.execute(
+                delete(model).where(column < cutoff).execution_options(synchronize_session=False)
+            )
+            counts[name] = int(getattr(result, "rowcount", 0) or 0)
+        result = db.execute(
+            delete(WebhookEvent)
+            .where(WebhookEvent.received_at < utcnow() - WEBHOOK_EVENT_RETENTION)
+            .execution_options(synchronize_session=False)
+        )
+        counts["webhook_events"] = int(getattr(result, "rowcount", 0) or 0)
+    return counts
+
+
 @shared_task(base=AvatarTask, bind=True, name="tasks.maintenance.purge_old_transcripts")
 def purge_old_transcripts(self: AvatarTask) -> dict[str, int]:
-    """Delete transcript lines past `limits.transcript_retention_days`.
+    """Delete transcripts, exports and summaries past `limits.transcript_retention_days`,
+    and old webhook event ids.
 
     Safe to run twice: deleting what is already deleted deletes nothing.
     """
-    deleted = purge_transcripts(self.settings)
-    if deleted:
-        logger.info("transcripts purged", extra={"deleted": deleted})
-    return {"deleted": deleted}
+    counts = purge_expired(self.settings)
+    if any(counts.values()):
+        logger.info("retention purge", extra=counts)
+    return {"deleted": counts["lines"], **counts}

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from live.metadata import SessionSpec
+from live.policy import enforce_spec
 from store.models import AgentSessionRecord, SessionStatus, new_id, utcnow
 from tasks.base import AvatarTask, NotFoundError, ServiceError, TransientError
 
@@ -93,7 +94,11 @@ def get_or_create_session(
     request_key: str | None,
     room_sid: str | None = None,
 ) -> tuple[AgentSessionRecord, bool]:
-    """Like :func:`create_session`, and says whether the record is new."""
+    """Like :func:`create_session`, and says whether the record is new.
+
+    :raise SpecError: the spec asks for more than the operator's settings allow.
+    """
+    enforce_spec(spec, settings)
     if request_key:
         found = db.scalars(
             select(AgentSessionRecord).where(AgentSessionRecord.request_key == request_key)
@@ -136,8 +141,10 @@ def mint_participant_token(
     identity: str,
     name: str | None = None,
     ttl: int | timedelta | None = None,
+    can_publish_data: bool = False,
 ) -> str:
-    """A short-lived join token for one room only; minted on demand, never stored."""
+    """A short-lived join token for one participant in one room, with no admin grants;
+    minted on demand, never stored. Data (typed chat) only for sessions that allow it."""
     if isinstance(ttl, timedelta):
         lifetime = ttl
     else:
@@ -147,7 +154,7 @@ def mint_participant_token(
         room=room,
         can_publish=True,
         can_subscribe=True,
-        can_publish_data=True,
+        can_publish_data=can_publish_data,
     )
     return (
         api.AccessToken(

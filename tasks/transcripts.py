@@ -230,13 +230,39 @@ def _label(speaker: str) -> str:
     return SPEAKER_LABELS.get(speaker, speaker.capitalize())
 
 
+# What people say is text, never markup: each export format gets its own escaping, and line
+# breaks become spaces so a line cannot end a cue or start a heading of its own.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]()<>!#|~&])")
+_SRT_TAGS = str.maketrans({"<": "\u2039", ">": "\u203a", "{": "(", "}": ")"})
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def vtt_text(text: str) -> str:
+    """WebVTT cue text: `&`, `<` and `>` as character references (the spec's escapes)."""
+    return _one_line(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def srt_text(text: str) -> str:
+    """SubRip has no escape; players read `<i>` and `{\\an8}` tags, so those brackets
+    become look-alike characters."""
+    return _one_line(text).translate(_SRT_TAGS)
+
+
+def md_text(text: str) -> str:
+    """Markdown: punctuation that starts markup or raw HTML is backslash-escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", _one_line(text))
+
+
 def to_webvtt(lines: Sequence[MergedLine]) -> str:
     out = ["WEBVTT", ""]
     for i, line in enumerate(lines, 1):
         out += [
             str(i),
             f"{_ts(line.start, '.')} --> {_ts(max(line.end, line.start + 0.001), '.')}",
-            f"<v {_label(line.speaker)}>{line.text}",
+            f"<v {vtt_text(_label(line.speaker))}>{vtt_text(line.text)}",
             "",
         ]
     return "\n".join(out)
@@ -248,7 +274,7 @@ def to_srt(lines: Sequence[MergedLine]) -> str:
         out += [
             str(i),
             f"{_ts(line.start, ',')} --> {_ts(max(line.end, line.start + 0.001), ',')}",
-            f"{_label(line.speaker)}: {line.text}",
+            f"{srt_text(_label(line.speaker))}: {srt_text(line.text)}",
             "",
         ]
     return "\n".join(out)
@@ -260,7 +286,10 @@ def to_markdown(
     out = [f"# {title}", ""]
     for line in lines:
         mark = " *(interrupted)*" if line.interrupted else ""
-        out.append(f"**{_label(line.speaker)}** [{_ts(line.start, '.')[:8]}]: {line.text}{mark}")
+        out.append(
+            f"**{md_text(_label(line.speaker))}** [{_ts(line.start, '.')[:8]}]: "
+            f"{md_text(line.text)}{mark}"
+        )
         out.append("")
     out += ["## Statistics", ""]
     for speaker, s in sorted(stats["speakers"].items()):

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from live.metadata import SessionSpec
+from live.policy import spec_violations
 from store.db import session_scope
 from store.models import AgentSessionRecord, SessionStatus, WebhookEvent, utcnow
 from tasks.base import ServiceError, enqueue_after_commit
@@ -118,6 +119,13 @@ def wants_agent(settings: Settings, room: Any) -> SessionSpec | None:
     """The spec to start for a room reported by LiveKit, or None if no rule matches."""
     spec = spec_from_room_metadata(room.metadata)
     if spec is not None:
+        problems = spec_violations(spec, settings)
+        if problems:  # room metadata is not the operator's: it picks only what they allow
+            logger.warning(
+                "room metadata asks for a session this server does not allow",
+                extra={"room": room.name, "fields": sorted(problems)},
+            )
+            return None
         return spec
     prefix = settings.livekit.webhook_rules_prefix
     if prefix and room.name.startswith(prefix):

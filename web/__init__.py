@@ -14,8 +14,10 @@ from flask import Flask, Response, jsonify, render_template, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from config.settings import Settings, get_settings
+from config.logging import install_secret_mask
+from config.settings import Settings, get_settings, is_local_only
 
 from . import admin, api, auth, db, webhooks
 from .backend import Backend
@@ -39,19 +41,24 @@ def create_app(
     Args:
         settings: the process settings (default: `get_settings()`).
         backend: the back-office calls (default: Celery tasks and the LiveKit API).
-        ratelimit_storage_uri: where login attempts are counted. Default ``memory://``
-            (per process; fine for one gunicorn worker). With several workers pass a shared
-            store, e.g. ``settings.broker.effective_url`` (redis://); it is then required to be
-            reachable: there is no silent fallback to memory.
+        ratelimit_storage_uri: where login attempts and session quotas are counted.
+            Default: the configured broker (redis://), shared by every gunicorn worker and
+            host; ``memory://`` (per process) only when no broker URL is configured (tests,
+            a lone process). The store must be reachable: there is no silent fallback.
         bootstrap: create the admin from settings.web.admin_email if no admin exists.
     """
     settings = settings or get_settings()
+    install_secret_mask(settings.secret_values())  # gunicorn configures its own handlers
     app = Flask(__name__)
+    if settings.web.trusted_proxies:
+        # behind N proxies the client's address is the Nth from the right of X-Forwarded-For
+        n = settings.web.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
     app.config.update(
         SECRET_KEY=settings.web.secret_key.get_secret_value(),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.web.secure_cookies,
+        SESSION_COOKIE_SECURE=secure_cookies(settings),
         SESSION_COOKIE_NAME="avatar_session",
         PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
         WTF_CSRF_TIME_LIMIT=None,  # tied to the session instead of a clock
@@ -65,10 +72,12 @@ def create_app(
     limiter = Limiter(
         get_remote_address,
         app=app,
-        storage_uri=ratelimit_storage_uri or DEFAULT_RATELIMIT_STORAGE,
+        storage_uri=ratelimit_storage_uri or _limit_store(settings),
         default_limits=[],
         headers_enabled=True,
+        key_prefix="avatar-web",
     )
+    app.extensions["avatar_limiter"] = limiter
 
     db.init_app(app)
     auth.init_app(app)
@@ -80,11 +89,16 @@ def create_app(
     csrf.exempt(api.alias_bp)
     csrf.exempt(webhooks.bp)
 
-    app.view_functions["auth.login"] = limiter.limit(  # type: ignore[assignment]
-        settings.web.login_rate_limit,
-        methods=["POST"],
-        error_message="Too many sign-in attempts. Wait a minute and try again.",
-    )(app.view_functions["auth.login"])
+    throttled = "Too many sign-in attempts. Wait a minute and try again."
+    login_view: Any = app.view_functions["auth.login"]
+    for key_func in (get_remote_address, auth.login_account_key):  # per address, per account
+        login_view = limiter.limit(
+            settings.web.login_rate_limit,
+            key_func=key_func,
+            methods=["POST"],
+            error_message=throttled,
+        )(login_view)
+    app.view_functions["auth.login"] = login_view
 
     _register_error_pages(app)
     _register_security_headers(app, settings)
@@ -92,6 +106,19 @@ def create_app(
     if bootstrap and auth.bootstrap_admin(settings):
         logger.info("bootstrap admin created from settings.web.admin_email")
     return app
+
+
+def _limit_store(settings: Settings) -> str:
+    """The broker as the `limits` library spells it (a Unix socket is `redis+unix://`)."""
+    url = settings.broker.url or DEFAULT_RATELIMIT_STORAGE
+    return "redis+" + url if url.startswith("unix://") else url
+
+
+def secure_cookies(settings: Settings) -> bool:
+    """Secure cookies (and HSTS) unless configured off or the whole stack is on loopback."""
+    if settings.web.secure_cookies is not None:
+        return settings.web.secure_cookies
+    return not is_local_only(settings)
 
 
 def _register_security_headers(app: Flask, settings: Settings) -> None:
@@ -112,6 +139,8 @@ def _register_security_headers(app: Flask, settings: Settings) -> None:
         ]
     )
 
+    hsts = secure_cookies(settings)
+
     @app.after_request
     def _headers(response: Response) -> Response:
         response.headers.setdefault("Content-Security-Policy", csp)
@@ -120,6 +149,8 @@ def _register_security_headers(app: Flask, settings: Settings) -> None:
         response.headers.setdefault("Referrer-Policy", "same-origin")
         if request.endpoint != "static":
             response.headers.setdefault("Cache-Control", "no-store")
+        if hsts:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         return response
 
 
@@ -130,9 +161,10 @@ def _wants_json() -> bool:
 def _register_error_pages(app: Flask) -> None:
     def page(status: int, title: str, message: str) -> tuple[str | Response, int]:
         if _wants_json():
-            code = {404: "not_found", 405: "method_not_allowed", 429: "rate_limited"}.get(
-                status, "error"
-            )
+            code = {
+                404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+                429: "rate_limited",
+            }.get(status, "error")
             return jsonify({"error": {"code": code, "message": message, "fields": {}}}), status
         return render_template("error.html", status=status, title=title, message=message), status
 
@@ -143,6 +175,11 @@ def _register_error_pages(app: Flask) -> None:
     @app.errorhandler(405)
     def _method(_e: Any) -> tuple[str | Response, int]:
         return page(405, "Method not allowed", "This address does not accept that method.")
+
+    @app.errorhandler(413)
+    def _too_large(_e: Any) -> tuple[str | Response, int]:
+        limit = app.config["MAX_CONTENT_LENGTH"] // 1024
+        return page(413, "Too large", f"The request body is over {limit} KiB.")
 
     @app.errorhandler(429)
     def _rate_limited(e: Any) -> tuple[str | Response, int]:

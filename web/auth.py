@@ -11,7 +11,8 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -123,27 +124,81 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_api_token(db: Session, name: str) -> str:
-    """Create an API token and return it; only its hash is stored. The caller commits."""
+SCOPES = ("sessions:read", "sessions:write")
+MAX_TOKEN_DAYS = 3650
+
+
+def create_api_token(
+    db: Session,
+    name: str,
+    *,
+    expires_in_days: float | None = None,
+    scopes: Sequence[str] = SCOPES,
+) -> str:
+    """Create an API token and return it; only its hash is stored. The caller commits.
+
+    Raises:
+        AuthError: bad name, lifetime or scope (the message names it).
+    """
     name = name.strip()
     if not name or len(name) > 64:
         raise AuthError("token name must be 1 to 64 characters")
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise AuthError(f"scopes must be some of: {', '.join(SCOPES)} (got {', '.join(unknown) or 'none'})")
+    expires_at = None
+    if expires_in_days is not None:
+        if not 0 < expires_in_days <= MAX_TOKEN_DAYS:
+            raise AuthError(f"expiry must be between 0 and {MAX_TOKEN_DAYS} days")
+        expires_at = utcnow() + timedelta(days=expires_in_days)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    db.add(ApiToken(name=name, token_hash=hash_token(token), prefix=token[:12]))
+    db.add(
+        ApiToken(
+            name=name, token_hash=hash_token(token), prefix=token[:12], expires_at=expires_at,
+            scopes=" ".join(s for s in SCOPES if s in scopes),
+        )
+    )
     db.flush()
     return token
 
 
+def revoke_api_token(db: Session, ident: str) -> ApiToken:
+    """Revoke a token by id, name or printed prefix; the caller commits.
+
+    Raises:
+        AuthError: no token, or more than one, matches.
+    """
+    rows = list(
+        db.scalars(
+            select(ApiToken).where(
+                (ApiToken.prefix == ident[:12]) if ident.startswith(TOKEN_PREFIX)
+                else (ApiToken.name == ident) | (ApiToken.id == (int(ident) if ident.isdigit() else -1))
+            )
+        )
+    )
+    if len(rows) != 1:
+        raise AuthError(f"{'no' if not rows else 'more than one'} token matches {ident!r}")
+    row = rows[0]
+    if not row.revoked:
+        row.revoked, row.revoked_at = True, utcnow()
+    return row
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+
+
 def verify_api_token(db: Session, token: str) -> ApiToken | None:
-    """The live (not revoked) token row for a bearer token, with `last_used_at` updated."""
+    """The live (not revoked, not expired) row for a bearer token, `last_used_at` updated."""
     if not token.startswith(TOKEN_PREFIX):
         return None
     row = db.scalar(
         select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked.is_(False))
     )
-    if row is not None:
-        row.last_used_at = utcnow()
-        db.commit()
+    if row is None or (row.expires_at is not None and _aware(row.expires_at) <= utcnow()):
+        return None
+    row.last_used_at = utcnow()
+    db.commit()
     return row
 
 
@@ -165,6 +220,16 @@ def login_required(view: F) -> F:
         return view(*args, **kwargs)
 
     return cast(F, wrapped)
+
+
+def login_account_key() -> str:
+    """The rate-limit key of a sign-in attempt's account, so one account cannot be guessed
+    at from many addresses; malformed emails share one bucket."""
+    try:
+        email = _normalize_email(request.form.get("email", ""))
+    except AuthError:
+        email = "-"
+    return "login-account:" + hashlib.sha256(email.encode()).hexdigest()[:32]
 
 
 def _safe_next(target: str | None) -> str:

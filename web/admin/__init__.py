@@ -27,13 +27,23 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from config.settings import mask_url
+from live.policy import spec_violations
 from store.models import AgentSessionRecord, SessionCost, SessionStatus, Summary
 
 from .. import charts, queries
 from ..auth import current_admin, login_required
 from ..db import get_db
 from ..settings import app_settings, backend
-from .forms import FIELD_LABELS, LANGUAGES, PROVIDERS, LaunchForm, defaults, form_errors
+from .forms import (
+    FIELD_LABELS,
+    LANGUAGES,
+    PROVIDERS,
+    SPEC_FIELDS,
+    LaunchForm,
+    defaults,
+    form_errors,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -166,11 +176,18 @@ def launch() -> Any:
             providers=PROVIDERS,
         )
     form = request.form.to_dict()
+    errors: dict[str, str] = {}
     try:
         data = LaunchForm.model_validate(form)
         spec = data.spec()
     except ValidationError as err:
         errors = form_errors(err)
+    else:
+        errors = {
+            SPEC_FIELDS.get(k, k): v[:1].upper() + v[1:] + "."
+            for k, v in spec_violations(spec, settings).items()
+        }
+    if errors:
         return (
             render_template(
                 "admin/launch.html",
@@ -304,7 +321,8 @@ def join(session_id: str) -> str:
     token = ""
     if record.is_open:
         token = backend().mint_token(
-            settings, room=record.room, identity=identity, name=admin.email if admin else None
+            settings, room=record.room, identity=identity, name=admin.email if admin else None,
+            can_publish_data=bool((record.spec or {}).get("text_chat")),
         )
     return render_template(
         "admin/join.html",
@@ -381,9 +399,14 @@ def usage_csv() -> Response:
     )
 
 
+# Characters a spreadsheet may read as the start of a formula (OWASP's list, plus the
+# full-width forms some apps normalise), also after leading blanks.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
 def _csv_safe(value: str) -> str:
     """Keep spreadsheet apps from evaluating a cell as a formula."""
-    return "'" + value if value[:1] in ("=", "+", "-", "@") else value
+    return "'" + value if value.lstrip(" ")[:1] in FORMULA_STARTS else value
 
 
 @bp.get("/settings")
@@ -399,8 +422,8 @@ def settings_page() -> str:
         groups=groups,
         scalars=scalars,
         flower_url=f"http://{host}:{settings.web.flower_port}/",
-        livekit_url=settings.livekit.browser_url,
-        livekit_http=settings.livekit.http_url,
+        livekit_url=mask_url(settings.livekit.browser_url),
+        livekit_http=mask_url(settings.livekit.http_url),
         to_text=_to_text,
     )
 

@@ -7,7 +7,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from config.settings import Settings
-from live.metadata import DEFAULT_INSTRUCTIONS, SessionSpec
+from live.metadata import (
+    DEFAULT_INSTRUCTIONS,
+    ID_PATTERN,
+    MODEL_PATTERN,
+    VOICE_PATTERN,
+    SessionSpec,
+)
 
 from ..api.schemas import NAME_PATTERN
 
@@ -39,11 +45,11 @@ class LaunchForm(BaseModel):
     language: str = Field(min_length=2, max_length=16, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
     stt_provider: Literal["local", "assemblyai"]
     llm_provider: Literal["local", "openai"]
-    llm_model: str | None = Field(default=None, max_length=128)
+    llm_model: str | None = Field(default=None, max_length=128, pattern=MODEL_PATTERN)
     tts_provider: Literal["local", "espeak", "cartesia"]
-    tts_voice: str | None = Field(default=None, max_length=128)
+    tts_voice: str | None = Field(default=None, max_length=128, pattern=VOICE_PATTERN)
     avatar_provider: Literal["local", "tavus", "hedra", "none"]
-    avatar_id: str | None = Field(default=None, max_length=256)
+    avatar_id: str | None = Field(default=None, max_length=128, pattern=ID_PATTERN)
     request_key: str | None = Field(default=None, max_length=64)
 
     @field_validator("room", "greeting", "llm_model", "tts_voice", "avatar_id", "request_key",
@@ -81,6 +87,14 @@ FIELD_LABELS = {
 }
 
 
+# Spec fields the launch form sets, by form field (for the operator-policy errors).
+SPEC_FIELDS = {
+    "llm.model": "llm_model",
+    "tts.voice": "tts_voice",
+    "avatar.avatar_id": "avatar_id",
+}
+
+
 def form_errors(err: ValidationError) -> dict[str, str]:
     """Field name -> a sentence an operator understands."""
     out: dict[str, str] = {}
@@ -93,6 +107,8 @@ def form_errors(err: ValidationError) -> dict[str, str]:
             msg = "Use letters, digits, '.', '_' or '-', starting with a letter or digit."
         elif kind == "string_pattern_mismatch" and name == "language":
             msg = "Use a language code such as en or pt-BR."
+        elif kind == "string_pattern_mismatch":
+            msg = "Use letters, digits, '.', '_' or '-' (no spaces, addresses or paths)."
         elif kind == "literal_error":
             msg = "Choose one of the listed options."
         else:

@@ -9,14 +9,19 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
-from flask import Blueprint, Flask, Response, g, jsonify, request, url_for
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
+from flask_limiter import Limiter
+from limits import parse_many
 from pydantic import ValidationError
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
+from live.policy import spec_violations
 from store.models import AgentSessionRecord, SessionStatus, Summary
 
 from .. import queries
@@ -34,6 +39,8 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 alias_bp = Blueprint("api_alias", __name__, url_prefix="/api")
 
 IDEMPOTENCY_KEY_MAX = 100
+OPEN_STATUSES = SessionStatus.open_states()
+ROOM_GUARD_SECONDS = 30  # a crashed request frees its room after this
 
 
 class ApiError(Exception):
@@ -45,27 +52,84 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.fields = status, code, message, fields or {}
 
+    retry_after: int | None = None
+
     def response(self) -> tuple[Response, int]:
         body = {"error": {"code": self.code, "message": self.message, "fields": self.fields}}
-        return jsonify(body), self.status
+        res = jsonify(body)
+        if self.retry_after is not None:
+            res.headers["Retry-After"] = str(self.retry_after)
+        return res, self.status
 
 
-def token_required(view: F) -> F:
-    """Reject requests without a valid bearer token (401 with WWW-Authenticate)."""
+def token_required(scope: str) -> Callable[[F], F]:
+    """Reject requests without a valid bearer token (401) or without `scope` (403)."""
 
-    @functools.wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>")
-        row = verify_api_token(get_db(), token.strip())
-        if row is None:
-            raise ApiError(401, "unauthorized", "invalid or revoked API token")
-        g.api_token = row
-        return view(*args, **kwargs)
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            header = request.headers.get("Authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>")
+            row = verify_api_token(get_db(), token.strip())
+            if row is None:
+                raise ApiError(401, "unauthorized", "invalid, expired or revoked API token")
+            if scope not in row.scopes.split():
+                raise ApiError(403, "forbidden", f"this token lacks the {scope} scope")
+            g.api_token = row
+            return view(*args, **kwargs)
 
-    return cast(F, wrapped)
+        return cast(F, wrapped)
+
+    return decorate
+
+
+def _check_session_quota() -> None:
+    """Count one new session against the token's rate and daily quota (shared store).
+
+    :raise ApiError 429: over either, with Retry-After.
+    """
+    limiter: Limiter = current_app.extensions["avatar_limiter"]
+    ident = f"api-sessions:{g.api_token.id}"
+    for item in parse_many(app_settings().web.session_rate_limit):
+        if not limiter.limiter.hit(item, ident):
+            reset = limiter.limiter.get_window_stats(item, ident).reset_time
+            err = ApiError(429, "rate_limited", f"this token may start at most {item} sessions")
+            err.retry_after = max(1, int(reset - time.time()))
+            raise err
+
+
+@contextmanager
+def _room_guard(room: str | None) -> Iterator[None]:
+    """One request at a time may start a session in a room, across every web process (a
+    counter in the rate-limit store), so two concurrent calls cannot both dispatch an agent.
+
+    :raise ApiError 409: another request is starting a session in that room right now.
+    """
+    if room is None:
+        yield
+        return
+    storage = current_app.extensions["avatar_limiter"].storage
+    guard = f"avatar-room-start:{room}"
+    if storage.incr(guard, ROOM_GUARD_SECONDS) > 1:
+        raise ApiError(
+            409, "room_busy",
+            f"another request is starting a session in room {room!r}; retry in a moment",
+            {"room": "a session is being started"},
+        )
+    try:
+        yield
+    finally:
+        storage.clear(guard)
+
+
+def _open_session_in_room(room: str) -> AgentSessionRecord | None:
+    return get_db().scalars(
+        select(AgentSessionRecord)
+        .where(AgentSessionRecord.room == room, AgentSessionRecord.status.in_(OPEN_STATUSES))
+        .order_by(AgentSessionRecord.created_at.desc())
+    ).first()
 
 
 def _get_session(session_id: str) -> AgentSessionRecord:
@@ -88,12 +152,15 @@ def _json_body() -> dict[str, Any]:
     return body
 
 
-@token_required
+@token_required("sessions:write")
 def create_session() -> tuple[Response, int]:
     """Create a session, enqueue provisioning, return a participant token for the room.
 
-    Idempotent per ``Idempotency-Key``: a replay returns the same session (status 200) and
-    a fresh token, and does not enqueue again.
+    Idempotent per ``Idempotency-Key`` (each token has its own key space): a replay returns
+    the same session (status 200) and a fresh token, and does not enqueue again. Without a
+    key, a room that already has an open session gets that session back when the request
+    asks for the same thing (200), else 409: one room never gets a second agent.
+    New sessions count against the token's rate and daily quota (429).
     """
     try:
         req = CreateSessionRequest.model_validate(_json_body())
@@ -101,6 +168,13 @@ def create_session() -> tuple[Response, int]:
         raise ApiError(
             422, "validation_error", "the request body is invalid", field_errors(err)
         ) from None
+    settings = app_settings()
+    spec = req.spec()
+    problems = spec_violations(spec, settings)
+    if problems:
+        raise ApiError(
+            422, "validation_error", "the session asks for more than this server allows", problems
+        )
     key = request.headers.get("Idempotency-Key")
     if key is not None:
         key = key.strip()
@@ -110,22 +184,42 @@ def create_session() -> tuple[Response, int]:
                 "invalid_idempotency_key",
                 f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters",
             )
-        key = f"api:{key}"
-    settings = app_settings()
+        key = f"api:{g.api_token.id}:{key}"
     b = backend()
     db = get_db()
-    existed = key is not None and db.scalar(
-        select(AgentSessionRecord.id).where(AgentSessionRecord.request_key == key)
-    )
-    record = b.create_session(
-        db, settings, req.spec(), room=req.room, source="api", request_key=key
-    )
-    db.commit()
-    if not existed:
-        b.enqueue_provision(settings, record.id)
-        logger.info("session requested", extra={"session_id": record.id, "room": record.room})
+    with _room_guard(req.room if key is None else None):
+        existed = key is not None and db.scalar(
+            select(AgentSessionRecord.id).where(AgentSessionRecord.request_key == key)
+        )
+        record: AgentSessionRecord | None = None
+        if not existed and key is None and req.room is not None:
+            record = _open_session_in_room(req.room)
+            if record is not None:
+                wanted = spec.model_dump(mode="json", exclude={"session_id"})
+                stored = {k: v for k, v in (record.spec or {}).items() if k != "session_id"}
+                if stored != wanted:
+                    raise ApiError(
+                        409, "room_busy",
+                        f"room {req.room!r} already has session {record.id} ({record.status}); "
+                        "end it first, or retry with the same body or an Idempotency-Key",
+                        {"room": "already has an open session"},
+                    )
+                existed = True
+        if not existed:
+            _check_session_quota()
+        if record is None:
+            record = b.create_session(
+                db, settings, spec, room=req.room, source="api", request_key=key
+            )
+            db.commit()
+        if not existed:
+            b.enqueue_provision(settings, record.id)
+            logger.info("session requested", extra={"session_id": record.id, "room": record.room})
     identity = req.identity or f"caller-{secrets.token_hex(4)}"
-    token = b.mint_token(settings, room=record.room, identity=identity, name=req.name)
+    token = b.mint_token(
+        settings, room=record.room, identity=identity, name=req.name,
+        can_publish_data=bool((record.spec or {}).get("text_chat")),
+    )
     body = {
         "session": queries.session_dict(record),
         "room": record.room,
@@ -141,14 +235,14 @@ def create_session() -> tuple[Response, int]:
 
 
 @bp.get("/sessions/<session_id>")
-@token_required
+@token_required("sessions:read")
 def get_session(session_id: str) -> Response:
     record = _get_session(session_id)
     return jsonify({"session": queries.session_dict(record), "progress": queries.progress(record)})
 
 
 @bp.get("/sessions/<session_id>/transcript")
-@token_required
+@token_required("sessions:read")
 def get_transcript(session_id: str) -> Response:
     """Live lines as they are written; `report` once post-processing has run."""
     record = _get_session(session_id)
@@ -171,7 +265,7 @@ def get_transcript(session_id: str) -> Response:
 
 
 @bp.get("/sessions/<session_id>/summary")
-@token_required
+@token_required("sessions:read")
 def get_summary(session_id: str) -> Response:
     record = _get_session(session_id)
     summary = get_db().get(Summary, record.id)
@@ -186,7 +280,7 @@ def get_summary(session_id: str) -> Response:
 
 
 @bp.get("/sessions/<session_id>/usage")
-@token_required
+@token_required("sessions:read")
 def get_usage(session_id: str) -> Response:
     record = _get_session(session_id)
     settings = app_settings()
@@ -195,7 +289,7 @@ def get_usage(session_id: str) -> Response:
 
 
 @bp.post("/sessions/<session_id>/end")
-@token_required
+@token_required("sessions:write")
 def end_session(session_id: str) -> tuple[Response, int]:
     """Ask LiveKit to close the room; the back office finalizes the session afterwards."""
     record = _get_session(session_id)

@@ -27,7 +27,11 @@ SESSION_ID = {
     "schema": {"type": "string"},
     "description": "Session id returned by POST /sessions.",
 }
-AUTH_ERRORS = {"401": _error("Missing or invalid bearer token."), "404": _error("Unknown session.")}
+AUTH_ERRORS = {
+    "401": _error("Missing, invalid, expired or revoked bearer token."),
+    "403": _error("The token lacks the scope (sessions:read or sessions:write)."),
+    "404": _error("Unknown session."),
+}
 
 
 def build_openapi(settings: Settings) -> dict[str, Any]:
@@ -90,7 +94,8 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                             "in": "header",
                             "required": False,
                             "schema": {"type": "string", "maxLength": 100},
-                            "description": "Replaying a key returns the same session (200).",
+                            "description": "Replaying a key returns the same session (200). "
+                            "Each token has its own key space.",
                         }
                     ],
                     "requestBody": {
@@ -103,10 +108,21 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     },
                     "responses": {
                         "201": _ok("Session created; provisioning runs in the background.", created),
-                        "200": _ok("Replay of an earlier request with the same key.", created),
-                        "401": _error("Missing or invalid bearer token."),
+                        "200": _ok(
+                            "Replay of an earlier request with the same key, or the open "
+                            "session of the requested room (same body, no key).",
+                            created,
+                        ),
+                        "401": _error("Missing, invalid, expired or revoked bearer token."),
+                        "403": _error("The token lacks the sessions:write scope."),
+                        "409": _error("The room has an open session with another spec, or "
+                                      "another request is starting one."),
+                        "413": _error("Body over 1 MiB."),
                         "415": _error("Body is not JSON."),
-                        "422": _error("Validation failed; `fields` names each problem."),
+                        "422": _error("Validation failed, or the spec asks for more than the "
+                                      "operator allows; `fields` names each problem."),
+                        "429": _error("Over the token's session rate or daily quota "
+                                      "(see Retry-After)."),
                     },
                 }
             },

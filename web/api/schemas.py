@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from live.metadata import SessionSpec
+from live.metadata import SessionSpec, spec_problems
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
@@ -57,16 +57,7 @@ class ErrorResponse(BaseModel):
 
 def field_errors(err: ValidationError) -> dict[str, str]:
     """`{"llm.temperature": "Input should be less than or equal to 2"}` (first error per field)."""
-    out: dict[str, str] = {}
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "body"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif e["type"] == "string_pattern_mismatch":
-            msg = "use letters, digits, '.', '_' or '-' (starting with a letter or digit)"
-        out.setdefault(loc, msg)
-    return out
+    return {("body" if k == "metadata" else k): v for k, v in spec_problems(err).items()}
 
 
 def schema_for_openapi() -> dict[str, Any]:
