@@ -38,7 +38,14 @@ from typing import Literal
 
 import numpy as np
 
-from bench.turns.texts import BACKCHANNEL, COMPLETE, FINAL_COMPLETE, FINAL_HESITATION, HESITATION
+from bench.turns.texts import (
+    BACKCHANNEL,
+    COMPLETE,
+    FINAL_COMPLETE,
+    FINAL_HESITATION,
+    HESITATION,
+    INTERRUPTION,
+)
 
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "manifest.json"
@@ -48,7 +55,7 @@ LEAD_S = 0.6  # quiet before the caller speaks
 TRAIL_S = 3.5  # quiet after: longer than any end-of-turn rule needs
 ALSA_SOUNDS = Path("/usr/share/sounds/alsa")
 
-Kind = Literal["complete", "hesitation", "backchannel"]
+Kind = Literal["complete", "hesitation", "backchannel", "interruption"]
 Group = Literal["synthetic", "natural", "human"]
 
 
@@ -137,6 +144,10 @@ def plan() -> list[Item]:
         for r in range(2):
             voice = synth[(i * 2 + r * 5) % len(synth)]
             items.append(Item(f"b{i}-{r}", "backchannel", text, voice.id, voice.group, "clean"))
+    for i, text in enumerate(INTERRUPTION):
+        for r in range(4):
+            voice = synth[(i * 4 + r * 3) % len(synth)]
+            items.append(Item(f"i{i}-{r}", "interruption", text, voice.id, voice.group, "clean"))
     for it in items:
         it.split = _split(it.id)
     # the final check: written after the default was chosen, run once at the end

@@ -418,7 +418,7 @@ def wer_table(items: list[Item], feats: dict[str, Features]) -> dict:
     groups = {i.voice: i.group for i in items}
     counts: dict[str, int] = {}
     for it in items:
-        if it.kind == "backchannel":
+        if it.kind not in ("complete", "hesitation"):
             continue
         ref = it.text.replace("|", " ")
         for model, hyp in feats[it.id].wer_text.items():

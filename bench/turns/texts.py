@@ -126,3 +126,10 @@ FINAL_HESITATION: list[str] = [
     "I usually take | the bus to work.",
     "What I'd like is | a room facing the garden.",
 ]
+
+# Said over the agent's answer: these must stop it, the backchannels above must not.
+INTERRUPTION: list[str] = [
+    "Sorry, stop. Wait a moment please.",
+    "Hold on, stop there.",
+    "Wait, I have a question.",
+]
