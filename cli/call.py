@@ -41,6 +41,10 @@ class TurnResult(BaseModel):
     reply_text: str = ""
     audio_latency_s: float | None = None
     video_latency_s: float | None = None
+    # mouth minus sound (s), from cross-correlating the received audio envelope with the
+    # mouth opening in the received frames: positive = the sound comes before the mouth
+    lip_offset_s: float | None = None
+    lip_sync_r: float | None = None  # correlation at that offset (how sure the figure is)
     reply_audio_s: float = 0.0
     video_frames: int = 0
     wav_path: str | None = None
@@ -74,6 +78,9 @@ class CallResult(BaseModel):
             lines.append(f"        avatar said: {t.reply_text!r}")
             lines.append(f"        first audio after your speech: {a}; first open mouth: {v}; "
                          f"reply {t.reply_audio_s:.1f} s, {t.video_frames} video frames")
+            if t.lip_offset_s is not None:
+                lines.append(f"        lip sync: mouth {t.lip_offset_s * 1000:+.0f} ms after the sound "
+                             f"(r {t.lip_sync_r:.2f})")
             if t.wav_path:
                 lines.append(f"        recorded: {t.wav_path}")
         if self.interruption:
@@ -187,6 +194,9 @@ class _Recorder:
     def __init__(self) -> None:
         self.audio: list[tuple[float, np.ndarray]] = []
         self.video: list[tuple[float, np.ndarray]] = []
+        # when each kept frame is due on screen (libwebrtc's render time, same clock as
+        # time.monotonic): unlike arrival, not delayed when this process is busy
+        self.video_shown: list[float] = []
         self.audio_rate = SAMPLE_RATE
         self.keep_since = 0.0
         self.got_audio = asyncio.Event()
@@ -212,8 +222,11 @@ class _Recorder:
                                  interpolation=cv2.INTER_AREA)
             now = time.monotonic()
             self.video.append((now, img.copy()))
+            shown = ev.timestamp_us / 1e6
+            self.video_shown.append(shown if abs(shown - now) < 1.0 else now)
             while self.video and self.video[0][0] < self.keep_since:
                 self.video.pop(0)
+                self.video_shown.pop(0)
             self.got_video.set()
 
 
@@ -234,6 +247,97 @@ def _change_score(img: np.ndarray, ref: np.ndarray) -> float:
     # are local changes too, and must not count as speech
     band = slice(int(h * 0.3), int(h * 0.9))
     return float(cv2.blur(np.abs(_gray(img)[band] - ref[band]), (k, k)).max())
+
+
+LIP_GRID_S = 0.005  # resolution of the lip-sync cross-correlation
+LIP_LAGS_S = (-0.3, 0.6)  # mouth-minus-sound offsets searched
+LIP_MIN_R = 0.2  # below this correlation the offset is not reported
+
+
+def _audio_envelope(audio: list[tuple[float, np.ndarray]], t0: float, t1: float,
+                    rate: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
+    """(times, loudness) in 10 ms blocks, stamped when they play.
+
+    The SDK hands remote audio over at its playout pace, 10 ms at a time, without gaps;
+    when this process is busy, frames arrive late and in bursts. A frame's play time is
+    the earliest that the frames around it (0.5 s either side) allow: arrival minus the
+    audio received since, at its least.
+    """
+    sel = [(t, pcm) for t, pcm in audio if t0 <= t <= t1 and pcm.size]
+    if not sel:
+        return np.zeros(0), np.zeros(0)
+    arrival = np.asarray([t for t, _ in sel])
+    cum = np.cumsum([0] + [pcm.size for _, pcm in sel[:-1]]) / rate
+    base = arrival - cum
+    half = 50  # frames of 10 ms
+    padded = np.pad(base, half, mode="edge")
+    anchor = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1).min(axis=1)
+    block = rate // 100
+    times: list[float] = []
+    vals: list[float] = []
+    for (_, pcm), a, c in zip(sel, anchor, cum, strict=True):
+        for k in range(0, pcm.size, block):
+            part = pcm[k:k + block].astype(np.float32)
+            times.append(float(a + c + k / rate))
+            vals.append(float(np.sqrt(np.sqrt(np.mean(part * part)))))  # compressed like a level
+    return np.asarray(times), np.asarray(vals)
+
+
+def _mouth_signal(frames: list[tuple[float, np.ndarray]], ref: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(times, mouth opening) per received frame.
+
+    The mouth is found in the frames themselves: the compact patch in the lower face that
+    changes most against the idle face over the turn. Its mean change is the opening.
+    """
+    import cv2
+
+    if not frames:
+        return np.zeros(0), np.zeros(0)
+    grays = [_gray(img) for _, img in frames]
+    h, w = ref.shape
+    k = max(5, h // 10)
+    change = np.mean([np.abs(g - ref) for g in grays], axis=0)
+    change[: int(h * 0.3)] = 0.0  # eyes blink: not the mouth
+    change[int(h * 0.95):] = 0.0
+    y, x = np.unravel_index(int(np.argmax(cv2.blur(change, (k, k)))), change.shape)
+    ys = slice(max(0, y - k // 2), min(h, y + k // 2 + 1))
+    xs = slice(max(0, x - k), min(w, x + k + 1))  # mouths are wider than tall
+    vals = [float(np.mean(np.abs(g[ys, xs] - ref[ys, xs]))) for g in grays]
+    return np.asarray([t for t, _ in frames]), np.asarray(vals)
+
+
+def lip_offset(audio: list[tuple[float, np.ndarray]], frames: list[tuple[float, np.ndarray]],
+               ref: np.ndarray, start: float, end: float) -> tuple[float, float] | None:
+    """Mouth-minus-sound offset (s) of one reply and the correlation there, or None.
+
+    Both signals are put on one clock (when the caller plays the sound and shows the frame;
+    a frame stays on screen until the next one), normalised, and cross-correlated over ``LIP_LAGS_S``; the peak is
+    refined with a parabola. Positive: the sound comes before the mouth.
+    """
+    at, av = _audio_envelope(audio, start - 0.3, end + 0.3)
+    vt, vv = _mouth_signal(frames, ref)
+    if at.size < 50 or vt.size < 10 or float(np.std(vv)) == 0.0:
+        return None
+    grid = np.arange(start - 0.1, end + 0.1, LIP_GRID_S)
+    a = np.interp(grid, at, av)
+    a = (a - a.mean()) / (a.std() + 1e-9)
+    lags = np.arange(LIP_LAGS_S[0], LIP_LAGS_S[1] + 1e-9, LIP_GRID_S)
+    rs = np.empty(lags.size)
+    for i, lag in enumerate(lags):
+        idx = np.searchsorted(vt, grid + lag, side="right") - 1
+        v = vv[np.clip(idx, 0, vt.size - 1)]
+        sd = v.std()
+        rs[i] = float(np.mean(a * (v - v.mean()) / sd)) if sd > 0 else -1.0
+    i = int(np.argmax(rs))
+    best = float(lags[i])
+    if 0 < i < lags.size - 1:
+        den = rs[i - 1] - 2 * rs[i] + rs[i + 1]
+        if den < 0:
+            best += 0.5 * LIP_GRID_S * float(rs[i - 1] - rs[i + 1]) / float(den)
+    if rs[i] < LIP_MIN_R:
+        return None
+    return round(best, 3), round(float(rs[i]), 3)
 
 
 async def _wait_until(pred: object, timeout: float, step: float = 0.02) -> bool:
@@ -437,6 +541,11 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
                     d = _change_score(img, ref)  # the widest-open mouth is kept as a picture
                     if best is None or d > best[0]:
                         best = (d, img)
+                shown = [(rec.video_shown[k], img) for k, (t, img) in enumerate(rec.video)
+                         if t_end <= t <= end + 0.2]
+                lip = lip_offset(rec.audio, shown, ref, start, end)
+                if lip is not None:
+                    turn.lip_offset_s, turn.lip_sync_r = lip
                 if best is not None:
                     import cv2
 

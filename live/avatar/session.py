@@ -100,7 +100,8 @@ class LocalAvatarSession:
         )
         audio = QueueAudioOutput(sample_rate=opts.sample_rate)
         self._runner = FaceAvatarRunner(
-            room, audio_recv=audio, video_gen=self._gen, options=opts.avatar_options()
+            room, audio_recv=audio, video_gen=self._gen, options=opts.avatar_options(),
+            video_lead=opts.mouth_lead,
         )
         self._gen.set_av_sync(self._runner.av_sync)
         await self._runner.start()
