@@ -46,15 +46,33 @@ class TurnResult(BaseModel):
     lip_offset_s: float | None = None
     lip_sync_r: float | None = None  # correlation at that offset (how sure the figure is)
     reply_audio_s: float = 0.0
+    # the agent's captions (lk.transcription) for this reply, and when their first and last
+    # words arrived against the reply's first and last audio (negative: the word came first)
+    caption_text: str = ""
+    caption_start_lag_s: float | None = None
+    caption_end_lag_s: float | None = None
+    caption_chunks: int = 0  # pieces the captions arrived in (word by word: about one a word)
     video_frames: int = 0
     wav_path: str | None = None
     frame_paths: list[str] = []
+
+
+class CaptionSegment(BaseModel):
+    """One transcription segment as the room delivered it (topic ``lk.transcription``)."""
+
+    segment_id: str
+    speaker: str
+    text: str = ""
+    final: bool = False
 
 
 class InterruptionResult(BaseModel):
     prompt: str
     reply_started: bool = False
     stop_latency_s: float | None = None  # caller starts speaking over the avatar -> it stops
+    caption_text: str = ""  # the agent's captions for the interrupted reply
+    caption_end_lag_s: float | None = None  # its last captioned word, against the sound's end
+    heard_text: str = ""  # what the caller heard of it (transcribed), for comparison
 
 
 class CallResult(BaseModel):
@@ -63,6 +81,7 @@ class CallResult(BaseModel):
     greeting_heard: bool = False
     turns: list[TurnResult] = []
     interruption: InterruptionResult | None = None
+    captions: list[CaptionSegment] = []  # every lk.transcription segment, in order
     error: str | None = None
 
     @property
@@ -78,6 +97,10 @@ class CallResult(BaseModel):
             lines.append(f"        avatar said: {t.reply_text!r}")
             lines.append(f"        first audio after your speech: {a}; first open mouth: {v}; "
                          f"reply {t.reply_audio_s:.1f} s, {t.video_frames} video frames")
+            if t.caption_start_lag_s is not None and t.caption_end_lag_s is not None:
+                lines.append(f"        captions: {t.caption_chunks} pieces, first word "
+                             f"{t.caption_start_lag_s * 1000:+.0f} ms and last "
+                             f"{t.caption_end_lag_s * 1000:+.0f} ms against the sound")
             if t.lip_offset_s is not None:
                 lines.append(f"        lip sync: mouth {t.lip_offset_s * 1000:+.0f} ms after the sound "
                              f"(r {t.lip_sync_r:.2f})")
@@ -87,6 +110,7 @@ class CallResult(BaseModel):
             it = self.interruption
             stop = f"{it.stop_latency_s * 1000:.0f} ms" if it.stop_latency_s is not None else "did not stop"
             lines.append(f"interruption: spoke over the answer to {it.prompt!r}; avatar stopped after {stop}")
+            lines.append(f"        heard: {it.heard_text!r}; captioned: {it.caption_text!r}")
         if self.error:
             lines.append(f"error: {self.error}")
         return "\n".join(lines)
@@ -202,6 +226,37 @@ class _Recorder:
         self.got_audio = asyncio.Event()
         self.got_video = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
+        # lk.transcription chunks: (arrival, segment id, speaker, text)
+        self.caption_chunks: list[tuple[float, str, str, str]] = []
+        self.caption_final: dict[str, bool] = {}
+
+    async def read_captions(self, reader: rtc.TextStreamReader, speaker: str) -> None:
+        attrs = reader.info.attributes or {}
+        seg = attrs.get("lk.segment_id") or reader.info.stream_id
+        async for chunk in reader:
+            self.caption_chunks.append((time.monotonic(), seg, speaker, chunk))
+        final = attrs.get("lk.transcription_final") == "true"
+        self.caption_final[seg] = self.caption_final.get(seg, False) or final
+
+    def caption_segments(self) -> list[CaptionSegment]:
+        segs: dict[str, CaptionSegment] = {}
+        for _, seg, speaker, text in self.caption_chunks:
+            cs = segs.setdefault(seg, CaptionSegment(segment_id=seg, speaker=speaker))
+            cs.text += text
+        for seg, cs in segs.items():
+            cs.final = self.caption_final.get(seg, False)
+        return list(segs.values())
+
+    def agent_captions(self, since: float, until: float, caller: str
+                       ) -> list[tuple[float, str, str]]:
+        """(arrival, segment, text) of the agent's caption chunks in segments begun in the
+        window: a reply's captions, and the rest of them when they run on past it."""
+        begun: dict[str, float] = {}
+        for t, seg, speaker, _ in self.caption_chunks:
+            if speaker != caller:
+                begun.setdefault(seg, t)
+        return [(t, seg, text) for t, seg, speaker, text in self.caption_chunks
+                if speaker != caller and since <= begun[seg] <= until]
 
     async def pump_audio(self, track: rtc.Track) -> None:
         stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
@@ -397,6 +452,33 @@ def _stopped_at(rec: _Recorder, since: float, gap: float, loud_at_since: bool = 
     return None
 
 
+def _caption_turn(rec: _Recorder, turn: TurnResult, caller: str, t_end: float,
+                  start: float, end: float) -> None:
+    """The reply's captions and how they kept step with its sound."""
+    chunks = rec.agent_captions(t_end, end + 0.5, caller)
+    words = [(t, text) for t, _, text in chunks if text.strip()]
+    turn.caption_text = "".join(text for _, _, text in chunks)
+    turn.caption_chunks = len(words)
+    if words:
+        turn.caption_start_lag_s = round(words[0][0] - start, 3)
+        turn.caption_end_lag_s = round(words[-1][0] - end, 3)
+
+
+async def _interrupted_captions(rec: _Recorder, out: InterruptionResult, caller: str,
+                                asked: float, over: float, stop: float | None) -> None:
+    """Captions of the reply spoken over (once their segment has closed), and when its last
+    word came against the moment the sound stopped."""
+    def segments() -> set[str]:
+        return {seg for _, seg, _ in rec.agent_captions(asked, over, caller)}
+
+    await _wait_until(lambda: all(s in rec.caption_final for s in segments()), 5.0)
+    chunks = rec.agent_captions(asked, over, caller)
+    out.caption_text = "".join(text for _, _, text in chunks)
+    words = [t for t, _, text in chunks if text.strip()]
+    if words and stop is not None:
+        out.caption_end_lag_s = round(words[-1] - stop, 3)
+
+
 async def _interrupt(
     rec: _Recorder, opts: CallOptions, speech_q: asyncio.Queue[np.ndarray], spoken: asyncio.Event
 ) -> InterruptionResult:
@@ -422,6 +504,11 @@ async def _interrupt(
         stop = _stopped_at(rec, over, STOP_QUIET_S, loud_at_since=True)
         assert stop is not None
         out.stop_latency_s = round(max(0.0, stop - over), 3)
+    stopped = _stopped_at(rec, over, STOP_QUIET_S, loud_at_since=True)
+    await _interrupted_captions(rec, out, opts.identity, asked, over, stopped)
+    heard = [pcm for t, pcm in rec.audio if start - 0.1 <= t <= (stopped or over) + 0.1]
+    if heard:
+        out.heard_text = await asyncio.to_thread(transcribe, np.concatenate(heard), SAMPLE_RATE)
     return out
 
 
@@ -457,6 +544,11 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
             rec.tasks.append(asyncio.create_task(rec.pump_audio(track)))
         elif track.kind == rtc.TrackKind.KIND_VIDEO:
             rec.tasks.append(asyncio.create_task(rec.pump_video(track)))
+
+    def _on_captions(reader: rtc.TextStreamReader, speaker: str) -> None:
+        rec.tasks.append(asyncio.create_task(rec.read_captions(reader, speaker)))
+
+    room.register_text_stream_handler("lk.transcription", _on_captions)
 
     source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=50)
     speech_q: asyncio.Queue[np.ndarray] = asyncio.Queue()
@@ -553,9 +645,11 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
                     cv2.imwrite(str(p), cv2.cvtColor(best[1], cv2.COLOR_RGB2BGR))
                     turn.frame_paths.append(str(p))
             turn.reply_text = await asyncio.to_thread(transcribe, reply_pcm, SAMPLE_RATE)
+            _caption_turn(rec, turn, opts.identity, t_end, start, end)
             result.turns.append(turn)
         if opts.interrupt_prompt and result.error is None:
             result.interruption = await _interrupt(rec, opts, speech_q, spoken)
+        result.captions = rec.caption_segments()
         jobs = getattr(room, "remote_participants", {})
         for p in jobs.values():
             sid = p.attributes.get("avatar.session_id") if p.attributes else None

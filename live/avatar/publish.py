@@ -28,10 +28,11 @@ logger = logging.getLogger(__name__)
 
 # bits per pixel per frame: enough for a mostly static face with a moving mouth
 BITS_PER_PIXEL = 0.2
-# How much earlier than its sound a frame leaves: it makes up for the video path being
-# slower than the audio path to the viewer (encode, decode, the receiver's frame timing) and
-# leaves the lips a little ahead, as people's are. Measured at the caller (bench.call).
-DEFAULT_VIDEO_LEAD_S = 0.0
+# How much earlier than its sound a frame leaves (negative: later). With 0, the caller saw
+# the mouth 30-40 ms before the sound (a receiver holds sound in its jitter buffer longer
+# than frames): frames leave 20 ms after their sound starts, which leaves the lips about
+# 10-20 ms ahead, as people's are. Measured with bench.call (lip offset per turn).
+DEFAULT_VIDEO_LEAD_S = -0.02
 AUDIO_QUEUE_MS = 100
 
 
@@ -50,8 +51,9 @@ class AudioClockSynchronizer:
     """
 
     def __init__(self, *, audio_source: rtc.AudioSource, video_source: rtc.VideoSource,
-                 lead: float = DEFAULT_VIDEO_LEAD_S) -> None:
+                 lead: float = DEFAULT_VIDEO_LEAD_S, queue_ms: int = AUDIO_QUEUE_MS) -> None:
         self._audio = audio_source
+        self._queue_s = queue_ms / 1000.0
         self._video = video_source
         self.lead = lead
         self._held: rtc.VideoFrame | None = None
@@ -66,12 +68,17 @@ class AudioClockSynchronizer:
                    timestamp: float | None = None) -> None:
         now = time.monotonic()
         if isinstance(frame, rtc.AudioFrame):
-            start = max(now, self._audio_end)
-            self._audio_end = start + frame.duration
-            if self._held is not None:
-                self._schedule(self._held, start - self.lead)
-                self._held = None
+            held, self._held = self._held, None  # this chunk's frame: not idle
             await self._audio.capture_frame(frame)
+            # The source takes a chunk once its queue has room: the chunk then starts after
+            # at most the queue less itself. When the source plays out slower than real time
+            # (a loaded machine) that bound, not the running sum, says when.
+            done = time.monotonic()
+            start = max(now, self._audio_end)
+            start = max(done, min(start, done + self._queue_s - frame.duration))
+            self._audio_end = start + frame.duration
+            if held is not None:
+                self._schedule(held, start - self.lead)
             return
         if self._held is not None:  # the frame before had no audio: idle, show it now
             self._schedule(self._held, now)
@@ -141,7 +148,8 @@ class FaceAvatarRunner(AvatarRunner):
         stock._stopped = True
         stock._capture_video_task.cancel()  # replaced before anything was pushed
         self._av_sync = AudioClockSynchronizer(  # type: ignore[assignment]
-            audio_source=self._audio_source, video_source=self._video_source, lead=video_lead
+            audio_source=self._audio_source, video_source=self._video_source, lead=video_lead,
+            queue_ms=AUDIO_QUEUE_MS,
         )
 
     async def _publish_track(self) -> None:  # LiveKit 1.8.x private hook, same steps
