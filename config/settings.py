@@ -176,7 +176,7 @@ class AvatarSettings(BaseModel):
     height: int = Field(default=512, ge=64, le=1920, description="Local avatar video height.")
     fps: int = Field(default=25, ge=5, le=60, description="Local avatar frames per second.")
     mouth_lead_ms: int = Field(
-        default=-20, ge=-200, le=300,
+        default=0, ge=-200, le=300,
         description="Local avatar: how much earlier than its sound each frame is sent (ms, "
         "negative: later); raise it if viewers see the lips late, lower it if too early.",
     )

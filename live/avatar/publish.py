@@ -10,7 +10,9 @@ rendering stalls or a reply starts on a part-filled queue, and the measured offs
 receiver wandered from the mouth 80 ms early to 400 ms late within one call.
 ``AudioClockSynchronizer`` sends each speaking frame when its own audio chunk starts to play
 out (the audio queue's end when the chunk was queued), ``lead`` seconds early, so a stall
-delays sound and mouth together.
+delays sound and mouth together. Both tracks are published as one stream, so receivers
+(libwebrtc in browsers and SDKs) sync the frames to the sound from their timestamps rather
+than showing each as soon as it arrives: their audio jitter buffer no longer moves the lips.
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ logger = logging.getLogger(__name__)
 
 # bits per pixel per frame: enough for a mostly static face with a moving mouth
 BITS_PER_PIXEL = 0.2
-# How much earlier than its sound a frame leaves (negative: later). With 0, the caller saw
-# the mouth 30-40 ms before the sound (a receiver holds sound in its jitter buffer longer
-# than frames): frames leave 20 ms after their sound starts, which leaves the lips about
-# 10-20 ms ahead, as people's are. Measured with bench.call (lip offset per turn).
-DEFAULT_VIDEO_LEAD_S = -0.02
+# How much earlier than its sound a frame leaves (negative: later). Frames are stamped when
+# they leave and the receiver plays them against the sound's clock (AV_STREAM), so this is
+# the lead viewers see, give or take the mouth's smoothing: with 0 the caller measured the
+# lips about 10 ms ahead of the sound, as people's are (bench.call, lip offset per turn).
+DEFAULT_VIDEO_LEAD_S = 0.0
 AUDIO_QUEUE_MS = 100
+# Audio and video published as one stream (one msid): receivers put the two tracks in one
+# sync group and play the frames against the sound's clock (RTCP sender reports).
+AV_STREAM = "avatar"
 
 
 def video_encoding(options: AvatarOptions) -> rtc.VideoEncoding:
@@ -157,7 +162,8 @@ class FaceAvatarRunner(AvatarRunner):
             await self._room_connected_fut
             audio_track = rtc.LocalAudioTrack.create_audio_track("avatar_audio", self._audio_source)
             self._audio_publication = await self._room.local_participant.publish_track(
-                audio_track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+                audio_track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE,
+                                                     stream=AV_STREAM)
             )
             await self._audio_publication.wait_for_subscription()
             video_track = rtc.LocalVideoTrack.create_video_track("avatar_video", self._video_source)
@@ -165,6 +171,7 @@ class FaceAvatarRunner(AvatarRunner):
                 video_track,
                 rtc.TrackPublishOptions(
                     source=rtc.TrackSource.SOURCE_CAMERA,
+                    stream=AV_STREAM,
                     simulcast=False,
                     video_encoding=video_encoding(self._face_options),
                 ),
