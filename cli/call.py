@@ -229,10 +229,13 @@ class _Recorder:
         # lk.transcription chunks: (arrival, segment id, speaker, text)
         self.caption_chunks: list[tuple[float, str, str, str]] = []
         self.caption_final: dict[str, bool] = {}
+        self.caption_track: dict[str, str] = {}  # segment -> the track it transcribes
+        self.own_tracks: set[str] = set()  # the caller's tracks: captions of its own speech
 
     async def read_captions(self, reader: rtc.TextStreamReader, speaker: str) -> None:
         attrs = reader.info.attributes or {}
         seg = attrs.get("lk.segment_id") or reader.info.stream_id
+        self.caption_track[seg] = attrs.get("lk.transcribed_track_id", "")
         async for chunk in reader:
             self.caption_chunks.append((time.monotonic(), seg, speaker, chunk))
         final = attrs.get("lk.transcription_final") == "true"
@@ -251,12 +254,15 @@ class _Recorder:
                        ) -> list[tuple[float, str, str]]:
         """(arrival, segment, text) of the agent's caption chunks in segments begun in the
         window: a reply's captions, and the rest of them when they run on past it."""
+        def agent(seg: str, speaker: str) -> bool:
+            return speaker != caller and self.caption_track.get(seg) not in self.own_tracks
+
         begun: dict[str, float] = {}
         for t, seg, speaker, _ in self.caption_chunks:
-            if speaker != caller:
+            if agent(seg, speaker):
                 begun.setdefault(seg, t)
         return [(t, seg, text) for t, seg, speaker, text in self.caption_chunks
-                if speaker != caller and since <= begun[seg] <= until]
+                if agent(seg, speaker) and since <= begun[seg] <= until]
 
     async def pump_audio(self, track: rtc.Track) -> None:
         stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
@@ -311,26 +317,25 @@ LIP_MIN_R = 0.2  # below this correlation the offset is not reported
 
 def _audio_envelope(audio: list[tuple[float, np.ndarray]], t0: float, t1: float,
                     rate: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
-    """(times, loudness) in 10 ms blocks, stamped when they play.
+    """(times, loudness) in 10 ms blocks of the window, stamped when they play.
 
-    The SDK hands remote audio over at its playout pace, 10 ms at a time, without gaps;
-    when this process is busy, frames arrive late and in bursts. A frame's play time is
-    the earliest that the frames around it (0.5 s either side) allow: arrival minus the
-    audio received since, at its least.
+    The SDK hands remote audio over at its playout pace, without gaps; when this process
+    is busy, frames wait in its queue and arrive late, in bursts, or a backlog builds up
+    that lasts seconds. A frame plays at its arrival less the audio received since, at the
+    least that any later frame shows (the backlog drains while the avatar is quiet); a
+    frame the SDK dropped only moves that bound for the frames after it.
     """
-    sel = [(t, pcm) for t, pcm in audio if t0 <= t <= t1 and pcm.size]
-    if not sel:
+    if not audio:
         return np.zeros(0), np.zeros(0)
-    arrival = np.asarray([t for t, _ in sel])
-    cum = np.cumsum([0] + [pcm.size for _, pcm in sel[:-1]]) / rate
-    base = arrival - cum
-    half = 50  # frames of 10 ms
-    padded = np.pad(base, half, mode="edge")
-    anchor = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1).min(axis=1)
+    arrival = np.asarray([t for t, _ in audio])
+    cum = np.concatenate([[0.0], np.cumsum([pcm.size for _, pcm in audio[:-1]])]) / rate
+    anchor = np.minimum.accumulate((arrival - cum)[::-1])[::-1]
     block = rate // 100
     times: list[float] = []
     vals: list[float] = []
-    for (_, pcm), a, c in zip(sel, anchor, cum, strict=True):
+    for (t, pcm), a, c in zip(audio, anchor, cum, strict=True):
+        if not (t0 <= t <= t1) or pcm.size == 0:
+            continue
         for k in range(0, pcm.size, block):
             part = pcm[k:k + block].astype(np.float32)
             times.append(float(a + c + k / rate))
@@ -580,9 +585,10 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
     try:
         await room.connect(settings.livekit.effective_url, token)
         track = rtc.LocalAudioTrack.create_audio_track("mic", source)
-        await room.local_participant.publish_track(
+        mic_pub = await room.local_participant.publish_track(
             track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         )
+        rec.own_tracks.add(mic_pub.sid)
         mic_task = asyncio.create_task(mic())
         joined = time.monotonic()
         if not await _wait_until(lambda: rec.got_audio.is_set(), opts.greeting_timeout):
