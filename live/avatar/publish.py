@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Coroutine
 
 from livekit import rtc
 from livekit.agents.voice.avatar import AvatarOptions, AvatarRunner
@@ -62,6 +63,8 @@ class AudioClockSynchronizer:
         self._video = video_source
         self.lead = lead
         self._held: rtc.VideoFrame | None = None
+        self.last_audio_start = 0.0  # monotonic time the last chunk pushed starts playing
+        self.cleared = asyncio.Event()  # set by clear_queue (wakes a delayed notification)
         self._due: deque[tuple[float, rtc.VideoFrame]] = deque()
         self._wake = asyncio.Event()
         self._audio_end = 0.0  # monotonic time the audio queued so far ends playing
@@ -82,6 +85,7 @@ class AudioClockSynchronizer:
             start = max(now, self._audio_end)
             start = max(done, min(start, done + self._queue_s - frame.duration))
             self._audio_end = start + frame.duration
+            self.last_audio_start = start
             if held is not None:
                 self._schedule(held, start - self.lead)
             return
@@ -97,6 +101,7 @@ class AudioClockSynchronizer:
 
     async def clear_queue(self) -> None:
         """Interruption: queued sound and not-yet-shown frames go."""
+        self.cleared.set()
         self._audio.clear_queue()
         self._audio_end = time.monotonic()
         self._due.clear()
@@ -152,10 +157,31 @@ class FaceAvatarRunner(AvatarRunner):
         stock = self._av_sync
         stock._stopped = True
         stock._capture_video_task.cancel()  # replaced before anything was pushed
-        self._av_sync = AudioClockSynchronizer(  # type: ignore[assignment]
+        self._clock_sync = AudioClockSynchronizer(
             audio_source=self._audio_source, video_source=self._video_source, lead=video_lead,
             queue_ms=AUDIO_QUEUE_MS,
         )
+        self._av_sync = self._clock_sync  # type: ignore[assignment]
+        # "playback started" when the first chunk leaves, not when it is queued: the agent
+        # times word-by-word captions (and the reply kept on interruption) from it
+        recv = self._audio_recv
+        notify = recv.notify_playback_started
+        sync = self._clock_sync
+
+        def notify_when_playing() -> Coroutine[None, None, None]:
+            async def later() -> None:
+                sync.cleared.clear()
+                wait = sync.last_audio_start - time.monotonic()
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(sync.cleared.wait(), wait)
+                result = notify()
+                if asyncio.iscoroutine(result):
+                    await result
+
+            return later()
+
+        recv.notify_playback_started = notify_when_playing  # type: ignore[method-assign]
 
     async def _publish_track(self) -> None:  # LiveKit 1.8.x private hook, same steps
         async with self._lock:
