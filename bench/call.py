@@ -205,6 +205,10 @@ def main() -> None:
         f"| {lo['p50']} s | {lo['p95']} s | {lo['min']} s | {lo['max']} s | {lo['turns_measured']} |",
         "",
         "Per turn: " + ", ".join(f"{x * 1000:+.0f} ms" for x in lips),
+        "",
+        "The caller's own jitter buffers over each reply (mean delay, audio / video): "
+        + ", ".join(f"{t.get('audio_jitter_buffer_ms')} / {t.get('video_jitter_buffer_ms')} ms"
+                    for c in calls for t in c["turns"]),
     ]
     md.append("")
     md.append(f"{summary['turns']} turns over {args.calls} calls"

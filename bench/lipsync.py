@@ -116,7 +116,7 @@ async def generator_stage(sentences: list[tuple[list[Any], np.ndarray]], sr: int
 
 
 async def room_stage(sentences: list[tuple[list[Any], np.ndarray]], sr: int, repeats: int,
-                     lead: float) -> list[dict[str, float | None]]:
+                     lead: float, with_mic: bool) -> list[dict[str, float | None]]:
     import cv2
     from livekit import api, rtc
     from livekit.agents import AgentSession
@@ -178,6 +178,18 @@ async def room_stage(sentences: list[tuple[list[Any], np.ndarray]], sr: int, rep
         await agent.connect(url, tok("agent", agent=True))
         user.on("track_subscribed", on_sub)
         await user.connect(url, tok("user"))
+        if with_mic:  # like a caller: the subscriber also publishes a (silent) microphone
+            mic = rtc.AudioSource(48000, 1, queue_size_ms=50)
+            await user.local_participant.publish_track(
+                rtc.LocalAudioTrack.create_audio_track("mic", mic),
+                rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+
+            async def silence() -> None:
+                frame = rtc.AudioFrame(bytes(960), 48000, 1, 480)
+                while True:
+                    await mic.capture_frame(frame)
+
+            tasks.append(asyncio.create_task(silence()))
         session: AgentSession[None] = AgentSession()  # no models: audio is played directly
         await avatar.start(session, room=agent)
         out = session.output.audio
@@ -285,6 +297,8 @@ def main() -> None:
     ap.add_argument("--lead", type=float, default=None, metavar="MS",
                     help="mouth lead (ms) instead of the default")
     ap.add_argument("--name", default="lipsync")
+    ap.add_argument("--mic", action="store_true",
+                    help="the subscriber also publishes a microphone, as a caller does")
     args = ap.parse_args()
     if os.environ.get("AVATAR_NETNS") != "1":
         netns = str(ROOT / "scripts" / "netns-run")
@@ -309,7 +323,7 @@ def main() -> None:
     }
     loaders = _busy_loops(args.load)
     try:
-        rows = asyncio.run(room_stage(sentences, sr, args.repeats, lead))
+        rows = asyncio.run(room_stage(sentences, sr, args.repeats, lead, args.mic))
     finally:
         for p in loaders:
             p.kill()

@@ -45,6 +45,10 @@ class TurnResult(BaseModel):
     # mouth opening in the received frames: positive = the sound comes before the mouth
     lip_offset_s: float | None = None
     lip_sync_r: float | None = None  # correlation at that offset (how sure the figure is)
+    # the caller's own jitter buffers over the reply (mean delay, ms): sound held longer
+    # than frames shows the mouth early by the difference, whatever the sender does
+    audio_jitter_buffer_ms: float | None = None
+    video_jitter_buffer_ms: float | None = None
     reply_audio_s: float = 0.0
     # the agent's captions (lk.transcription) for this reply, and when their first and last
     # words arrived against the reply's first and last audio (negative: the word came first)
@@ -103,7 +107,8 @@ class CallResult(BaseModel):
                              f"{t.caption_end_lag_s * 1000:+.0f} ms against the sound")
             if t.lip_offset_s is not None:
                 lines.append(f"        lip sync: mouth {t.lip_offset_s * 1000:+.0f} ms after the sound "
-                             f"(r {t.lip_sync_r:.2f})")
+                             f"(r {t.lip_sync_r:.2f}); jitter buffers here: audio "
+                             f"{t.audio_jitter_buffer_ms} ms, video {t.video_jitter_buffer_ms} ms")
             if t.wav_path:
                 lines.append(f"        recorded: {t.wav_path}")
         if self.interruption:
@@ -457,6 +462,29 @@ def _stopped_at(rec: _Recorder, since: float, gap: float, loud_at_since: bool = 
     return None
 
 
+async def _jitter_buffers(room: rtc.Room) -> dict[str, tuple[float, int]]:
+    """Received media's jitter buffer totals per kind: (delay summed in s, items emitted)."""
+    out: dict[str, tuple[float, int]] = {}
+    try:
+        stats = await room.get_rtc_stats()
+    except Exception:  # diagnostics only
+        return out
+    for st in [*stats.subscriber_stats, *stats.publisher_stats]:
+        if st.WhichOneof("stats") == "inbound_rtp":
+            inb = st.inbound_rtp
+            out[str(inb.stream.kind).lower()] = (inb.inbound.jitter_buffer_delay,
+                                                 inb.inbound.jitter_buffer_emitted_count)
+    return out
+
+
+def _jitter_ms(before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]],
+               kind: str) -> float | None:
+    if kind not in before or kind not in after or after[kind][1] <= before[kind][1]:
+        return None
+    n = after[kind][1] - before[kind][1]
+    return round(1000 * (after[kind][0] - before[kind][0]) / n, 1)
+
+
 def _caption_turn(rec: _Recorder, turn: TurnResult, caller: str, t_end: float,
                   start: float, end: float) -> None:
     """The reply's captions and how they kept step with its sound."""
@@ -609,6 +637,7 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
             prompt = str(utt)
             spoken.clear()
             rec.keep_since = time.monotonic()
+            jb_before = await _jitter_buffers(room)
             await speech_q.put(pcm)
             await asyncio.wait_for(spoken.wait(), timeout=len(pcm) / SAMPLE_RATE + 10)
             t_end = time.monotonic() + 0.05  # the source's queue (50 ms) still plays out
@@ -650,6 +679,9 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
                     p = opts.out_dir / f"{room_name}-turn{i}-mouth.png"
                     cv2.imwrite(str(p), cv2.cvtColor(best[1], cv2.COLOR_RGB2BGR))
                     turn.frame_paths.append(str(p))
+            jb_after = await _jitter_buffers(room)
+            turn.audio_jitter_buffer_ms = _jitter_ms(jb_before, jb_after, "audio")
+            turn.video_jitter_buffer_ms = _jitter_ms(jb_before, jb_after, "video")
             turn.reply_text = await asyncio.to_thread(transcribe, reply_pcm, SAMPLE_RATE)
             _caption_turn(rec, turn, opts.identity, t_end, start, end)
             result.turns.append(turn)
