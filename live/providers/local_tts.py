@@ -111,6 +111,25 @@ def _notify(callback: AlignmentCallback | None, chunk: SpeechChunk, sample_rate:
         logger.exception("alignment callback failed")
 
 
+class _Timeline:
+    """Where a chunk will play, in seconds from the playback's start.
+
+    Audio plays as it comes: a chunk ready later than the audio before it runs out (Piper
+    slower than real time, on a loaded machine) plays after a gap, and its words are timed
+    after that gap too, or the captions (and an interrupted reply's text) run ahead of
+    the sound.
+    """
+
+    def __init__(self) -> None:
+        self._t0: float | None = None
+
+    def at(self, audio_position: float) -> float:
+        now = time.perf_counter()
+        if self._t0 is None:
+            self._t0 = now
+        return max(audio_position, now - self._t0)
+
+
 def _push_words(emitter: tts.AudioEmitter, words: SentenceWords, chunk: SpeechChunk,
                 sample_rate: int, position: float) -> None:
     """Word timings for the captions, sent with the audio they are spoken in.
@@ -188,7 +207,9 @@ class _PiperChunkedStream(tts.ChunkedStream):
         )
         words = SentenceWords(self.input_text)
         position = 0.0
+        timeline = _Timeline()
         async for chunk in _piper_chunks(engine, self.input_text, PlaybackClock()):
+            position = timeline.at(position)
             _push_words(output_emitter, words, chunk, engine.sample_rate, position)
             _notify(self._piper.on_alignment, chunk, engine.sample_rate)
             output_emitter.push(chunk.pcm)
@@ -223,8 +244,9 @@ class _PiperSynthesizeStream(tts.SynthesizeStream):
             sentences.end_input()
 
         async def synthesize() -> None:
-            position = 0.0  # seconds of audio pushed so far
+            position = 0.0  # seconds into the playback where the next chunk plays
             clock = PlaybackClock()
+            timeline = _Timeline()
             async for ev in sentences:
                 text = ev.token.strip()
                 if not text:
@@ -235,6 +257,7 @@ class _PiperSynthesizeStream(tts.SynthesizeStream):
                 self._mark_started()
                 words = SentenceWords(ev.token)
                 async for chunk in _piper_chunks(engine, text, clock):
+                    position = timeline.at(position)
                     _push_words(output_emitter, words, chunk, engine.sample_rate, position)
                     _notify(self._piper.on_alignment, chunk, engine.sample_rate)
                     output_emitter.push(chunk.pcm)
