@@ -75,11 +75,12 @@ async def test_caller_gets_two_spoken_answers_with_video(stack: Stack, artifacts
         assert turn.video_frames > 10  # video arrived during the answer
         assert turn.video_latency_s is not None  # the mouth moved
         assert len(turn.reply_text.split()) >= 2, turn  # the answer was intelligible speech
-        # captions word by word, in step with the sound the caller hears
+        # captions word by word, in step with the sound the caller hears (which its own
+        # jitter buffer holds back by up to a few hundred ms on a loaded machine)
         assert turn.caption_text.strip(), turn
         assert turn.caption_chunks >= 0.6 * len(turn.caption_text.split()), turn
-        assert turn.caption_start_lag_s is not None and -0.6 < turn.caption_start_lag_s < 0.6, turn
-        assert turn.caption_end_lag_s is not None and -1.2 < turn.caption_end_lag_s < 0.6, turn
+        assert turn.caption_start_lag_s is not None and -1.0 < turn.caption_start_lag_s < 0.6, turn
+        assert turn.caption_end_lag_s is not None and -1.5 < turn.caption_end_lag_s < 0.6, turn
     sid = result.session_id
     assert sid, "the agent publishes its session id as a participant attribute"
 
