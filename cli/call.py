@@ -41,16 +41,42 @@ class TurnResult(BaseModel):
     reply_text: str = ""
     audio_latency_s: float | None = None
     video_latency_s: float | None = None
+    # mouth minus sound (s), from cross-correlating the received audio envelope with the
+    # mouth opening in the received frames: positive = the sound comes before the mouth
+    lip_offset_s: float | None = None
+    lip_sync_r: float | None = None  # correlation at that offset (how sure the figure is)
+    # the caller's own jitter buffers over the reply (mean delay, ms): sound held longer
+    # than frames shows the mouth early by the difference, whatever the sender does
+    audio_jitter_buffer_ms: float | None = None
+    video_jitter_buffer_ms: float | None = None
     reply_audio_s: float = 0.0
+    # the agent's captions (lk.transcription) for this reply, and when their first and last
+    # words arrived against the reply's first and last audio (negative: the word came first)
+    caption_text: str = ""
+    caption_start_lag_s: float | None = None
+    caption_end_lag_s: float | None = None
+    caption_chunks: int = 0  # pieces the captions arrived in (word by word: about one a word)
     video_frames: int = 0
     wav_path: str | None = None
     frame_paths: list[str] = []
+
+
+class CaptionSegment(BaseModel):
+    """One transcription segment as the room delivered it (topic ``lk.transcription``)."""
+
+    segment_id: str
+    speaker: str
+    text: str = ""
+    final: bool = False
 
 
 class InterruptionResult(BaseModel):
     prompt: str
     reply_started: bool = False
     stop_latency_s: float | None = None  # caller starts speaking over the avatar -> it stops
+    caption_text: str = ""  # the agent's captions for the interrupted reply
+    caption_end_lag_s: float | None = None  # its last captioned word, against the sound's end
+    heard_text: str = ""  # what the caller heard of it (transcribed), for comparison
 
 
 class CallResult(BaseModel):
@@ -59,6 +85,7 @@ class CallResult(BaseModel):
     greeting_heard: bool = False
     turns: list[TurnResult] = []
     interruption: InterruptionResult | None = None
+    captions: list[CaptionSegment] = []  # every lk.transcription segment, in order
     error: str | None = None
 
     @property
@@ -74,12 +101,21 @@ class CallResult(BaseModel):
             lines.append(f"        avatar said: {t.reply_text!r}")
             lines.append(f"        first audio after your speech: {a}; first open mouth: {v}; "
                          f"reply {t.reply_audio_s:.1f} s, {t.video_frames} video frames")
+            if t.caption_start_lag_s is not None and t.caption_end_lag_s is not None:
+                lines.append(f"        captions: {t.caption_chunks} pieces, first word "
+                             f"{t.caption_start_lag_s * 1000:+.0f} ms and last "
+                             f"{t.caption_end_lag_s * 1000:+.0f} ms against the sound")
+            if t.lip_offset_s is not None:
+                lines.append(f"        lip sync: mouth {t.lip_offset_s * 1000:+.0f} ms after the sound "
+                             f"(r {t.lip_sync_r:.2f}); jitter buffers here: audio "
+                             f"{t.audio_jitter_buffer_ms} ms, video {t.video_jitter_buffer_ms} ms")
             if t.wav_path:
                 lines.append(f"        recorded: {t.wav_path}")
         if self.interruption:
             it = self.interruption
             stop = f"{it.stop_latency_s * 1000:.0f} ms" if it.stop_latency_s is not None else "did not stop"
             lines.append(f"interruption: spoke over the answer to {it.prompt!r}; avatar stopped after {stop}")
+            lines.append(f"        heard: {it.heard_text!r}; captioned: {it.caption_text!r}")
         if self.error:
             lines.append(f"error: {self.error}")
         return "\n".join(lines)
@@ -187,11 +223,51 @@ class _Recorder:
     def __init__(self) -> None:
         self.audio: list[tuple[float, np.ndarray]] = []
         self.video: list[tuple[float, np.ndarray]] = []
+        # when each kept frame is due on screen (libwebrtc's render time, same clock as
+        # time.monotonic): unlike arrival, not delayed when this process is busy
+        self.video_shown: list[float] = []
         self.audio_rate = SAMPLE_RATE
         self.keep_since = 0.0
         self.got_audio = asyncio.Event()
         self.got_video = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
+        # lk.transcription chunks: (arrival, segment id, speaker, text)
+        self.caption_chunks: list[tuple[float, str, str, str]] = []
+        self.caption_final: dict[str, bool] = {}
+        self.caption_track: dict[str, str] = {}  # segment -> the track it transcribes
+        self.own_tracks: set[str] = set()  # the caller's tracks: captions of its own speech
+
+    async def read_captions(self, reader: rtc.TextStreamReader, speaker: str) -> None:
+        attrs = reader.info.attributes or {}
+        seg = attrs.get("lk.segment_id") or reader.info.stream_id
+        self.caption_track[seg] = attrs.get("lk.transcribed_track_id", "")
+        async for chunk in reader:
+            self.caption_chunks.append((time.monotonic(), seg, speaker, chunk))
+        final = attrs.get("lk.transcription_final") == "true"
+        self.caption_final[seg] = self.caption_final.get(seg, False) or final
+
+    def caption_segments(self) -> list[CaptionSegment]:
+        segs: dict[str, CaptionSegment] = {}
+        for _, seg, speaker, text in self.caption_chunks:
+            cs = segs.setdefault(seg, CaptionSegment(segment_id=seg, speaker=speaker))
+            cs.text += text
+        for seg, cs in segs.items():
+            cs.final = self.caption_final.get(seg, False)
+        return list(segs.values())
+
+    def agent_captions(self, since: float, until: float, caller: str
+                       ) -> list[tuple[float, str, str]]:
+        """(arrival, segment, text) of the agent's caption chunks in segments begun in the
+        window: a reply's captions, and the rest of them when they run on past it."""
+        def agent(seg: str, speaker: str) -> bool:
+            return speaker != caller and self.caption_track.get(seg) not in self.own_tracks
+
+        begun: dict[str, float] = {}
+        for t, seg, speaker, _ in self.caption_chunks:
+            if agent(seg, speaker):
+                begun.setdefault(seg, t)
+        return [(t, seg, text) for t, seg, speaker, text in self.caption_chunks
+                if agent(seg, speaker) and since <= begun[seg] <= until]
 
     async def pump_audio(self, track: rtc.Track) -> None:
         stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
@@ -212,8 +288,11 @@ class _Recorder:
                                  interpolation=cv2.INTER_AREA)
             now = time.monotonic()
             self.video.append((now, img.copy()))
+            shown = ev.timestamp_us / 1e6
+            self.video_shown.append(shown if abs(shown - now) < 1.0 else now)
             while self.video and self.video[0][0] < self.keep_since:
                 self.video.pop(0)
+                self.video_shown.pop(0)
             self.got_video.set()
 
 
@@ -234,6 +313,96 @@ def _change_score(img: np.ndarray, ref: np.ndarray) -> float:
     # are local changes too, and must not count as speech
     band = slice(int(h * 0.3), int(h * 0.9))
     return float(cv2.blur(np.abs(_gray(img)[band] - ref[band]), (k, k)).max())
+
+
+LIP_GRID_S = 0.005  # resolution of the lip-sync cross-correlation
+LIP_LAGS_S = (-0.3, 0.6)  # mouth-minus-sound offsets searched
+LIP_MIN_R = 0.2  # below this correlation the offset is not reported
+
+
+def _audio_envelope(audio: list[tuple[float, np.ndarray]], t0: float, t1: float,
+                    rate: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
+    """(times, loudness) in 10 ms blocks of the window, stamped when they play.
+
+    The SDK hands remote audio over at its playout pace, without gaps; when this process
+    is busy, frames wait in its queue and arrive late, in bursts, or a backlog builds up
+    that lasts seconds. A frame plays at its arrival less the audio received since, at the
+    least that any later frame shows (the backlog drains while the avatar is quiet); a
+    frame the SDK dropped only moves that bound for the frames after it.
+    """
+    if not audio:
+        return np.zeros(0), np.zeros(0)
+    arrival = np.asarray([t for t, _ in audio])
+    cum = np.concatenate([[0.0], np.cumsum([pcm.size for _, pcm in audio[:-1]])]) / rate
+    anchor = np.minimum.accumulate((arrival - cum)[::-1])[::-1]
+    block = rate // 100
+    times: list[float] = []
+    vals: list[float] = []
+    for (t, pcm), a, c in zip(audio, anchor, cum, strict=True):
+        if not (t0 <= t <= t1) or pcm.size == 0:
+            continue
+        for k in range(0, pcm.size, block):
+            part = pcm[k:k + block].astype(np.float32)
+            times.append(float(a + c + k / rate))
+            vals.append(float(np.sqrt(np.sqrt(np.mean(part * part)))))  # compressed like a level
+    return np.asarray(times), np.asarray(vals)
+
+
+def _mouth_signal(frames: list[tuple[float, np.ndarray]], ref: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(times, mouth opening) per received frame.
+
+    The mouth is found in the frames themselves: the compact patch in the lower face that
+    changes most against the idle face over the turn. Its mean change is the opening.
+    """
+    import cv2
+
+    if not frames:
+        return np.zeros(0), np.zeros(0)
+    grays = [_gray(img) for _, img in frames]
+    h, w = ref.shape
+    k = max(5, h // 10)
+    change = np.mean([np.abs(g - ref) for g in grays], axis=0)
+    change[: int(h * 0.3)] = 0.0  # eyes blink: not the mouth
+    change[int(h * 0.95):] = 0.0
+    y, x = np.unravel_index(int(np.argmax(cv2.blur(change, (k, k)))), change.shape)
+    ys = slice(max(0, y - k // 2), min(h, y + k // 2 + 1))
+    xs = slice(max(0, x - k), min(w, x + k + 1))  # mouths are wider than tall
+    vals = [float(np.mean(np.abs(g[ys, xs] - ref[ys, xs]))) for g in grays]
+    return np.asarray([t for t, _ in frames]), np.asarray(vals)
+
+
+def lip_offset(audio: list[tuple[float, np.ndarray]], frames: list[tuple[float, np.ndarray]],
+               ref: np.ndarray, start: float, end: float) -> tuple[float, float] | None:
+    """Mouth-minus-sound offset (s) of one reply and the correlation there, or None.
+
+    Both signals are put on one clock (when the caller plays the sound and shows the frame;
+    a frame stays on screen until the next one), normalised, and cross-correlated over ``LIP_LAGS_S``; the peak is
+    refined with a parabola. Positive: the sound comes before the mouth.
+    """
+    at, av = _audio_envelope(audio, start - 0.3, end + 0.3)
+    vt, vv = _mouth_signal(frames, ref)
+    if at.size < 50 or vt.size < 10 or float(np.std(vv)) == 0.0:
+        return None
+    grid = np.arange(start - 0.1, end + 0.1, LIP_GRID_S)
+    a = np.interp(grid, at, av)
+    a = (a - a.mean()) / (a.std() + 1e-9)
+    lags = np.arange(LIP_LAGS_S[0], LIP_LAGS_S[1] + 1e-9, LIP_GRID_S)
+    rs = np.empty(lags.size)
+    for i, lag in enumerate(lags):
+        idx = np.searchsorted(vt, grid + lag, side="right") - 1
+        v = vv[np.clip(idx, 0, vt.size - 1)]
+        sd = v.std()
+        rs[i] = float(np.mean(a * (v - v.mean()) / sd)) if sd > 0 else -1.0
+    i = int(np.argmax(rs))
+    best = float(lags[i])
+    if 0 < i < lags.size - 1:
+        den = rs[i - 1] - 2 * rs[i] + rs[i + 1]
+        if den < 0:
+            best += 0.5 * LIP_GRID_S * float(rs[i - 1] - rs[i + 1]) / float(den)
+    if rs[i] < LIP_MIN_R:
+        return None
+    return round(best, 3), round(float(rs[i]), 3)
 
 
 async def _wait_until(pred: object, timeout: float, step: float = 0.02) -> bool:
@@ -293,6 +462,56 @@ def _stopped_at(rec: _Recorder, since: float, gap: float, loud_at_since: bool = 
     return None
 
 
+async def _jitter_buffers(room: rtc.Room) -> dict[str, tuple[float, int]]:
+    """Received media's jitter buffer totals per kind: (delay summed in s, items emitted)."""
+    out: dict[str, tuple[float, int]] = {}
+    try:
+        stats = await room.get_rtc_stats()
+    except Exception:  # diagnostics only
+        return out
+    for st in [*stats.subscriber_stats, *stats.publisher_stats]:
+        if st.WhichOneof("stats") == "inbound_rtp":
+            inb = st.inbound_rtp
+            out[str(inb.stream.kind).lower()] = (inb.inbound.jitter_buffer_delay,
+                                                 inb.inbound.jitter_buffer_emitted_count)
+    return out
+
+
+def _jitter_ms(before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]],
+               kind: str) -> float | None:
+    if kind not in before or kind not in after or after[kind][1] <= before[kind][1]:
+        return None
+    n = after[kind][1] - before[kind][1]
+    return round(1000 * (after[kind][0] - before[kind][0]) / n, 1)
+
+
+def _caption_turn(rec: _Recorder, turn: TurnResult, caller: str, t_end: float,
+                  start: float, end: float) -> None:
+    """The reply's captions and how they kept step with its sound."""
+    chunks = rec.agent_captions(t_end, end + 0.5, caller)
+    words = [(t, text) for t, _, text in chunks if text.strip()]
+    turn.caption_text = "".join(text for _, _, text in chunks)
+    turn.caption_chunks = len(words)
+    if words:
+        turn.caption_start_lag_s = round(words[0][0] - start, 3)
+        turn.caption_end_lag_s = round(words[-1][0] - end, 3)
+
+
+async def _interrupted_captions(rec: _Recorder, out: InterruptionResult, caller: str,
+                                asked: float, over: float, stop: float | None) -> None:
+    """Captions of the reply spoken over (once their segment has closed), and when its last
+    word came against the moment the sound stopped."""
+    def segments() -> set[str]:
+        return {seg for _, seg, _ in rec.agent_captions(asked, over, caller)}
+
+    await _wait_until(lambda: all(s in rec.caption_final for s in segments()), 5.0)
+    chunks = rec.agent_captions(asked, over, caller)
+    out.caption_text = "".join(text for _, _, text in chunks)
+    words = [t for t, _, text in chunks if text.strip()]
+    if words and stop is not None:
+        out.caption_end_lag_s = round(words[-1] - stop, 3)
+
+
 async def _interrupt(
     rec: _Recorder, opts: CallOptions, speech_q: asyncio.Queue[np.ndarray], spoken: asyncio.Event
 ) -> InterruptionResult:
@@ -318,6 +537,11 @@ async def _interrupt(
         stop = _stopped_at(rec, over, STOP_QUIET_S, loud_at_since=True)
         assert stop is not None
         out.stop_latency_s = round(max(0.0, stop - over), 3)
+    stopped = _stopped_at(rec, over, STOP_QUIET_S, loud_at_since=True)
+    await _interrupted_captions(rec, out, opts.identity, asked, over, stopped)
+    heard = [pcm for t, pcm in rec.audio if start - 0.1 <= t <= (stopped or over) + 0.1]
+    if heard:
+        out.heard_text = await asyncio.to_thread(transcribe, np.concatenate(heard), SAMPLE_RATE)
     return out
 
 
@@ -354,6 +578,11 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
         elif track.kind == rtc.TrackKind.KIND_VIDEO:
             rec.tasks.append(asyncio.create_task(rec.pump_video(track)))
 
+    def _on_captions(reader: rtc.TextStreamReader, speaker: str) -> None:
+        rec.tasks.append(asyncio.create_task(rec.read_captions(reader, speaker)))
+
+    room.register_text_stream_handler("lk.transcription", _on_captions)
+
     source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=50)
     speech_q: asyncio.Queue[np.ndarray] = asyncio.Queue()
     spoken = asyncio.Event()
@@ -384,9 +613,10 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
     try:
         await room.connect(settings.livekit.effective_url, token)
         track = rtc.LocalAudioTrack.create_audio_track("mic", source)
-        await room.local_participant.publish_track(
+        mic_pub = await room.local_participant.publish_track(
             track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         )
+        rec.own_tracks.add(mic_pub.sid)
         mic_task = asyncio.create_task(mic())
         joined = time.monotonic()
         if not await _wait_until(lambda: rec.got_audio.is_set(), opts.greeting_timeout):
@@ -407,6 +637,7 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
             prompt = str(utt)
             spoken.clear()
             rec.keep_since = time.monotonic()
+            jb_before = await _jitter_buffers(room)
             await speech_q.put(pcm)
             await asyncio.wait_for(spoken.wait(), timeout=len(pcm) / SAMPLE_RATE + 10)
             t_end = time.monotonic() + 0.05  # the source's queue (50 ms) still plays out
@@ -437,16 +668,26 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
                     d = _change_score(img, ref)  # the widest-open mouth is kept as a picture
                     if best is None or d > best[0]:
                         best = (d, img)
+                shown = [(rec.video_shown[k], img) for k, (t, img) in enumerate(rec.video)
+                         if t_end <= t <= end + 0.2]
+                lip = lip_offset(rec.audio, shown, ref, start, end)
+                if lip is not None:
+                    turn.lip_offset_s, turn.lip_sync_r = lip
                 if best is not None:
                     import cv2
 
                     p = opts.out_dir / f"{room_name}-turn{i}-mouth.png"
                     cv2.imwrite(str(p), cv2.cvtColor(best[1], cv2.COLOR_RGB2BGR))
                     turn.frame_paths.append(str(p))
+            jb_after = await _jitter_buffers(room)
+            turn.audio_jitter_buffer_ms = _jitter_ms(jb_before, jb_after, "audio")
+            turn.video_jitter_buffer_ms = _jitter_ms(jb_before, jb_after, "video")
             turn.reply_text = await asyncio.to_thread(transcribe, reply_pcm, SAMPLE_RATE)
+            _caption_turn(rec, turn, opts.identity, t_end, start, end)
             result.turns.append(turn)
         if opts.interrupt_prompt and result.error is None:
             result.interruption = await _interrupt(rec, opts, speech_q, spoken)
+        result.captions = rec.caption_segments()
         jobs = getattr(room, "remote_participants", {})
         for p in jobs.values():
             sid = p.attributes.get("avatar.session_id") if p.attributes else None

@@ -193,6 +193,11 @@ class AvatarSettings(BaseModel):
     width: int = Field(default=512, ge=64, le=1920, description="Local avatar video width.")
     height: int = Field(default=512, ge=64, le=1920, description="Local avatar video height.")
     fps: int = Field(default=25, ge=5, le=60, description="Local avatar frames per second.")
+    mouth_lead_ms: int = Field(
+        default=0, ge=-200, le=300,
+        description="Local avatar: how much earlier than its sound each frame is sent (ms, "
+        "negative: later); raise it if viewers see the lips late, lower it if too early.",
+    )
     local_mode: Literal["in-process", "participant"] = Field(
         default="in-process",
         description="Local avatar: rendered in the agent's process, or as its own participant "

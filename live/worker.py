@@ -232,6 +232,7 @@ async def entrypoint(ctx: JobContext) -> None:
         tts=comps.tts,
         **turn_kwargs,
         user_away_timeout=None,
+        use_tts_aligned_transcript=True,  # captions word by word, as spoken (Piper, Cartesia)
     )
     ctx.proc.userdata["agent_session"] = session
     _attach_recorder(session, recorder, spec)

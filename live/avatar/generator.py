@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +41,12 @@ from live.avatar.visemes import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+class _Clearable(Protocol):
+    """The synchronizer's part the generator uses (``rtc.AVSynchronizer`` or ours)."""
+
+    async def clear_queue(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +119,7 @@ class FaceVideoGenerator(VideoGenerator):
         seed: int | None = None,
         frame_listener: Callable[[FrameInfo], None] | None = None,
         render_in_thread: bool = True,
-        mouth_delay: float = 0.08,
+        mouth_delay: float = 0.0,
     ) -> None:
         if options.audio_channels != 1:
             raise ValueError("the local avatar publishes mono audio")
@@ -141,17 +148,18 @@ class FaceVideoGenerator(VideoGenerator):
         self._head = HeadMotion(rng, amplitude_px=renderer.height * 0.0025 + 0.4)
         self._closing_frames = 0
         self._frame_index = 0
-        # LiveKit sends a frame's audio later than its video (the audio source's 100 ms
-        # queue, then the receiver's jitter buffer): the mouth trails its audio by this much
+        # Frames that the mouth trails the audio it was computed from. 0: each frame shows its
+        # own chunk; the publisher (live.avatar.publish) sends the frame when that chunk
+        # plays, a little early, which is where the sync is made.
         self.mouth_delay_frames = max(0, round(mouth_delay * self._fps))
         self._delayed: deque[MouthShape] = deque()
-        self._av_sync: rtc.AVSynchronizer | None = None
+        self._av_sync: _Clearable | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="avatar-render") if (
             render_in_thread) else None
 
     # ---- wiring -------------------------------------------------------------------
 
-    def set_av_sync(self, av_sync: rtc.AVSynchronizer | None) -> None:
+    def set_av_sync(self, av_sync: _Clearable | None) -> None:
         """Let ``clear_buffer`` flush the synchronizer's queues (audio stops at once)."""
         self._av_sync = av_sync
 

@@ -11,6 +11,7 @@ from livekit.agents.voice.avatar import AvatarOptions
 
 from live.avatar.face import FaceRenderer
 from live.avatar.portrait import PortraitPack, load_pack
+from live.avatar.publish import DEFAULT_VIDEO_LEAD_S
 
 Mode = Literal["in-process", "participant"]
 DEFAULT_IDENTITY = "local-avatar"
@@ -35,6 +36,11 @@ class LocalAvatarOptions:
     identity: str = DEFAULT_IDENTITY
     name: str = "Avatar"
     seed: int | None = None
+    mouth_lead: float = DEFAULT_VIDEO_LEAD_S  # s each frame leaves before its sound
+
+    def __post_init__(self) -> None:
+        if not -0.2 <= self.mouth_lead <= 0.3:
+            raise ValueError(f"mouth_lead must be within -0.2..0.3 s, got {self.mouth_lead}")
 
     def avatar_options(self) -> AvatarOptions:
         return AvatarOptions(

@@ -86,6 +86,7 @@ async def run_avatar_participant(
         audio_recv=_AudioReceiver(room, sender_identity=sender),
         video_gen=gen,
         options=opts.avatar_options(),
+        video_lead=opts.mouth_lead,
     )
     gen.set_av_sync(runner.av_sync)
     try:

@@ -98,9 +98,12 @@ class LocalAvatarSession:
             renderer=build_renderer(opts), options=opts.avatar_options(), seed=opts.seed,
             frame_listener=self._listener,
         )
-        audio = QueueAudioOutput(sample_rate=opts.sample_rate)
+        # playback starts when the avatar plays the first chunk (FaceAvatarRunner says when),
+        # not when the agent queues it: captions and interrupted replies are timed from it
+        audio = QueueAudioOutput(sample_rate=opts.sample_rate, wait_playback_start=True)
         self._runner = FaceAvatarRunner(
-            room, audio_recv=audio, video_gen=self._gen, options=opts.avatar_options()
+            room, audio_recv=audio, video_gen=self._gen, options=opts.avatar_options(),
+            video_lead=opts.mouth_lead,
         )
         self._gen.set_av_sync(self._runner.av_sync)
         await self._runner.start()

@@ -25,7 +25,7 @@ def local_avatar_options(options: AvatarSettings) -> LocalAvatarOptions:
         raise ProviderError(f"unknown local avatar mode {mode!r}")
     return LocalAvatarOptions(
         width=options.width, height=options.height, fps=options.fps, portrait=portrait,
-        mode=mode,
+        mode=mode, mouth_lead=options.mouth_lead_ms / 1000.0,
     )
 
 

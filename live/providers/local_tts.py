@@ -24,7 +24,7 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.agents.voice.io import TimedString
 
 from config.settings import TTSSettings
-from live.alignment import AlignmentCallback, PhonemeTiming
+from live.alignment import AlignmentCallback, PhonemeTiming, SentenceWords
 from live.providers.local_models import (
     PIPER_VOICES,
     EspeakEngine,
@@ -111,6 +111,47 @@ def _notify(callback: AlignmentCallback | None, chunk: SpeechChunk, sample_rate:
         logger.exception("alignment callback failed")
 
 
+class _Timeline:
+    """Where a chunk will play, in seconds from the playback's start.
+
+    Audio plays as it comes: a chunk ready later than the audio before it runs out (Piper
+    slower than real time, on a loaded machine) plays after a gap, and its words are timed
+    after that gap too, or the captions (and an interrupted reply's text) run ahead of
+    the sound.
+    """
+
+    def __init__(self) -> None:
+        self._t0: float | None = None
+
+    def at(self, audio_position: float) -> float:
+        now = time.perf_counter()
+        if self._t0 is None:
+            self._t0 = now
+        return max(audio_position, now - self._t0)
+
+
+def _push_words(emitter: tts.AudioEmitter, words: SentenceWords, chunk: SpeechChunk,
+                sample_rate: int, position: float) -> None:
+    """Word timings for the captions, sent with the audio they are spoken in.
+
+    A sentence's first chunk carries its phonemes: its words go out timed from them. Without
+    phoneme timings (an engine without alignments) the words go out at the sentence start.
+    """
+    if chunk.phonemes:
+        timed = words.next_sentence(phoneme_timings(chunk, sample_rate), position)
+        emitter.push_timed_transcript(
+            [TimedString(text=w, start_time=s, end_time=e) for w, s, e in timed]
+        )
+    elif chunk.span_samples != 0:  # a sentence's first chunk, but no timings
+        _push_rest(emitter, words, position)
+
+
+def _push_rest(emitter: tts.AudioEmitter, words: SentenceWords, position: float) -> None:
+    rest = words.rest()
+    if rest:
+        emitter.push_timed_transcript(TimedString(text="".join(rest), start_time=position))
+
+
 class LocalTTS(tts.TTS):
     """Piper voice ``joe-us`` (en_US, medium), streamed per sentence, with phoneme timings."""
 
@@ -164,9 +205,16 @@ class _PiperChunkedStream(tts.ChunkedStream):
             num_channels=1,
             mime_type="audio/pcm",
         )
+        words = SentenceWords(self.input_text)
+        position = 0.0
+        timeline = _Timeline()
         async for chunk in _piper_chunks(engine, self.input_text, PlaybackClock()):
+            position = timeline.at(position)
+            _push_words(output_emitter, words, chunk, engine.sample_rate, position)
             _notify(self._piper.on_alignment, chunk, engine.sample_rate)
             output_emitter.push(chunk.pcm)
+            position += chunk.num_samples / engine.sample_rate
+        _push_rest(output_emitter, words, position)
         output_emitter.flush()
 
 
@@ -196,20 +244,25 @@ class _PiperSynthesizeStream(tts.SynthesizeStream):
             sentences.end_input()
 
         async def synthesize() -> None:
-            position = 0.0  # seconds of audio pushed so far
+            position = 0.0  # seconds into the playback where the next chunk plays
             clock = PlaybackClock()
+            timeline = _Timeline()
             async for ev in sentences:
-                output_emitter.push_timed_transcript(
-                    TimedString(text=ev.token, start_time=position)
-                )
                 text = ev.token.strip()
                 if not text:
+                    output_emitter.push_timed_transcript(
+                        TimedString(text=ev.token, start_time=position)
+                    )
                     continue
                 self._mark_started()
+                words = SentenceWords(ev.token)
                 async for chunk in _piper_chunks(engine, text, clock):
+                    position = timeline.at(position)
+                    _push_words(output_emitter, words, chunk, engine.sample_rate, position)
                     _notify(self._piper.on_alignment, chunk, engine.sample_rate)
                     output_emitter.push(chunk.pcm)
                     position += chunk.num_samples / engine.sample_rate
+                _push_rest(output_emitter, words, position)
                 output_emitter.flush()
 
         tasks = [

@@ -27,6 +27,7 @@ from store.models import (
 )
 from tests.conftest import Stack, wait_for
 from tests.e2e.voices import other_voice_wav
+from tests.live.providers.speech import normalize, wer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -80,6 +81,12 @@ async def test_caller_gets_two_spoken_answers_with_video(stack: Stack, artifacts
         assert turn.video_frames > 10  # video arrived during the answer
         assert turn.video_latency_s is not None  # the mouth moved
         assert len(turn.reply_text.split()) >= 2, turn  # the answer was intelligible speech
+        # captions word by word, in step with the sound the caller hears (which its own
+        # jitter buffer holds back by up to a few hundred ms on a loaded machine)
+        assert turn.caption_text.strip(), turn
+        assert turn.caption_chunks >= 0.6 * len(turn.caption_text.split()), turn
+        assert turn.caption_start_lag_s is not None and -1.0 < turn.caption_start_lag_s < 0.6, turn
+        assert turn.caption_end_lag_s is not None and -1.5 < turn.caption_end_lag_s < 0.6, turn
     sid = result.session_id
     assert sid, "the agent publishes its session id as a participant attribute"
 
@@ -88,6 +95,10 @@ async def test_caller_gets_two_spoken_answers_with_video(stack: Stack, artifacts
                            .order_by(TranscriptLine.started_at)).all()
         speakers = [ln.speaker for ln in lines]
         assert speakers.count("user") >= 2 and speakers.count("agent") >= 3, speakers  # greeting + 2
+        # the stored replies read as their captions did
+        stored = [" ".join(ln.text.split()) for ln in lines if ln.speaker == "agent"]
+        for turn in result.turns:
+            assert " ".join(turn.caption_text.split()) in stored, (turn.caption_text, stored)
         turns = db.scalars(select(TurnMetric).where(TurnMetric.session_id == sid)).all()
         assert sum(1 for t in turns if t.e2e_latency is not None) >= 2
         assert any(t.llm_ttft for t in turns) and any(t.tts_ttfb for t in turns)
@@ -139,7 +150,17 @@ async def test_speaking_over_the_avatar_stops_it(stack: Stack, artifacts_dir) ->
     await asyncio.to_thread(wait_for, lambda: _status(stack, sid) == "ended", 60, "session ended")
     with session_scope(stack.db_url) as db:
         lines = db.scalars(select(TranscriptLine).where(TranscriptLine.session_id == sid)).all()
-        assert any(ln.speaker == "agent" and ln.interrupted for ln in lines)
+        cut = [ln for ln in lines if ln.speaker == "agent" and ln.interrupted]
+        assert cut
+    # the interrupted reply keeps exactly the words that were played: in the store, in the
+    # captions, and as the caller heard them
+    stored = cut[-1].text
+    assert stored.split() == it.caption_text.split(), (stored, it.caption_text)
+    assert stored.strip() and it.heard_text.strip(), result.render()
+    assert wer(stored, it.heard_text) <= 0.35, (stored, it.heard_text)
+    assert abs(len(normalize(stored)) - len(normalize(it.heard_text))) <= 2, (stored, it.heard_text)
+    # no word was captioned after the sound stopped
+    assert it.caption_end_lag_s is not None and it.caption_end_lag_s < 0.3, result.render()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,109 @@
+"""Word timings for captions, from Piper's phoneme alignment.
+
+The pure pairing of written and spoken words is checked on hand-made timings; then real Piper
+speech is cut at a word's start time and Whisper must hear exactly the words before it: the
+property an interrupted reply's transcript relies on.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
+from livekit.agents.voice.io import TimedString
+
+from live.alignment import PhonemeTiming, SentenceWords, pair_words, spoken_words, written_words
+from live.providers import local_models
+from live.providers.local_stt import LocalSTT
+from live.providers.local_tts import LocalTTS
+from tests.live.providers.speech import normalize, pcm_frame, wer
+
+
+def _timings(spec: str, step: float = 0.1) -> list[PhonemeTiming]:
+    """One phoneme per character, ``step`` seconds each."""
+    return [PhonemeTiming(ch, i * step, step) for i, ch in enumerate(spec)]
+
+
+@pytest.mark.unit
+def test_written_words_join_back_into_the_text() -> None:
+    text = "  Hello there — it's $3.50, isn't it?  "
+    pieces = written_words(text)
+    assert "".join(pieces) == text
+    assert [p.strip() for p in pieces] == ["Hello", "there —", "it's", "$3.50,", "isn't", "it?"]
+
+
+@pytest.mark.unit
+def test_spoken_words_split_at_word_gaps_and_punctuation() -> None:
+    # "ab cd, ef." -> three words; the comma's pause belongs to no word
+    words = spoken_words(_timings("ab cd, ef."))
+    assert words == [(0.0, pytest.approx(0.2)), (pytest.approx(0.3), pytest.approx(0.5)),
+                     (pytest.approx(0.7), pytest.approx(0.9))]
+
+
+@pytest.mark.unit
+def test_pairing_is_one_to_one_when_the_counts_match_and_in_order_otherwise() -> None:
+    spoken = [(0.0, 0.2), (0.3, 0.5), (0.6, 0.9)]
+    assert pair_words(["a ", "b ", "c"], spoken) == [
+        ("a ", 0.0, 0.2), ("b ", 0.3, 0.5), ("c", 0.6, 0.9)]
+    # "$3" is spoken as two words: the written words still cover the sentence in order
+    paired = pair_words(["costs ", "$3"], [(0.0, 0.2), (0.3, 0.5), (0.6, 0.9)])
+    assert [p for p, _, _ in paired] == ["costs ", "$3"]
+    assert paired[0][1] == 0.0 and paired[-1][2] == 0.9
+    assert all(b[1] >= a[1] and s <= e for a, b in itertools.pairwise(paired) for _, s, e in [b])
+
+
+@pytest.mark.unit
+def test_sentence_words_follow_piper_sentences_and_hand_back_the_rest() -> None:
+    words = SentenceWords("Hi Dr. Who there")
+    first = words.next_sentence(_timings("hi dɑk."), offset=1.0)  # espeak ends at "Dr."
+    assert [(w, s) for w, s, _ in first] == [("Hi ", 1.0), ("Dr. ", pytest.approx(1.3))]
+    second = words.next_sentence(_timings("hu ðɛɹ"), offset=2.0)
+    assert [w for w, _, _ in second] == ["Who ", "there"]
+    assert words.rest() == []
+
+
+def _seconds(value: object) -> float:
+    assert isinstance(value, float), value  # every word is timed
+    return value
+
+
+async def _speak(tts: LocalTTS, text: str) -> tuple[bytes, list[TimedString]]:
+    stream = tts.stream()
+    for word in text.split(" "):  # token-ish pieces, as an LLM would send them
+        stream.push_text(word + " ")
+    stream.end_input()
+    pcm = b""
+    timed: list[TimedString] = []
+    async for ev in stream:
+        timed.extend(t for t in ev.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT, [])
+                     if isinstance(t, TimedString))
+        pcm += bytes(ev.frame.data)
+    await stream.aclose()
+    return pcm, timed
+
+
+@pytest.mark.slow
+async def test_piper_word_timings_cut_the_speech_between_words(
+    piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+) -> None:
+    text = ("Hello there, my name is Ava. I can tell you about the ocean, "
+            "the stars and the mountains. What would you like to hear?")
+    pcm, timed = await _speak(LocalTTS(engine=piper), text)
+    duration = len(pcm) / 2 / piper.sample_rate
+    words = [t for t in timed if t.strip()]
+    assert "".join(timed).split() == text.split()  # every word, once, in order
+    assert len(words) == len(text.split())  # one timed string per written word
+    starts = [_seconds(t.start_time) for t in words]
+    ends = [_seconds(t.end_time) for t in words]
+    assert all(b >= a for a, b in itertools.pairwise(starts))
+    assert all(s < e <= duration + 1e-3 for s, e in zip(starts, ends, strict=True))
+    assert ends[-1] > duration - 0.6  # the last word ends near the end of the audio
+    # cut where words start: Whisper hears the words before the cut, not the ones after
+    stt = LocalSTT(engine=whisper)
+    for k in (5, 12, 17):
+        cut = int(starts[k] * piper.sample_rate) * 2
+        heard = (await stt.recognize(pcm_frame(pcm[:cut], piper.sample_rate))).alternatives[0].text
+        before = " ".join(words[:k])
+        assert wer(before, heard) <= 0.2, (k, before, heard)
+        assert len(normalize(heard)) <= k + 1, (k, heard)
