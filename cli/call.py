@@ -73,6 +73,7 @@ class CaptionSegment(BaseModel):
 class InterruptionResult(BaseModel):
     prompt: str
     reply_started: bool = False
+    spoke_over: bool = False  # the answer still ran when the caller spoke
     stop_latency_s: float | None = None  # caller starts speaking over the avatar -> it stops
     caption_text: str = ""  # the agent's captions for the interrupted reply
     caption_end_lag_s: float | None = None  # its last captioned word, against the sound's end
@@ -129,9 +130,10 @@ class CallOptions:
     dispatch: bool = True
     reply_timeout: float = 45.0
     # Ask this, then speak over the answer `interrupt_after` seconds into it.
-    interrupt_prompt: str | None = None
+    interrupt_prompt: str | Path | None = None
     interrupt_after: float = 1.0
-    interrupt_with: str = "Sorry, stop. Wait a moment please."
+    # text (said in the agent's voice) or a WAV file, e.g. a backchannel that must not stop it
+    interrupt_with: str | Path = "Sorry, stop. Wait a moment please."
     identity: str = field(default_factory=lambda: f"caller-{uuid.uuid4().hex[:6]}")
     spec: SessionSpec | None = None
     greeting_timeout: float = 60.0
@@ -512,13 +514,17 @@ async def _interrupted_captions(rec: _Recorder, out: InterruptionResult, caller:
         out.caption_end_lag_s = round(words[-1] - stop, 3)
 
 
+def _speech(what: str | Path) -> np.ndarray:
+    return read_wav(what) if isinstance(what, Path) else synthesize(what)
+
+
 async def _interrupt(
     rec: _Recorder, opts: CallOptions, speech_q: asyncio.Queue[np.ndarray], spoken: asyncio.Event
 ) -> InterruptionResult:
     assert opts.interrupt_prompt
-    out = InterruptionResult(prompt=opts.interrupt_prompt)
+    out = InterruptionResult(prompt=str(opts.interrupt_prompt))
     spoken.clear()
-    await speech_q.put(synthesize(opts.interrupt_prompt))
+    await speech_q.put(_speech(opts.interrupt_prompt))
     await asyncio.wait_for(spoken.wait(), timeout=30)
     asked = time.monotonic()
     if not await _wait_until(lambda: _speech_after(rec, asked) is not None, opts.reply_timeout):
@@ -528,10 +534,11 @@ async def _interrupt(
     await _wait_until(lambda: time.monotonic() >= start + opts.interrupt_after, opts.interrupt_after + 1)
     if _stopped_at(rec, start, STOP_QUIET_S) is not None:
         return out  # the answer was over before we could speak over it (a pause is not an end)
-    pcm = synthesize(opts.interrupt_with)
+    pcm = _speech(opts.interrupt_with)
     spoken.clear()
     over = time.monotonic()
     await speech_q.put(pcm)
+    out.spoke_over = True
     # a pause between two synthesized sentences is not a stop: require STOP_QUIET_S of quiet
     if await _wait_until(lambda: _stopped_at(rec, over, STOP_QUIET_S, loud_at_since=True) is not None, 15):
         stop = _stopped_at(rec, over, STOP_QUIET_S, loud_at_since=True)

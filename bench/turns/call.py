@@ -74,6 +74,8 @@ def main() -> None:
     ap.add_argument("--env", action="append", default=[], help="K=V for the live worker")
     ap.add_argument("--label", default="", help="suffix of the result files")
     ap.add_argument("--voices", default="", help="comma-separated voice ids (default: all)")
+    ap.add_argument("--phases", default="turns,interruptions",
+                    help="turns (complete and hesitation calls), interruptions (speaking over answers)")
     args = ap.parse_args()
     require_netns()
     rendered = build()
@@ -82,9 +84,12 @@ def main() -> None:
         keep = set(args.voices.split(","))
         items = [i for i in items if i.voice in keep]
     worker_env = dict(kv.split("=", 1) for kv in args.env)
-    plan = _plan(items, args.per_voice, args.split)
+    phases = set(args.phases.split(","))
+    plan = _plan(items, args.per_voice, args.split) if "turns" in phases else []
+    overs = [i for i in items if i.kind in ("interruption", "backchannel")] if "interruptions" in phases else []
     rows: list[dict[str, Any]] = []
     cuts: list[dict[str, Any]] = []
+    spoken_over: list[dict[str, Any]] = []
     with embedded_stack("bench-turns", worker_env) as stack:
         utt_dir = stack.work / "utterances"
         utt_dir.mkdir(exist_ok=True)
@@ -131,14 +136,38 @@ def main() -> None:
                     "heard_text": user_lines[k].text if aligned else None,
                     "said": it.text,
                 })
+        for n, it in enumerate(overs):
+            r = rendered[it.id]
+            audio, _ = read_wav(Path(r.path))
+            path = utt_dir / f"{it.id}.wav"
+            write_wav(path, audio[: int(r.speech_end * RATE)])
+            room = f"over-{n}"
+            result = asyncio.run(run_call(stack.settings, CallOptions(
+                room=room, utterances=[], out_dir=stack.work / "calls", reply_timeout=60,
+                spec=SessionSpec(greeting="Hi, I'm Ava."),
+                interrupt_prompt="Please tell me a long story about a lighthouse keeper and the sea.",
+                interrupt_after=stack.settings.limits.echo_guard_seconds + 0.5,
+                interrupt_with=path,
+            )))
+            itr = result.interruption
+            print(f"{it.voice} {it.kind} {it.text!r}: " + result.render().replace("\n", "\n  "), flush=True)
+            wait_session_ended(stack.db_url, result.session_id)
+            asyncio.run(wait_room_empty(stack.settings, room))
+            spoken_over.append({
+                "id": it.id, "voice": it.voice, "group": it.group, "kind": it.kind, "said": it.text,
+                "spoke_over": bool(itr and itr.spoke_over),
+                "stop_s": itr.stop_latency_s if itr else None,
+                "error": result.error,
+            })
     summary = summarize(rows, cuts, max_delay)
+    summary["spoken_over"] = summarize_over(spoken_over)
     cmd = "scripts/netns-run .venv/bin/python -m bench.turns.call"
     cmd += "".join(f" --env {kv}" for kv in args.env)
     cmd += f" --per-voice {args.per_voice} --split {args.split}" + (f" --label {args.label}" if args.label else "")
     out = {"command": cmd, "when": datetime.now(UTC).isoformat(timespec="seconds"),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "load_average": [round(x, 2) for x in os.getloadavg()], "max_delay": max_delay,
-           "summary": summary, "hesitation_calls": cuts, "turns": rows}
+           "summary": summary, "hesitation_calls": cuts, "turns": rows, "spoken_over": spoken_over}
     stem = "turns-call" + (f"-{args.label}" if args.label else "")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
@@ -179,6 +208,25 @@ def summarize(rows: list[dict[str, Any]], cuts: list[dict[str, Any]], max_delay:
     }
 
 
+# A real interruption stops the answer within this; after longer the answer went on (or ended
+# by itself): the backchannel did not stop it.
+STOPPED_WITHIN_S = 1.0
+
+
+def summarize_over(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    ints = [r for r in rows if r["kind"] == "interruption" and r["spoke_over"]]
+    bcs = [r for r in rows if r["kind"] == "backchannel" and r["spoke_over"]]
+    stops = [r["stop_s"] for r in ints if r["stop_s"] is not None and r["stop_s"] <= STOPPED_WITHIN_S * 3]
+    return {
+        "interruptions": len(ints),
+        "interruptions_stopped": sum(1 for r in ints if r["stop_s"] is not None and r["stop_s"] <= STOPPED_WITHIN_S),
+        "stop_p50": _q(stops, 50), "stop_p95": _q(stops, 95),
+        "backchannels": len(bcs),
+        "backchannels_that_stopped_it": sum(1 for r in bcs if r["stop_s"] is not None and r["stop_s"] <= STOPPED_WITHIN_S),
+        "not_spoken_over": sum(1 for r in rows if not r["spoke_over"]),
+    }
+
+
 def render_md(out: dict[str, Any]) -> str:
     s = out["summary"]
     lines = [
@@ -211,6 +259,20 @@ def render_md(out: dict[str, Any]) -> str:
     for c in out["hesitation_calls"]:
         lines.append(f"| {c['voice']} | {c['utterances']} | {c['cuts']} |")
     lines.append("")
+    o = s.get("spoken_over")
+    if o and (o["interruptions"] or o["backchannels"]):
+        lines += [
+            "## Speaking over the answer (after the echo guard)", "",
+            f"- Interruptions: {o['interruptions_stopped']} of {o['interruptions']} stopped the avatar within "
+            f"{STOPPED_WITHIN_S:.1f} s; from the caller's first sound to the avatar's silence at the caller: "
+            f"p50 {o['stop_p50']} s, p95 {o['stop_p95']} s.",
+            f"- Backchannels: {o['backchannels_that_stopped_it']} of {o['backchannels']} stopped it.",
+            f"- Calls where the answer ended before the caller could speak over it: {o['not_spoken_over']}.", "",
+            "| Item | voice | said | stop after (s) |", "|---|---|---|---|",
+        ]
+        for r in out["spoken_over"]:
+            lines.append(f"| {r['id']} | {r['voice']} | {r['said']} | {r['stop_s'] if r['spoke_over'] else 'answer over'} |")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -56,9 +56,13 @@ logger = logging.getLogger(__name__)
 # Quiet long enough to guess the caller is done: transcribe now, confirm at the VAD's end of
 # speech (0.55 s of silence by default), so ~0.3 s of Whisper's time overlaps the wait.
 SPECULATE_AFTER_SECONDS = 0.2
-# While the agent speaks, the caller's first words are transcribed this far into their speech,
-# so the session can tell "stop" (interrupts) from "mm-hm" (does not) within about half a second.
-EARLY_INTERIM_SECONDS = 0.3
+# While the agent speaks, the caller's first words are transcribed this far into their speech
+# (and again at the later marks while nothing decisive was heard), so the session can tell
+# "stop" (interrupts) from "mm-hm" (does not) within about half a second.
+EARLY_INTERIM_MARKS = (0.3, 0.5, 0.75)
+# Whisper guesses words in a hum ("And then we'll..." for a robotic "mm-hm"), with low
+# confidence: an early interim below this is not taken as the caller's words.
+EARLY_MIN_CONFIDENCE = 0.35
 # What a listener says to show they follow, not to take the turn.
 BACKCHANNELS = frozenset(
     """mm mmm mhm mmhm mmhmm hm hmm uh-huh uhhuh uh huh yeah yep yup ok okay right alright
@@ -67,14 +71,21 @@ BACKCHANNELS = frozenset(
 _BACKCHANNEL_PHRASES = frozenset({"i see", "got it", "uh huh", "mm hm", "mm hmm"})
 
 
+def _hum(word: str) -> bool:
+    """'mmmm', 'hmm', 'mhm', 'mmhmm': however Whisper spells a hum."""
+    return bool(word) and set(word) <= {"m", "h"} and "m" in word
+
+
 def is_backchannel(text: str) -> bool:
     """'Mm-hm.', 'Yeah, okay.', 'I see.': feedback a caller gives while the agent speaks."""
-    words = [w for w in "".join(c if c.isalpha() or c in " '-" else " " for c in text.lower()).split()]
+    words = "".join(c if c.isalpha() or c in " '-" else " " for c in text.lower()).split()
     words = [p for w in words for p in w.split("-") if p]
     if not words or len(words) > 3:
         return False
     joined = " ".join(words)
-    return joined in _BACKCHANNEL_PHRASES or all(w in BACKCHANNELS for w in words)
+    if _hum(joined.replace(" ", "")):  # "M M H."
+        return True
+    return joined in _BACKCHANNEL_PHRASES or all(w in BACKCHANNELS or _hum(w) for w in words)
 MIN_AUDIO_SAMPLES = WHISPER_SAMPLE_RATE // 10  # under 100 ms: nothing to say
 
 
@@ -304,7 +315,29 @@ class _LocalSpeechStream(stt.RecognizeStream):
             interim: asyncio.Task[Transcript | None] | None = None
             last_silence = 0.0
             since_interim = 0.0
-            early_done = False
+            early: asyncio.Task[Transcript | None] | None = None
+            early_marks: list[float] = []
+            early_decided = False  # the caller's words are out (or speech ended)
+
+            def send_early(task: asyncio.Task[Transcript | None], number: int) -> None:
+                """Words over the agent: pass them on at once, unless only a backchannel or a
+                low-confidence guess was heard; then a later mark tries again."""
+                nonlocal early_decided
+                if task.cancelled() or task.exception() is not None:
+                    _consume(task)
+                    return
+                result = task.result()
+                if number != utterance or not speaking or result is None or not result.text:
+                    return
+                if is_backchannel(result.text) or result.confidence < EARLY_MIN_CONFIDENCE:
+                    return
+                early_decided = True
+                send(
+                    stt.SpeechEvent(
+                        type=stt.SpeechEventType.INTERIM_TRANSCRIPT,
+                        alternatives=[local.speech_data(result, self._language)],
+                    )
+                )
 
             def send_interim(task: asyncio.Task[Transcript | None], number: int) -> None:
                 if task.cancelled() or task.exception() is not None:
@@ -338,7 +371,8 @@ class _LocalSpeechStream(stt.RecognizeStream):
             async for ev in vad_stream:
                 if ev.type == lk_vad.VADEventType.START_OF_SPEECH:
                     speaking, utterance = True, utterance + 1
-                    early_done = False
+                    early_marks = list(EARLY_INTERIM_MARKS)
+                    early_decided = False
                     speech = _Utterance()
                     speech.push(ev.frames)
                     last_silence = since_interim = 0.0
@@ -364,15 +398,17 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         )
                     elif (
                         local.agent_speaking
-                        and not early_done
-                        and silence == 0.0
-                        and ev.speech_duration >= EARLY_INTERIM_SECONDS
+                        and not early_decided
+                        and early_marks
+                        and ev.speech_duration >= early_marks[0]
+                        and (early is None or early.done())
                     ):
-                        early_done = True  # once per utterance: "stop" or "mm-hm"?
-                        drop(interim)
-                        interim = start(speech.audio())
-                        interim.add_done_callback(
-                            lambda t, n=utterance: send_interim(t, n)  # type: ignore[misc]
+                        # "stop" or "mm-hm"? (not dropped by the speculation: it decides sooner)
+                        while early_marks and ev.speech_duration >= early_marks[0]:
+                            early_marks.pop(0)
+                        early = start(speech.audio())
+                        early.add_done_callback(
+                            lambda t, n=utterance: send_early(t, n)  # type: ignore[misc]
                         )
                     elif (
                         local._interim_seconds > 0

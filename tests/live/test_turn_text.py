@@ -61,3 +61,10 @@ def test_backchannels_are_told_from_interruptions(text: str, backchannel: bool) 
     from live.providers.local_stt import is_backchannel
 
     assert is_backchannel(text) is backchannel
+
+
+@pytest.mark.parametrize("text", ["MMMM.", "Hmm.", "Mhm.", "Mm-hmm, okay.", "M M H."])
+def test_hums_however_spelled_are_backchannels(text: str) -> None:
+    from live.providers.local_stt import is_backchannel
+
+    assert is_backchannel(text)
