@@ -358,13 +358,10 @@ async def on_session_end(ctx: JobContext) -> None:
     reason = lifecycle.end_reason if lifecycle else "ended"
     recorder.set_status(SessionStatus.ENDED, ended_at=utcnow(), end_reason=reason)
     await asyncio.to_thread(recorder.close)
-    try:
-        from tasks.maintenance import finalize_session
+    from tasks.maintenance import request_finalize
 
-        await asyncio.to_thread(finalize_session.delay, session_id)
-    except Exception:
-        # The session is in the store; beat's reconciliation finalises it later.
-        logger.exception("could not enqueue post-processing", extra={"session_id": session_id})
+    # Never raises; if the broker refuses, reconciliation (the outbox) bills the session.
+    await asyncio.to_thread(request_finalize, session_id)
 
 
 def main() -> None:

