@@ -90,9 +90,14 @@ def make_celery(settings: Settings, *, set_as_current: bool = True) -> AvatarCel
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
         # Redis redelivers unacknowledged messages after this; longer than any time limit.
-        broker_transport_options={"visibility_timeout": 3600, "socket_timeout": 10},
-        result_backend_transport_options={"socket_timeout": 10},
+        # A connection that cannot be made fails in seconds (a web request answers 503 then),
+        # instead of waiting for the operating system's connect timeout.
+        broker_transport_options={
+            "visibility_timeout": 3600, "socket_timeout": 10, "socket_connect_timeout": 3,
+        },
+        result_backend_transport_options={"socket_timeout": 10, "socket_connect_timeout": 3},
         redis_socket_timeout=10,
+        redis_socket_connect_timeout=3,
         worker_hijack_root_logger=False,
         beat_schedule={
             "reconcile-sessions": {
