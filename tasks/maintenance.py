@@ -159,6 +159,7 @@ def reconcile(settings: Settings, app: Celery) -> dict[str, int]:
             raise classify_livekit_error(err) from None
     closed = requeued = failed = 0
     abandoned_rooms: list[str] = []
+    just_closed: set[str] = set()
     with session_scope(settings.db.url) as db:
         for session_id, room in candidates.items():
             if room in alive and session_id not in orphaned:
@@ -184,6 +185,7 @@ def reconcile(settings: Settings, app: Celery) -> dict[str, int]:
             enqueue_after_commit(
                 db, app.signature("tasks.maintenance.finalize_session", args=(session_id,))
             )
+            just_closed.add(session_id)
             closed += 1
         pending = db.scalars(
             select(AgentSessionRecord).where(
@@ -214,7 +216,7 @@ def reconcile(settings: Settings, app: Celery) -> dict[str, int]:
             asyncio.run(_delete_rooms(settings, abandoned_rooms))
         except Exception:
             logger.warning("could not close the rooms of lost workers", exc_info=True)
-    refinalized = refinalize(settings, app, now)
+    refinalized = refinalize(settings, app, now, skip=just_closed)
     counts = {
         "checked": len(candidates),
         "closed": closed,
@@ -227,7 +229,9 @@ def reconcile(settings: Settings, app: Celery) -> dict[str, int]:
     return counts
 
 
-def refinalize(settings: Settings, app: Celery, now: datetime) -> int:
+def refinalize(
+    settings: Settings, app: Celery, now: datetime, skip: set[str] | None = None
+) -> int:
     """The finalisation outbox: enqueue again what an ended session is still missing.
 
     Billing (`account_usage`) until `billed_at` is stamped, with no time limit; transcript
@@ -257,6 +261,8 @@ def refinalize(settings: Settings, app: Celery, now: datetime) -> int:
         ).all()
     sigs: list[Signature] = []
     for session_id, _ended_at, billed_at, postprocessed_at in rows:
+        if skip and session_id in skip:
+            continue  # closed by this run, which enqueued its finalisation already
         if billed_at is None and postprocessed_at is None:
             sigs.append(finalize_signature(app, session_id))
         elif billed_at is None:

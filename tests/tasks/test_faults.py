@@ -7,6 +7,7 @@ that nothing is lost and nothing happens twice.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from livekit import api
 from sqlalchemy import func, select
 
 from cli.services import free_port, stop_process
@@ -23,8 +25,14 @@ from store.models import DailyUsage, SessionCost, SessionStatus, UsageRecord, ut
 from store.writes import record_usage
 from tasks.app import AvatarCelery, make_celery
 from tasks.maintenance import reconcile, request_finalize
-from tests.tasks.conftest import WorkerProcess, start_worker, wait_for, wait_worker_ready
-from tests.tasks.helpers import get_session, new_session
+from tests.tasks.conftest import (
+    WebhookLiveKit,
+    WorkerProcess,
+    start_worker,
+    wait_for,
+    wait_worker_ready,
+)
+from tests.tasks.helpers import get_session, livekit_client, new_session, unique
 from tests.tasks.test_webhooks import queued_tasks
 
 USAGE = {
@@ -177,3 +185,55 @@ def test_reconciliation_reenqueues_only_the_missing_billing(
     finally:
         client.flushdb()
         client.close()
+
+
+@pytest.mark.integration
+async def test_session_whose_worker_stopped_beating_is_finalised_and_its_room_closed(
+    webhook_livekit: WebhookLiveKit, settings: Settings, valkey_url: str
+) -> None:
+    """A live worker SIGKILLed while the caller stays: the room lives on, the heartbeat stops.
+    Reconciliation ends the session at its last beat and closes the room; a session whose
+    worker still beats is left alone."""
+    own = load_settings(
+        db={"url": settings.db.url},
+        broker={"url": valkey_url.rsplit("/", 1)[0] + "/9"},
+        livekit={"url": webhook_livekit.url, "api_key": webhook_livekit.api_key,
+                 "api_secret": webhook_livekit.api_secret},
+        _env_file=None,
+    )
+    client = redis.Redis.from_url(own.broker.effective_url)
+    client.flushdb()
+    app = make_celery(own, set_as_current=False)
+    now = utcnow()
+    lost_room, healthy_room = unique("avatar-lost-"), unique("avatar-beating-")
+    async with livekit_client(own) as lk:
+        for room in (lost_room, healthy_room):
+            await lk.room.create_room(api.CreateRoomRequest(name=room, empty_timeout=300))
+    last_beat = now - timedelta(minutes=3)
+    lost = new_session(own, room=lost_room, status=SessionStatus.ACTIVE,
+                       created_at=now - timedelta(minutes=10),
+                       started_at=now - timedelta(minutes=9), heartbeat_at=last_beat)
+    healthy = new_session(own, room=healthy_room, status=SessionStatus.ACTIVE,
+                          created_at=now - timedelta(minutes=10),
+                          started_at=now - timedelta(minutes=9), heartbeat_at=now)
+    try:
+        counts = await asyncio.to_thread(reconcile, own, app)
+        async with livekit_client(own) as lk:
+            rooms = {r.name for r in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms}
+    finally:
+        async with livekit_client(own) as lk:
+            for room in (lost_room, healthy_room):
+                try:
+                    await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+                except api.TwirpError:
+                    pass
+    record = get_session(own, lost)
+    assert (record.status, record.end_reason) == (SessionStatus.ENDED, "worker_lost")
+    assert record.ended_at is not None
+    assert record.ended_at.replace(tzinfo=None) == last_beat.replace(tzinfo=None)
+    assert get_session(own, healthy).status == SessionStatus.ACTIVE
+    assert counts["closed"] == 1
+    assert lost_room not in rooms and healthy_room in rooms
+    assert queued_tasks(client, "batch") == [("tasks.maintenance.finalize_session", [lost])]
+    client.flushdb()
+    client.close()
