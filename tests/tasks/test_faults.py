@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from livekit import api
 from sqlalchemy import func, select
 
-from cli.services import free_port, stop_process
+from cli.services import free_port, start_valkey, stop_process
 from config.settings import Settings, load_settings
 from store.db import session_scope
 from store.models import DailyUsage, SessionCost, SessionStatus, UsageRecord, utcnow
@@ -237,3 +238,131 @@ async def test_session_whose_worker_stopped_beating_is_finalised_and_its_room_cl
     assert queued_tasks(client, "batch") == [("tasks.maintenance.finalize_session", [lost])]
     client.flushdb()
     client.close()
+
+
+# --------------------------------------------------------------------------- broker and worker
+
+
+def _bill_all(settings: Settings, sids: list[str]) -> bool:
+    return all(get_session(settings, sid).billed_at for sid in sids)
+
+
+class SqliteWriteLock:
+    """Another connection holding the database's write lock: a task writing waits on it."""
+
+    def __init__(self, settings: Settings) -> None:
+        import sqlite3
+
+        self.path = settings.db.url.split("///", 1)[1]
+        self._conn = sqlite3.connect(self.path, timeout=1, isolation_level=None)
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._conn.execute("UPDATE sessions SET room = room")
+
+    def release(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+        self._conn.close()
+
+
+def _pool_process_in_task(worker: WorkerProcess, db_path: str) -> Any:
+    """The pool process running a task right now (it has the database open), or None."""
+    import psutil
+
+    for child in psutil.Process(worker.proc.pid).children():
+        try:
+            if any(f.path == db_path for f in child.open_files()):
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
+@pytest.mark.integration
+def test_valkey_crash_with_tasks_queued_loses_none_and_everyone_reconnects(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Tasks queued while no worker runs survive a SIGKILLed Valkey (append-only file, fsync
+    on every write). A crash while a task runs (its acknowledgement then fails) leaves the
+    worker running: it reconnects, as does the sender, and new tasks run."""
+    port, data = free_port(), tmp_path / "valkey"
+    valkey = start_valkey(port, data, log_path=tmp_path / "valkey.log")
+    settings = _own_settings(db_url, f"redis://127.0.0.1:{port}/0", tmp_path)
+    sender = make_celery(settings, set_as_current=False)
+    worker: WorkerProcess | None = None
+    try:
+        first = [_ended_session_with_usage(settings) for _ in range(5)]
+        for sid in first:
+            sender.send_task("tasks.usage.account_usage", args=(sid,))
+        valkey.kill()  # a crash: no shutdown save
+        valkey.wait(10)
+        valkey = start_valkey(port, data, log_path=tmp_path / "valkey.log")
+        client = redis.Redis.from_url(settings.broker.effective_url)
+        assert client.llen("batch") == len(first)
+        client.close()
+
+        worker = start_worker(settings, queues="live,batch", log=tmp_path / "worker.log",
+                              name="restart")
+        wait_worker_ready(sender, worker)
+        wait_for(lambda: _bill_all(settings, first), timeout=60, what="the queued tasks")
+
+        # Crash Valkey while a task runs: the task ends after the broker is gone.
+        running = _ended_session_with_usage(settings)
+        lock = SqliteWriteLock(settings)
+        try:
+            sender.send_task("tasks.usage.account_usage", args=(running,))
+            wait_for(lambda: _pool_process_in_task(worker, lock.path), timeout=30,  # type: ignore[arg-type]
+                     what="the task to start")
+            valkey.kill()
+            valkey.wait(10)
+        finally:
+            lock.release()
+        wait_for(lambda: get_session(settings, running).billed_at, timeout=60,
+                 what="the running task to finish")
+        valkey = start_valkey(port, data, log_path=tmp_path / "valkey.log")
+
+        second = [_ended_session_with_usage(settings) for _ in range(3)]
+        for sid in second:  # the same sender app: its pooled connections died with Valkey
+            sender.send_task("tasks.usage.account_usage", args=(sid,))
+        try:
+            wait_for(lambda: _bill_all(settings, second), timeout=120,
+                     what="the running worker to reconnect and run the new tasks")
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{worker.log_text()[-5000:]}") from None
+        assert worker.proc.poll() is None, worker.log_text()[-5000:]
+        assert "Unrecoverable error" not in worker.log_text()
+    finally:
+        if worker is not None:
+            stop_process(worker.proc)
+        stop_process(valkey)
+
+
+@pytest.mark.integration
+def test_celery_child_sigkilled_mid_task_runs_it_again_with_one_effect(
+    back_office: BackOffice,
+) -> None:
+    """The pool process running `account_usage` is SIGKILLed (as the OOM killer does) while
+    the task waits on the database: the message is not acknowledged (acks_late), comes back
+    (reject_on_worker_lost), runs again, and the session is billed once."""
+    import psutil
+
+    settings, worker = back_office.settings, back_office.worker
+    sid = _ended_session_with_usage(settings)
+    lock = SqliteWriteLock(settings)  # the task's first write waits on this lock
+    try:
+        sent = back_office.sender.send_task("tasks.usage.account_usage", args=(sid,))
+        victim = wait_for(lambda: _pool_process_in_task(worker, lock.path), timeout=30,
+                          what="a pool process running the task")
+        victim.kill()
+        psutil.wait_procs([victim], timeout=10)
+        assert get_session(settings, sid).billed_at is None
+    finally:
+        lock.release()
+    wait_for(lambda: get_session(settings, sid).billed_at, timeout=90,
+             what="the task to run again")
+    log = worker.log_text()
+    assert "WorkerLostError" in log
+    assert log.count(f"account_usage[{sent.id}] received") == 2  # lost, then delivered again
+    assert log.count(f"account_usage[{sent.id}] succeeded") == 1
+    bill = _bill(settings, sid)
+    assert {k: bill[k] for k in USAGE} == USAGE
+    assert _daily(settings)[("tavus", "avatar_seconds")] == (300.0, 1)
