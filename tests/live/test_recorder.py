@@ -170,7 +170,8 @@ def test_waiting_writes_are_bounded_and_refusals_are_logged(
         assert rec.flush(timeout=60)
     rec.close()
     kept = _lines(db_url, session_id)
-    assert kept == [f"i{i}" for i in range(len(kept))] and len(kept) + rec.refused == 8
+    # in the order said; which ones were refused depends on when the writer took the first
+    assert kept == sorted(kept) and len(kept) + rec.refused == 8
     with session_scope(db_url) as db:
         usage = db.scalars(select(UsageRecord).where(UsageRecord.session_id == session_id)).all()
         assert [u.quantity for u in usage] == [199.0]
