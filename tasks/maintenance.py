@@ -81,11 +81,14 @@ def request_finalize(session_id: str, app: Celery | None = None) -> bool:
     Never raises: the session is already ENDED in the store, and `reconcile_sessions` (the
     outbox) enqueues it again until it is billed.
     """
+    from tasks.app import get_app
+
+    # The process-wide app, named explicitly: `finalize_session.delay` in a thread other
+    # than the one that imported the tasks resolves Celery's thread-local current app to
+    # its unconfigured default (AMQP on localhost).
+    sender = app or get_app()
     try:
-        if app is None:
-            finalize_session.delay(session_id)
-        else:
-            app.signature("tasks.maintenance.finalize_session", args=(session_id,)).apply_async()
+        sender.signature("tasks.maintenance.finalize_session", args=(session_id,)).apply_async()
         return True
     except Exception:
         logger.exception(

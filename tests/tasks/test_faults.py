@@ -366,3 +366,27 @@ def test_celery_child_sigkilled_mid_task_runs_it_again_with_one_effect(
     bill = _bill(settings, sid)
     assert {k: bill[k] for k in USAGE} == USAGE
     assert _daily(settings)[("tavus", "avatar_seconds")] == (300.0, 1)
+
+
+@pytest.mark.integration
+def test_session_end_enqueues_from_a_worker_thread_to_the_configured_broker(
+    settings: Settings, valkey_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The live worker enqueues at session end from a thread (asyncio.to_thread); Celery's
+    current app is thread-local, so the process-wide app must be named, not found."""
+    import threading
+
+    own = _own_settings(settings.db.url, valkey_url.rsplit("/", 1)[0] + "/10", settings.var_dir)
+    client = redis.Redis.from_url(own.broker.effective_url)
+    client.flushdb()
+    monkeypatch.setattr("tasks.app._default", make_celery(own, set_as_current=False))
+    sent: dict[str, bool] = {}
+    thread = threading.Thread(target=lambda: sent.update(ok=request_finalize("s-1")))
+    thread.start()
+    thread.join(30)
+    try:
+        assert sent == {"ok": True}
+        assert queued_tasks(client, "batch") == [("tasks.maintenance.finalize_session", ["s-1"])]
+    finally:
+        client.flushdb()
+        client.close()
