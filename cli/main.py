@@ -67,7 +67,7 @@ def up(
         os.execv(str(script), args)
 
     from cli.services import ServiceError
-    from cli.supervisor import Supervisor, plan
+    from cli.supervisor import Supervisor, install_stop_handlers, plan
     from config.logging import setup_logging
     from store.db import upgrade_db
 
@@ -81,19 +81,16 @@ def up(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     sup = Supervisor()
-
-    def _signal(signum: int, _frame: Any) -> None:
-        sup.log(f"received {signal.Signals(signum).name}, stopping all processes")
-        sup.stop()
-
-    signal.signal(signal.SIGINT, _signal)
-    signal.signal(signal.SIGTERM, _signal)
+    install_stop_handlers(sup)
     try:
         sup.start(specs)
     except ServiceError as err:
         sup.log(f"error: {err}")
         sup.stop()
         raise typer.Exit(1) from None
+    if sup.stopping:
+        _stopped_by_signal(sup)
+        return
     web = settings.web
     sup.log(f"admin UI     {web.base_url}/  (first admin: `avatar admin create`)")
     sup.log(f"JSON API     {web.base_url}/api/v1/openapi.json")
@@ -104,10 +101,17 @@ def up(
     if exited:
         code = sup.procs[exited].returncode
         sup.log(f"{exited} exited with code {code}; stopping everything")
+        sup.stop()
+        sup.log("all processes stopped")
+        raise typer.Exit(1)
+    _stopped_by_signal(sup)
+
+
+def _stopped_by_signal(sup: Any) -> None:
+    name = signal.Signals(sup.stop_signal).name if sup.stop_signal else "stop"
+    sup.log(f"received {name}, stopping all processes (Ctrl-C again kills them at once)")
     sup.stop()
     sup.log("all processes stopped")
-    if exited:
-        raise typer.Exit(1)
 
 
 @app.command()

@@ -209,6 +209,9 @@ def valkey_command(port: int, data_dir: Path, binary: Path | None = None) -> lis
         "--dir", str(data_dir),
         "--save", "60 1",
         "--appendonly", "yes",
+        # Every enqueued task is on disk before the enqueue returns: a crash of the server
+        # (not only a clean restart) loses no queued task. The broker's write rate is low.
+        "--appendfsync", "always",
         "--protected-mode", "yes",
     ]
 

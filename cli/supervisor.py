@@ -1,8 +1,15 @@
 """`avatar up`: the Procfile's processes plus the embedded services, as one foreground command.
 
 Each process runs in its own process group with its output prefixed; when one exits or on
-Ctrl-C / SIGTERM, every group gets SIGTERM, then SIGKILL after a timeout, so nothing is left
-behind.
+Ctrl-C / SIGTERM, the application processes get SIGTERM, then the services they depend on, each
+tier SIGKILLed after a short grace, so shutdown is bounded however loaded the machine is and
+nothing is left behind. A second Ctrl-C kills everything at once.
+
+The signal handler only records the request (`request_stop`): it runs in the main thread
+between any two bytecodes, so it must take no lock and write nothing. Handlers that logged
+from it could deadlock on the output lock that the interrupted main thread held, which left
+`avatar up` hanging and its Valkey running after the caller gave up and killed it. Children
+also get SIGKILL from the kernel if the supervisor itself dies (Linux parent-death signal).
 """
 
 from __future__ import annotations
@@ -10,10 +17,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -24,13 +33,24 @@ from cli.services import (
     livekit_server_command,
     livekit_server_env,
     port_open,
-    stop_process,
     valkey_command,
-    wait_for_port,
 )
 from config.settings import PROJECT_ROOT, Settings
 
 COLORS = ["36", "33", "35", "32", "34", "31", "96", "93"]
+# The embedded servers the Procfile's processes depend on: stopped after them.
+SERVICES = ("valkey", "livekit")
+# Grace after SIGTERM, per tier, before SIGKILL: Celery's warm shutdown, the live worker's
+# sessions ending, gunicorn's workers; then Valkey writing its append-only file.
+APP_GRACE_SECONDS = 10.0
+SERVICE_GRACE_SECONDS = 5.0
+
+
+def _die_with_parent(args: list[str]) -> list[str]:
+    """Run `args` so the kernel SIGKILLs it when the supervisor dies, even by SIGKILL (Linux's
+    parent-death signal, set by util-linux `setpriv`; elsewhere stop() alone applies)."""
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    return [setpriv, "--pdeathsig", "KILL", "--", *args] if setpriv else args
 
 
 @dataclass
@@ -113,7 +133,9 @@ class Supervisor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.exited: str | None = None
+        self.stop_signal: int | None = None
         self._width = 8
+        self._stopped = False
 
     def _pump(self, name: str, color: str, stream: IO[bytes]) -> None:
         prefix = f"\x1b[{color}m{name:<{self._width}}|\x1b[0m " if self._out.isatty() else f"{name:<{self._width}}| "
@@ -128,14 +150,28 @@ class Supervisor:
             self._out.write(f"{'avatar':<{self._width}}| {msg}\n")
             self._out.flush()
 
+    def request_stop(self, signum: int) -> None:
+        """Signal-handler safe: no lock, no output. A second request kills every group now."""
+        if self._stop.is_set() and self.stop_signal is not None:
+            self._kill_all(signal.SIGKILL)
+            return
+        self.stop_signal = signum
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def start(self, specs: list[ProcSpec]) -> None:
         self._width = max(8, *(len(s.name) for s in specs))
         for i, spec in enumerate(specs):
+            if self._stop.is_set():
+                return
             if spec.wait_port and port_open("127.0.0.1", spec.wait_port):
                 raise ServiceError(f"{spec.name}: port {spec.wait_port} is already in use")
             args = ["bash", "-c", f"exec {spec.command}"] if isinstance(spec.command, str) else spec.command
             proc = subprocess.Popen(
-                args,
+                _die_with_parent(args),
                 env=spec.env,
                 cwd=PROJECT_ROOT,
                 stdout=subprocess.PIPE,
@@ -149,10 +185,21 @@ class Supervisor:
                 target=self._pump, args=(spec.name, COLORS[i % len(COLORS)], proc.stdout), daemon=True
             ).start()
             if spec.wait_port:
-                wait_for_port("127.0.0.1", spec.wait_port, 60, proc)
+                self._wait_port(spec.name, spec.wait_port, proc, 60.0)
+
+    def _wait_port(self, name: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        """Like cli.services.wait_for_port, but a stop request ends the wait."""
+        deadline = time.monotonic() + timeout
+        while not port_open("127.0.0.1", port):
+            if proc.poll() is not None:
+                raise ServiceError(f"{name} exited with code {proc.returncode} before listening")
+            if time.monotonic() > deadline:
+                raise ServiceError(f"{name} did not listen on port {port} within {timeout:.0f}s")
+            if self._stop.wait(0.1):  # polling interval, ended early by a stop request
+                return
 
     def wait(self) -> str | None:
-        """Block until a process exits or stop() is called; returns the exited name."""
+        """Block until a process exits or a stop is requested; returns the exited name."""
         while not self._stop.is_set():
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
@@ -161,18 +208,61 @@ class Supervisor:
             self._stop.wait(0.2)
         return None
 
-    def stop(self) -> None:
+    def _kill_all(self, sig: int) -> None:
+        for proc in list(self.procs.values()):
+            _signal_group(proc, sig)
+
+    def stop(
+        self,
+        app_grace: float = APP_GRACE_SECONDS,
+        service_grace: float = SERVICE_GRACE_SECONDS,
+    ) -> None:
+        """Stop every process within about app_grace + service_grace seconds.
+
+        Applications first (they flush to the services on their way out), then the services;
+        each tier gets one SIGTERM and, after its grace, SIGKILL for the whole process group
+        (so a worker's children go too). Safe to call twice.
+        """
         self._stop.set()
-        # application processes first, then the services they depend on
-        for name in reversed(list(self.procs)):
-            proc = self.procs[name]
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for proc in self.procs.values():
-            stop_process(proc, timeout=15)
+        if self._stopped:
+            return
+        apps = [p for n, p in self.procs.items() if n not in SERVICES]
+        services = [p for n, p in reversed(list(self.procs.items())) if n in SERVICES]
+        for tier, grace in ((apps, app_grace), (services, service_grace)):
+            for proc in tier:
+                if proc.poll() is None:
+                    _signal_group(proc, signal.SIGTERM)
+            _wait_all(tier, grace)
+            for proc in tier:
+                _signal_group(proc, signal.SIGKILL)  # whatever is left of the group, if any
+            _wait_all(tier, 5.0)
+        self._stopped = True
+
+
+def install_stop_handlers(sup: Supervisor) -> None:
+    """Ctrl-C and SIGTERM request a stop (the main thread carries it out); again, kill."""
+
+    def _handler(signum: int, _frame: object) -> None:
+        sup.request_stop(signum)  # only a flag and, the second time, kill(): see the docstring
+
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def command_line(spec: ProcSpec) -> str:

@@ -33,7 +33,7 @@ from live.metadata import SessionSpec, SpecError, parse_spec
 from live.pipeline import Components, build_components
 from live.policy import enforce_spec, session_limits
 from live.providers import ProviderContext
-from live.recorder import SessionRecorder, usage_rows
+from live.recorder import SessionRecorder, checkpoints, session_usage, usage_rows
 from store.models import SessionStatus, utcnow
 
 logger = logging.getLogger("live.worker")
@@ -295,6 +295,9 @@ async def entrypoint(ctx: JobContext) -> None:
     )
     ctx.proc.userdata["lifecycle"] = lifecycle
     lifecycle.start()
+    # Usage so far and a heartbeat every few seconds: a SIGKILLed worker loses only those.
+    ctx.proc.userdata["checkpoints"] = asyncio.create_task(checkpoints(recorder, lambda: session_usage(
+        session, ctx.proc.userdata.get("avatar"), ctx.proc.userdata.get("avatar_lost_at"))))
     if spec.greeting:
         session.say(spec.greeting)
 
@@ -370,26 +373,22 @@ async def on_session_end(ctx: JobContext) -> None:
     session: AgentSession[Any] | None = ctx.proc.userdata.pop("agent_session", None)
     lifecycle: SessionLifecycle | None = ctx.proc.userdata.pop("lifecycle", None)
     session_id = ctx.proc.userdata.pop("session_id", None)
+    checkpoint_task: asyncio.Task[None] | None = ctx.proc.userdata.pop("checkpoints", None)
+    if checkpoint_task is not None:
+        checkpoint_task.cancel()
     if recorder is None or session_id is None:
         return
-    rows: dict[tuple[str, str], float] = {}
-    if session is not None:
-        rows = usage_rows(session.usage.model_usage)
-    avatar_name, avatar_started = ctx.proc.userdata.pop("avatar", ("none", time.time()))
-    if avatar_name != "none":
-        avatar_end = ctx.proc.userdata.pop("avatar_lost_at", None) or time.time()
-        rows[(avatar_name, "avatar_seconds")] = round(avatar_end - avatar_started, 3)
+    rows = session_usage(
+        session, ctx.proc.userdata.pop("avatar", None), ctx.proc.userdata.pop("avatar_lost_at", None)
+    )
     recorder.set_usage(rows)
     reason = lifecycle.end_reason if lifecycle else "ended"
     recorder.set_status(SessionStatus.ENDED, ended_at=utcnow(), end_reason=reason)
     await asyncio.to_thread(recorder.close)
-    try:
-        from tasks.maintenance import finalize_session
+    from tasks.maintenance import request_finalize
 
-        await asyncio.to_thread(finalize_session.delay, session_id)
-    except Exception:
-        # The session is in the store; beat's reconciliation finalises it later.
-        logger.exception("could not enqueue post-processing", extra={"session_id": session_id})
+    # Never raises; if the broker refuses, reconciliation (the outbox) bills the session.
+    await asyncio.to_thread(request_finalize, session_id)
 
 
 def main() -> None:

@@ -79,6 +79,13 @@ class AgentSessionRecord(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     postprocessed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set by `account_usage` in the transaction that writes the session's costs: an ENDED
+    # session without it was never billed (its finalisation was lost), and reconciliation
+    # enqueues it again.
+    billed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Written every few seconds by the live worker running the session (with its usage): an
+    # ACTIVE session whose heartbeat stopped lost its worker, even if the room lives on.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     lines: Mapped[list[TranscriptLine]] = relationship(
         back_populates="session", cascade="all, delete-orphan", order_by="TranscriptLine.started_at"

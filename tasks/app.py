@@ -38,6 +38,7 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
 }
 
 RECONCILE_EVERY = timedelta(minutes=2)
+VISIBILITY_TIMEOUT_SECONDS = 900
 PURGE_EVERY = timedelta(hours=6)
 
 
@@ -89,10 +90,18 @@ def make_celery(settings: Settings, *, set_as_current: bool = True) -> AvatarCel
         worker_send_task_events=True,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
-        # Redis redelivers unacknowledged messages after this; longer than any time limit.
-        broker_transport_options={"visibility_timeout": 3600, "socket_timeout": 10},
-        result_backend_transport_options={"socket_timeout": 10},
+        # Redis redelivers unacknowledged messages after the visibility timeout (a worker
+        # killed outright, a broker lost mid-ack): three times the longest hard time limit,
+        # so a task still running is not delivered twice, and a lost one is back within 15
+        # minutes. A connection that cannot be made fails in seconds (a web request answers
+        # 503 then), instead of waiting for the operating system's connect timeout.
+        broker_transport_options={
+            "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS, "socket_timeout": 10,
+            "socket_connect_timeout": 3,
+        },
+        result_backend_transport_options={"socket_timeout": 10, "socket_connect_timeout": 3},
         redis_socket_timeout=10,
+        redis_socket_connect_timeout=3,
         worker_hijack_root_logger=False,
         beat_schedule={
             "reconcile-sessions": {
@@ -140,6 +149,55 @@ def app_for(settings: Settings) -> AvatarCelery:
             found = make_celery(settings, set_as_current=False)
             _senders[key] = found
         return found
+
+
+@signals.worker_init.connect
+def _guard_dead_channel(**_: Any) -> None:
+    """Keep the worker alive when the broker dies while it holds unacknowledged messages.
+
+    With kombu 5.7's Redis transport, a connection lost mid-task is closed at once; then both
+    restoring the unacknowledged messages (on close) and acknowledging a task that finishes
+    afterwards go through the closed channel and fail with an AttributeError, not a
+    connection error, which Celery treats as unrecoverable: the worker exits. Those messages
+    are in the broker's unacked index (persisted), from which a worker restores them after
+    the visibility timeout and the (idempotent) task runs again: skipping the local restore
+    or acknowledgement loses nothing, and the worker reconnects instead of dying.
+    """
+    import logging
+
+    from kombu.transport import redis as kombu_redis
+
+    qos = kombu_redis.QoS
+    log = logging.getLogger(__name__)
+
+    def channel_gone(self: Any) -> bool:
+        transport = getattr(self.channel, "connection", None)
+        return transport is None or getattr(transport, "client", None) is None
+
+    def guard(name: str) -> None:
+        original = getattr(qos, name)
+        if getattr(original, "_avatar_guarded", False):
+            return
+
+        def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return original(self, *args, **kwargs)
+            except AttributeError:
+                if not channel_gone(self):
+                    raise
+                log.warning(
+                    "broker connection lost during %s: the message(s) are redelivered from the "
+                    "broker after the visibility timeout", name,
+                )
+                if name == "restore_unacked":
+                    self._delivered.clear()
+                return None
+
+        guarded._avatar_guarded = True  # type: ignore[attr-defined]
+        setattr(qos, name, guarded)
+
+    for name in ("restore_unacked", "ack", "reject"):
+        guard(name)
 
 
 @signals.after_setup_logger.connect

@@ -179,6 +179,11 @@ def account_session(db: Session, settings: Settings, session_id: str) -> dict[st
         )
         for c in lines
     )
+    # The outbox marker: reconciliation bills every ENDED session without it, so a lost
+    # finalisation message or exhausted retries cannot lose the bill. Set in the same
+    # transaction as the costs; a later run (new usage) replaces the costs, keeps the stamp.
+    if record.billed_at is None:
+        record.billed_at = now
     db.flush()
     for d in sorted(old_days | {day}):
         recompute_daily(db, d)

@@ -10,6 +10,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+import sqlalchemy.exc
 from flask import Flask, Response, jsonify, render_template, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -20,7 +21,7 @@ from config.logging import install_secret_mask
 from config.settings import Settings, get_settings, is_local_only
 
 from . import admin, api, auth, db, webhooks
-from .backend import Backend
+from .backend import Backend, QueueUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +193,35 @@ def _register_error_pages(app: Flask) -> None:
     def _csrf(e: CSRFError) -> tuple[str | Response, int]:
         return page(400, "Form expired", "The form expired or was not sent from this site. "
                     "Go back, reload the page and try again.")
+
+    def unavailable(code: str, message: str) -> tuple[str | Response, int]:
+        """A dependency is down: 503 with Retry-After, the client may try again shortly."""
+        if _wants_json():
+            body = {"error": {"code": code, "message": message, "fields": {}}}
+            resp = jsonify(body)
+        else:
+            resp = Response(
+                render_template("error.html", status=503, title="Temporarily unavailable",
+                                message=message)
+            )
+        resp.status_code = 503
+        resp.headers["Retry-After"] = "5"
+        return resp, 503
+
+    @app.errorhandler(QueueUnavailable)
+    def _queue_down(_e: QueueUnavailable) -> tuple[str | Response, int]:
+        return unavailable(
+            "broker_unavailable",
+            "The task queue is unreachable, so the session was not created. Try again shortly.",
+        )
+
+    @app.errorhandler(sqlalchemy.exc.OperationalError)
+    def _db_down(e: sqlalchemy.exc.OperationalError) -> tuple[str | Response, int]:
+        app.logger.warning("database unavailable: %s", type(e.orig).__name__)
+        return unavailable(
+            "database_unavailable",
+            "The database is unavailable (locked or unreachable). Try again shortly.",
+        )
 
     @app.errorhandler(500)
     def _server_error(_e: Any) -> tuple[str | Response, int]:

@@ -69,14 +69,52 @@ def _create_session(
     return create_session(db, settings, spec, room=room, source=source, request_key=request_key)
 
 
+class QueueUnavailable(Exception):
+    """The broker refused the message (answered with 503; nothing is left half-made)."""
+
+
 def _enqueue_provision(settings: Settings, session_id: str) -> None:
     """Called only after the session row is committed (the task re-fetches it by id).
 
     Sent through the Celery app for these settings' broker (routes put it on its queue).
+    Nobody waits for its result, so sending never touches the result backend (whose
+    reconnect loop is what kept a request busy for many seconds with the broker down).
+
+    :raise QueueUnavailable: the broker is unreachable.
     """
     from tasks.app import app_for
 
-    app_for(settings).send_task("tasks.provisioning.provision_session", args=(session_id,))
+    try:
+        app_for(settings).send_task(
+            "tasks.provisioning.provision_session", args=(session_id,), ignore_result=True
+        )
+    except Exception as err:
+        raise QueueUnavailable(f"the task queue is unreachable ({type(err).__name__})") from err
+
+
+def provision_or_discard(
+    db: Session,
+    settings: Settings,
+    record: AgentSessionRecord,
+    enqueue: Callable[[Settings, str], None],
+) -> None:
+    """Enqueue provisioning of a just-committed session; if the broker refuses, delete the
+    session again, so a retried request starts afresh and no stored session waits for a
+    provisioning that never comes.
+
+    :raise QueueUnavailable: after the session was deleted.
+    """
+    try:
+        enqueue(settings, record.id)
+    except QueueUnavailable:
+        logger.warning(
+            "broker unreachable: session discarded",
+            extra={"session_id": record.id, "room": record.room},
+        )
+        db.rollback()
+        db.delete(record)
+        db.commit()
+        raise
 
 
 def _mint_token(

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+
 import pytest
 from sqlalchemy import select
 
-from live.recorder import SessionRecorder, usage_rows, vendor_of
+from live.recorder import SessionRecorder, checkpoints, session_usage, usage_rows, vendor_of
 from store.db import session_scope
 from store.models import AgentSessionRecord, SessionStatus, TranscriptLine, TurnMetric, UsageRecord
 
@@ -74,3 +80,142 @@ def test_usage_rows_map_plugin_providers() -> None:
     assert rows[("openai", "llm_output_tokens")] == 4
     assert rows[("local", "tts_characters")] == 120
     assert vendor_of("api.cartesia.ai") == "cartesia" and vendor_of("piper") == "local"
+
+
+# --------------------------------------------------------------------------- database away
+
+
+class WriteLock:
+    """Another connection holding SQLite's write lock, as a long write transaction does."""
+
+    def __init__(self, db_url: str) -> None:
+        self._conn = sqlite3.connect(db_url.split("///", 1)[1], timeout=1, isolation_level=None)
+
+    def __enter__(self) -> WriteLock:
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._conn.execute("UPDATE sessions SET room = room")
+        return self
+
+    def release(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+        self._conn.close()
+
+
+def _wait(cond: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        threading.Event().wait(0.05)  # polling interval of a deadline loop
+
+
+def _lines(db_url: str, session_id: str) -> list[str]:
+    with session_scope(db_url) as db:
+        return list(db.scalars(
+            select(TranscriptLine.item_id)
+            .where(TranscriptLine.session_id == session_id)
+            .order_by(TranscriptLine.id)
+        ).all())
+
+
+def test_locked_database_loses_no_line_and_keeps_their_order(
+    db_url: str, session_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store is unavailable for about 10 s (SQLite locked by another writer): every line
+    said meanwhile is written, in order, once it is back; usage is not lost either."""
+    rec = SessionRecorder(db_url, session_id)
+    said = [f"item-{i:03d}" for i in range(60)]
+    with WriteLock(db_url) as lock:
+        for item in said[:30]:
+            rec.add_line(item_id=item, speaker="user", text=f"line {item}", started_at=1.7e9)
+        rec.set_usage({("local", "tts_characters"): 10.0}, heartbeat=True)
+        # The first write gives up waiting on the lock (the busy timeout) and is retried.
+        _wait(lambda: rec.failed_attempts >= 1, 30, "a refused write")
+        for item in said[30:]:
+            rec.add_line(item_id=item, speaker="agent", text=f"line {item}", started_at=1.7e9)
+            rec.set_usage({("local", "tts_characters"): 10.0 + len(item)})
+        assert _lines(db_url, session_id) == []  # nothing got through the lock
+        assert rec.pending >= 60  # held in memory, in order
+        lock.release()
+        assert rec.flush(timeout=60)
+    assert _lines(db_url, session_id) == said
+    assert (rec.dropped, rec.refused) == (0, 0)
+    assert "store unavailable" in caplog.text and "store is back" in caplog.text
+    rec.close()
+    with session_scope(db_url) as db:
+        usage = db.scalars(select(UsageRecord).where(UsageRecord.session_id == session_id)).all()
+        assert [(u.metric, u.quantity) for u in usage] == [("tts_characters", 18.0)]
+        row = db.get(AgentSessionRecord, session_id)
+        assert row is not None and row.heartbeat_at is not None
+
+
+def test_waiting_writes_are_bounded_and_refusals_are_logged(
+    db_url: str, session_id: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("live.recorder.MAX_PENDING", 5)
+    rec = SessionRecorder(db_url, session_id)
+    with WriteLock(db_url) as lock:
+        for i in range(8):
+            rec.add_line(item_id=f"i{i}", speaker="user", text="hello", started_at=1.7e9)
+        for n in range(200):  # snapshots coalesce into one waiting write
+            rec.set_usage({("local", "stt_audio_seconds"): float(n)}, heartbeat=True)
+        assert rec.pending <= 5 + 1
+        assert rec.refused >= 2
+        assert "write refused" in caplog.text
+        lock.release()
+        assert rec.flush(timeout=60)
+    rec.close()
+    kept = _lines(db_url, session_id)
+    # in the order said; which ones were refused depends on when the writer took the first
+    assert kept == sorted(kept) and len(kept) + rec.refused == 8
+    with session_scope(db_url) as db:
+        usage = db.scalars(select(UsageRecord).where(UsageRecord.session_id == session_id)).all()
+        assert [u.quantity for u in usage] == [199.0]
+
+
+def test_writes_still_waiting_at_close_are_reported(
+    db_url: str, session_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = SessionRecorder(db_url, session_id)
+    with WriteLock(db_url):
+        rec.add_line(item_id="late", speaker="user", text="bye", started_at=1.7e9)
+        rec.close(timeout=0.5)
+        assert rec.dropped == 1
+        assert "writes not stored" in caplog.text
+
+
+async def test_checkpoints_write_usage_and_avatar_seconds_while_running(
+    db_url: str, session_id: str
+) -> None:
+    """What a SIGKILLed worker leaves: the usage of a few seconds ago and its last beat."""
+    rec = SessionRecorder(db_url, session_id)
+    started = time.time() - 42.0
+    task = asyncio.create_task(
+        checkpoints(rec, lambda: session_usage(None, ("tavus", started)), interval=0.05)
+    )
+
+    def avatar_seconds() -> float:
+        with session_scope(db_url) as db:
+            row = db.scalar(select(UsageRecord.quantity).where(
+                UsageRecord.session_id == session_id, UsageRecord.metric == "avatar_seconds"))
+            return float(row or 0.0)
+
+    try:
+        deadline = time.monotonic() + 30
+        while avatar_seconds() < 42.0:
+            assert time.monotonic() < deadline, "no avatar seconds written"
+            await asyncio.sleep(0.05)
+        first = avatar_seconds()
+        while avatar_seconds() <= first:  # it keeps counting
+            assert time.monotonic() < deadline, "avatar seconds not updated"
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        rec.close()
+    with session_scope(db_url) as db:
+        row = db.get(AgentSessionRecord, session_id)
+        assert row is not None and row.heartbeat_at is not None

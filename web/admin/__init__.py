@@ -33,6 +33,7 @@ from store.models import AgentSessionRecord, SessionCost, SessionStatus, Summary
 
 from .. import charts, queries
 from ..auth import current_admin, login_required
+from ..backend import provision_or_discard
 from ..db import get_db
 from ..settings import app_settings, backend
 from .forms import (
@@ -209,7 +210,7 @@ def launch() -> Any:
     record = b.create_session(db, settings, spec, room=data.room, source="admin", request_key=key)
     db.commit()
     if not existed:  # a double-submitted form must not provision twice
-        b.enqueue_provision(settings, record.id)
+        provision_or_discard(db, settings, record, b.enqueue_provision)  # 503 if no broker
         logger.info("session launched", extra={"session_id": record.id, "room": record.room})
     return redirect(url_for("admin.session_detail", session_id=record.id))
 

@@ -26,6 +26,7 @@ from store.models import AgentSessionRecord, SessionStatus, Summary
 
 from .. import queries
 from ..auth import verify_api_token
+from ..backend import provision_or_discard
 from ..db import get_db
 from ..settings import app_settings, backend
 from .openapi import build_openapi
@@ -213,7 +214,7 @@ def create_session() -> tuple[Response, int]:
             )
             db.commit()
         if not existed:
-            b.enqueue_provision(settings, record.id)
+            provision_or_discard(db, settings, record, b.enqueue_provision)  # 503 if no broker
             logger.info("session requested", extra={"session_id": record.id, "room": record.room})
     identity = req.identity or f"caller-{secrets.token_hex(4)}"
     token = b.mint_token(
