@@ -1,7 +1,7 @@
 """billing outbox and worker heartbeat: sessions.billed_at, sessions.heartbeat_at
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-11-30 01:20:00.000000
 """
 from collections.abc import Sequence
