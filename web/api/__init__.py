@@ -208,10 +208,11 @@ def create_session() -> tuple[Response, int]:
         if not existed:
             _check_session_quota()
         if record is None:
-            record = b.create_session(
+            record, created = b.create_session(
                 db, settings, spec, room=req.room, source="api", request_key=key
             )
             db.commit()
+            existed = existed or not created  # a concurrent request with this key won
         if not existed:
             b.enqueue_provision(settings, record.id)
             logger.info("session requested", extra={"session_id": record.id, "room": record.room})
