@@ -183,11 +183,12 @@ class PostgresServer:
             conn.execute(f"CREATE DATABASE {TEMPLATE}")
         upgrade_db(self.url(TEMPLATE))  # Alembic, as `avatar up` runs it; no pooled connection
 
-    def create_database(self) -> str:
-        """A new database at the newest migration; its URL."""
+    def create_database(self, *, migrated: bool = True) -> str:
+        """A new database, at the newest migration unless `migrated` is false; its URL."""
         name = f"t_{uuid.uuid4().hex[:16]}"
+        template = TEMPLATE if migrated else "template0"
         with self._admin() as conn:
-            conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
         self.created.append(name)
         return self.url(name)
 
