@@ -114,6 +114,29 @@ def test_concurrent_accounting_gives_exact_daily_totals(settings: Settings) -> N
     }
 
 
+def test_sessions_of_one_day_priced_at_once_never_conflict(settings: Settings) -> None:
+    """Different sessions of one day, priced at the same moment without any retry: the day's
+    totals are rebuilt one transaction at a time (PostgreSQL: the advisory lock), so none
+    fails on the totals' unique key and none misses another's costs."""
+    start = datetime(2025, 7, 1, 9, 0, tzinfo=UTC)
+    sids = [
+        new_session(settings, started_at=start, status="ended", ended_at=start + timedelta(minutes=3))
+        for _ in range(THREADS)
+    ]
+
+    def account(i: int) -> None:
+        with session_scope(settings.db.url) as db:
+            account_session(db, settings, sids[i])
+
+    at_once(THREADS, account)
+    with session_scope(settings.db.url) as db:
+        rows = db.execute(
+            select(DailyUsage.metric, DailyUsage.quantity, DailyUsage.sessions)
+            .where(DailyUsage.day == date(2025, 7, 1))
+        ).all()
+    assert [(m, round(q, 6), n) for m, q, n in rows] == [("room_minutes", 3.0 * THREADS, THREADS)]
+
+
 def test_one_claim_wins_when_workers_claim_at_once(settings: Settings) -> None:
     sid = new_session(settings)
 
