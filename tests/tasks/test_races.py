@@ -9,11 +9,12 @@ de-duplication are what keeps the numbers exact there.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -75,6 +76,32 @@ def test_concurrent_usage_snapshots_keep_the_largest(settings: Settings) -> None
             select(UsageRecord.metric, UsageRecord.quantity).where(UsageRecord.session_id == sid)
         ).all()
     assert sorted(rows) == sorted((m, float(19 * THREADS + THREADS - 1)) for m in metrics)
+
+
+def _report_usage(url: str, sid: str, i: int, procs: int, gate: Any) -> None:
+    """One reporting process (a live worker): cumulative snapshots, interleaved with others."""
+    gate.wait(60)
+    for step in range(30):
+        with session_scope(url) as db:
+            record_usage(db, sid, "local", "stt_audio_seconds", float(step * procs + i))
+
+
+def test_processes_reporting_usage_at_once_keep_the_largest(settings: Settings) -> None:
+    """Separate processes (each its own engine and pool), as live workers report."""
+    sid = new_session(settings)
+    ctx = multiprocessing.get_context("spawn")
+    procs = 4
+    gate = ctx.Barrier(procs)
+    workers = [ctx.Process(target=_report_usage, args=(settings.db.url, sid, i, procs, gate))
+               for i in range(procs)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert [w.exitcode for w in workers] == [0] * procs
+    with session_scope(settings.db.url) as db:
+        rows = db.scalars(select(UsageRecord.quantity).where(UsageRecord.session_id == sid)).all()
+    assert rows == [float(29 * procs + procs - 1)]
 
 
 def test_concurrent_accounting_gives_exact_daily_totals(settings: Settings) -> None:
