@@ -246,10 +246,12 @@ def _finish(db: Session, app: Celery, event: api.WebhookEvent, event_id: str) ->
                 (AgentSessionRecord.room == room.name) & AgentSessionRecord.room_sid.is_(None),
             )
         ]
+    # FOR UPDATE (PostgreSQL): a concurrent room_finished (another event id) waits for this
+    # one, then finds the session ended: it is ended and finalized once. SQLite has one writer.
     records = db.scalars(
-        select(AgentSessionRecord).where(
-            *conds, AgentSessionRecord.status.in_(list(SessionStatus.open_states()))
-        )
+        select(AgentSessionRecord)
+        .where(*conds, AgentSessionRecord.status.in_(list(SessionStatus.open_states())))
+        .with_for_update()
     ).all()
     if not records:
         return WebhookOutcome(event.event, event_id, "ignored", room.name)

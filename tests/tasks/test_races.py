@@ -246,3 +246,22 @@ def test_different_events_of_one_room_at_once_start_one_session(
         records = db.scalars(select(AgentSessionRecord)).all()
         assert [(r.room, r.room_sid) for r in records] == [("agent-busy", "RM_busy")]
     assert provision_tasks(queue) == ["tasks.provisioning.provision_session"]
+
+
+def test_room_finished_reported_at_once_ends_and_finalizes_once(
+    hook_settings: Settings, hook_app: AvatarCelery, queue: redis.Redis
+) -> None:
+    """room_finished under several event ids at once (LiveKit nodes, retries)."""
+    sid = new_session(hook_settings, room="agent-done", room_sid="RM_done", status="active")
+    events = [room_event("room_finished", "agent-done", sid="RM_done") for _ in range(THREADS)]
+
+    def deliver(i: int) -> str:
+        body, auth = signed_webhook(hook_settings, events[i])
+        return str(handle_livekit_webhook(hook_settings, body, auth, app=hook_app).action)
+
+    assert sorted(at_once(THREADS, deliver)) == ["ignored"] * (THREADS - 1) + ["session_ended"]
+    finalizes = [json.loads(raw)["headers"]["task"] for raw in queue.lrange("batch", 0, -1)]
+    assert finalizes == ["tasks.maintenance.finalize_session"]
+    with session_scope(hook_settings.db.url) as db:
+        record = db.get(AgentSessionRecord, sid)
+        assert record is not None and record.status == "ended"
