@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 import redis
@@ -28,6 +28,7 @@ from tasks.app import AvatarCelery, make_celery
 from tasks.provisioning import claim_for_provisioning
 from tasks.usage import account_session, record_usage
 from tasks.webhooks import handle_livekit_webhook
+from tests.store.reporter import report_usage
 from tests.tasks.helpers import new_session, room_event, signed_webhook
 
 pytestmark = pytest.mark.unit
@@ -78,21 +79,13 @@ def test_concurrent_usage_snapshots_keep_the_largest(settings: Settings) -> None
     assert sorted(rows) == sorted((m, float(19 * THREADS + THREADS - 1)) for m in metrics)
 
 
-def _report_usage(url: str, sid: str, i: int, procs: int, gate: Any) -> None:
-    """One reporting process (a live worker): cumulative snapshots, interleaved with others."""
-    gate.wait(60)
-    for step in range(30):
-        with session_scope(url) as db:
-            record_usage(db, sid, "local", "stt_audio_seconds", float(step * procs + i))
-
-
 def test_processes_reporting_usage_at_once_keep_the_largest(settings: Settings) -> None:
     """Separate processes (each its own engine and pool), as live workers report."""
     sid = new_session(settings)
     ctx = multiprocessing.get_context("spawn")
     procs = 4
     gate = ctx.Barrier(procs)
-    workers = [ctx.Process(target=_report_usage, args=(settings.db.url, sid, i, procs, gate))
+    workers = [ctx.Process(target=report_usage, args=(settings.db.url, sid, i, procs, gate))
                for i in range(procs)]
     for w in workers:
         w.start()
