@@ -92,6 +92,16 @@ def _runner() -> _Runner:
     return _Runner(["unshare", "--user", "--map-user=1000", "--map-group=1000", "--"])
 
 
+def _reachable_tmp(runner: _Runner) -> str | None:
+    """$TMPDIR if every directory above it lets others through, else /tmp."""
+    if runner.uid is None:
+        return None
+    path = Path(tempfile.gettempdir()).resolve()
+    if all(p.stat().st_mode & 0o001 for p in (path, *path.parents)):
+        return None
+    return "/tmp"
+
+
 @dataclass
 class PostgresServer:
     """One running server; `create_database` hands out fresh, migrated databases."""
@@ -121,7 +131,8 @@ class PostgresServer:
             raise RuntimeError("PostgreSQL is not installed (Debian package `postgresql`): "
                                "run `make setup`")
         runner = _runner()
-        root = Path(tempfile.mkdtemp(prefix="avatar-pg-"))  # not under pytest's 0700 basetemp
+        # not under pytest's basetemp (0700): the server's user must reach its directory
+        root = Path(tempfile.mkdtemp(prefix="avatar-pg-", dir=_reachable_tmp(runner)))
         data, pwfile = root / "data", root / "pw"
         password = secrets.token_hex(16)
         pwfile.write_text(password + "\n")
