@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Both do all the set-up first.
-.PHONY: setup run run-isolated test test-fast lint bench bench-turns clean
+.PHONY: setup run run-isolated test test-postgres test-fast lint bench bench-turns clean
 
 setup:
 	@scripts/setup.sh
@@ -17,6 +17,13 @@ lint: setup
 
 test: lint
 	scripts/netns-run .venv/bin/pytest -q
+	$(MAKE) --no-print-directory test-postgres
+
+# The store, tasks and web tests once more on a real PostgreSQL server (Debian's package,
+# started by the fixtures): migrations, advisory locks, upserts and races where writes overlap.
+test-postgres:
+	scripts/netns-run .venv/bin/pytest -q --db postgresql -m "not browser and not slow" \
+		tests/store tests/tasks tests/web tests/live/test_recorder.py
 
 # No servers, no models: about a minute and a half on two cores.
 test-fast:

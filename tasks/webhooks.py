@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 START_EVENTS = ("room_started", "participant_joined")
 FINISH_EVENTS = ("room_finished",)
 AGENT_KIND = api.ParticipantInfo.Kind.AGENT
+# Longer values do not fit the columns (PostgreSQL refuses them; SQLite would store them).
+ROOM_NAME_MAX = 128
+EVENT_ID_MAX = 64
 
 
 class WebhookSignatureError(ServiceError):
@@ -149,7 +152,9 @@ def handle_livekit_webhook(
         WebhookPayloadError: not an event (map to 400).
     """
     event = verify_webhook(settings, body, auth_header)
-    event_id = event.id or "sha256:" + hashlib.sha256(body.encode()).hexdigest()[:48]
+    event_id = event.id if 0 < len(event.id) <= EVENT_ID_MAX else (
+        "sha256:" + hashlib.sha256((event.id or body).encode()).hexdigest()[:48]
+    )
     room_name = event.room.name or None
     if app is None:
         from tasks.app import app_for
@@ -159,7 +164,8 @@ def handle_livekit_webhook(
         with session_scope(settings.db.url) as db:
             if db.get(WebhookEvent, event_id) is not None:
                 return WebhookOutcome(event.event, event_id, "duplicate", room_name)
-            db.add(WebhookEvent(id=event_id, event=event.event[:32], room=room_name))
+            db.add(WebhookEvent(id=event_id, event=event.event[:32],
+                                room=room_name[:ROOM_NAME_MAX] if room_name else None))
             db.flush()  # a concurrent delivery of the same event fails here or at commit
             outcome = _act(db, settings, app, event, event_id)
     except IntegrityError:
@@ -209,6 +215,9 @@ def _start(
     spec: SessionSpec,
 ) -> WebhookOutcome:
     room = event.room
+    if len(room.name) > ROOM_NAME_MAX:
+        logger.warning("room name too long for a session", extra={"length": len(room.name)})
+        return WebhookOutcome(event.event, event_id, "ignored", room.name)
     existing = _open_session_for_room(db, room.name, room.sid)
     if existing is not None:
         if event.event == "participant_joined" and existing.caller_identity is None:
@@ -246,10 +255,12 @@ def _finish(db: Session, app: Celery, event: api.WebhookEvent, event_id: str) ->
                 (AgentSessionRecord.room == room.name) & AgentSessionRecord.room_sid.is_(None),
             )
         ]
+    # FOR UPDATE (PostgreSQL): a concurrent room_finished (another event id) waits for this
+    # one, then finds the session ended: it is ended and finalized once. SQLite has one writer.
     records = db.scalars(
-        select(AgentSessionRecord).where(
-            *conds, AgentSessionRecord.status.in_(list(SessionStatus.open_states()))
-        )
+        select(AgentSessionRecord)
+        .where(*conds, AgentSessionRecord.status.in_(list(SessionStatus.open_states())))
+        .with_for_update()
     ).all()
     if not records:
         return WebhookOutcome(event.event, event_id, "ignored", room.name)

@@ -29,9 +29,18 @@ from cli.services import (
 )
 from config.settings import Settings, load_settings
 from store.db import upgrade_db
+from tests.postgres import PostgresServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 NETNS_RUN = Path(__file__).resolve().parent.parent / "scripts" / "netns-run"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db", choices=("sqlite", "postgresql"), default=os.environ.get("TEST_DB", "sqlite"),
+        help="database the store/tasks/web tests run on (default: $TEST_DB, else sqlite); "
+             "postgresql starts a throwaway server from Debian's package",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -93,12 +102,31 @@ def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stop_process(proc)
 
 
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    """A fresh SQLite database at the newest migration."""
-    url = f"sqlite:///{tmp_path / 'test.db'}"
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A real PostgreSQL server (`--db postgresql`), with a migrated template database."""
+    server = PostgresServer.start(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
+
+
+def fresh_db_url(request: pytest.FixtureRequest, directory: Path) -> Iterator[str]:
+    """A new database at the newest migration, on the backend `--db` chose."""
+    if request.config.getoption("--db") == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        url = server.create_database()
+        yield url
+        server.drop_database(url)
+        return
+    url = f"sqlite:///{directory / 'test.db'}"
     upgrade_db(url)
-    return url
+    yield url
+
+
+@pytest.fixture
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database at the newest migration (SQLite, or PostgreSQL with `--db`)."""
+    yield from fresh_db_url(request, tmp_path)
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ class CreateSession(Protocol):
         room: str | None,
         source: str,
         request_key: str | None,
-    ) -> AgentSessionRecord: ...
+    ) -> tuple[AgentSessionRecord, bool]: ...
 
 
 class MintToken(Protocol):
@@ -63,10 +63,14 @@ def _create_session(
     room: str | None,
     source: str,
     request_key: str | None,
-) -> AgentSessionRecord:
-    from tasks.provisioning import create_session
+) -> tuple[AgentSessionRecord, bool]:
+    """The record, and whether this call created it: a concurrent request with the same
+    `request_key` may have inserted it first (then it must not be provisioned again)."""
+    from tasks.provisioning import get_or_create_session
 
-    return create_session(db, settings, spec, room=room, source=source, request_key=request_key)
+    return get_or_create_session(
+        db, settings, spec, room=room, source=source, request_key=request_key
+    )
 
 
 class QueueUnavailable(Exception):

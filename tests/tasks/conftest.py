@@ -28,9 +28,8 @@ from cli.services import (
     stop_process,
 )
 from config.settings import Settings, load_settings
-from store.db import upgrade_db
 from tasks.app import AvatarCelery, make_celery
-from tests.conftest import TEST_API_KEY, TEST_API_SECRET, free_port
+from tests.conftest import TEST_API_KEY, TEST_API_SECRET, free_port, fresh_db_url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WEBHOOK_ROOM_PREFIX = "wh-"
@@ -263,11 +262,11 @@ def webhook_livekit(
 
 
 @pytest.fixture(scope="session")
-def tasks_db_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One SQLite file shared by the test process and the worker subprocess."""
-    url = f"sqlite:///{tmp_path_factory.mktemp('tasks-db') / 'tasks.db'}"
-    upgrade_db(url)
-    return url
+def tasks_db_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """One database (SQLite file or PostgreSQL) shared by the test process and the worker."""
+    yield from fresh_db_url(request, tmp_path_factory.mktemp("tasks-db"))
 
 
 def _settings(db_url: str, broker_url: str, livekit_url: str, var_dir: Path) -> Settings:

@@ -193,6 +193,22 @@ def test_nothing_is_enqueued_when_the_transaction_rolls_back(
     assert queued_tasks(queued, "batch") == [("tasks.maintenance.ping", ["x"])]
 
 
+@pytest.mark.unit
+def test_a_room_name_longer_than_the_column_is_ignored_not_an_error(
+    wh_settings: Settings, wh_app: AvatarCelery, queued: redis.Redis
+) -> None:
+    """PostgreSQL refuses values longer than a column (SQLite stores them): a long room name
+    or event id must not make every delivery of the webhook fail (LiveKit would retry)."""
+    long_room = "agent-" + "x" * 200
+    out = deliver(wh_settings, wh_app, room_event("room_started", long_room, event_id="E" * 80))
+    assert out["action"] == "ignored" and str(out["event_id"]).startswith("sha256:")
+    again = deliver(wh_settings, wh_app, room_event("room_started", long_room, event_id="E" * 80))
+    assert again["action"] == "duplicate"
+    assert queued_tasks(queued, "live") == []
+    ok = deliver(wh_settings, wh_app, room_event("room_started", "agent-" + "y" * 122))
+    assert ok["action"] == "session_created"
+
+
 # --------------------------------------------------------------------------- real server
 
 

@@ -257,16 +257,16 @@ def test_concurrent_requests_for_one_room_start_one_agent(
     session: the second is refused, not dispatched."""
     import threading
 
-    from tasks.provisioning import create_session
+    from tasks.provisioning import get_or_create_session
     from web import create_app
     from web.backend import Backend
 
     inside, release = threading.Event(), threading.Event()
 
-    def slow_create(*args: object, **kwargs: object) -> AgentSessionRecord:
+    def slow_create(*args: object, **kwargs: object) -> tuple[AgentSessionRecord, bool]:
         inside.set()
         assert release.wait(30)
-        return create_session(*args, **kwargs)  # type: ignore[arg-type]
+        return get_or_create_session(*args, **kwargs)  # type: ignore[arg-type]
 
     backend = Backend(create_session=slow_create, enqueue_provision=calls.enqueue)
     one = create_app(settings, backend=backend, ratelimit_storage_uri=shared_store).test_client()

@@ -15,7 +15,7 @@ from werkzeug.serving import make_server
 
 from cli.services import LiveKitServerConfig, start_livekit_server, stop_process
 from config.settings import Settings, load_settings
-from store.db import session_scope, upgrade_db
+from store.db import session_scope
 from store.models import AgentSessionRecord, WebhookEvent
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET, free_port, wait_for
 from web import create_app
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def hooked(tmp_path: Path, valkey_url: str) -> Iterator[Settings]:
+def hooked(tmp_path: Path, valkey_url: str, db_url: str) -> Iterator[Settings]:
     """A livekit-server whose webhooks go to a served `create_app()`."""
     if os.environ.get("AVATAR_NETNS") != "1":
         pytest.skip("runs only inside scripts/netns-run")
@@ -33,8 +33,6 @@ def hooked(tmp_path: Path, valkey_url: str) -> Iterator[Settings]:
         api_key=TEST_API_KEY, api_secret=TEST_API_SECRET,
         webhook_urls=[f"http://127.0.0.1:{web_port}/webhooks/livekit"],
     )
-    db_url = f"sqlite:///{tmp_path / 'hooks.db'}"
-    upgrade_db(db_url)
     settings = load_settings(
         livekit={"url": f"ws://127.0.0.1:{lk_cfg.port}", "api_key": TEST_API_KEY,
                  "api_secret": TEST_API_SECRET, "webhook_rules_prefix": "support-"},

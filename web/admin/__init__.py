@@ -207,8 +207,11 @@ def launch() -> Any:
         select(AgentSessionRecord.id).where(AgentSessionRecord.request_key == key)
     )
     b = backend()
-    record = b.create_session(db, settings, spec, room=data.room, source="admin", request_key=key)
+    record, created = b.create_session(
+        db, settings, spec, room=data.room, source="admin", request_key=key
+    )
     db.commit()
+    existed = existed or not created  # the other submit of a double submit won the insert
     if not existed:  # a double-submitted form must not provision twice
         provision_or_discard(db, settings, record, b.enqueue_provision)  # 503 if no broker
         logger.info("session launched", extra={"session_id": record.id, "room": record.room})

@@ -209,10 +209,11 @@ def create_session() -> tuple[Response, int]:
         if not existed:
             _check_session_quota()
         if record is None:
-            record = b.create_session(
+            record, created = b.create_session(
                 db, settings, spec, room=req.room, source="api", request_key=key
             )
             db.commit()
+            existed = existed or not created  # a concurrent request with this key won
         if not existed:
             provision_or_discard(db, settings, record, b.enqueue_provision)  # 503 if no broker
             logger.info("session requested", extra={"session_id": record.id, "room": record.room})
