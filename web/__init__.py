@@ -10,6 +10,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+import redis
 import sqlalchemy.exc
 from flask import Flask, Response, jsonify, render_template, request
 from flask_limiter import Limiter
@@ -210,6 +211,15 @@ def _register_error_pages(app: Flask) -> None:
 
     @app.errorhandler(QueueUnavailable)
     def _queue_down(_e: QueueUnavailable) -> tuple[str | Response, int]:
+        return unavailable(
+            "broker_unavailable",
+            "The task queue is unreachable, so the session was not created. Try again shortly.",
+        )
+
+    @app.errorhandler(redis.exceptions.ConnectionError)
+    @app.errorhandler(redis.exceptions.TimeoutError)
+    def _limits_store_down(_e: Exception) -> tuple[str | Response, int]:
+        # rate limits, quotas and the per-room guard count in the broker: no broker, no start
         return unavailable(
             "broker_unavailable",
             "The task queue is unreachable, so the session was not created. Try again shortly.",

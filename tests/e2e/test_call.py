@@ -130,32 +130,41 @@ async def test_caller_gets_two_spoken_answers_with_video(stack: Stack, artifacts
 async def test_speaking_over_the_avatar_stops_it(stack: Stack, artifacts_dir) -> None:  # type: ignore[no-untyped-def]
     """Interruption end to end: the caller talks over the answer and the avatar goes quiet.
 
-    The caller speaks once the echo guard is over: during it (LiveKit's AEC warm-up, 3 s
-    from the agent's first word) caller audio does not interrupt, by design.
+    LiveKit's echo guard (AEC warm-up, 3 s from the agent's first word: the greeting) is over
+    by the time the answer plays. The small model's answers vary in length: a call whose answer
+    was already over (or in a long pause) when the caller spoke proves nothing either way and
+    is made again, at most three times; an answer that went on over the caller fails at once.
     """
     settings = stack.settings()
-    result = await run_call(settings, CallOptions(
-        room=None, utterances=[], out_dir=artifacts_dir / "call", reply_timeout=90,
-        interrupt_prompt="Please tell me a long story about a lighthouse keeper and the sea.",
-        interrupt_after=settings.limits.echo_guard_seconds + 0.5,
-    ))
-    print(result.render())
-    assert result.error is None, result.render() + "\n--- live log ---\n" + stack.log_text("live")[-6000:]
-    it = result.interruption
-    assert it is not None and it.reply_started
-    # VAD needs LIMITS__INTERRUPTION_MIN_SPEECH (0.3 s) of speech, then the audio is cleared.
+    for _attempt in range(3):
+        result = await run_call(settings, CallOptions(
+            room=None, utterances=[], out_dir=artifacts_dir / "call", reply_timeout=90,
+            interrupt_prompt="Please tell me a long story about a lighthouse keeper and the sea.",
+            interrupt_after=1.0,
+        ))
+        print(result.render())
+        assert result.error is None, result.render() + "\n--- live log ---\n" + stack.log_text("live")[-6000:]
+        it = result.interruption
+        assert it is not None and it.reply_started
+        sid = result.session_id
+        assert sid
+        await asyncio.to_thread(wait_for, lambda s=sid: _status(stack, s) == "ended", 60, "session ended")
+        with session_scope(stack.db_url) as db:
+            lines = db.scalars(select(TranscriptLine).where(TranscriptLine.session_id == sid)).all()
+            cut = [ln for ln in lines if ln.speaker == "agent" and ln.interrupted]
+        quiet_already = it.stop_latency_s is not None and it.stop_latency_s < 0.05
+        if not cut and (not it.spoke_over or quiet_already):
+            continue  # the answer was over before the caller spoke: nothing was tested
+        break
+    assert cut, "the caller spoke over the answer, but it was never interrupted:\n" + result.render()
+    # VAD needs LIMITS__INTERRUPTION_MIN_SPEECH (0.3 s) and one word, then the audio is cleared.
     assert it.stop_latency_s is not None and it.stop_latency_s < 1.5, result.render()
-    sid = result.session_id
-    assert sid
-    await asyncio.to_thread(wait_for, lambda: _status(stack, sid) == "ended", 60, "session ended")
-    with session_scope(stack.db_url) as db:
-        lines = db.scalars(select(TranscriptLine).where(TranscriptLine.session_id == sid)).all()
-        cut = [ln for ln in lines if ln.speaker == "agent" and ln.interrupted]
-        assert cut
-    # the interrupted reply keeps exactly the words that were played: in the store, in the
-    # captions, and as the caller heard them
-    stored = cut[-1].text
-    assert stored.split() == it.caption_text.split(), (stored, it.caption_text)
+    # the interrupted reply keeps the words that were played: in the store, in the captions,
+    # and as the caller heard them (the word being spoken at the cut may fall either side)
+    stored = cut[0].text  # the answer spoken over (a reply to the interruption may follow)
+    said, captioned = stored.split(), it.caption_text.split()
+    shorter, longer = sorted((said, captioned), key=len)
+    assert longer[: len(shorter)] == shorter and len(longer) - len(shorter) <= 1, (stored, it.caption_text)
     assert stored.strip() and it.heard_text.strip(), result.render()
     assert wer(stored, it.heard_text) <= 0.35, (stored, it.heard_text)
     assert abs(len(normalize(stored)) - len(normalize(it.heard_text))) <= 2, (stored, it.heard_text)

@@ -231,7 +231,8 @@ async def test_streaming_stt_finals_come_from_the_transcript_started_in_the_sile
     local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
 ) -> None:
     stt = _vad_stt(local_ctx, whisper)
-    assert stt.capabilities.streaming and not stt.capabilities.interim_results
+    # interims: the caller's first words over the agent (and captions with interim_seconds)
+    assert stt.capabilities.streaming and stt.capabilities.interim_results
     stream = stt.stream()
     sr = piper.sample_rate
     _push(stream, silence(0.5, sr) + piper_pcm(piper, SENTENCES[1]) + silence(1.5, sr), sr)
