@@ -19,12 +19,12 @@ _NAME_IN_INSTRUCTIONS = re.compile(
 _ROLE_IN_INSTRUCTIONS = re.compile(
     r"(?i:\b(?:you are|you're))\s+[A-Z][a-z]+,\s+((?:a|an|the)\s+[^.,;]{3,80}?)(?=[.,;]|\s+(?:shown|who|that|in|at)\b)"
 )
-# "I'm X", "I am X", "my name is X", "call me X", "this is X": X is a claimed name
+# "I'm X", "I am X", "my name is X", "call me X": X is a claimed name
 _CLAIM = re.compile(
-    r"(?i:\b(?:i'm|i am|im|my name is|my name's|name is|call me|this is|i'm called|i am called))"
+    r"(?i:\b(?:i'm|i am|im|my name is|my name's|name is|call me|i'm called|i am called))"
     r"\s+([A-Z][a-zA-Z]+)(?=[^a-zA-Z'-])"
 )
-_TRIGGER = re.compile(r"(?i)\b(?:i|im|my|name|call|this)\b")
+_TRIGGER = re.compile(r"(?i)\b(?:i|im|my|name|call)\b")
 # sentences that give the model's own identity away instead of the persona's
 _MAKER = re.compile(
     r"(?i)\b(?:hugging\s*face|smol\s*lm\w*|chatgpt|openai|large language model|language model "
