@@ -254,7 +254,7 @@ async def entrypoint(ctx: JobContext) -> None:
     ctx.proc.userdata["avatar"] = (avatar_name, avatar_started)
 
     await session.start(
-        agent=AvatarAgent(instructions=spec.instructions),
+        agent=AvatarAgent(instructions=spec.instructions, knowledge=spec.knowledge),
         room=ctx.room,
         room_options=room_io.RoomOptions(
             close_on_disconnect=False,  # the lifecycle applies the configured grace period

@@ -33,7 +33,16 @@ from .. import charts, queries
 from ..auth import current_admin, login_required
 from ..db import get_db
 from ..settings import app_settings, backend
-from .forms import FIELD_LABELS, LANGUAGES, PROVIDERS, LaunchForm, defaults, form_errors
+from .forms import (
+    FIELD_LABELS,
+    LANGUAGES,
+    PROVIDERS,
+    LaunchForm,
+    UploadError,
+    defaults,
+    form_errors,
+    read_knowledge_upload,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -166,11 +175,22 @@ def launch() -> Any:
             providers=PROVIDERS,
         )
     form = request.form.to_dict()
+    errors: dict[str, str] = {}
+    upload = request.files.get("knowledge_file")
+    if upload is not None and upload.filename:
+        try:
+            text = read_knowledge_upload(upload.stream, upload.filename)
+            form["knowledge"] = "\n\n".join(t for t in (form.get("knowledge", "").strip(), text) if t)
+        except UploadError as err:
+            errors["knowledge_file"] = str(err)
+    data: LaunchForm | None = None
     try:
         data = LaunchForm.model_validate(form)
         spec = data.spec()
     except ValidationError as err:
-        errors = form_errors(err)
+        errors = {**form_errors(err), **errors}
+    if errors or data is None:
+        form.pop("knowledge_file", None)
         return (
             render_template(
                 "admin/launch.html",
