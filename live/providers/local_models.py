@@ -600,12 +600,14 @@ class LlamaEngine:
         out: dict[str, Any] = self._server.handle_chat_completions(dict(request, stream=False))
         return out
 
-    def warm_prefix(self, system: str) -> bool:
-        """Evaluate the persona prompt once so the first turn reuses its KV cache."""
+    def warm_prefix(self, system: str, examples: Sequence[dict[str, str]] = ()) -> bool:
+        """Evaluate the persona prompt (and its example turns) once so the first turn reuses
+        its KV cache."""
         out = self.chat_sync(
             {
                 "messages": [
                     {"role": "system", "content": system},
+                    *examples,
                     {"role": "user", "content": "Hi"},
                 ],
                 "max_tokens": 1,
@@ -1073,7 +1075,9 @@ def prewarm(ctx: ProviderContext) -> None:
         engine = get_llama(ctx, model)
         ctx.cached(
             f"local.llm.{model}.warm",
-            lambda: engine.warm_prefix(system_prompt(DEFAULT_INSTRUCTIONS)),
+            lambda: engine.warm_prefix(
+                system_prompt(DEFAULT_INSTRUCTIONS), persona_examples(DEFAULT_INSTRUCTIONS)
+            ),
         )
     if _uses_local(s.tts):
         voice = s.tts.voice if s.tts.voice in PIPER_VOICES else PIPER_VOICES[0]

@@ -82,6 +82,10 @@ async def test_caller_gets_two_spoken_answers_with_video(stack: Stack, artifacts
                            .order_by(TranscriptLine.started_at)).all()
         speakers = [ln.speaker for ln in lines]
         assert speakers.count("user") >= 2 and speakers.count("agent") >= 3, speakers  # greeting + 2
+        # asked its name, the agent gives the persona's (the default persona is Ava)
+        asked = next(i for i, ln in enumerate(lines) if ln.speaker == "user" and "name" in ln.text.lower())
+        answer = next(ln.text for ln in lines[asked + 1:] if ln.speaker == "agent")
+        assert "Ava" in answer, [(ln.speaker, ln.text) for ln in lines]
         turns = db.scalars(select(TurnMetric).where(TurnMetric.session_id == sid)).all()
         assert sum(1 for t in turns if t.e2e_latency is not None) >= 2
         assert any(t.llm_ttft for t in turns) and any(t.tts_ttfb for t in turns)

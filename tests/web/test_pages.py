@@ -144,7 +144,7 @@ def test_launch_validation(
 
 def test_launch_with_a_knowledge_file(logged_in: FlaskClient, calls: Calls, settings: Settings) -> None:
     data = _launch_data(logged_in, knowledge="We close at 6 pm.")
-    data["knowledge_file"] = (io.BytesIO("A croissant costs 2 dollars 80.\n".encode()), "prices.md")
+    data["knowledge_file"] = (io.BytesIO(b"A croissant costs 2 dollars 80.\n"), "prices.md")
     res = logged_in.post("/sessions/new", data=data, content_type="multipart/form-data")
     assert res.status_code == 302
     sid = res.location.rsplit("/", 1)[-1]
