@@ -21,6 +21,7 @@ test: lint
 bench: setup
 	scripts/netns-run .venv/bin/python -m bench.speech
 	scripts/netns-run .venv/bin/python -m bench.avatar
+	.venv/bin/python -m bench.brain
 
 clean:
 	rm -rf .venv .tools var test-artifacts
