@@ -101,6 +101,7 @@ class KnowledgeBase:
 
     def __init__(self, text: str) -> None:
         self.passages = passages(text[:MAX_KNOWLEDGE_CHARS])
+        self._tokens = [set(tokens(p)) for p in self.passages]
         corpus = [tokens(p) or ["_"] for p in self.passages]
         self._bm25 = BM25Okapi(corpus) if corpus else None
 
@@ -108,15 +109,26 @@ class KnowledgeBase:
         return len(self.passages)
 
     def search(self, query: str, *, k: int = 2, min_score: float = 0.5) -> list[Hit]:
-        """The ``k`` best passages for ``query`` (none when nothing matches well)."""
+        """The ``k`` best passages for ``query`` (none when nothing matches well).
+
+        A passage must share a word with the query. In a handful of passages BM25's idf of a
+        word found in half of them is 0, so ties are broken by the number of shared words."""
         if self._bm25 is None:
             return []
         words = tokens(query, expand=True)
         if not words:
             return []
         scores = self._bm25.get_scores(words)
-        ranked = sorted(range(len(scores)), key=lambda i: -scores[i])[:k]
-        best = float(scores[ranked[0]]) if ranked else 0.0
+        asked = set(words)
+        shared = [len(asked & have) for have in self._tokens]
+        ranked = sorted(
+            (i for i in range(len(scores)) if shared[i]), key=lambda i: (-scores[i], -shared[i])
+        )[:k]
+        if not ranked:
+            return []
+        best = float(scores[ranked[0]])
+        if best <= 0:  # no word tells the passages apart: the one sharing most words
+            return [Hit(self.passages[ranked[0]], 0.0)]
         # keep the runner-up only when it is nearly as good: one sharp passage beats two
         return [
             Hit(self.passages[i], float(scores[i]))
