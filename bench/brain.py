@@ -274,8 +274,8 @@ def write_markdown(report: dict[str, Any]) -> str:
     if "knowledge" in report:
         k = report["knowledge"]
         lines += ["## Answers from the operator's knowledge (bench/evals/knowledge.yaml)", ""]
-        lines += ["| | exact fact in the answer |", "|---|---|"]
         if "on" in k:
+            lines += ["| | exact fact in the answer |", "|---|---|"]
             lines.append(f"| without knowledge | {k['off']['overall']:.0%} |")
             lines.append(f"| with retrieval (shipped) | **{k['on']['overall']:.0%}** |")
         if "latency" in k:
