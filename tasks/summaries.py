@@ -429,6 +429,9 @@ REDUCE_PROMPT = (
 )
 
 
+SUMMARY_MAX_TOKENS = 800
+
+
 class SummaryOut(BaseModel):
     """The structured output asked of an OpenAI-compatible model (its JSON schema is sent)."""
 
@@ -469,6 +472,7 @@ class OpenAISummarizer:
                 messages=[{"role": "system", "content": system}, {"role": "user", "content": text}],
                 response_format=SummaryOut,
                 temperature=0.0,
+                max_tokens=SUMMARY_MAX_TOKENS,  # a small model may fill the schema forever
             )
         except (
             openai.APIConnectionError,
