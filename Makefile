@@ -32,6 +32,7 @@ test-fast:
 bench: setup
 	scripts/netns-run .venv/bin/python -m bench.speech
 	scripts/netns-run .venv/bin/python -m bench.avatar
+	.venv/bin/python -m bench.brain
 
 # Turn-taking on a corpus of voices that are not the agent's (renders it first; needs the
 # Debian voice engines that `scripts/setup.sh --bench` installs).

@@ -1,12 +1,85 @@
-"""The agent: persona from the session's spec; spoken-style output for a talking face."""
+"""The agent: persona from the session's spec; spoken-style output for a talking face.
+
+Every answer passes through :meth:`AvatarAgent.llm_node`, whatever the LLM: the operator's
+knowledge relevant to the caller's last words is put before them (retrieved locally, see
+``live.knowledge``), and the streamed answer goes through a :class:`PersonaGuard`, so a reply
+that gives another name than the persona's is corrected before it is spoken.
+"""
 
 from __future__ import annotations
 
-from livekit.agents import Agent
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+from livekit.agents import Agent, ModelSettings, llm
+
+from live.knowledge import KnowledgeBase, knowledge_message
+from live.persona import PersonaGuard, persona_from_instructions
+
+logger = logging.getLogger(__name__)
+
+
+def with_knowledge(chat_ctx: llm.ChatContext, knowledge: KnowledgeBase) -> llm.ChatContext:
+    """A copy of ``chat_ctx`` with the best passages for the last user message placed just
+    before it (as a system note); unchanged when nothing matches."""
+    items = chat_ctx.items
+    last = next(
+        (i for i in range(len(items) - 1, -1, -1) if getattr(items[i], "role", None) == "user"),
+        None,
+    )
+    if last is None:
+        return chat_ctx
+    hits = knowledge.search(items[last].text_content or "")  # type: ignore[union-attr]
+    if not hits:
+        return chat_ctx
+    ctx = chat_ctx.copy()
+    note = llm.ChatMessage(role="system", content=[knowledge_message(hits)])
+    ctx.items.insert(last, note)
+    return ctx
 
 
 class AvatarAgent(Agent):
     """A voice agent shown as a face. Tools can be added here as `@function_tool` methods."""
 
-    def __init__(self, *, instructions: str) -> None:
+    def __init__(
+        self, *, instructions: str, knowledge: str | None = None, guard: bool = True
+    ) -> None:
         super().__init__(instructions=instructions)
+        self.persona = persona_from_instructions(instructions)
+        self.knowledge = KnowledgeBase(knowledge) if knowledge and knowledge.strip() else None
+        self.guard = guard
+        self.corrections = 0  # identity claims the guard replaced in this session
+
+    async def llm_node(  # type: ignore[override]
+        self,
+        chat_ctx: llm.ChatContext,
+        tools: list[llm.Tool],
+        model_settings: ModelSettings,
+    ) -> AsyncIterator[llm.ChatChunk | str | Any]:
+        if self.knowledge is not None:
+            chat_ctx = with_knowledge(chat_ctx, self.knowledge)
+        stream: AsyncIterable[Any] = Agent.default.llm_node(self, chat_ctx, tools, model_settings)
+        if not self.guard:
+            async for chunk in stream:
+                yield chunk
+            return
+        guard = PersonaGuard(self.persona)
+        try:
+            async for chunk in stream:
+                if isinstance(chunk, str):
+                    if text := guard.feed(chunk):
+                        yield text
+                elif isinstance(chunk, llm.ChatChunk) and chunk.delta and chunk.delta.content:
+                    text = guard.feed(chunk.delta.content)
+                    if text or chunk.delta.tool_calls:
+                        delta = chunk.delta.model_copy(update={"content": text or None})
+                        yield chunk.model_copy(update={"delta": delta})
+                else:
+                    yield chunk
+            if tail := guard.flush():
+                yield tail
+        finally:
+            if guard.replaced:
+                self.corrections += guard.replaced
+                logger.info("persona guard corrected the answer", extra={"n": guard.replaced})

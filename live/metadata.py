@@ -95,6 +95,14 @@ class SessionSpec(BaseModel):
         max_length=8000,
         description="Persona / system instructions.",
     )
+    knowledge: str | None = Field(
+        default=None,
+        max_length=20_000,
+        description=(
+            "The operator's knowledge (hours, prices, names...): the passages relevant to "
+            "each caller turn are retrieved locally and given to the model."
+        ),
+    )
     greeting: str | None = Field(
         default="Hello! I'm Ava. How can I help you today?",
         max_length=500,

@@ -271,7 +271,7 @@ async def entrypoint(ctx: JobContext) -> None:
     ctx.proc.userdata["avatar"] = (avatar_name, avatar_started)
 
     await session.start(
-        agent=AvatarAgent(instructions=spec.instructions),
+        agent=AvatarAgent(instructions=spec.instructions, knowledge=spec.knowledge),
         room=ctx.room,
         room_options=room_options(spec),
         record=False,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from celery import shared_task
+from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -36,14 +37,32 @@ Sentiment = Literal["positive", "neutral", "negative"]
 HEURISTIC = "heuristic"
 CHUNK_CHARS = 4000
 
-_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+")
+_SENTENCE_SPLIT = re.compile(
+    r"(?<!\bDr\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bMrs\.)(?<!\bSt\.)(?<!\bNo\.)(?<=[.!?])\s+"
+)
 _WORD = re.compile(r"[a-z']+")
-_ACTION = re.compile(
-    r"\b(i will|i'll|we will|we'll|you will|you'll|will (?:send|call|email|check|follow|get)|"
-    r"please|need to|needs to|have to|has to|let's|let us|going to|make sure|remember to|"
-    r"follow up|can you|could you|should)\b",
+# someone asks for something to be done ("please send...", "can you cancel...") or commits to
+# doing it ("I'll send...", "we will call..."): only then is there an action item
+_REQUEST = re.compile(
+    r"\b(?:please|can you|could you|would you|will you|i need you to|i'd like you to|"
+    r"i want you to|i would like you to|make sure|remember to)\b",
     re.IGNORECASE,
 )
+_COMMIT = re.compile(
+    r"\b(?:i will|i'll|we will|we'll|i am going to|i'm going to|we are going to|we're going to|"
+    r"let me|i can|we can)\b",
+    re.IGNORECASE,
+)
+ACTION_VERBS = frozenset(
+    "send call email mail text book cancel schedule reschedule fix repair refund deliver order "
+    "reserve change update transfer arrange follow confirm forward ship replace return pick "
+    "bring prepare set pay visit contact escalate file submit reset open close renew upgrade "
+    "downgrade add remove move install activate deactivate register sign print post check "
+    "look investigate charge credit issue note write draft review organise organize redirect "
+    "block unblock deliver collect".split()
+)
+_WORD_AFTER = re.compile(r"[a-z']+")
+STOP_MARKERS = frozenset("hear understand see tell say repeat explain be help".split())
 STOPWORDS = frozenset(
     "a an the and or but if then so to of in on at for from by with about as is are was were be "
     "been being am do does did have has had i you he she it we they me him her us them my your "
@@ -96,39 +115,70 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_SPLIT.split(text.strip()) if s.strip()]
 
 
+_NUMBERISH = re.compile(r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|twelve|twenty)\b", re.I)
+_NAME = re.compile(r"(?<!^)(?<![.!?]\s)\b[A-Z][a-z]+")
+
+
+def _informative(sentence: str) -> list[str]:
+    return [w for w in _WORD.findall(sentence.lower()) if w not in STOPWORDS]
+
+
 def key_points(utterances: Sequence[Utterance], *, limit: int = 5) -> list[str]:
-    """Extractive: the sentences richest in the conversation's frequent content words."""
-    items = [(i, u.speaker, s) for i, u in enumerate(utterances) for s in sentences(u.text)]
-    freq = Counter(w for _, _, s in items for w in _WORD.findall(s.lower()) if w not in STOPWORDS)
-    scored: list[tuple[float, int, str]] = []
-    for order, (_, _, s) in enumerate(items):
-        words = [w for w in _WORD.findall(s.lower()) if w not in STOPWORDS]
-        if len(words) < 3:
+    """Extractive: the sentences that carry the call's facts, quoted with who said them.
+
+    A sentence scores by its frequent content words, plus numbers (times, prices, dates),
+    names, and requests or commitments; greetings and checks ("can you hear me?") have too
+    few content words to count."""
+    items = [(u.speaker, s) for u in utterances for s in sentences(u.text)]
+    freq = Counter(w for _, s in items for w in _informative(s))
+    scored: list[tuple[float, int, str, str]] = []
+    for order, (speaker, s) in enumerate(items):
+        words = _informative(s)
+        if len(words) < 2:
             continue
         score = sum(freq[w] for w in set(words)) / (len(words) ** 0.5)
-        scored.append((score, order, s))
+        score += 2.0 * bool(_NUMBERISH.search(s)) + 1.0 * bool(_NAME.search(s))
+        score += 1.5 * _asks_for_action(s)
+        scored.append((score, order, speaker, s))
     top = sorted(scored, key=lambda t: (-t[0], t[1]))[:limit]
     seen: set[str] = set()
     out: list[str] = []
-    for _, _, s in sorted(top, key=lambda t: t[1]):
+    for _, _, speaker, s in sorted(top, key=lambda t: t[1]):
         if s.lower() not in seen:
             seen.add(s.lower())
-            out.append(s)
+            out.append(f'{"Caller" if speaker == "user" else "Agent"}: "{s}"')
     return out
 
 
+def _asks_for_action(sentence: str) -> bool:
+    """A request or commitment followed (within four words) by a verb of doing something."""
+    for marker in (*_REQUEST.finditer(sentence), *_COMMIT.finditer(sentence)):
+        after = _WORD_AFTER.findall(sentence[marker.end() :].lower())[:4]
+        for w in after:
+            if w in STOP_MARKERS:
+                break
+            if w in ACTION_VERBS:
+                return True
+    return False
+
+
 def action_items(utterances: Sequence[Utterance], *, limit: int = 10) -> list[str]:
-    """Sentences that commit to or request something ("I will...", "please...", "let's...")."""
+    """Quoted sentences where someone asks for something to be done or commits to doing it.
+
+    Questions for information ("can you hear me?", "can you tell me the hours?") are not
+    action items; an empty list means there were none."""
     out: list[str] = []
     seen: set[str] = set()
     for u in utterances:
         for s in sentences(u.text):
-            if _ACTION.search(s) and len(_WORD.findall(s)) >= 3 and s.lower() not in seen:
-                seen.add(s.lower())
-                who = "Caller" if u.speaker == "user" else "Agent"
-                out.append(f"{who}: {s}")
-                if len(out) >= limit:
-                    return out
+            if not _asks_for_action(s) or s.lower() in seen:
+                continue
+            seen.add(s.lower())
+            who = "Caller" if u.speaker == "user" else "Agent"
+            verb = "asked" if _REQUEST.search(s) and not _COMMIT.search(s) else "said"
+            out.append(f'{who} {verb}: "{s}"')
+            if len(out) >= limit:
+                return out
     return out
 
 
@@ -150,11 +200,19 @@ def sentiment(utterances: Sequence[Utterance]) -> Sentiment:
     return "neutral"
 
 
+EXTRACTIVE_LABEL = "Extractive summary (quoted from the call):"
+
+
 def extractive_summary(utterances: Sequence[Utterance]) -> str:
+    """What the caller said they wanted and the agent's most informative answer, quoted.
+
+    Labelled as extractive: nothing in it is rephrased, so nothing can be invented."""
     callers = sum(1 for u in utterances if u.speaker == "user")
-    points = key_points(utterances, limit=2)
     head = f"A conversation of {len(utterances)} turns ({callers} by the caller)."
-    return " ".join([head, *points]) if points else head
+    points = key_points(utterances, limit=3)
+    if not points:
+        return head
+    return " ".join([head, EXTRACTIVE_LABEL, *points])
 
 
 def transcript_text(utterances: Sequence[Utterance]) -> str:
@@ -195,7 +253,7 @@ class HeuristicSummarizer:
             action_items=action_items(utterances),
             sentiment=sentiment(utterances),
             model=HEURISTIC,
-            sources=dict.fromkeys(parts, HEURISTIC),
+            sources={**dict.fromkeys(parts, HEURISTIC), "summary": "extractive"},
         )
 
 
@@ -204,8 +262,8 @@ class HeuristicSummarizer:
 ParagraphWriter = Callable[[str, str], str]  # (system prompt, user text) -> answer
 
 PARAGRAPH_PROMPT = (
-    "You summarize customer calls. Write one short paragraph (at most three sentences) "
-    "saying what the caller wanted and what was agreed. No lists."
+    "You summarize customer calls. In one or two short sentences, say what the caller "
+    "wanted and what the agent answered, using only facts from the call. No lists."
 )
 MERGE_PROMPT = (
     "Combine these partial summaries of one call into one short paragraph (at most three "
@@ -279,8 +337,33 @@ def local_writer() -> XLlamaWriter | None:
         return _local_writer
 
 
+_STEM_CHARS = 5  # "delivered" and "delivery" count as the same word
+
+
+def supported(sentence: str, transcript: str) -> bool:
+    """True when the transcript backs every number and name in ``sentence`` and nearly all of
+    its content words: a small model's sentence that adds anything is dropped."""
+    said = transcript.lower()
+    said_words = {w[:_STEM_CHARS] for w in _WORD.findall(said)}
+    for number in re.findall(r"\d+(?:[.:,]\d+)*", sentence):
+        if number not in said:
+            return False
+    for name in _NAME.findall(sentence):
+        if name.lower()[:_STEM_CHARS] not in said_words:
+            return False
+    words = [w for w in _informative(sentence) if w not in ("caller", "agent", "call", "customer")]
+    if len(words) < 2:
+        return False
+    known = sum(w[:_STEM_CHARS] in said_words for w in words)
+    return known / len(words) >= 0.9
+
+
 class LocalSummarizer(HeuristicSummarizer):
-    """Heuristic parts plus a model-written paragraph (map-reduce over chunks)."""
+    """Extractive parts plus the model's sentences that the transcript supports.
+
+    The 135M model writes a paragraph (map-reduce over chunks); each of its sentences is kept
+    only when :func:`supported` by the transcript, and the quoted extractive summary follows,
+    labelled as such. Key points, action items and sentiment stay heuristic."""
 
     def __init__(
         self,
@@ -309,35 +392,60 @@ class LocalSummarizer(HeuristicSummarizer):
         except Exception:
             logger.warning("local model summary failed; keeping the extractive one", exc_info=True)
             return base
-        paragraph = " ".join(paragraph.split())
-        if not paragraph:
-            return base
+        said = transcript_text(utterances)
+        kept = [s for s in sentences(" ".join(paragraph.split())) if supported(s, said)]
+        if not kept:
+            return SummaryResult(
+                summary=base.summary,
+                key_points=base.key_points,
+                action_items=base.action_items,
+                sentiment=base.sentiment,
+                model=HEURISTIC,
+                sources={**base.sources, "summary": "extractive"},
+            )
+        points = key_points(utterances, limit=3)
+        summary = " ".join([*kept, EXTRACTIVE_LABEL, *points]) if points else " ".join(kept)
         return SummaryResult(
-            summary=paragraph,
+            summary=summary,
             key_points=base.key_points,
             action_items=base.action_items,
             sentiment=base.sentiment,
             model=self.name,
-            sources={**base.sources, "summary": self._model},
+            sources={**base.sources, "summary": f"{self._model}+extractive"},
         )
 
 
 # --------------------------------------------------------------------------- OpenAI
 
 JSON_PROMPT = (
-    "You summarize a customer call. Answer with a JSON object with keys: "
-    '"summary" (one short paragraph), "key_points" (list of short strings), '
-    '"action_items" (list of short strings: who does what), '
-    '"sentiment" (the caller\'s: "positive", "neutral" or "negative").'
+    "You summarize a customer call. Use only what the transcript says. summary: one short "
+    "paragraph; key_points: short strings; action_items: who does what, only for things "
+    "someone asked to be done or promised to do (an empty list when there are none); "
+    "sentiment: the caller's."
 )
 REDUCE_PROMPT = (
-    "These JSON objects summarize consecutive parts of one call. Merge them into one JSON "
-    "object with the same keys (summary, key_points, action_items, sentiment); drop duplicates."
+    "These objects summarize consecutive parts of one call. Merge them into one, dropping "
+    "duplicates; keep only facts they contain."
 )
+
+
+SUMMARY_MAX_TOKENS = 800
+
+
+class SummaryOut(BaseModel):
+    """The structured output asked of an OpenAI-compatible model (its JSON schema is sent)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    summary: str
+    key_points: list[str]
+    action_items: list[str]
+    sentiment: Sentiment
 
 
 class OpenAISummarizer:
-    """Every part from an OpenAI-compatible chat model, map-reduce over chunks."""
+    """Every part from an OpenAI-compatible chat model as structured output (a JSON schema
+    from :class:`SummaryOut`, parsed and validated by the client), map-reduce over chunks."""
 
     def __init__(self, options: LLMSettings, *, chunk_chars: int = 12000, client: Any = None) -> None:
         self._model = options.model
@@ -346,7 +454,7 @@ class OpenAISummarizer:
             import openai
 
             client = openai.OpenAI(
-                api_key=options.api_key.get_secret_value() if options.api_key else None,
+                api_key=options.api_key.get_secret_value() if options.api_key else "no-key",
                 base_url=options.base_url,
                 timeout=60.0,
                 max_retries=0,  # Celery retries, with backoff
@@ -354,15 +462,17 @@ class OpenAISummarizer:
         self._client = client
         self.name = options.model
 
-    def _ask(self, system: str, text: str) -> dict[str, Any]:
+    def _ask(self, system: str, text: str) -> SummaryOut | None:
+        """The model's parsed answer; None when it refused or answered outside the schema."""
         import openai
 
         try:
-            resp = self._client.chat.completions.create(
+            resp = self._client.beta.chat.completions.parse(
                 model=self._model,
                 messages=[{"role": "system", "content": system}, {"role": "user", "content": text}],
-                response_format={"type": "json_object"},
+                response_format=SummaryOut,
                 temperature=0.0,
+                max_tokens=SUMMARY_MAX_TOKENS,  # a small model may fill the schema forever
             )
         except (
             openai.APIConnectionError,
@@ -371,47 +481,39 @@ class OpenAISummarizer:
             openai.InternalServerError,
         ) as err:
             raise TransientError(f"LLM unavailable ({type(err).__name__})") from None
-        content = resp.choices[0].message.content or "{}"
-        try:
-            data = json.loads(content)
-        except ValueError:
-            data = {}
-        return data if isinstance(data, dict) else {}
+        except (ValidationError, ValueError, openai.LengthFinishReasonError) as err:
+            logger.warning("summary model answered outside the schema: %s", type(err).__name__)
+            return None
+        parsed: SummaryOut | None = resp.choices[0].message.parsed
+        return parsed
 
     def summarize(self, utterances: Sequence[Utterance]) -> SummaryResult:
-        fallback = HeuristicSummarizer().summarize(utterances)
         parts = [
             self._ask(JSON_PROMPT, transcript_text(chunk))
             for chunk in chunk_utterances(utterances, self._chunk_chars)
         ]
-        data = parts[0] if len(parts) == 1 else self._ask(REDUCE_PROMPT, json.dumps(parts))
-        sources: dict[str, str] = {}
-
-        def pick(key: str, ok: Callable[[Any], bool], default: Any) -> Any:
-            value = data.get(key)
-            if ok(value):
-                sources[key] = self._model
-                return value
-            sources[key] = HEURISTIC
-            return default
-
-        def is_str_list(v: Any) -> bool:
-            return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-        summary = pick("summary", lambda v: isinstance(v, str) and bool(v.strip()), fallback.summary)
-        points = pick("key_points", is_str_list, fallback.key_points)
-        actions = pick("action_items", is_str_list, fallback.action_items)
-        mood = pick(
-            "sentiment", lambda v: v in ("positive", "neutral", "negative"), fallback.sentiment
-        )
-        used_heuristic = HEURISTIC in sources.values()
+        if len(parts) == 1:
+            data = parts[0]
+        else:
+            merged = [p.model_dump() for p in parts if p is not None]
+            data = self._ask(REDUCE_PROMPT, json.dumps(merged)) if merged else None
+        if data is None:
+            fallback = HeuristicSummarizer().summarize(utterances)
+            return SummaryResult(
+                summary=fallback.summary,
+                key_points=fallback.key_points,
+                action_items=fallback.action_items,
+                sentiment=fallback.sentiment,
+                model=f"{self._model}+{HEURISTIC}",
+                sources=fallback.sources,
+            )
         return SummaryResult(
-            summary=summary.strip(),
-            key_points=points,
-            action_items=actions,
-            sentiment=mood,
-            model=f"{self._model}+{HEURISTIC}" if used_heuristic else self._model,
-            sources=sources,
+            summary=data.summary.strip(),
+            key_points=[p.strip() for p in data.key_points if p.strip()],
+            action_items=[a.strip() for a in data.action_items if a.strip()],
+            sentiment=data.sentiment,
+            model=self._model,
+            sources=dict.fromkeys(("summary", "key_points", "action_items", "sentiment"), self._model),
         )
 
 

@@ -12,11 +12,12 @@ model: tools are ignored.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import threading
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from livekit.agents import llm, utils
 from livekit.agents._exceptions import APIConnectionError, APIStatusError
@@ -30,7 +31,17 @@ from livekit.agents.types import (
 from livekit.agents.voice.transcription.filters import EMOJI_PATTERN
 
 from config.settings import LLMSettings
-from live.providers.local_models import LLM_MODELS, LlamaEngine, get_llama, system_prompt
+from live.knowledge import FACTS_PREFIX, KnowledgeBase
+from live.providers.local_models import (
+    LLM_MODELS,
+    LlamaEngine,
+    get_llama,
+    grounded_answer,
+    persona_examples,
+    persona_facts,
+    system_prompt,
+    with_facts,
+)
 from live.providers.registry import ProviderContext, register
 
 logger = logging.getLogger(__name__)
@@ -53,16 +64,35 @@ class _LLMOptions:
     repeat_penalty: float
     persona: bool
     max_sentences: int | None
+    steer: Steering
+    top_k: int
+    min_p: float
 
 
-def to_messages(chat_ctx: ChatContext, *, persona: bool, max_chars: int) -> list[dict[str, str]]:
-    """ChatContext -> OpenAI-style messages for llama.cpp's chat template.
+Steering = Literal["off", "examples", "facts", "grounded"]
+"""How much the prompt is shaped for a tiny model (each level adds to the previous one):
+``examples``: in-character prior turns after the system message; ``facts``: the persona's
+facts and the retrieved knowledge that match the caller's words placed with them, in the last
+user message; ``grounded``: a retrieved fact, the persona's introduction or a refusal that
+clearly answers the question is the answer, verbatim (see ``local_models.grounded_answer``)."""
 
-    Leading system/developer items become one system message (plus the persona rules), so the
-    prompt prefix stays identical from turn to turn and the KV cache is reused. Tool calls and
-    their outputs are dropped (the model cannot use them). The oldest turns are dropped when
-    the history would not fit the slot's context.
-    """
+_PERSONA_FIRST = re.compile(r"(?i)\b(?:your name|who are you|who am i|call you|yourself|are you)\b")
+
+
+@functools.lru_cache(maxsize=64)
+def _persona_kb(instructions: str) -> KnowledgeBase:
+    """The persona's own facts, searchable like the operator's knowledge."""
+    return KnowledgeBase("\n\n".join(persona_facts(instructions)))
+
+
+@dataclass
+class _Prompt:
+    instructions: str
+    turns: list[dict[str, str]]
+    notes: list[str]  # retrieved passages put just before the last user message
+
+
+def _parse(chat_ctx: ChatContext) -> _Prompt:
     leading: list[str] = []
     turns: list[dict[str, str]] = []
     for item in chat_ctx.items:
@@ -71,19 +101,64 @@ def to_messages(chat_ctx: ChatContext, *, persona: bool, max_chars: int) -> list
         text = (item.text_content or "").strip()
         if not text:
             continue
-        if item.role in ("system", "developer"):
+        if item.role in ("system", "developer") and text.startswith(FACTS_PREFIX):
+            turns.append({"role": "note", "content": text.removeprefix(FACTS_PREFIX)})
+        elif item.role in ("system", "developer"):
             if not turns:
                 leading.append(text)
             else:
                 turns.append({"role": "system", "content": text})
         else:
             turns.append({"role": item.role, "content": text})
-    instructions = "\n".join(leading)
-    system = system_prompt(instructions) if persona else instructions
-    budget = max_chars - len(system)
+    notes: list[str] = []
+    if turns and turns[-1]["role"] == "user":
+        while len(turns) > 1 and turns[-2]["role"] == "note":
+            notes[:0] = [line for line in turns.pop(-2)["content"].split("\n") if line.strip()]
+    # notes anywhere else belong to no question: dropped
+    return _Prompt("\n".join(leading), [t for t in turns if t["role"] != "note"], notes)
+
+
+def to_messages(
+    chat_ctx: ChatContext, *, persona: bool, max_chars: int, steer: Steering = "off"
+) -> list[dict[str, str]]:
+    """ChatContext -> OpenAI-style messages for llama.cpp's chat template.
+
+    Leading system/developer items become one system message (plus the persona rules), so the
+    prompt prefix stays identical from turn to turn and the KV cache is reused. Tool calls and
+    their outputs are dropped (the model cannot use them). The oldest turns are dropped when
+    the history would not fit the slot's context. ``steer`` shapes the prompt for a tiny
+    model (see :data:`Steering`); only the last user message changes between turns, so the
+    cached prefix still covers the rest.
+    """
+    p = _parse(chat_ctx)
+    turns = p.turns
+    system = system_prompt(p.instructions) if persona else p.instructions
+    examples: list[dict[str, str]] = []
+    if persona and steer != "off" and p.instructions:
+        examples = persona_examples(p.instructions)
+    if turns and turns[-1]["role"] == "user":
+        question = turns[-1]["content"]
+        facts: list[str] = []
+        if persona and steer in ("facts", "grounded") and p.instructions:
+            kb = _persona_kb(p.instructions)
+            facts = [h.passage for h in kb.search(question, k=1)]
+            if _PERSONA_FIRST.search(question) and kb.passages and kb.passages[0] not in facts:
+                facts.insert(0, kb.passages[0])  # "I am Ava, the ...": who the persona is
+        turns[-1] = {"role": "user", "content": with_facts(question, [*facts, *p.notes])}
+    budget = max_chars - len(system) - sum(len(t["content"]) for t in examples)
     while len(turns) > 1 and sum(len(t["content"]) for t in turns) > budget:
         turns.pop(0)
-    return ([{"role": "system", "content": system}] if system else []) + turns
+    return ([{"role": "system", "content": system}] if system else []) + examples + turns
+
+
+def planned_answer(chat_ctx: ChatContext, *, persona: bool, steer: Steering) -> str | None:
+    """The verbatim answer for the last user message when ``steer`` is ``grounded``."""
+    if not persona or steer != "grounded":
+        return None
+    p = _parse(chat_ctx)
+    if not p.turns or p.turns[-1]["role"] != "user":
+        return None
+    return grounded_answer(p.turns[-1]["content"], p.instructions, p.notes)
 
 
 class LocalLLM(llm.LLM):
@@ -98,6 +173,9 @@ class LocalLLM(llm.LLM):
         repeat_penalty: float = 1.1,
         persona: bool = True,
         max_sentences: int | None = 2,
+        steer: Steering = "grounded",
+        top_k: int = 40,
+        min_p: float = 0.1,
     ) -> None:
         super().__init__()
         self._engine = engine
@@ -107,6 +185,9 @@ class LocalLLM(llm.LLM):
             repeat_penalty=repeat_penalty,
             persona=persona,
             max_sentences=max_sentences,
+            steer=steer,
+            top_k=top_k,
+            min_p=min_p,
         )
         self._warned_tools = False
 
@@ -184,17 +265,33 @@ class LocalLLMStream(llm.LLMStream):
         max_chars = (self._engine.ctx_per_slot - self._opts.max_tokens - 64) * _CHARS_PER_TOKEN
         return {
             "messages": to_messages(
-                self._chat_ctx, persona=self._opts.persona, max_chars=max_chars
+                self._chat_ctx,
+                persona=self._opts.persona,
+                max_chars=max_chars,
+                steer=self._opts.steer,
             ),
             "max_tokens": self._opts.max_tokens,
             "temperature": self._opts.temperature,
             "repeat_penalty": self._opts.repeat_penalty,
+            "top_k": self._opts.top_k,
+            "min_p": self._opts.min_p,
             "cache_prompt": True,
             "stream_options": {"include_usage": True},
             "timings_per_token": True,  # usage is known even when we stop generation early
         }
 
     async def _run(self) -> None:
+        answer = planned_answer(self._chat_ctx, persona=self._opts.persona, steer=self._opts.steer)
+        if answer:
+            # nothing to generate: the answer is a retrieved fact (no tokens, no usage)
+            self.finish_reason = "grounded"
+            self._event_ch.send_nowait(
+                llm.ChatChunk(
+                    id=utils.shortuuid("local_"),
+                    delta=llm.ChoiceDelta(role="assistant", content=answer),
+                )
+            )
+            return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         stop = threading.Event()

@@ -99,6 +99,10 @@ async def test_caller_gets_two_spoken_answers_with_video(stack: Stack, artifacts
         stored = [" ".join(ln.text.split()) for ln in lines if ln.speaker == "agent"]
         for turn in result.turns:
             assert " ".join(turn.caption_text.split()) in stored, (turn.caption_text, stored)
+        # asked its name, the agent gives the persona's (the default persona is Ava)
+        asked = next(i for i, ln in enumerate(lines) if ln.speaker == "user" and "name" in ln.text.lower())
+        answer = next(ln.text for ln in lines[asked + 1:] if ln.speaker == "agent")
+        assert "Ava" in answer, [(ln.speaker, ln.text) for ln in lines]
         turns = db.scalars(select(TurnMetric).where(TurnMetric.session_id == sid)).all()
         assert sum(1 for t in turns if t.e2e_latency is not None) >= 2
         assert any(t.llm_ttft for t in turns) and any(t.tts_ttfb for t in turns)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import threading
-from collections.abc import Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -16,6 +15,7 @@ from store.db import session_scope
 from store.models import Summary, TranscriptLine
 from tasks.app import AvatarCelery
 from tasks.summaries import (
+    EXTRACTIVE_LABEL,
     HeuristicSummarizer,
     LocalSummarizer,
     OpenAISummarizer,
@@ -26,8 +26,10 @@ from tasks.summaries import (
     key_points,
     sentiment,
     summarize,
+    supported,
+    transcript_text,
 )
-from tests.conftest import free_port
+from tests.fakes.openai_server import OpenAIFake
 from tests.tasks.conftest import WorkerProcess, wait_for
 from tests.tasks.helpers import new_session
 
@@ -75,25 +77,63 @@ def test_chunking_keeps_order_and_whole_utterances() -> None:
 
 
 @pytest.mark.unit
-def test_local_summarizer_marks_model_and_heuristic_parts() -> None:
+def test_local_summarizer_keeps_only_what_the_transcript_supports() -> None:
     prompts: list[str] = []
 
     def writer(system: str, text: str) -> str:
         prompts.append(text)
-        return "  The caller's internet is down;  a technician comes tomorrow. "
+        return (
+            "  The caller's internet connection is down.  This is a continuation of the previous "
+            "message. The agent will refund 50 dollars to Emily. "
+        )
 
     result = LocalSummarizer(writer, chunk_chars=200).summarize(CALL)
-    assert result.summary == "The caller's internet is down; a technician comes tomorrow."
+    # the supported sentence stays; the invented ones (a refund, a name, "previous message") go
+    assert result.summary.startswith("The caller's internet connection is down. " + EXTRACTIVE_LABEL)
+    assert "refund" not in result.summary and "continuation" not in result.summary
     assert result.model == "smollm2-135m+heuristic"
-    assert result.sources == {"summary": "smollm2-135m", "key_points": "heuristic",
+    assert result.sources == {"summary": "smollm2-135m+extractive", "key_points": "heuristic",
                               "action_items": "heuristic", "sentiment": "heuristic"}
     assert len(prompts) > 2  # map over chunks, then reduce
+
+    def inventive(system: str, text: str) -> str:
+        return "This is a continuation of the previous message. The caller wants a refund."
+
+    only_quotes = LocalSummarizer(inventive).summarize(CALL)
+    assert EXTRACTIVE_LABEL in only_quotes.summary and "refund" not in only_quotes.summary
+    assert only_quotes.sources["summary"] == "extractive" and only_quotes.model == "heuristic"
 
     def broken(system: str, text: str) -> str:
         raise RuntimeError("model crashed")
 
     fallback = LocalSummarizer(broken).summarize(CALL)
     assert fallback.model == "heuristic" and fallback.summary.startswith("A conversation of 5")
+
+
+@pytest.mark.unit
+def test_action_items_only_when_something_is_to_be_done() -> None:
+    chat = [
+        Utterance("user", "Hi there, can you hear me all right?"),
+        Utterance("agent", "Yes, I can hear you. How can I help?"),
+        Utterance("user", "Can you tell me your opening hours?"),
+        Utterance("agent", "We are open from 9 am to 5 pm. I'm happy to help."),
+    ]
+    assert action_items(chat) == []  # questions for information are not action items
+    assert action_items([Utterance("user", "Could you book me a check-up with Dr. Chen?")]) == [
+        'Caller asked: "Could you book me a check-up with Dr. Chen?"'
+    ]
+    assert action_items([Utterance("agent", "I'll email the new ticket today.")]) == [
+        'Agent said: "I\'ll email the new ticket today."'
+    ]
+
+
+@pytest.mark.unit
+def test_supported_sentences_bring_nothing_new() -> None:
+    said = transcript_text(CALL)
+    assert supported("A technician will repair the connection tomorrow morning.", said)
+    assert not supported("A technician will come at 9 am.", said)  # a time nobody said
+    assert not supported("Emily will repair the connection.", said)  # a name nobody said
+    assert not supported("The caller wants a refund for the connection.", said)
 
 
 def add_lines(settings: Settings, sid: str, utterances: Sequence[Utterance], start: int = 0) -> None:
@@ -124,91 +164,55 @@ def test_summarize_skips_when_lines_did_not_change(settings: Settings) -> None:
 def test_heuristic_default_is_offline(settings: Settings) -> None:
     result = HeuristicSummarizer().summarize(CALL)
     assert result.model == "heuristic" and result.sentiment == "positive"
-    assert set(result.sources.values()) == {"heuristic"}
+    assert result.sources["summary"] == "extractive"
+    assert result.summary.startswith("A conversation of 5 turns (3 by the caller). " + EXTRACTIVE_LABEL)
+    assert set(result.sources.values()) == {"heuristic", "extractive"}
 
 
 # --------------------------------------------------------------------------- OpenAI
 
 
-class FakeOpenAI:
-    """A local OpenAI-compatible HTTP endpoint (the real `openai` client talks to it)."""
-
-    def __init__(self, answers: list[Any]) -> None:
-        self.answers = answers
-        self.requests: list[dict[str, Any]] = []
-        self.port = free_port()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-
-@pytest.fixture
-def openai_stub() -> Iterator[FakeOpenAI]:
-    stub = FakeOpenAI([])
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            stub.requests.append(body)
-            answer = stub.answers[min(len(stub.requests), len(stub.answers)) - 1]
-            payload = json.dumps({
-                "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                    "role": "assistant", "content": json.dumps(answer)}}],
-            }).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", stub.port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield stub
-    server.shutdown()
-    server.server_close()
+def openai_llm(fake: OpenAIFake) -> Any:
+    return load_settings(
+        llm={"provider": "openai", "model": "gpt-test", "base_url": fake.base_url,
+             "api_key": SecretStr(fake.api_key)},
+        _env_file=None,
+    ).llm
 
 
 @pytest.mark.unit
-def test_openai_summarizer_map_reduce(openai_stub: FakeOpenAI, settings: Settings) -> None:
+async def test_openai_summarizer_uses_structured_output_map_reduce() -> None:
     part = {"summary": "part", "key_points": ["p"], "action_items": [], "sentiment": "neutral"}
     final = {"summary": "Internet down; technician tomorrow.", "key_points": ["down"],
              "action_items": ["Agent sends a technician"], "sentiment": "positive"}
     n = len(chunk_utterances(CALL, 120))
     assert n > 1
-    openai_stub.answers = [*([part] * n), final]
-    llm = load_settings(
-        llm={"provider": "openai", "model": "gpt-test", "base_url": openai_stub.base_url,
-             "api_key": SecretStr("sk-test")},
-        _env_file=None,
-    ).llm
-    result = OpenAISummarizer(llm, chunk_chars=120).summarize(CALL)
+    answers = iter([*([part] * n), final])
+    async with OpenAIFake(reply=lambda _messages: json.dumps(next(answers))) as fake:
+        summarizer = OpenAISummarizer(openai_llm(fake), chunk_chars=120)
+        result = await asyncio.to_thread(summarizer.summarize, CALL)
     assert result.summary == "Internet down; technician tomorrow."
     assert result.action_items == ["Agent sends a technician"]
     assert result.model == "gpt-test" and set(result.sources.values()) == {"gpt-test"}
-    assert len(openai_stub.requests) == n + 1  # map over the chunks, then one reduce
-    assert all(r["response_format"] == {"type": "json_object"} for r in openai_stub.requests)
-    assert any("Agent: I will send" in r["messages"][1]["content"]
-               for r in openai_stub.requests[:n])
-    assert json.loads(openai_stub.requests[n]["messages"][1]["content"]) == [part] * n
+    bodies = [r.body for r in fake.requests]
+    assert len(bodies) == n + 1  # map over the chunks, then one reduce
+    for body in bodies:  # the pydantic model's JSON schema is sent, strict
+        fmt = body["response_format"]
+        assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+        schema = fmt["json_schema"]["schema"]
+        assert set(schema["properties"]) == {"summary", "key_points", "action_items", "sentiment"}
+        assert schema["properties"]["sentiment"]["enum"] == ["positive", "neutral", "negative"]
+    assert any("Agent: I will send" in b["messages"][1]["content"] for b in bodies[:n])
+    assert json.loads(bodies[n]["messages"][1]["content"]) == [part] * n
 
 
 @pytest.mark.unit
-def test_openai_summarizer_fills_bad_fields_heuristically(openai_stub: FakeOpenAI) -> None:
-    openai_stub.answers = [{"summary": "Short.", "key_points": "not a list", "sentiment": "meh"}]
-    llm = load_settings(
-        llm={"provider": "openai", "model": "gpt-test", "base_url": openai_stub.base_url,
-             "api_key": SecretStr("sk-test")},
-        _env_file=None,
-    ).llm
-    result = OpenAISummarizer(llm).summarize(CALL)
-    assert result.summary == "Short."
+async def test_an_answer_outside_the_schema_falls_back_to_the_extractive_summary() -> None:
+    bad = {"summary": "Short.", "key_points": "not a list", "sentiment": "meh"}
+    async with OpenAIFake(reply=lambda _messages: json.dumps(bad)) as fake:
+        result = await asyncio.to_thread(OpenAISummarizer(openai_llm(fake)).summarize, CALL)
+    assert result.summary.startswith("A conversation of 5 turns")
     assert result.sentiment == "positive"  # the lexicon's answer
-    assert result.sources["summary"] == "gpt-test" and result.sources["sentiment"] == "heuristic"
     assert result.model == "gpt-test+heuristic"
 
 

@@ -142,6 +142,39 @@ def test_launch_validation(
         assert db.scalar(select(func.count()).select_from(AgentSessionRecord)) == 0
 
 
+def test_launch_with_a_knowledge_file(logged_in: FlaskClient, calls: Calls, settings: Settings) -> None:
+    data = _launch_data(logged_in, knowledge="We close at 6 pm.")
+    data["knowledge_file"] = (io.BytesIO(b"A croissant costs 2 dollars 80.\n"), "prices.md")
+    res = logged_in.post("/sessions/new", data=data, content_type="multipart/form-data")
+    assert res.status_code == 302
+    sid = res.location.rsplit("/", 1)[-1]
+    with session_scope(settings.db.url) as db:
+        rec = db.get(AgentSessionRecord, sid)
+        assert rec is not None
+        assert rec.spec["knowledge"] == "We close at 6 pm.\n\nA croissant costs 2 dollars 80."
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "message"),
+    [
+        (b"x" * 80_001, "big.txt", "too large: at most 20,000 characters"),
+        ("é".encode() * 20_001, "big.md", "too large"),
+        (b"\xff\xfe\x00bad", "notes.txt", "not UTF-8 text"),
+        (b"%PDF-1.7", "notes.pdf", "plain text file"),
+    ],
+)
+def test_a_knowledge_file_that_cannot_be_used_is_refused(
+    logged_in: FlaskClient, calls: Calls, content: bytes, name: str, message: str
+) -> None:
+    data = _launch_data(logged_in)
+    data["knowledge_file"] = (io.BytesIO(content), name)
+    res = logged_in.post("/sessions/new", data=data, content_type="multipart/form-data")
+    assert res.status_code == 422
+    block = re.search(r'data-field="knowledge_file">(.*?)</div>\s*</div>', _text(res), re.S)
+    assert block and message in block.group(1)
+    assert calls.enqueued == []
+
+
 def test_launch_form_prefills_defaults(logged_in: FlaskClient) -> None:
     html = _text(logged_in.get("/sessions/new?room=from-link"))
     assert 'value="from-link"' in html

@@ -42,8 +42,10 @@ from .forms import (
     PROVIDERS,
     SPEC_FIELDS,
     LaunchForm,
+    UploadError,
     defaults,
     form_errors,
+    read_knowledge_upload,
 )
 
 logger = logging.getLogger(__name__)
@@ -178,17 +180,29 @@ def launch() -> Any:
         )
     form = request.form.to_dict()
     errors: dict[str, str] = {}
+    upload = request.files.get("knowledge_file")
+    if upload is not None and upload.filename:
+        try:
+            text = read_knowledge_upload(upload.stream, upload.filename)
+            form["knowledge"] = "\n\n".join(t for t in (form.get("knowledge", "").strip(), text) if t)
+        except UploadError as err:
+            errors["knowledge_file"] = str(err)
+    data: LaunchForm | None = None
     try:
         data = LaunchForm.model_validate(form)
         spec = data.spec()
     except ValidationError as err:
-        errors = form_errors(err)
+        errors = {**form_errors(err), **errors}
     else:
         errors = {
-            SPEC_FIELDS.get(k, k): v[:1].upper() + v[1:] + "."
-            for k, v in spec_violations(spec, settings).items()
+            **errors,
+            **{
+                SPEC_FIELDS.get(k, k): v[:1].upper() + v[1:] + "."
+                for k, v in spec_violations(spec, settings).items()
+            },
         }
-    if errors:
+    if errors or data is None:
+        form.pop("knowledge_file", None)
         return (
             render_template(
                 "admin/launch.html",

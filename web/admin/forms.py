@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -34,6 +34,32 @@ PROVIDERS: dict[str, tuple[str, ...]] = {
 }
 
 
+KNOWLEDGE_MAX_CHARS = 20_000  # SessionSpec.knowledge's limit
+KNOWLEDGE_MAX_BYTES = 4 * KNOWLEDGE_MAX_CHARS  # UTF-8: at most 4 bytes a character
+
+
+class UploadError(ValueError):
+    """An uploaded file the form cannot use; the message is shown next to the field."""
+
+
+def read_knowledge_upload(stream: IO[bytes], filename: str) -> str:
+    """The text of an uploaded knowledge file (plain text or markdown, UTF-8, size-limited).
+
+    Reads at most one byte past the limit, so a huge upload is refused without being read."""
+    if not filename.lower().endswith((".txt", ".md", ".markdown", ".text", ".csv")):
+        raise UploadError("Upload a plain text file (.txt or .md).")
+    data = stream.read(KNOWLEDGE_MAX_BYTES + 1)
+    if len(data) > KNOWLEDGE_MAX_BYTES:
+        raise UploadError(f"The file is too large: at most {KNOWLEDGE_MAX_CHARS:,} characters.")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UploadError("The file is not UTF-8 text.") from None
+    if len(text) > KNOWLEDGE_MAX_CHARS:
+        raise UploadError(f"The file is too large: at most {KNOWLEDGE_MAX_CHARS:,} characters.")
+    return text
+
+
 class LaunchForm(BaseModel):
     """Flat form fields; empty strings mean "use the configured default"."""
 
@@ -42,6 +68,7 @@ class LaunchForm(BaseModel):
     room: str | None = Field(default=None, max_length=128, pattern=NAME_PATTERN)
     instructions: str = Field(min_length=1, max_length=8000)
     greeting: str | None = Field(default=None, max_length=500)
+    knowledge: str | None = Field(default=None, max_length=KNOWLEDGE_MAX_CHARS)
     language: str = Field(min_length=2, max_length=16, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
     stt_provider: Literal["local", "assemblyai"]
     llm_provider: Literal["local", "openai"]
@@ -52,7 +79,7 @@ class LaunchForm(BaseModel):
     avatar_id: str | None = Field(default=None, max_length=128, pattern=ID_PATTERN)
     request_key: str | None = Field(default=None, max_length=64)
 
-    @field_validator("room", "greeting", "llm_model", "tts_voice", "avatar_id", "request_key",
+    @field_validator("room", "greeting", "knowledge", "llm_model", "tts_voice", "avatar_id", "request_key",
                      mode="before")
     @classmethod
     def _blank_is_none(cls, v: Any) -> Any:
@@ -63,6 +90,7 @@ class LaunchForm(BaseModel):
             {
                 "instructions": self.instructions,
                 "greeting": self.greeting,
+                "knowledge": self.knowledge,
                 "language": self.language,
                 "stt": {"provider": self.stt_provider},
                 "llm": {"provider": self.llm_provider, "model": self.llm_model},
@@ -76,6 +104,8 @@ FIELD_LABELS = {
     "room": "Room",
     "instructions": "Instructions",
     "greeting": "Greeting",
+    "knowledge": "Knowledge",
+    "knowledge_file": "Knowledge file",
     "language": "Language",
     "stt_provider": "Speech-to-text",
     "llm_provider": "Language model",
@@ -123,6 +153,7 @@ def defaults(settings: Settings) -> dict[str, str]:
         "room": "",
         "instructions": DEFAULT_INSTRUCTIONS,
         "greeting": SessionSpec().greeting or "",
+        "knowledge": "",
         "language": settings.stt.language or "en",
         "stt_provider": settings.stt.provider,
         "llm_provider": settings.llm.provider,

@@ -32,7 +32,7 @@ async def collect(stream: LocalLLMStream) -> tuple[str, list[ChatChunk]]:
 
 
 async def test_streams_a_short_spoken_answer_with_usage(llama: local_models.LlamaEngine) -> None:
-    llm = LocalLLM(engine=llama, temperature=0.0, max_tokens=96)
+    llm = LocalLLM(engine=llama, temperature=0.0, max_tokens=96, steer="facts")
     text, chunks = await collect(llm.chat(chat_ctx=chat("Hi! Who are you?")))
     content_chunks = [c for c in chunks if c.delta and c.delta.content]
     assert len(content_chunks) > 3  # streamed token by token, not in one piece
@@ -46,6 +46,16 @@ async def test_streams_a_short_spoken_answer_with_usage(llama: local_models.Llam
         usage.prompt_tokens > 20
         and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     )
+
+
+async def test_who_it_is_is_answered_in_the_personas_words_without_generating(
+    llama: local_models.LlamaEngine,
+) -> None:
+    llm = LocalLLM(engine=llama, temperature=0.6, max_tokens=96)
+    stream = llm.chat(chat_ctx=chat("What is your name, and what can you help me with today?"))
+    text, _ = await collect(stream)
+    assert stream.finish_reason == "grounded" and stream.timings is None  # the model did not run
+    assert text.startswith("I'm Ava, your friendly voice assistant.")
 
 
 async def test_second_turn_only_evaluates_the_new_tokens(llama: local_models.LlamaEngine) -> None:

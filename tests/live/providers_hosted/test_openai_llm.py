@@ -119,3 +119,29 @@ async def test_stream_cut_before_first_token_falls_back(
         await primary.aclose()
     text = "".join(c.delta.content for c in chunks if c.delta and c.delta.content)
     assert text == "local model heard: anyone home"
+
+
+async def test_the_agent_corrects_a_wrong_name_and_passes_the_knowledge(
+    openai_fake: OpenAIFake, ctx: ProviderContext
+) -> None:
+    """Any LLM goes through the agent's guard and gets the retrieved knowledge."""
+    from live.agent import AvatarAgent
+
+    openai_fake.reply = lambda _messages: "Hi, I'm Emily, the assistant here. We open at 9."
+    model = create("llm", "openai", options(openai_fake), ctx)
+    agent = AvatarAgent(
+        instructions="You are Ava, the assistant of Bluebell Bakery.",
+        knowledge="Opening hours: we open at 7:30 am.\n\nCroissant: a croissant costs 2 dollars.",
+    )
+    try:
+        async with AgentSession(llm=model) as session:
+            await session.start(agent)
+            result = await session.run(user_input="Who are you, and when do you open?")
+            msg = result.expect.next_event().is_message(role="assistant").event().item
+    finally:
+        await model.aclose()
+    assert msg.text_content == "Hi, I'm Ava, the assistant here. We open at 9."
+    assert agent.corrections == 1
+    messages = openai_fake.requests[-1].body["messages"]
+    assert messages[-1] == {"role": "user", "content": "Who are you, and when do you open?"}
+    assert "7:30 am" in messages[-2]["content"] and "croissant" not in messages[-2]["content"]
