@@ -163,12 +163,13 @@ async def test_speaking_over_the_avatar_stops_it(stack: Stack, artifacts_dir) ->
     assert cut, "the caller spoke over the answer, but it was never interrupted:\n" + result.render()
     # VAD needs LIMITS__INTERRUPTION_MIN_SPEECH (0.3 s) and one word, then the audio is cleared.
     assert it.stop_latency_s is not None and it.stop_latency_s < 1.5, result.render()
-    # the interrupted reply keeps the words that were played: in the store, in the captions,
-    # and as the caller heard them (the word being spoken at the cut may fall either side)
+    # the interrupted reply keeps the words that were played, as the caller heard them; its
+    # captions never run ahead of them (they may stop short of the cut: seen once in CI, the
+    # last caption segment the caller received ended several words before the cut)
     stored = cut[0].text  # the answer spoken over (a reply to the interruption may follow)
     said, captioned = stored.split(), it.caption_text.split()
-    shorter, longer = sorted((said, captioned), key=len)
-    assert longer[: len(shorter)] == shorter and len(longer) - len(shorter) <= 1, (stored, it.caption_text)
+    assert captioned and said[: len(captioned) - 1] == captioned[:-1], (stored, it.caption_text)
+    assert len(captioned) <= len(said) + 1, (stored, it.caption_text)
     assert stored.strip() and it.heard_text.strip(), result.render()
     assert wer(stored, it.heard_text) <= 0.35, (stored, it.heard_text)
     assert abs(len(normalize(stored)) - len(normalize(it.heard_text))) <= 2, (stored, it.heard_text)
