@@ -43,6 +43,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--db") != "postgresql":
+        return
+    skip = pytest.mark.skip(reason="sqlite_only: works on the SQLite file itself; runs in the SQLite pass")
+    for item in items:
+        if "sqlite_only" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Outside the private network namespace, run this same pytest again inside it."""
     if os.environ.get("AVATAR_NETNS") == "1" or os.environ.get("AVATAR_NETNS_REEXEC") == "0":

@@ -122,6 +122,7 @@ def _lines(db_url: str, session_id: str) -> list[str]:
         ).all())
 
 
+@pytest.mark.sqlite_only
 def test_locked_database_loses_no_line_and_keeps_their_order(
     db_url: str, session_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -153,6 +154,7 @@ def test_locked_database_loses_no_line_and_keeps_their_order(
         assert row is not None and row.heartbeat_at is not None
 
 
+@pytest.mark.sqlite_only
 def test_waiting_writes_are_bounded_and_refusals_are_logged(
     db_url: str, session_id: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -177,6 +179,7 @@ def test_waiting_writes_are_bounded_and_refusals_are_logged(
         assert [u.quantity for u in usage] == [199.0]
 
 
+@pytest.mark.sqlite_only
 def test_writes_still_waiting_at_close_are_reported(
     db_url: str, session_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -278,6 +278,7 @@ def _pool_process_in_task(worker: WorkerProcess, db_path: str) -> Any:
 
 
 @pytest.mark.integration
+@pytest.mark.sqlite_only
 def test_valkey_crash_with_tasks_queued_loses_none_and_everyone_reconnects(
     db_url: str, tmp_path: Path
 ) -> None:
@@ -337,6 +338,7 @@ def test_valkey_crash_with_tasks_queued_loses_none_and_everyone_reconnects(
 
 
 @pytest.mark.integration
+@pytest.mark.sqlite_only
 def test_celery_child_sigkilled_mid_task_runs_it_again_with_one_effect(
     back_office: BackOffice,
 ) -> None:

@@ -120,6 +120,7 @@ def test_create_session_with_broker_down_is_503_and_stores_nothing(
 
 
 @pytest.mark.integration
+@pytest.mark.sqlite_only
 def test_locked_database_is_503_not_500(
     real_app: Callable[[], tuple[Flask, Settings]], broker: Broker, db_url: str
 ) -> None:
