@@ -474,6 +474,20 @@ class WhisperEngine:
             )
         return self._decode(audio, language, FULL_WINDOW_SECONDS, None)[0]
 
+    def word_times_sync(self, audio: np.ndarray) -> list[tuple[str, float, float]]:
+        """Words heard with their start and end (s), by Whisper's cross-attention alignment.
+
+        Not used on the live path (it costs a second decoder pass); benchmarks and tests check
+        the TTS word timings that drive captions and interrupted-reply transcripts against it.
+        """
+        segments, _ = self._model.transcribe(
+            audio, language="en" if self.english_only else None, beam_size=1, best_of=1,
+            temperature=0.0, condition_on_previous_text=False, vad_filter=False,
+            word_timestamps=True,
+        )
+        return [(w.word.strip(), float(w.start), float(w.end))
+                for s in segments for w in (s.words or [])]
+
     def _decode(
         self, audio: np.ndarray, language: str | None, window_seconds: float, cap: int | None
     ) -> tuple[Transcript, bool]:

@@ -1,13 +1,16 @@
 """Word timings for captions, from Piper's phoneme alignment.
 
-The pure pairing of written and spoken words is checked on hand-made timings; then real Piper
-speech is cut at a word's start time and Whisper must hear exactly the words before it: the
-property an interrupted reply's transcript relies on.
+The pure pairing of written and spoken words is checked on hand-made timings; then the word
+start times Piper gives for real speech are held against Whisper's own word alignment of it.
+(An earlier form cut the audio at a word start and asked Whisper for the words before it; Whisper
+tiny hallucinates on clips cut mid-sentence, so that test failed in CI on correct timings.)
 """
 
 from __future__ import annotations
 
+import difflib
 import itertools
+import statistics
 
 import pytest
 from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
@@ -15,9 +18,9 @@ from livekit.agents.voice.io import TimedString
 
 from live.alignment import PhonemeTiming, SentenceWords, pair_words, spoken_words, written_words
 from live.providers import local_models
-from live.providers.local_stt import LocalSTT
+from live.providers.local_stt import to_whisper_audio
 from live.providers.local_tts import LocalTTS
-from tests.live.providers.speech import normalize, pcm_frame, wer
+from tests.live.providers.speech import normalize, pcm_frame
 
 
 def _timings(spec: str, step: float = 0.1) -> list[PhonemeTiming]:
@@ -99,15 +102,15 @@ async def test_piper_word_timings_cut_the_speech_between_words(
     assert all(b >= a for a, b in itertools.pairwise(starts))
     assert all(s < e <= duration + 1e-3 for s, e in zip(starts, ends, strict=True))
     assert ends[-1] > duration - 0.6  # the last word ends near the end of the audio
-    # cut where words start: Whisper hears the words before the cut, not the ones after
-    # (Whisper tiny now and then repeats itself on a clip cut mid-sentence, "Hello. My name is
-    # Ava. Hello. My name": two of the three cuts must show it, and none may be far off)
-    stt = LocalSTT(engine=whisper)
-    results = []
-    for k in (5, 12, 17):
-        cut = int(starts[k] * piper.sample_rate) * 2
-        heard = (await stt.recognize(pcm_frame(pcm[:cut], piper.sample_rate))).alternatives[0].text
-        before = " ".join(words[:k])
-        results.append((k, before, heard))
-    exact = [r for r in results if wer(r[1], r[2]) <= 0.2 and len(normalize(r[2])) <= r[0] + 1]
-    assert len(exact) >= 2, results
+    # Whisper's own word alignment of the same audio agrees: Piper's start times are where a
+    # listener hears each word begin (the property captions and an interrupted reply's stored
+    # transcript rely on). Whisper's alignment is itself ~50 ms typical, a few words off by more.
+    heard = whisper.word_times_sync(to_whisper_audio(pcm_frame(pcm, piper.sample_rate)))
+    ours = [" ".join(normalize(str(w))) for w in words]
+    theirs = [" ".join(normalize(w)) for w, _, _ in heard]
+    matcher = difflib.SequenceMatcher(a=ours, b=theirs, autojunk=False)
+    offsets = [abs(starts[b.a + i] - heard[b.b + i][1])
+               for b in matcher.get_matching_blocks() for i in range(b.size)]
+    assert len(offsets) >= len(words) - 3, (ours, theirs)  # the same words were heard
+    assert statistics.median(offsets) <= 0.12, offsets
+    assert sum(o <= 0.25 for o in offsets) >= 0.8 * len(offsets), offsets
