@@ -362,6 +362,18 @@ class LimitsSettings(BaseModel):
         default=0.3, ge=0.05, le=5.0,
         description="Seconds of caller speech over the agent that interrupt it.",
     )
+    interruption_pause: bool = Field(
+        default=True,
+        description=(
+            "Pause the agent the moment the caller speaks over it, and resume if no words "
+            "follow (a backchannel, a cough), where its audio can pause (the local avatar "
+            "in-process, or no avatar); elsewhere it stops once the caller's words are heard."
+        ),
+    )
+    false_interruption_timeout: float = Field(
+        default=0.5, ge=0.1, le=5.0,
+        description="Seconds after a pausing sound ends with no words before the agent resumes.",
+    )
     echo_guard_seconds: float = Field(
         default=3.0,
         ge=0.0,

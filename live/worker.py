@@ -215,8 +215,7 @@ async def entrypoint(ctx: JobContext) -> None:
     )
     from live.providers import turn
 
-    turn_kwargs = turn.turn_handling(settings, pctx)
-    vad = turn_kwargs["vad"]
+    vad = turn.get_vad(pctx)
     try:
         comps: Components = build_components(settings, spec, pctx, vad)
     except Exception as err:
@@ -225,6 +224,7 @@ async def entrypoint(ctx: JobContext) -> None:
         recorder.close()
         ctx.shutdown(reason="provider error")
         return
+    turn_kwargs = turn.turn_handling(settings, pctx, can_pause=_output_can_pause(comps))
 
     session: AgentSession[Any] = AgentSession(
         stt=comps.stt,
@@ -300,6 +300,17 @@ async def entrypoint(ctx: JobContext) -> None:
         session, ctx.proc.userdata.get("avatar"), ctx.proc.userdata.get("avatar_lost_at"))))
     if spec.greeting:
         session.say(spec.greeting)
+
+
+def _output_can_pause(comps: Components) -> bool:
+    """The agent's voice goes to the room itself or to the in-process local face: both can
+    pause. A hosted avatar, or the local one as its own participant, cannot (LiveKit's
+    data-stream output has no pause); if a fallback swaps one in, the session's audio output
+    says so and LiveKit interrupts instead of pausing."""
+    if not comps.avatar_chain:
+        return True
+    name, opts = comps.avatar_chain[0]
+    return name == "local" and getattr(opts, "local_mode", "in-process") == "in-process"
 
 
 def _tell_stt_when_agent_speaks(session: AgentSession[Any], stt: Any) -> None:

@@ -13,6 +13,7 @@ arrive: the TTS announces a chunk's timings just before pushing that chunk's aud
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -148,6 +149,8 @@ class FaceVideoGenerator(VideoGenerator):
         self._head = HeadMotion(rng, amplitude_px=renderer.height * 0.0025 + 0.4)
         self._closing_frames = 0
         self._frame_index = 0
+        self._paused = False
+        self._resumed = asyncio.Event()
         # Frames that the mouth trails the audio it was computed from. 0: each frame shows its
         # own chunk; the publisher (live.avatar.publish) sends the frame when that chunk
         # plays, a little early, which is where the sync is made.
@@ -205,6 +208,24 @@ class FaceVideoGenerator(VideoGenerator):
         else:
             self._enqueue(self._samples(frame))
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Hold the speech where it is (the caller may be interrupting): the face goes idle
+        and the mouth closes; audio already handed to the publisher (at most its queue,
+        ``live.avatar.publish.AUDIO_QUEUE_MS``) still plays. ``resume`` goes on from here."""
+        if not self._paused:
+            self._paused = True
+            self._resumed.clear()
+            self._closing_frames = 2
+
+    def resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._resumed.set()
+
     def clear_buffer(self) -> asyncio.Future[None] | None:  # type: ignore[override]
         """Drop queued audio and timings; close the mouth; flush the synchronizer."""
         while not self._queue.empty():
@@ -218,6 +239,7 @@ class FaceVideoGenerator(VideoGenerator):
             self._head_align_left = 0.0
         self._resampler = None
         self._closing_frames = 2
+        self.resume()  # the held speech is gone; the session pauses the next one if need be
         if self._av_sync is not None:
             return asyncio.ensure_future(self._av_sync.clear_queue())
         return None
@@ -299,6 +321,21 @@ class FaceVideoGenerator(VideoGenerator):
                                      speaking, mouth, rms, ms))
         self._frame_index += 1
 
+    async def _idle_frame(self) -> rtc.VideoFrame:
+        """Mouth at rest (after an interruption or a pause: shut within two frames)."""
+        if self._closing_frames:
+            self._closing_frames -= 1
+            v = self._smoother.value
+            mouth = v.scaled(0.35) if self._closing_frames else CLOSED
+            self._smoother.value = mouth
+        else:
+            mouth = self._smoother.step(CLOSED)
+            if mouth.open < 0.02:
+                mouth = self._smoother.value = CLOSED
+        vf, ms = await self._render(self._frame_state(mouth, 0.0))
+        self._emit(False, mouth, 0.0, ms)
+        return vf
+
     async def _stream(
         self,
     ) -> AsyncGenerator[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd, None]:
@@ -306,6 +343,15 @@ class FaceVideoGenerator(VideoGenerator):
         frame_s = 1.0 / self._fps
         next_idle = loop.time()
         while True:
+            if self._paused:
+                # held: idle frames at the frame rate until resumed (or cleared and resumed)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._resumed.wait(), max(0.0, next_idle - loop.time()))
+                if not self._paused:
+                    continue
+                yield await self._idle_frame()
+                next_idle = max(next_idle + frame_s, loop.time() - frame_s)
+                continue
             if self._buf.size >= self._spf:
                 chunk, self._buf = self._buf[: self._spf], self._buf[self._spf:]
                 if self._closing_frames:
@@ -333,20 +379,8 @@ class FaceVideoGenerator(VideoGenerator):
                         raise TimeoutError from None
                     item = await asyncio.wait_for(self._queue.get(), timeout)
             except TimeoutError:
-                # idle: mouth at rest (after an interruption: shut within two frames)
-                if self._closing_frames:
-                    self._closing_frames -= 1
-                    v = self._smoother.value
-                    mouth = v.scaled(0.35) if self._closing_frames else CLOSED
-                    self._smoother.value = mouth
-                else:
-                    mouth = self._smoother.step(CLOSED)
-                    if mouth.open < 0.02:
-                        mouth = self._smoother.value = CLOSED
-                vf, ms = await self._render(self._frame_state(mouth, 0.0))
-                self._emit(False, mouth, 0.0, ms)
                 next_idle = max(next_idle + frame_s, loop.time() - frame_s)
-                yield vf
+                yield await self._idle_frame()
                 continue
             if isinstance(item, AudioSegmentEnd):
                 self._buf = np.zeros(0, np.int16)  # padding made it whole; drop any rest

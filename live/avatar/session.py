@@ -38,6 +38,33 @@ from live.avatar.runner import run_avatar_participant
 logger = logging.getLogger(__name__)
 
 
+class PausableQueueAudioOutput(QueueAudioOutput):
+    """``QueueAudioOutput`` whose playback the session can pause and resume.
+
+    LiveKit pauses the agent's audio output the moment the caller speaks over it and resumes
+    it if no words follow (``resume_false_interruption``), instead of waiting for words
+    before stopping. The stock queue output cannot pause; the face generator can hold its
+    speech, so this one can.
+    """
+
+    def __init__(self, *, hold: Callable[[bool], None], sample_rate: int | None = None,
+                 wait_playback_start: bool = False) -> None:
+        super().__init__(sample_rate=sample_rate, wait_playback_start=wait_playback_start)
+        self._hold = hold
+
+    @property
+    def can_pause(self) -> bool:
+        return True
+
+    def pause(self) -> None:
+        super().pause()
+        self._hold(True)
+
+    def resume(self) -> None:
+        super().resume()
+        self._hold(False)
+
+
 class LocalAvatarSession:
     """The local avatar; ``start`` once per agent session, ``aclose`` when it ends."""
 
@@ -100,7 +127,11 @@ class LocalAvatarSession:
         )
         # playback starts when the avatar plays the first chunk (FaceAvatarRunner says when),
         # not when the agent queues it: captions and interrupted replies are timed from it
-        audio = QueueAudioOutput(sample_rate=opts.sample_rate, wait_playback_start=True)
+        gen = self._gen
+        audio = PausableQueueAudioOutput(
+            hold=lambda held: gen.pause() if held else gen.resume(),
+            sample_rate=opts.sample_rate, wait_playback_start=True,
+        )
         self._runner = FaceAvatarRunner(
             room, audio_recv=audio, video_gen=self._gen, options=opts.avatar_options(),
             video_lead=opts.mouth_lead,

@@ -149,8 +149,27 @@ class LocalSTT(stt.STT):
         self.speculation_misses = 0  # speculative transcripts dropped: the caller went on
         # Set by the session's owner while the agent's voice plays: then the caller's first
         # words are transcribed early and a backchannel alone is not passed on as input.
-        self.agent_speaking = False
+        # Judged when an utterance starts: the session pauses the agent moments later (the
+        # agent is then "listening"), and the utterance is still one spoken over it.
+        self._agent_speaking = False
+        self._agent_quiet_since = 0.0  # monotonic time the agent last stopped speaking
         self.backchannels_ignored = 0
+
+    @property
+    def agent_speaking(self) -> bool:
+        return self._agent_speaking
+
+    @agent_speaking.setter
+    def agent_speaking(self, speaking: bool) -> None:
+        if self._agent_speaking and not speaking:
+            self._agent_quiet_since = time.monotonic()
+        self._agent_speaking = speaking
+
+    def spoken_over(self, started_at: float) -> bool:
+        """Did speech that began at ``started_at`` (monotonic) begin over the agent? The
+        session pauses the agent a moment into the caller's speech, which may be before
+        this VAD reports the start: the agent going quiet after it began still counts."""
+        return self._agent_speaking or self._agent_quiet_since > started_at
 
     @property
     def model(self) -> str:
@@ -318,6 +337,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
             early: asyncio.Task[Transcript | None] | None = None
             early_marks: list[float] = []
             early_decided = False  # the caller's words are out (or speech ended)
+            over_agent = False  # this utterance began while the agent was speaking
 
             def send_early(task: asyncio.Task[Transcript | None], number: int) -> None:
                 """Words over the agent: pass them on at once, unless only a backchannel or a
@@ -345,7 +365,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     return
                 result = task.result()
                 if number == utterance and speaking and result is not None and result.text:
-                    if local.agent_speaking and is_backchannel(result.text):
+                    if over_agent and is_backchannel(result.text):
                         return
                     send(
                         stt.SpeechEvent(
@@ -371,6 +391,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
             async for ev in vad_stream:
                 if ev.type == lk_vad.VADEventType.START_OF_SPEECH:
                     speaking, utterance = True, utterance + 1
+                    over_agent = local.spoken_over(time.monotonic() - ev.speech_duration)
                     early_marks = list(EARLY_INTERIM_MARKS)
                     early_decided = False
                     speech = _Utterance()
@@ -397,7 +418,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                             lambda t, n=utterance: send_preflight(t, n)  # type: ignore[misc]
                         )
                     elif (
-                        local.agent_speaking
+                        over_agent
                         and not early_decided
                         and early_marks
                         and ev.speech_duration >= early_marks[0]
@@ -451,8 +472,11 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     )
                     if result is None or not result.text:
                         continue
-                    if local.agent_speaking and is_backchannel(result.text):
-                        # feedback while the agent talks: not a turn, not an interruption
+                    if over_agent and (
+                        is_backchannel(result.text) or result.confidence < EARLY_MIN_CONFIDENCE
+                    ):
+                        # feedback while the agent talks (or a hum Whisper guessed words in):
+                        # not a turn, not an interruption; a paused agent resumes
                         local.backchannels_ignored += 1
                         continue
                     logger.debug(

@@ -210,13 +210,20 @@ def turn_detector(settings: Settings, ctx: ProviderContext) -> Any:
     return "vad"
 
 
-def turn_handling(settings: Settings, ctx: ProviderContext) -> dict[str, Any]:
+def turn_handling(
+    settings: Settings, ctx: ProviderContext, *, can_pause: bool = False
+) -> dict[str, Any]:
     """``AgentSession`` keyword arguments for VAD, end of turn, preemption and interruptions.
 
     Use as ``AgentSession(stt=..., llm=..., tts=..., **turn_handling(settings, ctx))``.
-    False-interruption resume is off: the avatar plays the agent's audio and cannot pause it.
+    ``can_pause``: the agent's audio output can pause (the room's own, the in-process local
+    avatar). Then caller sound over the agent pauses it at once, without waiting for words,
+    and the agent resumes when no words follow (LiveKit's false-interruption resume; the
+    local STT passes no backchannel on while the agent speaks). Otherwise the agent stops
+    only once the caller's words are heard (``interruption_min_words``).
     """
     limits = settings.limits
+    pause = can_pause and limits.interruption_pause
     return {
         "vad": get_vad(ctx),
         "aec_warmup_duration": limits.echo_guard_seconds or None,
@@ -231,9 +238,11 @@ def turn_handling(settings: Settings, ctx: ProviderContext) -> dict[str, Any]:
                 "preemptive_tts": limits.preemptive_tts,
             },
             "interruption": {
-                "resume_false_interruption": False,
+                "resume_false_interruption": pause,
                 "min_duration": limits.interruption_min_speech,
-                "min_words": limits.interruption_min_words,
+                "min_words": 0 if pause else limits.interruption_min_words,
+                **({"false_interruption_timeout": limits.false_interruption_timeout}
+                   if pause else {}),
             },
         },
     }

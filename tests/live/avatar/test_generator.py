@@ -262,3 +262,74 @@ async def test_strip_of_frames_for_people_to_look_at(
                        cv2.cvtColor(np.concatenate(full, axis=1), cv2.COLOR_RGB2BGR))
     assert path.stat().st_size > 10_000
     assert not math.isnan(float(strip.mean()))
+
+
+async def test_pause_holds_the_speech_and_resume_goes_on_from_there(
+    renderer: FaceRenderer, speech_clip: SpeechClip
+) -> None:
+    """The caller speaks over the agent: the face goes quiet at once, mouth shut, and after
+    a backchannel the speech goes on where it stopped, nothing skipped or repeated."""
+    reference = await speak(renderer, speech_clip, aligned=False)
+    run = Run()
+    gen = make_gen(renderer, run)
+    await feed(gen, speech_clip, aligned=False)
+    frames = aiter(gen)
+    played: list[npt.NDArray[np.int16]] = []
+    for _ in range(400):
+        item = await anext(frames)
+        if isinstance(item, rtc.AudioFrame):
+            played.append(np.frombuffer(item.data, np.int16).copy())
+            if run.infos[-1].mouth.open > 0.4:
+                break
+    else:
+        pytest.fail("mouth never opened")
+    gen.pause()
+    held: list[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd] = []
+    n_before = len(run.infos)
+    for _ in range(10):  # 400 ms of media time
+        held.append(await asyncio.wait_for(anext(frames), 2))
+    assert all(isinstance(i, rtc.VideoFrame) for i in held)  # no sound while paused
+    infos = run.infos[n_before:]
+    assert not any(i.speaking for i in infos)
+    assert next(k for k, i in enumerate(infos) if i.mouth.open == 0.0) <= 2  # shut in 2 frames
+    gen.resume()
+    async for item in frames:
+        if isinstance(item, rtc.AudioFrame):
+            played.append(np.frombuffer(item.data, np.int16).copy())
+        elif isinstance(item, AudioSegmentEnd):
+            break
+    # the same sound as without the pause: nothing skipped, nothing played twice (the
+    # resampler dithers: two runs of one clip differ by a unit or two in some samples)
+    paused, plain = np.concatenate(played), np.concatenate(reference.audio)
+    assert paused.size == plain.size
+    assert int(np.abs(paused.astype(np.int32) - plain).max()) <= 4
+    await gen.aclose()
+
+
+async def test_an_interruption_while_paused_drops_the_speech_and_unpauses(
+    renderer: FaceRenderer, speech_clip: SpeechClip
+) -> None:
+    run = Run()
+    gen = make_gen(renderer, run)
+    await feed(gen, speech_clip, aligned=False)
+    frames = aiter(gen)
+    for _ in range(100):
+        if isinstance(await anext(frames), rtc.AudioFrame):
+            break
+    gen.pause()
+    cleared = gen.clear_buffer()
+    if cleared is not None:
+        await cleared
+    assert not gen.paused  # the next reply is not stuck behind the old pause
+    short = speech_clip.samples[: SR // 2]
+    await gen.push_audio(rtc.AudioFrame(short.tobytes(), SR, 1, short.size))
+    await gen.push_audio(AudioSegmentEnd())
+    out: list[npt.NDArray[np.int16]] = []
+    async for item in frames:
+        if isinstance(item, rtc.AudioFrame):
+            out.append(np.frombuffer(item.data, np.int16))
+        elif isinstance(item, AudioSegmentEnd):
+            break
+    heard = np.concatenate(out)[: short.size].astype(np.int32)
+    assert int(np.abs(heard - short).max()) <= 4  # the new reply, from its start
+    await gen.aclose()
