@@ -33,6 +33,7 @@ FRAME_MS = 10
 SPEECH_RMS = 300.0  # int16 RMS above which reply audio counts as speech
 REPLY_SILENCE_S = 1.5  # a reply is over after this much silence
 STOP_QUIET_S = 1.2  # the avatar counts as stopped after this much quiet
+GAP_WINDOW_S = 4.0  # after speaking over the avatar, quiet in its sound is looked for this long
 VIDEO_KEEP_PX = 256  # recorded frames are scaled down to this size
 
 
@@ -50,6 +51,8 @@ class TurnResult(BaseModel):
     audio_jitter_buffer_ms: float | None = None
     video_jitter_buffer_ms: float | None = None
     reply_audio_s: float = 0.0
+    # wall-clock end of the caller's speech: lines it up with the worker's log timestamps
+    spoke_end_unix: float | None = None
     # the agent's captions (lk.transcription) for this reply, and when their first and last
     # words arrived against the reply's first and last audio (negative: the word came first)
     caption_text: str = ""
@@ -75,6 +78,9 @@ class InterruptionResult(BaseModel):
     reply_started: bool = False
     spoke_over: bool = False  # the answer still ran when the caller spoke
     stop_latency_s: float | None = None  # caller starts speaking over the avatar -> it stops
+    # the longest quiet in the avatar's sound in the 4 s after the caller spoke over it: a
+    # pause the agent resumed from (a backchannel) shows here, and not as a stop
+    longest_gap_s: float | None = None
     caption_text: str = ""  # the agent's captions for the interrupted reply
     caption_end_lag_s: float | None = None  # its last captioned word, against the sound's end
     heard_text: str = ""  # what the caller heard of it (transcribed), for comparison
@@ -464,6 +470,19 @@ def _stopped_at(rec: _Recorder, since: float, gap: float, loud_at_since: bool = 
     return None
 
 
+def _longest_gap(rec: _Recorder, since: float, until: float) -> float:
+    """Longest run of quiet in the received sound between two times (s, 10 ms frames)."""
+    longest, last = 0.0, since
+    for t, pcm in rec.audio:
+        if t < since or not pcm.size:
+            continue
+        if t > until:
+            break
+        if float(np.sqrt(np.mean(pcm.astype(np.float32) ** 2))) > SPEECH_RMS:
+            longest, last = max(longest, t - last), t
+    return round(max(longest, min(until, time.monotonic()) - last), 3)
+
+
 async def _jitter_buffers(room: rtc.Room) -> dict[str, tuple[float, int]]:
     """Received media's jitter buffer totals per kind: (delay summed in s, items emitted)."""
     out: dict[str, tuple[float, int]] = {}
@@ -561,6 +580,7 @@ async def _interrupt(
         assert stop is not None
         out.stop_latency_s = round(max(0.0, stop - over), 3)
     stopped = _stopped_at(rec, over, STOP_QUIET_S, loud_at_since=True)
+    out.longest_gap_s = _longest_gap(rec, over, over + GAP_WINDOW_S)
     await _interrupted_captions(rec, out, opts.identity, asked, over, stopped)
     heard = [pcm for t, pcm in rec.audio if start - 0.1 <= t <= (stopped or over) + 0.1]
     if heard:
@@ -664,7 +684,7 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
             await speech_q.put(pcm)
             await asyncio.wait_for(spoken.wait(), timeout=len(pcm) / SAMPLE_RATE + 10)
             t_end = time.monotonic() + 0.05  # the source's queue (50 ms) still plays out
-            turn = TurnResult(prompt=prompt)
+            turn = TurnResult(prompt=prompt, spoke_end_unix=round(time.time() + 0.05, 3))
             start = await _wait_quiet(rec, t_end, opts.reply_timeout)
             if start is None:
                 result.turns.append(turn)

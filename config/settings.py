@@ -371,8 +371,11 @@ class LimitsSettings(BaseModel):
         ),
     )
     false_interruption_timeout: float = Field(
-        default=0.5, ge=0.1, le=5.0,
-        description="Seconds after a pausing sound ends with no words before the agent resumes.",
+        default=0.2, ge=0.05, le=5.0,
+        description=(
+            "Seconds after a pausing sound ends before the agent resumes, if no words were "
+            "heard (with the local STT the resume also waits for its transcript)."
+        ),
     )
     echo_guard_seconds: float = Field(
         default=3.0,

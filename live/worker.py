@@ -118,6 +118,9 @@ def build_server(settings: Settings) -> AgentServer:
         api_key=settings.livekit.api_key.get_secret_value(),
         api_secret=settings.livekit.api_secret.get_secret_value(),
         initialize_process_timeout=120.0,
+        # LiveKit's CLI sets up the handlers at this level (INFO otherwise, whatever
+        # LOGGING__LEVEL says): one setting for every process
+        log_level=settings.logging.level,
     )
     admission = Admission(settings.limits.max_concurrent_sessions, running_ids)
     server.rtc_session(
@@ -266,6 +269,7 @@ async def entrypoint(ctx: JobContext) -> None:
         avatar = built.get(avatar_name)
         if avatar is not None:
             _link_mouth_to_voice(avatar, comps.tts)
+            _link_resume_to_stt(avatar, comps.stt)
             if hasattr(avatar, "aclose"):
                 ctx.add_shutdown_callback(avatar.aclose)
     ctx.proc.userdata["avatar"] = (avatar_name, avatar_started)
@@ -324,6 +328,16 @@ def _tell_stt_when_agent_speaks(session: AgentSession[Any], stt: Any) -> None:
     @session.on("agent_state_changed")
     def _on_state(ev: Any) -> None:
         stt.agent_speaking = ev.new_state == "speaking"
+
+
+def _link_resume_to_stt(avatar: Any, stt: Any) -> None:
+    """A reply paused by the caller's voice resumes only once the local STT has heard that
+    the caller said no words (a backchannel), never for a moment before an interruption."""
+    from live.providers.local_stt import LocalSTT
+
+    hold = getattr(avatar, "wait_for_words_before_resuming", None)
+    if hold is not None and isinstance(stt, LocalSTT):
+        hold(stt.words_over_agent)
 
 
 def _link_mouth_to_voice(avatar: Any, tts: Any) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy import select
 
 from bench.stack import embedded_stack, require_netns, wait_room_empty, wait_session_ended
 from bench.turns.corpus import RATE, Item, build, load_manifest, read_wav, write_wav
-from cli.call import CallOptions, run_call
+from cli.call import STOP_QUIET_S, CallOptions, run_call
 from live.metadata import SessionSpec
 from store.db import session_scope
 from store.models import TranscriptLine, TurnMetric
@@ -127,6 +127,8 @@ def main() -> None:
                 rows.append({
                     "id": it.id, "voice": voice, "group": it.group, "kind": kind, "split": it.split,
                     "heard_s": turn.audio_latency_s if turn else None,
+                    "spoke_end_unix": turn.spoke_end_unix if turn else None,
+                    "room": room,
                     "mouth_s": turn.video_latency_s if turn else None,
                     "end_of_turn_s": m.end_of_utterance_delay if m else None,
                     "transcription_s": m.transcription_delay if m else None,
@@ -153,12 +155,20 @@ def main() -> None:
             print(f"{it.voice} {it.kind} {it.text!r}: " + result.render().replace("\n", "\n  "), flush=True)
             wait_session_ended(stack.db_url, result.session_id)
             asyncio.run(wait_room_empty(stack.settings, room))
+            lines, _ = _session_rows(stack.db_url, result.session_id)
+            # the stored transcript says whether the reply spoken over was cut (an
+            # interruption) or played to its end (a backchannel the agent resumed after)
+            replies = [ln for ln in lines if ln.speaker == "agent"][1:2]  # after the greeting
             spoken_over.append({
                 "id": it.id, "voice": it.voice, "group": it.group, "kind": it.kind, "said": it.text,
                 "spoke_over": bool(itr and itr.spoke_over),
                 "stop_s": itr.stop_latency_s if itr else None,
+                "longest_gap_s": itr.longest_gap_s if itr else None,
+                "reply_cut": replies[0].interrupted if replies else None,
+                "user_turns": [ln.text for ln in lines if ln.speaker == "user"][1:],
                 "error": result.error,
             })
+        worker_log = str(stack.work / "live.log")
     summary = summarize(rows, cuts, max_delay)
     summary["spoken_over"] = summarize_over(spoken_over)
     cmd = "scripts/netns-run .venv/bin/python -m bench.turns.call"
@@ -167,6 +177,7 @@ def main() -> None:
     out = {"command": cmd, "when": datetime.now(UTC).isoformat(timespec="seconds"),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "load_average": [round(x, 2) for x in os.getloadavg()], "max_delay": max_delay,
+           "worker_log": worker_log,
            "summary": summary, "hesitation_calls": cuts, "turns": rows, "spoken_over": spoken_over}
     stem = "turns-call" + (f"-{args.label}" if args.label else "")
     RESULTS.mkdir(exist_ok=True)
@@ -222,8 +233,12 @@ def summarize_over(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "interruptions": len(ints),
         "interruptions_stopped": sum(1 for r in ints if r["stop_s"] is not None and r["stop_s"] <= STOPPED_WITHIN_S),
         "stop_p50": _q(stops, 50), "stop_p95": _q(stops, 95),
+        "interruptions_that_cut_the_reply": sum(1 for r in ints if r.get("reply_cut")),
         "backchannels": len(bcs),
         "backchannels_that_stopped_it": sum(1 for r in bcs if r["stop_s"] is not None and r["stop_s"] <= STOPPED_WITHIN_S),
+        "backchannels_that_cut_the_reply": sum(1 for r in bcs if r.get("reply_cut")),
+        "backchannel_longest_gap_p50": _q([r["longest_gap_s"] for r in bcs if r.get("longest_gap_s") is not None], 50),
+        "backchannel_longest_gap_p95": _q([r["longest_gap_s"] for r in bcs if r.get("longest_gap_s") is not None], 95),
         "not_spoken_over": sum(1 for r in rows if not r["spoke_over"]),
     }
 
@@ -267,12 +282,20 @@ def render_md(out: dict[str, Any]) -> str:
             f"- Interruptions: {o['interruptions_stopped']} of {o['interruptions']} stopped the avatar within "
             f"{STOPPED_WITHIN_S:.1f} s; from the caller's first sound to the avatar's silence at the caller: "
             f"p50 {o['stop_p50']} s, p95 {o['stop_p95']} s.",
-            f"- Backchannels: {o['backchannels_that_stopped_it']} of {o['backchannels']} stopped it.",
+            f"- Interruptions whose reply the stored transcript shows cut: "
+            f"{o.get('interruptions_that_cut_the_reply', '?')} of {o['interruptions']}.",
+            f"- Backchannels: {o['backchannels_that_stopped_it']} of {o['backchannels']} left {STOP_QUIET_S} s of "
+            f"quiet within {STOPPED_WITHIN_S:.1f} s; {o.get('backchannels_that_cut_the_reply', '?')} cut the reply "
+            f"(stored transcript); the longest quiet in the 4 s after one (a pause the agent resumed from, or a "
+            f"gap between sentences): p50 {o.get('backchannel_longest_gap_p50')} s, "
+            f"p95 {o.get('backchannel_longest_gap_p95')} s.",
             f"- Calls where the answer ended before the caller could speak over it: {o['not_spoken_over']}.", "",
-            "| Item | voice | said | stop after (s) |", "|---|---|---|---|",
+            "| Item | voice | said | stop after (s) | longest quiet (s) | reply cut |", "|---|---|---|---|---|---|",
         ]
         for r in out["spoken_over"]:
-            lines.append(f"| {r['id']} | {r['voice']} | {r['said']} | {r['stop_s'] if r['spoke_over'] else 'answer over'} |")
+            lines.append(f"| {r['id']} | {r['voice']} | {r['said']} | "
+                         f"{r['stop_s'] if r['spoke_over'] else 'answer over'} | "
+                         f"{r.get('longest_gap_s')} | {r.get('reply_cut')} |")
         lines.append("")
     return "\n".join(lines)
 

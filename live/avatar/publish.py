@@ -175,6 +175,7 @@ class FaceAvatarRunner(AvatarRunner):
                 if wait > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(sync.cleared.wait(), wait)
+                logger.debug("reply audio playing")  # the worker log's mark for latency traces
                 result = notify()
                 if asyncio.iscoroutine(result):
                     await result

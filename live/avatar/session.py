@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from livekit import api, rtc
@@ -37,6 +37,13 @@ from live.avatar.runner import run_avatar_participant
 
 logger = logging.getLogger(__name__)
 
+# A resume waits this long at most for the caller's words to be transcribed...
+RESUME_VERDICT_WAIT_S = 2.0
+# ...and, words heard, this long for the interruption they cause before resuming anyway.
+INTERRUPTION_WAIT_S = 3.0
+# The longest a reply stays paused when nothing resumes or interrupts it.
+MAX_PAUSE_S = 15.0
+
 
 class PausableQueueAudioOutput(QueueAudioOutput):
     """``QueueAudioOutput`` whose playback the session can pause and resume.
@@ -45,24 +52,62 @@ class PausableQueueAudioOutput(QueueAudioOutput):
     it if no words follow (``resume_false_interruption``), instead of waiting for words
     before stopping. The stock queue output cannot pause; the face generator can hold its
     speech, so this one can.
+
+    LiveKit resumes on a timer after the caller's speech ends. With ``verdict`` (the local
+    STT's ``words_over_agent``) the resume also waits until the caller's words are known:
+    a slow transcription must not let the agent resume for a moment and then be cut off by
+    the interruption it has not yet heard. Words heard: it stays paused for the
+    interruption (LiveKit clears the speech), resuming only if none comes.
     """
 
     def __init__(self, *, hold: Callable[[bool], None], sample_rate: int | None = None,
                  wait_playback_start: bool = False) -> None:
         super().__init__(sample_rate=sample_rate, wait_playback_start=wait_playback_start)
         self._hold = hold
+        self.verdict: Callable[[float], Awaitable[bool | None]] | None = None
+        self._resuming: asyncio.Task[None] | None = None
 
     @property
     def can_pause(self) -> bool:
         return True
 
+    def clear_buffer(self) -> None:
+        self._cancel_resume()  # the interruption: the held speech goes, nothing resumes
+        super().clear_buffer()
+
     def pause(self) -> None:
         super().pause()
+        self._cancel_resume()
         self._hold(True)
+        # never held for good: a pause nothing resolves (no resume, no interruption) would
+        # leave the face silent for the rest of the call
+        self._resuming = asyncio.create_task(self._watchdog())
+
+    async def _watchdog(self) -> None:
+        await asyncio.sleep(MAX_PAUSE_S)
+        logger.warning("agent paused for %.0f s and neither resumed nor interrupted; resuming",
+                       MAX_PAUSE_S)
+        self._hold(False)
 
     def resume(self) -> None:
         super().resume()
+        self._cancel_resume()
+        if self.verdict is None:
+            self._hold(False)
+            return
+        self._resuming = asyncio.create_task(self._resume_after(self.verdict))
+
+    async def _resume_after(self, verdict: Callable[[float], Awaitable[bool | None]]) -> None:
+        if await verdict(RESUME_VERDICT_WAIT_S):
+            # words: the interruption is on its way (it clears the speech and unpauses)
+            await asyncio.sleep(INTERRUPTION_WAIT_S)
+            logger.warning("caller's words over the agent did not interrupt it; resuming")
         self._hold(False)
+
+    def _cancel_resume(self) -> None:
+        if self._resuming is not None and not self._resuming.done():
+            self._resuming.cancel()
+        self._resuming = None
 
 
 class LocalAvatarSession:
@@ -86,6 +131,8 @@ class LocalAvatarSession:
         self._runner: FaceAvatarRunner | None = None
         self._participant_task: asyncio.Task[None] | None = None
         self._participant_ready = asyncio.Event()
+        self._audio: PausableQueueAudioOutput | None = None
+        self._verdict: Callable[[float], Awaitable[bool | None]] | None = None
         if self._opts.mode == "participant" and not (livekit_url and api_key and api_secret):
             raise ValueError("participant mode needs livekit_url, api_key and api_secret")
 
@@ -101,6 +148,15 @@ class LocalAvatarSession:
     @property
     def provider(self) -> str:
         return "local"
+
+    def wait_for_words_before_resuming(
+        self, verdict: Callable[[float], Awaitable[bool | None]]
+    ) -> None:
+        """A paused reply resumes once ``verdict`` (the local STT's ``words_over_agent``)
+        says the caller spoke no words (see ``PausableQueueAudioOutput``)."""
+        self._verdict = verdict
+        if self._audio is not None:
+            self._audio.verdict = verdict
 
     def alignment_callback(
         self, timings: list[PhonemeTiming], num_samples: int, sample_rate: int
@@ -132,6 +188,8 @@ class LocalAvatarSession:
             hold=lambda held: gen.pause() if held else gen.resume(),
             sample_rate=opts.sample_rate, wait_playback_start=True,
         )
+        audio.verdict = self._verdict
+        self._audio = audio
         self._runner = FaceAvatarRunner(
             room, audio_recv=audio, video_gen=self._gen, options=opts.avatar_options(),
             video_lead=opts.mouth_lead,

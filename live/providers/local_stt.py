@@ -154,6 +154,9 @@ class LocalSTT(stt.STT):
         self._agent_speaking = False
         self._agent_quiet_since = 0.0  # monotonic time the agent last stopped speaking
         self.backchannels_ignored = 0
+        self._heard = asyncio.Event()  # set: no utterance over the agent awaits its verdict
+        self._heard.set()
+        self._words_over_agent = False  # the last one's verdict: words (it interrupts)
 
     @property
     def agent_speaking(self) -> bool:
@@ -170,6 +173,24 @@ class LocalSTT(stt.STT):
         session pauses the agent a moment into the caller's speech, which may be before
         this VAD reports the start: the agent going quiet after it began still counts."""
         return self._agent_speaking or self._agent_quiet_since > started_at
+
+    async def words_over_agent(self, timeout: float) -> bool | None:
+        """Once the caller's speech over the agent is transcribed: were there words (True:
+        an interruption), or only a backchannel, a hum or nothing (False)? None: still
+        undecided after ``timeout`` s. A paused agent resumes only on False."""
+        try:
+            await asyncio.wait_for(self._heard.wait(), timeout)
+        except TimeoutError:
+            return None
+        return self._words_over_agent
+
+    def _over_agent_started(self) -> None:
+        self._words_over_agent = False
+        self._heard.clear()
+
+    def _over_agent_heard(self, words: bool) -> None:
+        self._words_over_agent = self._words_over_agent or words
+        self._heard.set()
 
     @property
     def model(self) -> str:
@@ -352,6 +373,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                 if is_backchannel(result.text) or result.confidence < EARLY_MIN_CONFIDENCE:
                     return
                 early_decided = True
+                local._over_agent_heard(words=True)
                 send(
                     stt.SpeechEvent(
                         type=stt.SpeechEventType.INTERIM_TRANSCRIPT,
@@ -392,6 +414,8 @@ class _LocalSpeechStream(stt.RecognizeStream):
                 if ev.type == lk_vad.VADEventType.START_OF_SPEECH:
                     speaking, utterance = True, utterance + 1
                     over_agent = local.spoken_over(time.monotonic() - ev.speech_duration)
+                    if over_agent:
+                        local._over_agent_started()
                     early_marks = list(EARLY_INTERIM_MARKS)
                     early_decided = False
                     speech = _Utterance()
@@ -471,6 +495,8 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         )
                     )
                     if result is None or not result.text:
+                        if over_agent:
+                            local._over_agent_heard(words=False)
                         continue
                     if over_agent and (
                         is_backchannel(result.text) or result.confidence < EARLY_MIN_CONFIDENCE
@@ -478,6 +504,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         # feedback while the agent talks (or a hum Whisper guessed words in):
                         # not a turn, not an interruption; a paused agent resumes
                         local.backchannels_ignored += 1
+                        local._over_agent_heard(words=False)
                         continue
                     logger.debug(
                         "local transcript",
@@ -488,6 +515,8 @@ class _LocalSpeechStream(stt.RecognizeStream):
                             "lk.pii.text": result.text,
                         },
                     )
+                    if over_agent:
+                        local._over_agent_heard(words=True)
                     send(
                         stt.SpeechEvent(
                             type=stt.SpeechEventType.FINAL_TRANSCRIPT,
@@ -504,6 +533,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
         try:
             await asyncio.gather(*tasks)
         finally:
+            local._heard.set()  # nothing more will be heard: a paused agent need not wait
             await utils.aio.cancel_and_wait(*tasks, *pending)
             await vad_stream.aclose()
 

@@ -149,7 +149,8 @@ async def test_speaking_over_the_avatar_stops_it(stack: Stack, artifacts_dir) ->
         print(result.render())
         assert result.error is None, result.render() + "\n--- live log ---\n" + stack.log_text("live")[-6000:]
         it = result.interruption
-        assert it is not None and it.reply_started
+        assert it is not None and it.reply_started, (
+            result.render() + "\n--- live log ---\n" + stack.log_text("live")[-8000:])
         sid = result.session_id
         assert sid
         await asyncio.to_thread(wait_for, lambda s=sid: _status(stack, s) == "ended", 60, "session ended")

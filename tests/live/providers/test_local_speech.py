@@ -315,6 +315,7 @@ async def test_while_the_agent_speaks_a_backchannel_is_not_passed_on(
     assert SpeechEventType.FINAL_TRANSCRIPT not in kinds, [e.alternatives for e in events]
     assert SpeechEventType.INTERIM_TRANSCRIPT not in kinds
     assert stt.backchannels_ignored == 1
+    assert await stt.words_over_agent(1.0) is False  # a paused agent may resume
 
     stt.agent_speaking = False
     events = await asyncio.wait_for(_paced_events(stt, pcm, sr), timeout=60)
@@ -339,6 +340,22 @@ async def test_while_the_agent_speaks_the_first_words_come_early(
     assert events[first].alternatives[0].text.strip()
     finals = [e.alternatives[0].text for e in events if e.type == SpeechEventType.FINAL_TRANSCRIPT]
     assert finals and wer("Stop, please wait a moment, I have a question.", finals[0]) <= 0.3
+    assert await stt.words_over_agent(1.0) is True  # a paused agent waits for the interruption
+
+
+def test_speech_the_agent_went_quiet_for_is_still_spoken_over(
+    local_ctx: ProviderContext, whisper: local_models.WhisperEngine
+) -> None:
+    """The session pauses the agent (it turns "listening") a moment into the caller's speech,
+    maybe before this STT's VAD reports that speech's start: it still began over the agent.
+    Speech that begins after the agent went quiet is an answer, not a backchannel."""
+    stt = _vad_stt(local_ctx, whisper)
+    stt.agent_speaking = True
+    began = time.monotonic()
+    assert stt.spoken_over(began)
+    stt.agent_speaking = False  # paused after the caller began
+    assert stt.spoken_over(began)
+    assert not stt.spoken_over(time.monotonic() + 0.001)  # the caller began after it
 
 
 def _trimmed(pcm: bytes, threshold: int = 300) -> bytes:

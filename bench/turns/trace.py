@@ -1,0 +1,82 @@
+"""Where a turn's time goes: the caller's end of speech against the live worker's own log.
+
+Run a ``bench.turns.call`` with the worker at debug level, then trace its result file:
+
+    scripts/netns-run .venv/bin/python -m bench.turns.call --phases turns --per-voice 2 \\
+        --env LOGGING__LEVEL=DEBUG --label trace
+    .venv/bin/python -m bench.turns.trace bench/results/turns-call-trace.json
+
+Per turn, seconds after the caller stopped speaking: the speculative transcript (LiveKit's
+preflight, which starts the reply), the final transcript, the end of the turn (LiveKit
+commits it), the first reply audio leaving the avatar, and the reply heard at the caller.
+Caller and worker share the machine's clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+MARKS = {  # worker log message -> column
+    "received user preflight transcript": "preflight",
+    "local transcript": "final",
+    "user turn committed": "committed",
+    "reply audio playing": "playing",
+}
+COLUMNS = ["preflight", "final", "committed", "playing", "heard"]
+
+
+def _events(log: Path) -> list[tuple[float, str]]:
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        mark = MARKS.get(str(rec.get("message", "")))
+        if mark and "timestamp" in rec:
+            out.append((datetime.fromisoformat(rec["timestamp"]).timestamp(), mark))
+    return sorted(out)
+
+
+def trace(result: dict[str, Any], log: Path) -> list[dict[str, Any]]:
+    events = _events(log)
+    rows = [r for r in result["turns"] if r.get("spoke_end_unix") and r.get("heard_s") is not None]
+    rows.sort(key=lambda r: r["spoke_end_unix"])
+    out = []
+    for r in rows:
+        t0 = r["spoke_end_unix"]
+        t1 = t0 + r["heard_s"] + 0.5
+        row: dict[str, Any] = {"id": r["id"], "voice": r["voice"], "heard": r["heard_s"]}
+        for t, mark in events:
+            if t0 - 0.5 <= t <= t1 and mark not in row:
+                row[mark] = round(t - t0, 3)
+        out.append(row)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("result", type=Path, help="a bench.turns.call result (.json)")
+    ap.add_argument("--log", type=Path, help="the worker log (default: the one the result names)")
+    args = ap.parse_args()
+    result = json.loads(args.result.read_text())
+    log = args.log or Path(result["worker_log"])
+    rows = trace(result, log)
+    print("| turn | voice | " + " | ".join(COLUMNS) + " |")
+    print("|---|---|" + "---|" * len(COLUMNS))
+    for r in rows:
+        print(f"| {r['id']} | {r['voice']} | " + " | ".join(str(r.get(c, "")) for c in COLUMNS) + " |")
+    meds = []
+    for c in COLUMNS:
+        vals = [r[c] for r in rows if isinstance(r.get(c), float)]
+        meds.append(str(round(statistics.median(vals), 3)) if vals else "")
+    print("| **median** | | " + " | ".join(meds) + " |")
+
+
+if __name__ == "__main__":
+    main()

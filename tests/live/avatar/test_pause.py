@@ -1,0 +1,131 @@
+"""The local avatar's audio output pauses for the caller and resumes only on a verdict.
+
+LiveKit pauses the agent's output when the caller speaks over it and resumes on a timer;
+the output holds that resume until the local STT says the caller spoke no words, so a slow
+transcription never lets a reply resume for a moment before the interruption cuts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from live.avatar import session as avatar_session
+from live.avatar.session import PausableQueueAudioOutput
+
+pytestmark = pytest.mark.unit
+
+
+class Verdict:
+    """Stands in for ``LocalSTT.words_over_agent``: decided when the test says so."""
+
+    def __init__(self) -> None:
+        self.decided = asyncio.Event()
+        self.words: bool | None = None
+
+    async def __call__(self, timeout: float) -> bool | None:
+        try:
+            await asyncio.wait_for(self.decided.wait(), timeout)
+        except TimeoutError:
+            return None
+        return self.words
+
+
+class Held(list[bool]):
+    """The generator's hold calls, in order; ``reaches`` waits for a given sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._changed = asyncio.Condition()
+
+    def __call__(self, held: bool) -> None:
+        self.append(held)
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def reaches(self, expected: list[bool], timeout: float = 2.0) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: self == expected), timeout)
+
+
+def _output(held: Held) -> PausableQueueAudioOutput:
+    return PausableQueueAudioOutput(hold=held, sample_rate=24000)
+
+
+async def test_the_output_says_it_can_pause() -> None:
+    assert _output(Held()).can_pause
+
+
+async def test_without_a_verdict_resume_is_immediate() -> None:
+    held = Held()
+    out = _output(held)
+    out.pause()
+    out.resume()
+    assert held == [True, False]
+
+
+async def test_resume_waits_for_the_verdict_and_goes_on_after_a_backchannel() -> None:
+    held = Held()
+    out = _output(held)
+    verdict = Verdict()
+    out.verdict = verdict
+    out.pause()
+    out.resume()  # LiveKit's timer: the STT has not decided yet
+    await asyncio.sleep(0.05)
+    assert held == [True]  # still paused
+    verdict.words = False  # "mm-hm": no words
+    verdict.decided.set()
+    await held.reaches([True, False])
+
+
+async def test_words_keep_it_paused_for_the_interruption(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(avatar_session, "INTERRUPTION_WAIT_S", 0.3)
+    held = Held()
+    out = _output(held)
+    verdict = Verdict()
+    verdict.words, out.verdict = True, verdict
+    verdict.decided.set()
+    out.pause()
+    out.resume()
+    await asyncio.sleep(0.1)
+    out.clear_buffer()  # the interruption arrives: no resume of the old reply after it
+    await asyncio.sleep(0.4)
+    assert held == [True]
+
+
+async def test_words_with_no_interruption_resume_in_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(avatar_session, "INTERRUPTION_WAIT_S", 0.1)
+    held = Held()
+    out = _output(held)
+    verdict = Verdict()
+    verdict.words, out.verdict = True, verdict
+    verdict.decided.set()
+    out.pause()
+    out.resume()
+    await held.reaches([True, False])
+
+
+async def test_a_pause_nothing_resolves_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(avatar_session, "MAX_PAUSE_S", 0.1)
+    held = Held()
+    out = _output(held)
+    out.pause()
+    await held.reaches([True, False])
+
+
+async def test_a_new_pause_cancels_a_pending_resume() -> None:
+    held = Held()
+    out = _output(held)
+    verdict = Verdict()
+    out.verdict = verdict
+    out.pause()
+    out.resume()
+    out.pause()  # the caller speaks again before the verdict
+    verdict.words = False
+    verdict.decided.set()
+    await asyncio.sleep(0.1)
+    assert held == [True, True]
