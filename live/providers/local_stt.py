@@ -86,6 +86,15 @@ def is_backchannel(text: str) -> bool:
     if _hum(joined.replace(" ", "")):  # "M M H."
         return True
     return joined in _BACKCHANNEL_PHRASES or all(w in BACKCHANNELS or _hum(w) for w in words)
+def hum_guess(text: str, voiced_seconds: float) -> bool:
+    """Words Whisper guessed in a hum: "and then make sure" in a half-second "mm-hm" is
+    faster than anyone speaks (fast speech is about 4 words a second)."""
+    words = len(text.split())
+    return words >= 3 and words > HUM_WORDS_PER_SECOND * max(voiced_seconds, 0.1)
+
+
+# Over the agent, more words a second of voice than this is Whisper guessing in a hum.
+HUM_WORDS_PER_SECOND = 5.5
 MIN_AUDIO_SAMPLES = WHISPER_SAMPLE_RATE // 10  # under 100 ms: nothing to say
 
 
@@ -469,6 +478,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         )
                 elif ev.type == lk_vad.VADEventType.END_OF_SPEECH:
                     speaking = False
+                    voiced = ev.speech_duration  # the VAD's speech, without padding or silence
                     speech_end_time = time.time() - ev.silence_duration - ev.inference_duration
                     send(
                         stt.SpeechEvent(
@@ -499,7 +509,9 @@ class _LocalSpeechStream(stt.RecognizeStream):
                             local._over_agent_heard(words=False)
                         continue
                     if over_agent and (
-                        is_backchannel(result.text) or result.confidence < EARLY_MIN_CONFIDENCE
+                        is_backchannel(result.text)
+                        or result.confidence < EARLY_MIN_CONFIDENCE
+                        or hum_guess(result.text, voiced)
                     ):
                         # feedback while the agent talks (or a hum Whisper guessed words in):
                         # not a turn, not an interruption; a paused agent resumes

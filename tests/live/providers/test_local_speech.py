@@ -17,7 +17,7 @@ from livekit.agents.stt import SpeechEventType
 
 from live.alignment import PhonemeTiming
 from live.providers import local_models
-from live.providers.local_stt import LocalSTT, to_whisper_audio
+from live.providers.local_stt import LocalSTT, hum_guess, to_whisper_audio
 from live.providers.local_tts import EspeakTTS, LocalTTS
 from live.providers.registry import ProviderContext, create
 from tests.live.providers.speech import (
@@ -444,3 +444,15 @@ async def test_whisper_base_quality_option(
     assert (local_ctx.settings.var_dir / "models" / "whisper-base" / "model.bin").is_file()
     event = await stt.recognize(pcm_frame(piper_pcm(piper, SENTENCES[2]), piper.sample_rate))
     assert wer(SENTENCES[2], event.alternatives[0].text) <= 0.15, event.alternatives[0].text
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("text", "voiced", "hum"), [
+    ("and then make sure", 0.5, True),  # Whisper tiny on Piper's "Mm-hm."
+    ("and make them.", 0.45, True),  # on "Mhm."
+    ("Wait, I have a question.", 1.3, False),  # 4 words a second: quick, but speech
+    ("stop", 0.3, False),
+    ("Sorry, stop. Wait a moment please.", 2.0, False),
+])
+def test_words_faster_than_speech_over_the_agent_are_a_hum(text: str, voiced: float, hum: bool) -> None:
+    assert hum_guess(text, voiced) is hum
