@@ -337,7 +337,7 @@ def _link_resume_to_stt(avatar: Any, stt: Any) -> None:
 
     hold = getattr(avatar, "wait_for_words_before_resuming", None)
     if hold is not None and isinstance(stt, LocalSTT):
-        hold(stt.words_over_agent)
+        hold(stt.words_since)
 
 
 def _link_mouth_to_voice(avatar: Any, tts: Any) -> None:

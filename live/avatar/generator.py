@@ -212,6 +212,11 @@ class FaceVideoGenerator(VideoGenerator):
     def paused(self) -> bool:
         return self._paused
 
+    @property
+    def holding_audio(self) -> bool:
+        """Audio queued and not yet played (what a resume would go on with)."""
+        return self._buf.size > 0 or not self._queue.empty()
+
     def pause(self) -> None:
         """Hold the speech where it is (the caller may be interrupting): the face goes idle
         and the mouth closes; audio already handed to the publisher (at most its queue,

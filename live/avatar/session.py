@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -53,61 +54,88 @@ class PausableQueueAudioOutput(QueueAudioOutput):
     before stopping. The stock queue output cannot pause; the face generator can hold its
     speech, so this one can.
 
-    LiveKit resumes on a timer after the caller's speech ends. With ``verdict`` (the local
-    STT's ``words_over_agent``) the resume also waits until the caller's words are known:
-    a slow transcription must not let the agent resume for a moment and then be cut off by
-    the interruption it has not yet heard. Words heard: it stays paused for the
-    interruption (LiveKit clears the speech), resuming only if none comes.
+    LiveKit resumes a paused reply on a timer after the caller's speech ends. With
+    ``verdict`` (the local STT's ``words_since``) that resume also waits until the
+    caller's words are known: a slow transcription must not let the agent resume for a
+    moment and then be cut off by the interruption it has not heard yet. Words heard: it
+    stays paused for the interruption (which clears the speech), for a while at most. A
+    resume with nothing held, and a new reply, are never held back.
     """
 
-    def __init__(self, *, hold: Callable[[bool], None], sample_rate: int | None = None,
-                 wait_playback_start: bool = False) -> None:
+    def __init__(self, *, hold: Callable[[bool], None], holding: Callable[[], bool],
+                 sample_rate: int | None = None, wait_playback_start: bool = False) -> None:
         super().__init__(sample_rate=sample_rate, wait_playback_start=wait_playback_start)
         self._hold = hold
-        self.verdict: Callable[[float], Awaitable[bool | None]] | None = None
+        self._holding = holding  # the generator still has audio of the paused reply
+        self.verdict: Callable[[float, float], Awaitable[bool | None]] | None = None
         self._resuming: asyncio.Task[None] | None = None
+        self._paused = False  # as LiveKit sees it
+        self._held = False  # as the generator is
+        self._in_segment = False
 
     @property
     def can_pause(self) -> bool:
         return True
 
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        if not self._in_segment:
+            self._in_segment = True
+            if self._held and not self._paused:
+                self._release()  # a new reply LiveKit wants heard: no verdict holds it back
+        await super().capture_frame(frame)
+
+    def flush(self) -> None:
+        self._in_segment = False
+        super().flush()
+
     def clear_buffer(self) -> None:
         self._cancel_resume()  # the interruption: the held speech goes, nothing resumes
+        self._in_segment = False
+        self._held = False  # the generator unpauses when it drops the speech
         super().clear_buffer()
 
     def pause(self) -> None:
         super().pause()
         self._cancel_resume()
+        self._paused = self._held = True
+        self._paused_at = time.monotonic()
         self._hold(True)
         # never held for good: a pause nothing resolves (no resume, no interruption) would
         # leave the face silent for the rest of the call
-        self._resuming = asyncio.create_task(self._watchdog())
-
-    async def _watchdog(self) -> None:
-        await asyncio.sleep(MAX_PAUSE_S)
-        logger.warning("agent paused for %.0f s and neither resumed nor interrupted; resuming",
-                       MAX_PAUSE_S)
-        self._hold(False)
+        self._resuming = asyncio.create_task(self._release_after(MAX_PAUSE_S, "paused"))
 
     def resume(self) -> None:
         super().resume()
+        self._paused = False
+        if not self._held:
+            return
         self._cancel_resume()
-        if self.verdict is None:
-            self._hold(False)
+        if self.verdict is None or not self._holding():
+            self._release()
             return
         self._resuming = asyncio.create_task(self._resume_after(self.verdict))
 
-    async def _resume_after(self, verdict: Callable[[float], Awaitable[bool | None]]) -> None:
-        if await verdict(RESUME_VERDICT_WAIT_S):
+    async def _resume_after(self, verdict: Callable[[float, float], Awaitable[bool | None]]) -> None:
+        if await verdict(self._paused_at, RESUME_VERDICT_WAIT_S):
             # words: the interruption is on its way (it clears the speech and unpauses)
-            await asyncio.sleep(INTERRUPTION_WAIT_S)
-            logger.warning("caller's words over the agent did not interrupt it; resuming")
+            await self._release_after(INTERRUPTION_WAIT_S, "words over it did not interrupt it")
+            return
+        self._release()
+
+    async def _release_after(self, seconds: float, why: str) -> None:
+        await asyncio.sleep(seconds)
+        logger.warning("agent's reply held for %.0f s (%s); resuming", seconds, why)
+        self._release()
+
+    def _release(self) -> None:
+        self._cancel_resume()
+        self._held = False
         self._hold(False)
 
     def _cancel_resume(self) -> None:
-        if self._resuming is not None and not self._resuming.done():
-            self._resuming.cancel()
-        self._resuming = None
+        task, self._resuming = self._resuming, None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
 
 
 class LocalAvatarSession:
@@ -132,7 +160,7 @@ class LocalAvatarSession:
         self._participant_task: asyncio.Task[None] | None = None
         self._participant_ready = asyncio.Event()
         self._audio: PausableQueueAudioOutput | None = None
-        self._verdict: Callable[[float], Awaitable[bool | None]] | None = None
+        self._verdict: Callable[[float, float], Awaitable[bool | None]] | None = None
         if self._opts.mode == "participant" and not (livekit_url and api_key and api_secret):
             raise ValueError("participant mode needs livekit_url, api_key and api_secret")
 
@@ -150,9 +178,9 @@ class LocalAvatarSession:
         return "local"
 
     def wait_for_words_before_resuming(
-        self, verdict: Callable[[float], Awaitable[bool | None]]
+        self, verdict: Callable[[float, float], Awaitable[bool | None]]
     ) -> None:
-        """A paused reply resumes once ``verdict`` (the local STT's ``words_over_agent``)
+        """A paused reply resumes once ``verdict`` (the local STT's ``words_since``)
         says the caller spoke no words (see ``PausableQueueAudioOutput``)."""
         self._verdict = verdict
         if self._audio is not None:
@@ -186,6 +214,7 @@ class LocalAvatarSession:
         gen = self._gen
         audio = PausableQueueAudioOutput(
             hold=lambda held: gen.pause() if held else gen.resume(),
+            holding=lambda: gen.holding_audio,
             sample_rate=opts.sample_rate, wait_playback_start=True,
         )
         audio.verdict = self._verdict

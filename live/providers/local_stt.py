@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -95,6 +96,9 @@ def hum_guess(text: str, voiced_seconds: float) -> bool:
 
 # Over the agent, more words a second of voice than this is Whisper guessing in a hum.
 HUM_WORDS_PER_SECOND = 5.5
+# A pause's verdict also covers speech that began this long before it (the session pauses
+# the agent LIMITS__INTERRUPTION_MIN_SPEECH into the caller's speech, plus the VAD's lag).
+VERDICT_LOOKBACK_S = 1.5
 MIN_AUDIO_SAMPLES = WHISPER_SAMPLE_RATE // 10  # under 100 ms: nothing to say
 
 
@@ -163,9 +167,10 @@ class LocalSTT(stt.STT):
         self._agent_speaking = False
         self._agent_quiet_since = 0.0  # monotonic time the agent last stopped speaking
         self.backchannels_ignored = 0
-        self._heard = asyncio.Event()  # set: no utterance over the agent awaits its verdict
-        self._heard.set()
-        self._words_over_agent = False  # the last one's verdict: words (it interrupts)
+        # recent utterances: [began (monotonic), words heard? (None: not transcribed yet)]
+        self._heard: deque[list[Any]] = deque(maxlen=16)
+        self._decided = asyncio.Event()
+        self._decided.set()
 
     @property
     def agent_speaking(self) -> bool:
@@ -183,23 +188,37 @@ class LocalSTT(stt.STT):
         this VAD reports the start: the agent going quiet after it began still counts."""
         return self._agent_speaking or self._agent_quiet_since > started_at
 
-    async def words_over_agent(self, timeout: float) -> bool | None:
-        """Once the caller's speech over the agent is transcribed: were there words (True:
-        an interruption), or only a backchannel, a hum or nothing (False)? None: still
-        undecided after ``timeout`` s. A paused agent resumes only on False."""
-        try:
-            await asyncio.wait_for(self._heard.wait(), timeout)
-        except TimeoutError:
-            return None
-        return self._words_over_agent
+    async def words_since(self, since: float, timeout: float) -> bool | None:
+        """Did the caller say words in speech that began after ``since`` (monotonic; less
+        ``VERDICT_LOOKBACK_S``: the speech that made the session pause the agent began a
+        moment before it)? True: an interruption is coming. False: only a backchannel, a hum,
+        nothing. None: still being transcribed after ``timeout`` s. A paused reply resumes
+        only on False."""
 
-    def _over_agent_started(self) -> None:
-        self._words_over_agent = False
-        self._heard.clear()
+        def relevant() -> list[list[Any]]:
+            return [u for u in self._heard if u[0] >= since - VERDICT_LOOKBACK_S]
 
-    def _over_agent_heard(self, words: bool) -> None:
-        self._words_over_agent = self._words_over_agent or words
-        self._heard.set()
+        deadline = time.monotonic() + timeout
+        while True:
+            self._decided.clear()
+            if not any(u[1] is None for u in relevant()):
+                break
+            left = deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(self._decided.wait(), max(left, 0.0))
+            except TimeoutError:
+                return None
+        return any(u[1] for u in relevant())
+
+    def _utterance_began(self, began: float) -> list[Any]:
+        record: list[Any] = [began, None]
+        self._heard.append(record)
+        return record
+
+    def _utterance_heard(self, record: list[Any] | None, words: bool) -> None:
+        if record is not None and record[1] is None:
+            record[1] = words
+        self._decided.set()
 
     @property
     def model(self) -> str:
@@ -368,6 +387,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
             early_marks: list[float] = []
             early_decided = False  # the caller's words are out (or speech ended)
             over_agent = False  # this utterance began while the agent was speaking
+            heard: list[Any] | None = None  # its record for words_since
 
             def send_early(task: asyncio.Task[Transcript | None], number: int) -> None:
                 """Words over the agent: pass them on at once, unless only a backchannel or a
@@ -382,7 +402,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                 if is_backchannel(result.text) or result.confidence < EARLY_MIN_CONFIDENCE:
                     return
                 early_decided = True
-                local._over_agent_heard(words=True)
+                local._utterance_heard(heard, words=True)
                 send(
                     stt.SpeechEvent(
                         type=stt.SpeechEventType.INTERIM_TRANSCRIPT,
@@ -422,9 +442,9 @@ class _LocalSpeechStream(stt.RecognizeStream):
             async for ev in vad_stream:
                 if ev.type == lk_vad.VADEventType.START_OF_SPEECH:
                     speaking, utterance = True, utterance + 1
-                    over_agent = local.spoken_over(time.monotonic() - ev.speech_duration)
-                    if over_agent:
-                        local._over_agent_started()
+                    began = time.monotonic() - ev.speech_duration
+                    over_agent = local.spoken_over(began)
+                    heard = local._utterance_began(began)
                     early_marks = list(EARLY_INTERIM_MARKS)
                     early_decided = False
                     speech = _Utterance()
@@ -505,8 +525,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         )
                     )
                     if result is None or not result.text:
-                        if over_agent:
-                            local._over_agent_heard(words=False)
+                        local._utterance_heard(heard, words=False)
                         continue
                     if over_agent and (
                         is_backchannel(result.text)
@@ -516,7 +535,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         # feedback while the agent talks (or a hum Whisper guessed words in):
                         # not a turn, not an interruption; a paused agent resumes
                         local.backchannels_ignored += 1
-                        local._over_agent_heard(words=False)
+                        local._utterance_heard(heard, words=False)
                         continue
                     logger.debug(
                         "local transcript",
@@ -527,8 +546,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                             "lk.pii.text": result.text,
                         },
                     )
-                    if over_agent:
-                        local._over_agent_heard(words=True)
+                    local._utterance_heard(heard, words=True)
                     send(
                         stt.SpeechEvent(
                             type=stt.SpeechEventType.FINAL_TRANSCRIPT,
@@ -545,7 +563,8 @@ class _LocalSpeechStream(stt.RecognizeStream):
         try:
             await asyncio.gather(*tasks)
         finally:
-            local._heard.set()  # nothing more will be heard: a paused agent need not wait
+            for record in local._heard:  # nothing more will be heard: none need wait
+                local._utterance_heard(record, words=False)
             await utils.aio.cancel_and_wait(*tasks, *pending)
             await vad_stream.aclose()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from livekit import rtc
 
 from live.avatar import session as avatar_session
 from live.avatar.session import PausableQueueAudioOutput
@@ -18,13 +19,13 @@ pytestmark = pytest.mark.unit
 
 
 class Verdict:
-    """Stands in for ``LocalSTT.words_over_agent``: decided when the test says so."""
+    """Stands in for ``LocalSTT.words_since``: decided when the test says so."""
 
     def __init__(self) -> None:
         self.decided = asyncio.Event()
         self.words: bool | None = None
 
-    async def __call__(self, timeout: float) -> bool | None:
+    async def __call__(self, since: float, timeout: float) -> bool | None:
         try:
             await asyncio.wait_for(self.decided.wait(), timeout)
         except TimeoutError:
@@ -52,8 +53,9 @@ class Held(list[bool]):
             await asyncio.wait_for(self._changed.wait_for(lambda: self == expected), timeout)
 
 
-def _output(held: Held) -> PausableQueueAudioOutput:
-    return PausableQueueAudioOutput(hold=held, sample_rate=24000)
+def _output(held: Held, holding: bool = True) -> PausableQueueAudioOutput:
+    """``holding``: the generator still has audio of the paused reply."""
+    return PausableQueueAudioOutput(hold=held, holding=lambda: holding, sample_rate=24000)
 
 
 async def test_the_output_says_it_can_pause() -> None:
@@ -129,3 +131,26 @@ async def test_a_new_pause_cancels_a_pending_resume() -> None:
     verdict.decided.set()
     await asyncio.sleep(0.1)
     assert held == [True, True]
+
+
+async def test_a_resume_with_nothing_held_is_immediate() -> None:
+    """LiveKit also resumes before each new reply; with no old reply held, no verdict waits."""
+    held = Held()
+    out = _output(held, holding=False)
+    out.verdict = Verdict()  # never decided
+    out.pause()
+    out.resume()
+    assert held == [True, False]
+
+
+async def test_a_new_reply_is_never_held_back_by_the_verdict() -> None:
+    held = Held()
+    out = _output(held)
+    verdict = Verdict()
+    out.verdict = verdict
+    out.pause()
+    out.resume()  # waits on the verdict, undecided: the old reply stays held...
+    assert held == [True]
+    # ...but LiveKit, no longer pausing, sends the reply to what the caller said
+    await out.capture_frame(rtc.AudioFrame(bytes(480), 24000, 1, 240))
+    assert held == [True, False]

@@ -256,11 +256,15 @@ async def test_speculative_transcript_goes_out_as_preflight_before_the_end_of_sp
 ) -> None:
     """Paced like a microphone: the transcript started after 0.2 s of quiet reaches the session
     as a preflight (it starts the reply) before the VAD's end of speech, and the final says the
-    same, so the session keeps the reply it started."""
-    stt = _vad_stt(local_ctx, whisper)
+    same, so the session keeps the reply it started. (The VAD here ends speech after 2 s of
+    quiet instead of 0.55 s: the ordering must not depend on how busy the machine is; how
+    soon the preflight comes is measured in bench.turns.)"""
+    from livekit.plugins import silero
+
+    stt = LocalSTT(engine=whisper, vad=silero.VAD.load(min_silence_duration=2.0))
     stream = stt.stream()
     sr = piper.sample_rate
-    frames = split_frames(resample(silence(0.3, sr) + piper_pcm(piper, SENTENCES[1]) + silence(1.2, sr), sr, 48000), ms=10)
+    frames = split_frames(resample(silence(0.3, sr) + piper_pcm(piper, SENTENCES[1]) + silence(2.6, sr), sr, 48000), ms=10)
 
     async def feed() -> None:
         start = time.monotonic()
@@ -315,7 +319,7 @@ async def test_while_the_agent_speaks_a_backchannel_is_not_passed_on(
     assert SpeechEventType.FINAL_TRANSCRIPT not in kinds, [e.alternatives for e in events]
     assert SpeechEventType.INTERIM_TRANSCRIPT not in kinds
     assert stt.backchannels_ignored == 1
-    assert await stt.words_over_agent(1.0) is False  # a paused agent may resume
+    assert await stt.words_since(0.0, 1.0) is False  # a paused agent may resume
 
     stt.agent_speaking = False
     events = await asyncio.wait_for(_paced_events(stt, pcm, sr), timeout=60)
@@ -340,7 +344,7 @@ async def test_while_the_agent_speaks_the_first_words_come_early(
     assert events[first].alternatives[0].text.strip()
     finals = [e.alternatives[0].text for e in events if e.type == SpeechEventType.FINAL_TRANSCRIPT]
     assert finals and wer("Stop, please wait a moment, I have a question.", finals[0]) <= 0.3
-    assert await stt.words_over_agent(1.0) is True  # a paused agent waits for the interruption
+    assert await stt.words_since(0.0, 1.0) is True  # a paused agent waits for the interruption
 
 
 def test_speech_the_agent_went_quiet_for_is_still_spoken_over(
