@@ -174,6 +174,40 @@ async def test_speaking_over_the_avatar_stops_it(stack: Stack, artifacts_dir) ->
     # received captions stop short of the cut or run past it. Open in #11.)
 
 
+async def test_a_backchannel_over_the_avatar_does_not_cut_its_answer(stack: Stack, artifacts_dir) -> None:  # type: ignore[no-untyped-def]
+    """"Yeah." in another voice over the answer: the agent pauses for it and goes on, and
+    the backchannel is no turn of the caller's. As above, a call whose answer was over
+    before the caller spoke is made again."""
+    settings = stack.settings()
+    yeah = other_voice_wav("Yeah.", artifacts_dir / "yeah.wav", "flite")
+    for _attempt in range(3):
+        result = await run_call(settings, CallOptions(
+            room=None, utterances=[], out_dir=artifacts_dir / "call", reply_timeout=90,
+            interrupt_prompt="Please tell me a long story about a lighthouse keeper and the sea.",
+            interrupt_after=1.0, interrupt_with=yeah,
+        ))
+        print(result.render())
+        assert result.error is None, result.render() + "\n--- live log ---\n" + stack.log_text("live")[-6000:]
+        it = result.interruption
+        assert it is not None and it.reply_started, result.render()
+        sid = result.session_id
+        assert sid
+        await asyncio.to_thread(wait_for, lambda s=sid: _status(stack, s) == "ended", 60, "session ended")
+        with session_scope(stack.db_url) as db:
+            lines = db.scalars(select(TranscriptLine).where(TranscriptLine.session_id == sid)
+                               .order_by(TranscriptLine.started_at)).all()
+            agent = [(ln.text, ln.interrupted) for ln in lines if ln.speaker == "agent"]
+            user = [ln.text for ln in lines if ln.speaker == "user"]
+        if it.spoke_over:
+            break
+    assert it.spoke_over, "the answer was over each time before the caller spoke: nothing was tested"
+    assert len(user) == 1, f"the backchannel was taken as a turn: {user}"  # the request only
+    # it went on talking: no 1.2 s of quiet began within 2.5 s of the caller's "Yeah" (a stop
+    # would; the pause it resumed from is shorter). The stored answer may still end cut,
+    # when the caller hangs up before it is over.
+    assert it.stop_latency_s is None or it.stop_latency_s > 2.5, (result.render(), agent)
+
+
 @pytest.mark.parametrize(
     ("spec", "reason"),
     [
