@@ -83,6 +83,10 @@ class HedraOptions(HostedOptions):
     fallback: str = Field(default="local", description="The avatar used while Hedra is offline.")
 
 
+class AnamOptions(HostedOptions):
+    avatar_id: str = Field(default="", description="Anam avatar id.")
+
+
 @dataclass(frozen=True)
 class Provider:
     """One provider of one slot, with everything the service needs to know about it."""
@@ -189,6 +193,11 @@ PROVIDERS: tuple[Provider, ...] = (
         "avatar", "hedra", "Hedra (discontinued)", hosted=True, module="live.providers.hedra",
         vendor_env="HEDRA_API_KEY", options=HedraOptions, prices={"avatar_seconds": 0.05 / 60},
         packages=(Package("livekit.plugins.hedra", "Hedra plugin", "pip install -e ."),),
+    ),
+    Provider(
+        "avatar", "anam", "Anam", hosted=True, module="live.providers.anam",
+        vendor_env="ANAM_API_KEY", options=AnamOptions, prices={"avatar_seconds": None},
+        packages=(Package("livekit.plugins.anam", "Anam plugin", "pip install -e ."),),
     ),
     Provider("avatar", "none", "None (audio only)", hosted=False, module=None),
 )
