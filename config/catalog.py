@@ -87,6 +87,10 @@ class AnamOptions(HostedOptions):
     avatar_id: str = Field(default="", description="Anam avatar id.")
 
 
+class BeyOptions(HostedOptions):
+    avatar_id: str = Field(default="", description="Avatar id (empty: the vendor's stock one).")
+
+
 @dataclass(frozen=True)
 class Provider:
     """One provider of one slot, with everything the service needs to know about it."""
@@ -198,6 +202,11 @@ PROVIDERS: tuple[Provider, ...] = (
         "avatar", "anam", "Anam", hosted=True, module="live.providers.anam",
         vendor_env="ANAM_API_KEY", options=AnamOptions, prices={"avatar_seconds": None},
         packages=(Package("livekit.plugins.anam", "Anam plugin", "pip install -e ."),),
+    ),
+    Provider(
+        "avatar", "bey", "Beyond Presence", hosted=True, module="live.providers.bey",
+        vendor_env="BEY_API_KEY", options=BeyOptions, prices={"avatar_seconds": None},
+        packages=(Package("livekit.plugins.bey", "Beyond Presence plugin", "pip install -e ."),),
     ),
     Provider("avatar", "none", "None (audio only)", hosted=False, module=None),
 )

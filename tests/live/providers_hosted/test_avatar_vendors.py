@@ -32,6 +32,7 @@ from live.providers.tavus import HostedAvatar
 from tests.conftest import LiveKitServer
 from tests.fakes.anam_server import AnamFake
 from tests.fakes.avatar_worker import FakeAvatarWorker
+from tests.fakes.bey_server import BeyFake
 from tests.live.providers_hosted.test_tavus_room import Joined, token_for, video_track_future
 
 pytestmark = pytest.mark.integration
@@ -61,8 +62,17 @@ def _anam_posted(fake: AnamFake, req: Any) -> tuple[str, str]:
     return env["livekitUrl"], env["livekitToken"]
 
 
+def _bey_posted(fake: BeyFake, req: Any) -> tuple[str, str]:
+    assert req.path == "/v1/sessions"
+    assert req.api_key == fake.api_key
+    assert req.body["transport"] == "livekit"
+    assert req.body["avatar_id"] == "bey-avatar-1"
+    return req.body["url"], req.body["token"]
+
+
 VENDORS = {
     "anam": Vendor("anam", AnamFake, "anam-avatar-agent", 24000, "anam-avatar-1", _anam_posted),
+    "bey": Vendor("bey", BeyFake, "bey-avatar-agent", 16000, "bey-avatar-1", _bey_posted),
 }
 
 
