@@ -141,7 +141,7 @@ def build_stt(opts: AssemblyAIOptions) -> AssemblyAISTT:
     )
 
 
-@register("stt", "assemblyai", hosted=True)
+@register("stt", "assemblyai")
 def create_assemblyai_stt(options: AssemblyAISettings, ctx: ProviderContext) -> AssemblyAISTT:
     """Streaming STT; the plugin retries per the session's ``conn_options``."""
     return build_stt(AssemblyAIOptions.from_settings(options))

@@ -63,7 +63,7 @@ def build_tts(opts: CartesiaOptions) -> cartesia.TTS:
     )
 
 
-@register("tts", "cartesia", hosted=True)
+@register("tts", "cartesia")
 def create_cartesia_tts(options: CartesiaSettings, ctx: ProviderContext) -> cartesia.TTS:
     """Streaming TTS from the ``tts`` settings group."""
     return build_tts(CartesiaOptions.from_settings(options))

@@ -70,7 +70,7 @@ def build_avatar(opts: HedraOptions, livekit: LiveKitCredentials) -> HostedAvata
     )
 
 
-@register("avatar", "hedra", hosted=True)
+@register("avatar", "hedra")
 def create_hedra_avatar(options: HedraSettings, ctx: ProviderContext) -> HostedAvatar:
     """Hedra avatar (``avatar_id``); raises ``ProviderError`` while the vendor is offline."""
     return build_avatar(

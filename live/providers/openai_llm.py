@@ -89,7 +89,7 @@ def build_llm(opts: OpenAIOptions) -> openai.LLM:
     )
 
 
-@register("llm", "openai", hosted=True)
+@register("llm", "openai")
 def create_openai_llm(options: OpenAISettings, ctx: ProviderContext) -> openai.LLM:
     """Chat completions LLM from the ``llm`` settings group."""
     opts = OpenAIOptions.from_settings(options)

@@ -216,7 +216,7 @@ def build_avatar(opts: TavusOptions, livekit: LiveKitCredentials) -> HostedAvata
     )
 
 
-@register("avatar", "tavus", hosted=True)
+@register("avatar", "tavus")
 def create_tavus_avatar(options: TavusSettings, ctx: ProviderContext) -> HostedAvatar:
     """Tavus avatar from the ``avatar`` settings group (face = avatar_id, pal = replica_id)."""
     return build_avatar(
