@@ -73,3 +73,13 @@ def test_doctor_checks_the_configured_hosted_provider() -> None:
     settings = load_settings(_env_file=None, avatar={"provider": hosted.name})
     names = {c.name: c for c in provider_checks(settings)}
     assert not names["avatar key"].ok and hosted.vendor_env in names["avatar key"].fix
+
+
+def test_openapi_offers_every_provider() -> None:
+    import json
+
+    from web.api.openapi import build_openapi
+
+    text = json.dumps(build_openapi(load_settings(_env_file=None)))
+    for p in catalog.PROVIDERS:
+        assert f'"{p.name}"' in text, p.name
