@@ -28,8 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from livekit import rtc
 from livekit.agents.llm import ChatContext
 
+from config.session import DEFAULT_INSTRUCTIONS
 from config.settings import load_settings
-from live.metadata import DEFAULT_INSTRUCTIONS
 from live.providers import local_models
 from live.providers.local_llm import LocalLLM
 from live.providers.local_stt import LocalSTT

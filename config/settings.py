@@ -25,13 +25,17 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from config import catalog
+from config.catalog import AvatarName, LLMName, STTName, TTSName
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VAR_DIR = PROJECT_ROOT / "var"
 
-STTProvider = Literal["local", "assemblyai"]
-LLMProvider = Literal["local", "openai"]
-TTSProvider = Literal["local", "espeak", "cartesia"]
-AvatarProvider = Literal["local", "tavus", "hedra", "none"]
+# The slots' provider names come from the catalogue (config/catalog.py).
+STTProvider = STTName
+LLMProvider = LLMName
+TTSProvider = TTSName
+AvatarProvider = AvatarName
 ENDPOINT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
@@ -102,7 +106,9 @@ class LiveKitSettings(BaseModel):
 
 
 class STTSettings(BaseModel):
-    provider: STTProvider = Field(default="local", description="Speech-to-text provider.")
+    provider: STTProvider = Field(
+        default="local", description=f"Speech-to-text provider: {catalog.describe('stt')}."
+    )
     api_key: SecretStr | None = Field(default=None, description="Key for a hosted STT.")
     model: str = Field(
         default="tiny.en",
@@ -134,7 +140,9 @@ class STTSettings(BaseModel):
 
 
 class LLMSettings(BaseModel):
-    provider: LLMProvider = Field(default="local", description="Language model provider.")
+    provider: LLMProvider = Field(
+        default="local", description=f"Language model provider: {catalog.describe('llm')}."
+    )
     api_key: SecretStr | None = Field(default=None, description="Key for a hosted LLM.")
     model: str = Field(
         default="smollm2-135m",
@@ -167,7 +175,9 @@ class LLMSettings(BaseModel):
 
 
 class TTSSettings(BaseModel):
-    provider: TTSProvider = Field(default="local", description="Text-to-speech provider.")
+    provider: TTSProvider = Field(
+        default="local", description=f"Text-to-speech provider: {catalog.describe('tts')}."
+    )
     api_key: SecretStr | None = Field(default=None, description="Key for a hosted TTS.")
     voice: str = Field(
         default="joe-us", description="Voice: local `joe-us`; Cartesia voice id."
@@ -180,10 +190,13 @@ class TTSSettings(BaseModel):
 
 
 class AvatarSettings(BaseModel):
-    provider: AvatarProvider = Field(default="local", description="Talking-face provider.")
+    provider: AvatarProvider = Field(
+        default="local", description=f"Talking-face provider: {catalog.describe('avatar')}."
+    )
     api_key: SecretStr | None = Field(default=None, description="Key for a hosted avatar.")
     avatar_id: str = Field(
-        default="", description="Tavus face id / Hedra avatar id; local: portrait pack path."
+        default="", description="The hosted avatar's id at its vendor (for Tavus, the face id); "
+        "local: portrait pack path."
     )
     replica_id: str = Field(default="", description="Tavus persona (pal) id.")
     base_url: str | None = Field(default=None, description="Override the provider's API URL.")
@@ -402,20 +415,7 @@ class PricingSettings(BaseModel):
     """Unit prices in USD, keyed ``provider.metric``; anything missing costs 0."""
 
     prices: dict[str, float] = Field(
-        default_factory=lambda: {
-            "assemblyai.stt_audio_seconds": 0.15 / 3600,
-            "openai.llm_input_tokens": 0.15 / 1_000_000,
-            "openai.llm_output_tokens": 0.60 / 1_000_000,
-            "cartesia.tts_characters": 0.038 / 1000,
-            "tavus.avatar_seconds": 0.32 / 60,
-            "hedra.avatar_seconds": 0.05 / 60,
-            "livekit.room_minutes": 0.0005,
-            "local.stt_audio_seconds": 0.0,
-            "local.llm_input_tokens": 0.0,
-            "local.llm_output_tokens": 0.0,
-            "local.tts_characters": 0.0,
-            "local.avatar_seconds": 0.0,
-        },
+        default_factory=lambda: {**catalog.default_prices(), "livekit.room_minutes": 0.0005},
         description="USD per unit, e.g. {\"openai.llm_output_tokens\": 6e-7}.",
     )
     currency: str = Field(default="USD", description="Currency of the price table.")
@@ -454,11 +454,7 @@ PLATFORM_ALIASES: dict[str, tuple[str, str]] = {
     "PORT": ("web", "port"),
 }
 VENDOR_KEYS: dict[str, tuple[str, str]] = {
-    "ASSEMBLYAI_API_KEY": ("stt", "assemblyai"),
-    "OPENAI_API_KEY": ("llm", "openai"),
-    "CARTESIA_API_KEY": ("tts", "cartesia"),
-    "TAVUS_API_KEY": ("avatar", "tavus"),
-    "HEDRA_API_KEY": ("avatar", "hedra"),
+    env: (p.slot, p.name) for env, p in catalog.vendor_keys().items()
 }
 
 
@@ -474,6 +470,10 @@ class PlatformEnvSource(PydanticBaseSettingsSource):
             val = os.environ.get(env)
             if val:
                 out.setdefault(group, {})[key] = val
+        for env, (_slot, provider) in VENDOR_KEYS.items():
+            val = os.environ.get(env)
+            if val:
+                out.setdefault("vendor_keys", {})[provider] = val
         return out
 
 
@@ -501,6 +501,11 @@ class Settings(BaseSettings):
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
     var_dir: Path = Field(
         default=DEFAULT_VAR_DIR, description="Where local state lives (SQLite, logs, recordings)."
+    )
+    vendor_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Hosted providers' keys by provider name, read from the vendors' usual "
+        "variables (TAVUS_API_KEY, ...); a slot's own API_KEY wins for its configured provider.",
     )
 
     @classmethod
@@ -539,6 +544,14 @@ class Settings(BaseSettings):
             if group.provider == provider and group.api_key is None and os.environ.get(env):
                 group.api_key = SecretStr(os.environ[env])
         return self
+
+    def api_key_for(self, slot: str, provider: str) -> SecretStr | None:
+        """The key a hosted provider is built with: the slot's own key when the slot is
+        configured for that provider, else the vendor's variable. Never another vendor's key."""
+        group = getattr(self, slot)
+        if group.provider == provider and group.api_key is not None:
+            return group.api_key  # type: ignore[no-any-return]
+        return self.vendor_keys.get(provider)
 
     def secret_values(self) -> list[str]:
         """Every secret's plain value, so log filters and pages can mask them: the SecretStr

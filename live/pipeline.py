@@ -10,12 +10,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from livekit.agents import llm, stt, tts
 from pydantic import BaseModel
 
+from config.policy import enforce_spec, llm_base_url, local_pack
+from config.session import SessionSpec
 from config.settings import Settings
-from live.metadata import SessionSpec
-from live.policy import enforce_spec, llm_base_url, local_pack
 from live.providers import ProviderContext, ProviderError, create, entry
+from live.providers.registry import Kind
 
 logger = logging.getLogger(__name__)
 
@@ -24,31 +26,35 @@ def slot_options(group: BaseModel, override: BaseModel, **resolved: Any) -> Any:
     """The settings group with the session's non-empty choices applied.
 
     Only fields the settings group has are copied (a spec's `llm.endpoint` is a name, turned
-    into a URL by the caller through ``resolved``), so a spec cannot add settings.
+    into a URL by the caller through ``resolved``), so a spec cannot add settings. A session
+    that picks another provider does not take the configured one's key along (the registry
+    uses that vendor's own variable).
     """
     fields = type(group).model_fields
     update = {k: v for k, v in override.model_dump(exclude_none=True).items() if k in fields}
+    if "provider" in update and update["provider"] != getattr(group, "provider", None):
+        update["api_key"] = None
     return group.model_copy(update={**update, **resolved})
 
 
 @dataclass
 class Components:
-    stt: Any
-    llm: Any
-    tts: Any
+    stt: stt.STT
+    llm: llm.LLM
+    tts: tts.TTS
     stt_name: str
     llm_name: str
     tts_name: str
     avatar_chain: list[tuple[str, Any]]  # (provider name, options), tried in order
 
 
-def _with_fallback(kind: str, primary_name: str, opts: Any, ctx: ProviderContext, vad: Any) -> Any:
-    primary = create(kind, primary_name, opts, ctx)  # type: ignore[arg-type]
+def _with_fallback(kind: Kind, primary_name: str, opts: Any, ctx: ProviderContext, vad: Any) -> Any:
+    primary: Any = create(kind, primary_name, opts, ctx)  # its class is checked by the adapter
     fallback_name = getattr(opts, "fallback", None)
-    if not entry(kind, primary_name).hosted or not fallback_name or fallback_name == primary_name:  # type: ignore[arg-type]
+    if not entry(kind, primary_name).hosted or not fallback_name or fallback_name == primary_name:
         return primary
     try:
-        secondary = create(kind, fallback_name, getattr(ctx.settings, kind), ctx)  # type: ignore[arg-type]
+        secondary: Any = create(kind, fallback_name, getattr(ctx.settings, kind), ctx)
     except ProviderError as err:
         logger.warning("no %s fallback: %s", kind, err)
         return primary
@@ -71,7 +77,8 @@ def build_components(settings: Settings, spec: SessionSpec, ctx: ProviderContext
     llm_opts = slot_options(settings.llm, spec.llm, base_url=llm_base_url(spec, settings.llm))
     tts_opts = slot_options(settings.tts, spec.tts)
     built: dict[str, tuple[str, Any]] = {}
-    for kind, opts in (("stt", stt_opts), ("llm", llm_opts), ("tts", tts_opts)):
+    slots: tuple[tuple[Kind, Any], ...] = (("stt", stt_opts), ("llm", llm_opts), ("tts", tts_opts))
+    for kind, opts in slots:
         name = opts.provider
         try:
             built[kind] = (name, _with_fallback(kind, name, opts, ctx, vad))
@@ -80,7 +87,7 @@ def build_components(settings: Settings, spec: SessionSpec, ctx: ProviderContext
             if not fallback or fallback == name:
                 raise
             logger.error("%s provider %r unavailable, using %r: %s", kind, name, fallback, err)
-            built[kind] = (fallback, create(kind, fallback, getattr(settings, kind), ctx))  # type: ignore[arg-type]
+            built[kind] = (fallback, create(kind, fallback, getattr(settings, kind), ctx))
 
     avatar_opts = slot_options(settings.avatar, spec.avatar)
     if avatar_opts.provider == "local" and spec.avatar.avatar_id:

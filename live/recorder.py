@@ -29,6 +29,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
+from config import catalog
 from store.db import session_factory
 from store.models import (
     AgentSessionRecord,
@@ -41,7 +42,6 @@ from store.writes import record_usage
 
 logger = logging.getLogger(__name__)
 
-KNOWN_VENDORS = ("assemblyai", "openai", "cartesia", "tavus", "hedra")
 # Backoff of a write the database refused for a connection reason (locked, unreachable).
 RETRY_FIRST_SECONDS = 0.2
 RETRY_MAX_SECONDS = 5.0
@@ -55,11 +55,7 @@ HEARTBEAT_SECONDS = 5.0
 
 def vendor_of(provider: str) -> str:
     """Map a plugin's provider string ("livekit-plugins-openai", "api.openai.com") to ours."""
-    p = provider.lower()
-    for v in KNOWN_VENDORS:
-        if v in p:
-            return v
-    return "local"
+    return catalog.vendor_of(provider)
 
 
 def usage_rows(model_usage: list[Any]) -> dict[tuple[str, str], float]:

@@ -25,13 +25,13 @@ from livekit.agents import (
     room_io,
 )
 
+from config.policy import enforce_spec, session_limits
+from config.session import SessionSpec, SpecError, parse_spec
 from config.settings import Settings, get_settings
 from live.admission import Admission
 from live.agent import AvatarAgent
 from live.lifecycle import SessionLifecycle
-from live.metadata import SessionSpec, SpecError, parse_spec
 from live.pipeline import Components, build_components
-from live.policy import enforce_spec, session_limits
 from live.providers import ProviderContext
 from live.recorder import SessionRecorder, checkpoints, session_usage, usage_rows
 from store.models import SessionStatus, utcnow
@@ -79,7 +79,9 @@ def prewarm(proc: JobProcess) -> None:
         from live.providers.local_avatar import load_portrait
 
         load_portrait(settings.avatar, ctx)
-    import tasks.maintenance  # noqa: F401  (imported now, not on the session's event loop)
+    from live.backoffice import sender
+
+    sender(settings)  # Celery imported and built now, not on the session's event loop
 
 
 def build_server(settings: Settings) -> AgentServer:
@@ -410,10 +412,10 @@ async def on_session_end(ctx: JobContext) -> None:
     reason = lifecycle.end_reason if lifecycle else "ended"
     recorder.set_status(SessionStatus.ENDED, ended_at=utcnow(), end_reason=reason)
     await asyncio.to_thread(recorder.close)
-    from tasks.maintenance import request_finalize
+    from live.backoffice import request_finalize
 
     # Never raises; if the broker refuses, reconciliation (the outbox) bills the session.
-    await asyncio.to_thread(request_finalize, session_id)
+    await asyncio.to_thread(request_finalize, _settings(), session_id)
 
 
 def main() -> None:

@@ -63,7 +63,7 @@ class AgentSessionRecord(Base):
     # Idempotency key of the request that created the session (API header, webhook room sid).
     request_key: Mapped[str | None] = mapped_column(String(128), unique=True)
     source: Mapped[str] = mapped_column(String(16), default="api")  # api | admin | webhook | cli
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # live.metadata.SessionSpec
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # config.session.SessionSpec
     stt_provider: Mapped[str] = mapped_column(String(32), default="local")
     llm_provider: Mapped[str] = mapped_column(String(32), default="local")
     tts_provider: Mapped[str] = mapped_column(String(32), default="local")

@@ -26,9 +26,9 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from config.policy import enforce_spec
+from config.session import SessionSpec
 from config.settings import Settings
-from live.metadata import SessionSpec
-from live.policy import enforce_spec
 from store.models import AgentSessionRecord, SessionStatus, new_id, utcnow
 from tasks.base import AvatarTask, NotFoundError, ServiceError, TransientError
 

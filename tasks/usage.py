@@ -21,6 +21,7 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from config.catalog import SLOT_METRICS
 from config.settings import Settings
 from store.models import (
     AgentSessionRecord,
@@ -36,14 +37,7 @@ logger = logging.getLogger(__name__)
 
 ROOM_PROVIDER = "livekit"
 ROOM_METRIC = "room_minutes"
-METRICS = (
-    "stt_audio_seconds",
-    "llm_input_tokens",
-    "llm_output_tokens",
-    "tts_characters",
-    "avatar_seconds",
-    ROOM_METRIC,
-)
+METRICS = (*(m for metrics in SLOT_METRICS.values() for m in metrics), ROOM_METRIC)
 
 
 @dataclass(frozen=True)

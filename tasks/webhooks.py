@@ -27,9 +27,9 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from config.policy import spec_violations
+from config.session import SessionSpec
 from config.settings import Settings
-from live.metadata import SessionSpec
-from live.policy import spec_violations
 from store.db import session_scope
 from store.models import AgentSessionRecord, SessionStatus, WebhookEvent, utcnow
 from tasks.base import ServiceError, enqueue_after_commit

@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
+from config.session import SessionSpec
 from config.settings import Settings
-from live.metadata import SessionSpec
 from store.models import AgentSessionRecord
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from sqlalchemy import select
 from bench.stack import embedded_stack, require_netns, wait_room_empty, wait_session_ended
 from bench.turns.corpus import RATE, Item, build, load_manifest, read_wav, write_wav
 from cli.call import STOP_QUIET_S, CallOptions, run_call
-from live.metadata import SessionSpec
+from config.session import SessionSpec
 from store.db import session_scope
 from store.models import TranscriptLine, TurnMetric
 

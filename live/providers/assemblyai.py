@@ -14,7 +14,6 @@ without context, the way the Cartesia plugin already does.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
 
@@ -32,10 +31,9 @@ from livekit.agents import (
 from livekit.plugins import assemblyai
 from livekit.plugins.assemblyai.stt import SpeechStream
 
-from config.settings import STTSettings
-from live.providers.registry import ProviderContext, ProviderError, register
+from config.catalog import AssemblyAIOptions as AssemblyAISettings
+from live.providers.registry import ProviderContext, ProviderError, missing_key, register
 
-ENV_KEY = "ASSEMBLYAI_API_KEY"
 DEFAULT_BASE_URL = "wss://streaming.assemblyai.com"
 DEFAULT_MODEL = "universal-streaming-english"
 
@@ -64,10 +62,10 @@ class AssemblyAIOptions:
     sample_rate: int = 16000
 
     @classmethod
-    def from_settings(cls, options: STTSettings) -> AssemblyAIOptions:
-        key = options.api_key.get_secret_value() if options.api_key else os.environ.get(ENV_KEY)
+    def from_settings(cls, options: AssemblyAISettings) -> AssemblyAIOptions:
+        key = options.api_key.get_secret_value() if options.api_key else None
         if not key:
-            raise ProviderError(f"stt provider 'assemblyai' needs STT__API_KEY or {ENV_KEY}")
+            raise ProviderError(missing_key("stt", "assemblyai"))
         return cls(
             api_key=key,
             model=_model(options.model, options.language),
@@ -143,7 +141,7 @@ def build_stt(opts: AssemblyAIOptions) -> AssemblyAISTT:
     )
 
 
-@register("stt", "assemblyai", hosted=True)
-def create_assemblyai_stt(options: STTSettings, ctx: ProviderContext) -> AssemblyAISTT:
+@register("stt", "assemblyai")
+def create_assemblyai_stt(options: AssemblyAISettings, ctx: ProviderContext) -> AssemblyAISTT:
     """Streaming STT; the plugin retries per the session's ``conn_options``."""
     return build_stt(AssemblyAIOptions.from_settings(options))

@@ -7,16 +7,14 @@ another endpoint or a test fake. Audio is 24 kHz mono PCM, which LiveKit resampl
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from livekit.plugins import cartesia
 from livekit.plugins.cartesia.models import TTSDefaultVoiceId
 
-from config.settings import TTSSettings
-from live.providers.registry import ProviderContext, ProviderError, register
+from config.catalog import CartesiaOptions as CartesiaSettings
+from live.providers.registry import ProviderContext, ProviderError, missing_key, register
 
-ENV_KEY = "CARTESIA_API_KEY"
 DEFAULT_BASE_URL = "https://api.cartesia.ai"
 DEFAULT_MODEL = "sonic-3"
 LOCAL_DEFAULT_VOICE = "joe-us"  # TTSSettings.voice's default: a local Piper voice
@@ -34,10 +32,10 @@ class CartesiaOptions:
     sample_rate: int = SAMPLE_RATE
 
     @classmethod
-    def from_settings(cls, options: TTSSettings) -> CartesiaOptions:
-        key = options.api_key.get_secret_value() if options.api_key else os.environ.get(ENV_KEY)
+    def from_settings(cls, options: CartesiaSettings) -> CartesiaOptions:
+        key = options.api_key.get_secret_value() if options.api_key else None
         if not key:
-            raise ProviderError(f"tts provider 'cartesia' needs TTS__API_KEY or {ENV_KEY}")
+            raise ProviderError(missing_key("tts", "cartesia"))
         voice = options.voice
         if voice in ("", LOCAL_DEFAULT_VOICE):
             voice = TTSDefaultVoiceId  # only the provider was switched: Cartesia's stock voice
@@ -65,7 +63,7 @@ def build_tts(opts: CartesiaOptions) -> cartesia.TTS:
     )
 
 
-@register("tts", "cartesia", hosted=True)
-def create_cartesia_tts(options: TTSSettings, ctx: ProviderContext) -> cartesia.TTS:
+@register("tts", "cartesia")
+def create_cartesia_tts(options: CartesiaSettings, ctx: ProviderContext) -> cartesia.TTS:
     """Streaming TTS from the ``tts`` settings group."""
     return build_tts(CartesiaOptions.from_settings(options))

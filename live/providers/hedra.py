@@ -9,17 +9,14 @@ again as soon as a plugin release revives the service.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from livekit.agents import NOT_GIVEN, APIConnectOptions
 from livekit.plugins import hedra
 
-from config.settings import AvatarSettings
-from live.providers.registry import ProviderContext, ProviderError, register
+from config.catalog import HedraOptions as HedraSettings
+from live.providers.registry import ProviderContext, ProviderError, missing_key, register
 from live.providers.tavus import HostedAvatar, LiveKitCredentials
-
-ENV_KEY = "HEDRA_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -34,8 +31,8 @@ class HedraOptions:
     start_timeout: float = 20.0
 
     @classmethod
-    def from_settings(cls, options: AvatarSettings) -> HedraOptions:
-        key = options.api_key.get_secret_value() if options.api_key else os.environ.get(ENV_KEY)
+    def from_settings(cls, options: HedraSettings) -> HedraOptions:
+        key = options.api_key.get_secret_value() if options.api_key else None
         return cls(
             api_key=key or None,
             avatar_id=options.avatar_id,
@@ -62,9 +59,7 @@ def build_avatar(opts: HedraOptions, livekit: LiveKitCredentials) -> HostedAvata
         raise ProviderError(discontinued_message(opts.fallback)) from None
     except (ValueError, TypeError) as err:
         if not opts.api_key:
-            raise ProviderError(
-                f"avatar provider 'hedra' needs AVATAR__API_KEY or {ENV_KEY}"
-            ) from None
+            raise ProviderError(missing_key("avatar", "hedra")) from None
         raise ProviderError(f"avatar provider 'hedra': {type(err).__name__}") from None
     return HostedAvatar(
         session,
@@ -75,8 +70,8 @@ def build_avatar(opts: HedraOptions, livekit: LiveKitCredentials) -> HostedAvata
     )
 
 
-@register("avatar", "hedra", hosted=True)
-def create_hedra_avatar(options: AvatarSettings, ctx: ProviderContext) -> HostedAvatar:
+@register("avatar", "hedra")
+def create_hedra_avatar(options: HedraSettings, ctx: ProviderContext) -> HostedAvatar:
     """Hedra avatar (``avatar_id``); raises ``ProviderError`` while the vendor is offline."""
     return build_avatar(
         HedraOptions.from_settings(options), LiveKitCredentials.from_settings(ctx.settings.livekit)

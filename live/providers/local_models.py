@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from live.catalog import DEFAULT_WHISPER, LLM_MODELS, PIPER_VOICES, WHISPER_MODELS  # noqa: F401
+from config.catalog import DEFAULT_WHISPER, LLM_MODELS, PIPER_VOICES, WHISPER_MODELS  # noqa: F401
+from config.session import DEFAULT_INSTRUCTIONS
 from live.knowledge import KnowledgeBase, coverage, spoken_passage
-from live.metadata import DEFAULT_INSTRUCTIONS
 from live.persona import persona_from_instructions
 from live.providers.registry import ProviderContext, ProviderError
 

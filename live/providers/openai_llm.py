@@ -14,18 +14,16 @@ Without a base URL (api.openai.com) ``LLM__API_KEY`` or ``OPENAI_API_KEY`` is re
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import httpx2 as httpx
 from livekit.plugins import openai
 
-from config.settings import LLMSettings
-from live.providers.registry import ProviderContext, ProviderError, register
+from config.catalog import OpenAIOptions as OpenAISettings
+from live.providers.registry import ProviderContext, ProviderError, missing_key, register
 
 logger = logging.getLogger(__name__)
 
-ENV_KEY = "OPENAI_API_KEY"
 DEFAULT_MODEL = "gpt-4o-mini"
 LOCAL_DEFAULT_MODEL = "smollm2-135m"  # LLMSettings.model's default: the local provider's
 PLACEHOLDER_KEY = "no-key"  # sent to OpenAI-compatible servers that need none
@@ -44,11 +42,11 @@ class OpenAIOptions:
     read_timeout: float = 10.0
 
     @classmethod
-    def from_settings(cls, options: LLMSettings) -> OpenAIOptions:
-        key = options.api_key.get_secret_value() if options.api_key else os.environ.get(ENV_KEY)
+    def from_settings(cls, options: OpenAISettings) -> OpenAIOptions:
+        key = options.api_key.get_secret_value() if options.api_key else None
         if not key:
             if not options.base_url:
-                raise ProviderError(f"llm provider 'openai' needs LLM__API_KEY or {ENV_KEY}")
+                raise ProviderError(missing_key("llm", "openai"))
             key = PLACEHOLDER_KEY
         model = options.model
         if not options.base_url and model in ("", LOCAL_DEFAULT_MODEL):
@@ -91,8 +89,8 @@ def build_llm(opts: OpenAIOptions) -> openai.LLM:
     )
 
 
-@register("llm", "openai", hosted=True)
-def create_openai_llm(options: LLMSettings, ctx: ProviderContext) -> openai.LLM:
+@register("llm", "openai")
+def create_openai_llm(options: OpenAISettings, ctx: ProviderContext) -> openai.LLM:
     """Chat completions LLM from the ``llm`` settings group."""
     opts = OpenAIOptions.from_settings(options)
     logger.debug(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +32,12 @@ from livekit.agents import (
 )
 from livekit.plugins import tavus
 
-from config.settings import AvatarSettings, LiveKitSettings
-from live.providers.registry import ProviderContext, ProviderError, register
+from config.catalog import TavusOptions as TavusSettings
+from config.settings import LiveKitSettings
+from live.providers.registry import ProviderContext, ProviderError, missing_key, register
 
 logger = logging.getLogger(__name__)
 
-ENV_KEY = "TAVUS_API_KEY"
 DEFAULT_API_URL = "https://tavusapi.com/v2"
 
 
@@ -71,10 +70,10 @@ class TavusOptions:
     start_timeout: float = 20.0
 
     @classmethod
-    def from_settings(cls, options: AvatarSettings) -> TavusOptions:
-        key = options.api_key.get_secret_value() if options.api_key else os.environ.get(ENV_KEY)
+    def from_settings(cls, options: TavusSettings) -> TavusOptions:
+        key = options.api_key.get_secret_value() if options.api_key else None
         if not key:
-            raise ProviderError(f"avatar provider 'tavus' needs AVATAR__API_KEY or {ENV_KEY}")
+            raise ProviderError(missing_key("avatar", "tavus"))
         return cls(
             api_key=key,
             face_id=options.avatar_id,
@@ -217,8 +216,8 @@ def build_avatar(opts: TavusOptions, livekit: LiveKitCredentials) -> HostedAvata
     )
 
 
-@register("avatar", "tavus", hosted=True)
-def create_tavus_avatar(options: AvatarSettings, ctx: ProviderContext) -> HostedAvatar:
+@register("avatar", "tavus")
+def create_tavus_avatar(options: TavusSettings, ctx: ProviderContext) -> HostedAvatar:
     """Tavus avatar from the ``avatar`` settings group (face = avatar_id, pal = replica_id)."""
     return build_avatar(
         TavusOptions.from_settings(options), LiveKitCredentials.from_settings(ctx.settings.livekit)

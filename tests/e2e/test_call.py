@@ -244,3 +244,11 @@ async def test_session_limits_end_the_session(stack: Stack, spec: dict[str, obje
     with session_scope(stack.db_url) as db:
         row = db.get(AgentSessionRecord, sid)
         assert row is not None and row.end_reason == reason
+
+    # The worker's session end reaches the back office (a Celery message sent by task name; no
+    # beat and no webhook run here, so only that message can bill the session).
+    def billed() -> bool:
+        with session_scope(stack.db_url) as db:
+            return db.scalars(select(SessionCost).where(SessionCost.session_id == sid)).first() is not None
+
+    await asyncio.to_thread(wait_for, billed, 90, "the session billed")

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from live.metadata import DEFAULT_INSTRUCTIONS
+from config.session import DEFAULT_INSTRUCTIONS
 from live.persona import Persona, PersonaGuard, other_names, persona_from_instructions
 
 pytestmark = pytest.mark.unit

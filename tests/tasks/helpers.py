@@ -11,8 +11,8 @@ from typing import Any
 from google.protobuf.json_format import MessageToJson
 from livekit import api
 
+from config.session import SessionSpec
 from config.settings import Settings
-from live.metadata import SessionSpec
 from store.db import session_scope
 from store.models import AgentSessionRecord
 from tasks.provisioning import create_session

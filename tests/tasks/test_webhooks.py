@@ -10,8 +10,8 @@ import redis
 from livekit import api, rtc
 from sqlalchemy import select
 
+from config.session import SessionSpec
 from config.settings import Settings, load_settings
-from live.metadata import SessionSpec
 from store.db import session_scope
 from store.models import (
     AgentSessionRecord,

@@ -27,8 +27,8 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from config.policy import spec_violations
 from config.settings import mask_url
-from live.policy import spec_violations
 from store.models import AgentSessionRecord, SessionCost, SessionStatus, Summary
 
 from .. import charts, queries

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from config.settings import Settings
-from live.metadata import (
+from config import catalog
+from config.catalog import AvatarName, LLMName, STTName, TTSName
+from config.session import (
     DEFAULT_INSTRUCTIONS,
     ID_PATTERN,
     MODEL_PATTERN,
     VOICE_PATTERN,
     SessionSpec,
 )
+from config.settings import Settings
 
 from ..api.schemas import NAME_PATTERN
 
@@ -26,12 +28,8 @@ LANGUAGES: tuple[tuple[str, str], ...] = (
     ("nl", "Dutch"),
     ("pt", "Portuguese"),
 )
-PROVIDERS: dict[str, tuple[str, ...]] = {
-    "stt": ("local", "assemblyai"),
-    "llm": ("local", "openai"),
-    "tts": ("local", "espeak", "cartesia"),
-    "avatar": ("local", "tavus", "hedra", "none"),
-}
+# The choices of each slot, from the catalogue.
+PROVIDERS: dict[str, tuple[str, ...]] = {slot: catalog.names(slot) for slot in catalog.SLOTS}
 
 
 KNOWLEDGE_MAX_CHARS = 20_000  # SessionSpec.knowledge's limit
@@ -70,12 +68,12 @@ class LaunchForm(BaseModel):
     greeting: str | None = Field(default=None, max_length=500)
     knowledge: str | None = Field(default=None, max_length=KNOWLEDGE_MAX_CHARS)
     language: str = Field(min_length=2, max_length=16, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
-    stt_provider: Literal["local", "assemblyai"]
-    llm_provider: Literal["local", "openai"]
+    stt_provider: STTName
+    llm_provider: LLMName
     llm_model: str | None = Field(default=None, max_length=128, pattern=MODEL_PATTERN)
-    tts_provider: Literal["local", "espeak", "cartesia"]
+    tts_provider: TTSName
     tts_voice: str | None = Field(default=None, max_length=128, pattern=VOICE_PATTERN)
-    avatar_provider: Literal["local", "tavus", "hedra", "none"]
+    avatar_provider: AvatarName
     avatar_id: str | None = Field(default=None, max_length=128, pattern=ID_PATTERN)
     request_key: str | None = Field(default=None, max_length=64)
 

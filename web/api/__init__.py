@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
-from live.policy import spec_violations
+from config.policy import spec_violations
 from store.models import AgentSessionRecord, SessionStatus, Summary
 
 from .. import queries

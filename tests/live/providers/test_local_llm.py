@@ -9,7 +9,7 @@ import pytest
 from livekit.agents import Agent, AgentSession, function_tool
 from livekit.agents.llm import ChatChunk, ChatContext
 
-from live.metadata import DEFAULT_INSTRUCTIONS
+from config.session import DEFAULT_INSTRUCTIONS
 from live.providers import local_models
 from live.providers.local_llm import LocalLLM, LocalLLMStream
 from live.providers.registry import ProviderContext, create

@@ -15,8 +15,8 @@ from livekit import rtc
 from livekit.agents import Agent, AgentSession
 from livekit.agents.voice.io import AudioInput, AudioOutput, AudioOutputCapabilities
 
+from config.session import DEFAULT_INSTRUCTIONS
 from config.settings import load_settings
-from live.metadata import DEFAULT_INSTRUCTIONS
 from live.providers import local_models
 from live.providers.registry import ProviderContext, create
 from live.providers.turn import turn_handling

@@ -16,6 +16,7 @@ import live.providers.cartesia
 import live.providers.hedra
 import live.providers.openai_llm
 import live.providers.tavus  # noqa: F401  (registers the providers)
+from config import catalog
 from config.settings import load_settings
 from live.providers.registry import ProviderContext
 from tests.fakes.assemblyai_server import AssemblyAIFake
@@ -24,11 +25,7 @@ from tests.fakes.openai_server import OpenAIFake
 from tests.fakes.tavus_server import TavusFake
 
 VENDOR_ENV = (
-    "OPENAI_API_KEY",
-    "ASSEMBLYAI_API_KEY",
-    "CARTESIA_API_KEY",
-    "TAVUS_API_KEY",
-    "HEDRA_API_KEY",
+    *catalog.vendor_keys(),
     "LIVEKIT_URL",
     "LIVEKIT_API_KEY",
     "LIVEKIT_API_SECRET",

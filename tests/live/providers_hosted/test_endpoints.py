@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
+from config.policy import llm_base_url
+from config.session import SessionSpec
 from config.settings import LLMSettings
-from live.metadata import SessionSpec
 from live.pipeline import slot_options
-from live.policy import llm_base_url
 from live.providers.registry import ProviderContext, create
 from tests.fakes.openai_server import OpenAIFake
 

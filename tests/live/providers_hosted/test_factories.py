@@ -7,7 +7,7 @@ from livekit.agents import llm, stt, tts
 from livekit.plugins import assemblyai, cartesia, openai
 from pydantic import SecretStr
 
-from config.settings import AvatarSettings, LLMSettings, STTSettings, TTSSettings
+from config.settings import AvatarSettings, LLMSettings, STTSettings, TTSSettings, load_settings
 from live.providers import fallback
 from live.providers.assemblyai import AssemblyAIOptions
 from live.providers.openai_llm import PLACEHOLDER_KEY, OpenAIOptions
@@ -52,14 +52,23 @@ def test_hosted_entries_are_marked_hosted() -> None:
 
 
 def test_vendor_env_key_is_used_when_the_slot_has_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The vendor's variable reaches the provider through the settings, not the module."""
     monkeypatch.setenv("ASSEMBLYAI_API_KEY", "from-env-0123")
-    opts = AssemblyAIOptions.from_settings(STTSettings(provider="assemblyai"))
-    assert opts.api_key == "from-env-0123"
+    settings = load_settings(_env_file=None)  # the STT slot itself stays local
+    ctx = ProviderContext(settings)
+    stt_ = create("stt", "assemblyai", STTSettings(provider="assemblyai"), ctx)
+    assert stt_._api_key == "from-env-0123"  # type: ignore[attr-defined]
     # the slot's own key wins over the vendor variable
-    opts = AssemblyAIOptions.from_settings(
-        STTSettings(provider="assemblyai", api_key=SecretStr("slot-key"))
-    )
-    assert opts.api_key == "slot-key"
+    own = STTSettings(provider="assemblyai", api_key=SecretStr("slot-key"))
+    assert create("stt", "assemblyai", own, ctx)._api_key == "slot-key"  # type: ignore[attr-defined]
+
+
+def test_one_vendors_key_never_goes_to_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fallback or a session's override gets its own vendor's key, or none."""
+    monkeypatch.setenv("TAVUS_API_KEY", "tavus-key-0123")
+    settings = load_settings(_env_file=None, avatar={"provider": "tavus"})
+    assert settings.api_key_for("avatar", "tavus") is not None
+    assert settings.api_key_for("avatar", "hedra") is None
 
 
 def test_assemblyai_models_and_plugin(ctx: ProviderContext) -> None:

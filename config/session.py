@@ -1,7 +1,9 @@
-"""Dispatch metadata: the per-session configuration the live worker receives as JSON.
+"""The session contract: the per-session configuration every process shares.
 
 Provisioning (Celery), the admin UI and the API build a :class:`SessionSpec`; LiveKit carries
-it as the agent dispatch's metadata string; the worker validates it before anything starts.
+it as the agent dispatch's metadata string; the live worker validates it before anything
+starts. It lives in `config/` so that `live`, `tasks`, `web` and `cli` depend on it and not
+on each other. Provider choices come from the catalogue (config/catalog.py).
 `docs/session-spec.schema.json` is generated from this model (`avatar schema`).
 """
 
@@ -10,6 +12,9 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from config import catalog
+from config.catalog import AvatarName, LLMName, STTName, TTSName
 
 DEFAULT_INSTRUCTIONS = (
     "You are Ava, a friendly voice assistant shown as a talking face in a video call. "
@@ -26,15 +31,17 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 
 class STTChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    provider: Literal["local", "assemblyai"] | None = Field(
-        default=None, description="Override the configured STT provider."
+    provider: STTName | None = Field(
+        default=None, description=f"Override the configured STT provider: {catalog.describe('stt')}."
     )
     model: str | None = Field(default=None, pattern=MODEL_PATTERN, description="STT model.")
 
 
 class LLMChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    provider: Literal["local", "openai"] | None = Field(default=None, description="LLM provider.")
+    provider: LLMName | None = Field(
+        default=None, description=f"LLM provider: {catalog.describe('llm')}."
+    )
     model: str | None = Field(default=None, pattern=MODEL_PATTERN, description="LLM model name.")
     endpoint: str | None = Field(
         default=None,
@@ -58,8 +65,8 @@ class LLMChoice(BaseModel):
 
 class TTSChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    provider: Literal["local", "espeak", "cartesia"] | None = Field(
-        default=None, description="TTS provider."
+    provider: TTSName | None = Field(
+        default=None, description=f"TTS provider: {catalog.describe('tts')}."
     )
     voice: str | None = Field(default=None, pattern=VOICE_PATTERN, description="Voice id.")
     model: str | None = Field(default=None, pattern=MODEL_PATTERN, description="TTS model.")
@@ -67,14 +74,15 @@ class TTSChoice(BaseModel):
 
 class AvatarChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    provider: Literal["local", "tavus", "hedra", "none"] | None = Field(
-        default=None, description="Avatar provider; `none` is audio only."
+    provider: AvatarName | None = Field(
+        default=None,
+        description=f"Avatar provider: {catalog.describe('avatar')}; `none` is audio only.",
     )
     avatar_id: str | None = Field(
         default=None,
         pattern=ID_PATTERN,
-        description="Tavus face id, Hedra avatar id, or the name of a local portrait pack "
-        "(a folder under `var/portraits`, or `astronaut`).",
+        description="The hosted avatar's id at its vendor, or the name of a local portrait "
+        "pack (a folder under `var/portraits`, or `astronaut`).",
     )
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from config.settings import LLMSettings, Settings
-from live.catalog import LLM_MODELS, PIPER_VOICES, WHISPER_MODELS
-from live.metadata import SessionSpec, SpecError
+from config import catalog
+from config.session import SessionSpec, SpecError
+from config.settings import PROJECT_ROOT, LLMSettings, Settings
 
 BUILTIN_PACKS = ("astronaut",)
-PACK_ASSETS = Path(__file__).resolve().parent / "avatar" / "assets"  # live.avatar.portrait.ASSETS
+PACK_ASSETS = PROJECT_ROOT / "live" / "avatar" / "assets"  # live.avatar.portrait.ASSETS
 
 
 def portrait_dirs(settings: Settings) -> list[Path]:
@@ -36,6 +36,9 @@ def local_pack(settings: Settings, name: str) -> Path | None:
 def spec_violations(spec: SessionSpec, settings: Settings) -> dict[str, str]:
     """Field -> why the operator's settings do not allow it (empty when the spec is fine)."""
     out: dict[str, str] = {}
+    llm_models, whisper_models, voices = (
+        catalog.local_models("llm"), catalog.local_models("stt"), catalog.local_voices()
+    )
     llm_provider = spec.llm.provider or settings.llm.provider
     if spec.llm.endpoint is not None:
         if spec.llm.endpoint not in settings.llm.endpoints:
@@ -43,14 +46,14 @@ def spec_violations(spec: SessionSpec, settings: Settings) -> dict[str, str]:
             out["llm.endpoint"] = f"unknown endpoint {spec.llm.endpoint!r} (configured: {known})"
         elif llm_provider != "openai":
             out["llm.endpoint"] = "an endpoint needs the openai provider"
-    if spec.llm.model is not None and llm_provider == "local" and spec.llm.model not in LLM_MODELS:
-        out["llm.model"] = f"unknown local model; choose one of: {', '.join(LLM_MODELS)}"
+    if spec.llm.model is not None and llm_provider == "local" and spec.llm.model not in llm_models:
+        out["llm.model"] = f"unknown local model; choose one of: {', '.join(llm_models)}"
     stt_provider = spec.stt.provider or settings.stt.provider
-    if spec.stt.model is not None and stt_provider == "local" and spec.stt.model not in WHISPER_MODELS:
-        out["stt.model"] = f"unknown local model; choose one of: {', '.join(WHISPER_MODELS)}"
+    if spec.stt.model is not None and stt_provider == "local" and spec.stt.model not in whisper_models:
+        out["stt.model"] = f"unknown local model; choose one of: {', '.join(whisper_models)}"
     tts_provider = spec.tts.provider or settings.tts.provider
-    if spec.tts.voice is not None and tts_provider == "local" and spec.tts.voice not in PIPER_VOICES:
-        out["tts.voice"] = f"unknown local voice; choose one of: {', '.join(PIPER_VOICES)}"
+    if spec.tts.voice is not None and tts_provider == "local" and spec.tts.voice not in voices:
+        out["tts.voice"] = f"unknown local voice; choose one of: {', '.join(voices)}"
     avatar_provider = spec.avatar.provider or settings.avatar.provider
     if (
         spec.avatar.avatar_id is not None

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from config.policy import enforce_spec, llm_base_url, local_pack, session_limits, spec_violations
+from config.session import SessionSpec, SpecError, parse_spec
 from config.settings import ConfigError, Settings, load_settings
-from live.metadata import SessionSpec, SpecError, parse_spec
 from live.pipeline import build_components, slot_options
-from live.policy import enforce_spec, llm_base_url, local_pack, session_limits, spec_violations
 
 pytestmark = pytest.mark.unit
 

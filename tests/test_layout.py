@@ -1,0 +1,93 @@
+"""The shape of the house: which top-level package may import which.
+
+Built from the source (every ``import`` statement, function-level ones included), so a new
+import that closes a loop between packages fails here, naming the files.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("config", "store", "live", "tasks", "web", "cli", "bench")
+
+
+def import_graph(packages: tuple[str, ...] = (*PACKAGES, "tests")) -> dict[str, dict[str, list[str]]]:
+    """package -> imported package -> the files that import it."""
+    graph: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for pkg in packages:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules = [node.module]
+                else:
+                    continue
+                for module in modules:
+                    top = module.split(".")[0]
+                    if top in packages and top != pkg:
+                        graph[pkg][top].append(str(path.relative_to(ROOT)))
+    return graph
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """A cycle as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt):], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(edges):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycle_between_top_level_packages() -> None:
+    graph = import_graph(PACKAGES)
+    edges = {pkg: set(targets) for pkg, targets in graph.items()}
+    cycle = find_cycle(edges)
+    if cycle:
+        steps = [
+            f"{a} -> {b} ({', '.join(sorted(set(graph[a][b]))[:3])})"
+            for a, b in itertools.pairwise(cycle)
+        ]
+        pytest.fail("import cycle between packages: " + "; ".join(steps))
+
+
+def test_the_contract_and_catalogue_depend_on_nothing_of_ours() -> None:
+    """config/ is what every process shares: it imports no other package of ours."""
+    graph = import_graph(PACKAGES)
+    assert dict(graph["config"]) == {}
+    assert "tasks" not in graph["live"], graph["live"]["tasks"]
+    assert "live" not in graph["tasks"], graph["tasks"]["live"]
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}}) is None
+
+
+@pytest.mark.xfail(reason="removed on the seams branch", strict=False)
+def test_benchmarks_import_nothing_from_tests() -> None:
+    graph = import_graph((*PACKAGES, "tests"))
+    assert "tests" not in graph["bench"], sorted(set(graph["bench"]["tests"]))
