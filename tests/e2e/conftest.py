@@ -33,6 +33,7 @@ class Cluster:
     api_token: str
     var_dir: Path
     logs: dict[str, Path]
+    worker_pids: dict[str, int]  # each live worker's main process (its own process group)
 
     def settings(self, node: int = 0) -> Settings:
         return load_settings(
@@ -99,6 +100,7 @@ def cluster(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "live,batch",
              "--concurrency", "2", "--loglevel", "INFO", "-n", "cluster@%h"],
             env, logs["celery"]))
+        worker_pids: dict[str, int] = {}
         for i, name in enumerate(WORKERS):
             logs[name] = var / f"{name}.log"
             procs.append(_spawn(
@@ -106,11 +108,13 @@ def cluster(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 {**env, "LIVEKIT_URL": node_urls[i], "HOSTNAME": name,
                  "LIVE_HEALTH_PORT": str(free_port())},
                 logs[name]))
+            worker_pids[name] = procs[-1].pid
         from web.auth import create_api_token
 
         with session_scope(db_url) as db:
             token = create_api_token(db, "cluster-tests")
-        cl = Cluster(node_urls, redis_url, lk_redis, db_url, web_url, token, var, logs)
+        cl = Cluster(node_urls, redis_url, lk_redis, db_url, web_url, token, var, logs,
+                     worker_pids)
         for name in (*WORKERS, "celery", "web"):
             ready = {"celery": "ready.", "web": "Booting worker"}.get(name)
             wait_for(lambda n=name, r=ready: (r in cl.log_text(n)) if r else _registered(
