@@ -50,7 +50,9 @@ from store.models import SessionStatus, utcnow
 
 logger = logging.getLogger("live.worker")
 # How long a request at the cap waits for a finishing session's slot before it is declined.
-ADMISSION_WAIT_SECONDS = 5.0
+# LiveKit gives a job request 3 s in all (then drops the job: `context deadline exceeded`),
+# so the answer, a decline included, must come well within that.
+ADMISSION_WAIT_SECONDS = 2.0
 PREWARM_NICENESS = 10
 
 

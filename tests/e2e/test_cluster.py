@@ -107,6 +107,17 @@ async def test_sessions_spread_over_both_nodes_and_workers_and_the_cap_holds(
             "a worker at its cap to decline")
         assert record(cluster, over).status != "active"
         assert running_per_worker(cluster) == {w: CLUSTER_CAP for w in WORKERS}
+
+        # LiveKit dropped that dispatch; the back office sends it again until a worker has
+        # a slot: one session ends, the waiting one takes its place, the cap still holds.
+        freed = next(r for r, s in zip(rooms, sids, strict=False)
+                     if worker_of(record(cluster, s)) == WORKERS[1])
+        await delete_rooms(cluster, [freed])
+        await asyncio.to_thread(wait_for, lambda: record(cluster, over).status == "active",
+                                90, "the waiting session to start once a slot is free")
+        assert worker_of(record(cluster, over)) == WORKERS[1]
+        assert running_per_worker(cluster) == {w: CLUSTER_CAP for w in WORKERS}
+        assert "no worker took the session; dispatched again" in cluster.log_text("celery")
     finally:
         await delete_rooms(cluster, rooms)
         await asyncio.to_thread(

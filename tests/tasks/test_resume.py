@@ -92,3 +92,16 @@ def test_resume_metadata_round_trip_and_usage_baseline() -> None:
     assert plus_baseline({("local", "tts_characters"): 53.0}, base) == {
         ("local", "tts_characters"): 88.0, ("local", "stt_audio_seconds"): 4.0}
     assert plus_baseline({("local", "x"): 1.0}, None) == {("local", "x"): 1.0}
+
+
+def test_dispatch_check_leaves_a_session_a_job_holds(settings: Settings) -> None:
+    """Only a session no job holds is dispatched again (checked before LiveKit is asked)."""
+    from tasks.resume import check_dispatch
+
+    held = new_session(settings, room="r4", status="dispatched", worker_id="live-a:1:AJ_1")
+    active = new_session(settings, room="r5", status="active", worker_id="live-a:1:AJ_2")
+    ended = new_session(settings, room="r6", status="ended")
+    assert check_dispatch(settings, held) == "taken"
+    assert check_dispatch(settings, active) == "taken"
+    assert check_dispatch(settings, active, marker="resume:abc") == "taken"
+    assert check_dispatch(settings, ended) == "taken"
