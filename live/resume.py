@@ -83,6 +83,15 @@ def claim_session(db_url: str, session_id: str, worker_id: str, resume_from: str
         return bool(getattr(result, "rowcount", 0))
 
 
+def holds_session(db_url: str, session_id: str, worker_id: str) -> bool:
+    """Whether this job still holds the session (a job cut off from the room, whose session
+    was resumed elsewhere, must not end it)."""
+    with session_scope(db_url) as db:
+        held = db.scalar(select(AgentSessionRecord.worker_id).where(
+            AgentSessionRecord.id == session_id))
+    return held == worker_id
+
+
 def stored_lines(db_url: str, session_id: str, limit: int = HISTORY_LINES) -> list[TranscriptLine]:
     with session_scope(db_url) as db:
         rows = db.scalars(

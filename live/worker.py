@@ -39,6 +39,7 @@ from live.resume import (
     SESSION_ATTR,
     WORKER_ATTR,
     claim_session,
+    holds_session,
     job_worker_id,
     plus_baseline,
     restored_chat,
@@ -295,6 +296,7 @@ async def entrypoint(ctx: JobContext) -> None:
                        extra={"resume_from": resume_from})
         ctx.shutdown(reason="session taken")
         return
+    ctx.proc.userdata["worker_id"] = worker_id
     history: list[Any] = []
     if resume_from:
         history = await asyncio.to_thread(stored_lines, settings.db.url, session_id)
@@ -485,6 +487,17 @@ async def on_session_end(ctx: JobContext) -> None:
         session, ctx.proc.userdata.pop("avatar", None), ctx.proc.userdata.pop("avatar_lost_at", None)
     )
     recorder.set_usage(plus_baseline(rows, ctx.proc.userdata.pop("usage_baseline", None)))
+    worker_id = ctx.proc.userdata.pop("worker_id", None)
+    try:
+        held = not worker_id or await asyncio.to_thread(
+            holds_session, _settings().db.url, session_id, worker_id)
+    except Exception:  # the store is away: end it as before
+        held = True
+    if not held:
+        # Cut off from the room and resumed by another job: that job ends the session.
+        logger.warning("session moved to another job; not ending it here")
+        await asyncio.to_thread(recorder.close)
+        return
     reason = lifecycle.end_reason if lifecycle else "ended"
     recorder.set_status(SessionStatus.ENDED, ended_at=utcnow(), end_reason=reason)
     await asyncio.to_thread(recorder.close)

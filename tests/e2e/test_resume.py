@@ -179,6 +179,14 @@ async def _session_survives(cluster: Cluster, room: str, kill_whole_worker: bool
             SessionCost.session_id == sid, SessionCost.metric == "tts_characters"))
     assert billed is not None
     assert abs(billed - spoken) <= 4, (billed, spoken)
+    # The room's minutes run from the first job's start to the last job's end, once.
+    rec = record(cluster, sid)
+    assert rec.started_at is not None and rec.ended_at is not None
+    with session_scope(cluster.db_url) as db:
+        minutes = db.scalars(select(SessionCost.quantity).where(
+            SessionCost.session_id == sid, SessionCost.metric == "room_minutes")).all()
+    assert len(minutes) == 1
+    assert abs(minutes[0] - (rec.ended_at - rec.started_at).total_seconds() / 60) < 0.02
 
 
 async def test_sigkilled_job_is_resumed_for_the_same_caller_with_its_transcript(

@@ -16,6 +16,7 @@ from live.resume import (
     SESSION_ATTR,
     WORKER_ATTR,
     claim_session,
+    holds_session,
     plus_baseline,
     resume_metadata,
     split_resume,
@@ -76,6 +77,8 @@ def test_one_job_per_session(settings: Settings) -> None:
     assert claim_session(url, sid, "live-b:2:AJ_3", "resume:abc")
     assert not claim_session(url, sid, "live-a:4:AJ_4", "resume:abc")  # taken once
     assert get_session(settings, sid).worker_id == "live-b:2:AJ_3"
+    # the job cut off from the room no longer holds it, so it does not end it
+    assert holds_session(url, sid, "live-b:2:AJ_3") and not holds_session(url, sid, "live-a:1:AJ_1")
     with session_scope(url) as db:
         rec = db.get(AgentSessionRecord, sid)
         assert rec is not None
