@@ -57,6 +57,13 @@ def up(
     only: Annotated[
         list[str] | None, typer.Option(help="Run only these Procfile processes (repeatable).")
     ] = None,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            help="A LiveKit cluster on this machine: two LiveKit nodes in multi-node mode on "
+            "the embedded Valkey and two live workers (one per node)."
+        ),
+    ] = False,
 ) -> None:
     """Run every Procfile process plus the embedded LiveKit and Valkey servers."""
     if isolated and os.environ.get("AVATAR_NETNS") != "1":
@@ -64,6 +71,8 @@ def up(
         args = [str(script), sys.executable, "-m", "cli.main", "up"]
         for o in only or []:
             args += ["--only", o]
+        if cluster:
+            args.append("--cluster")
         os.execv(str(script), args)
 
     from cli.services import ServiceError
@@ -76,7 +85,7 @@ def up(
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     upgrade_db(settings.db.url)
     try:
-        specs = plan(settings, only)
+        specs = plan(settings, only, cluster=cluster)
     except ServiceError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
@@ -96,6 +105,11 @@ def up(
     sup.log(f"JSON API     {web.base_url}/api/v1/openapi.json")
     sup.log(f"Flower       http://127.0.0.1:{web.flower_port}/  (user {web.flower_user})")
     sup.log(f"LiveKit      {settings.livekit.effective_url}  (agent '{settings.livekit.agent_name}')")
+    if cluster:
+        from cli.supervisor import CLUSTER_PORT_OFFSET
+
+        second = settings.livekit.port + CLUSTER_PORT_OFFSET
+        sup.log(f"cluster      second node ws://127.0.0.1:{second}; workers live1, live2")
     sup.log("talk to it   avatar call --text 'Hello, who are you?'   |   Ctrl-C stops everything")
     exited = sup.wait()
     if exited:

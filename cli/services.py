@@ -98,10 +98,18 @@ class LiveKitServerConfig:
     api_secret: str = "embedded-dev-secret-change-me-0123456789"
     node_ip: str = "127.0.0.1"
     webhook_urls: list[str] = field(default_factory=list)
+    # LiveKit's multi-node mode: nodes sharing one Redis-compatible server route rooms,
+    # signalling and agent dispatch between them (each node needs its own ports).
+    redis_url: str | None = None
 
     @classmethod
     def on_free_ports(
-        cls, *, api_key: str, api_secret: str, webhook_urls: list[str] | None = None
+        cls,
+        *,
+        api_key: str,
+        api_secret: str,
+        webhook_urls: list[str] | None = None,
+        redis_url: str | None = None,
     ) -> LiveKitServerConfig:
         """A server for tests and benchmarks: free ports, the namespace's address for ICE."""
         return cls(
@@ -112,6 +120,7 @@ class LiveKitServerConfig:
             api_secret=api_secret,
             node_ip=os.environ.get("LIVEKIT__NODE_IP", "127.0.0.1"),
             webhook_urls=webhook_urls or [],
+            redis_url=redis_url,
         )
 
     def to_yaml(self) -> str:
@@ -133,7 +142,31 @@ class LiveKitServerConfig:
         }
         if self.webhook_urls:
             body["webhook"] = {"api_key": self.api_key, "urls": self.webhook_urls}
+        if self.redis_url:
+            body["redis"] = redis_config(self.redis_url)
+            # A new room goes to the node with the fewest rooms (the default is random).
+            body["node_selector"] = {"kind": "any", "sort_by": "rooms", "algorithm": "lowest"}
         return yaml.safe_dump(body)
+
+
+def redis_config(url: str) -> dict[str, object]:
+    """livekit-server's `redis:` block for a redis:// URL (address, db, password)."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ServiceError(f"not a redis:// URL for LiveKit's multi-node mode: {parts.scheme}://...")
+    out: dict[str, object] = {"address": f"{parts.hostname}:{parts.port or 6379}"}
+    db = parts.path.strip("/")
+    if db:
+        out["db"] = int(db)
+    if parts.username:
+        out["username"] = unquote(parts.username)
+    if parts.password:
+        out["password"] = unquote(parts.password)
+    if parts.scheme == "rediss":
+        out["use_tls"] = True
+    return out
 
 
 def livekit_server_command(cfg: LiveKitServerConfig, binary: Path | None = None) -> list[str]:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
@@ -39,7 +39,11 @@ from config.settings import PROJECT_ROOT, Settings
 
 COLORS = ["36", "33", "35", "32", "34", "31", "96", "93"]
 # The embedded servers the Procfile's processes depend on: stopped after them.
-SERVICES = ("valkey", "livekit")
+SERVICES = ("valkey", "livekit", "livekit2")
+# `avatar up --cluster`: the second node's ports are the first node's plus this.
+CLUSTER_PORT_OFFSET = 10
+# The Valkey database holding LiveKit's cluster state (the broker uses its own).
+CLUSTER_REDIS_DB = 3
 # Grace after SIGTERM, per tier, before SIGKILL: Celery's warm shutdown, the live worker's
 # sessions ending, gunicorn's workers; then Valkey writing its append-only file.
 APP_GRACE_SECONDS = 10.0
@@ -95,7 +99,15 @@ def local_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def plan(settings: Settings, only: list[str] | None = None) -> list[ProcSpec]:
+def plan(settings: Settings, only: list[str] | None = None, *, cluster: bool = False) -> list[ProcSpec]:
+    """The processes `avatar up` runs; with `cluster`, a LiveKit cluster on this machine:
+    two embedded nodes in LiveKit's multi-node mode on the embedded Valkey, and a second
+    live worker registered with the second node."""
+    if cluster and not (settings.livekit.embedded and settings.broker.embedded):
+        raise ServiceError(
+            "--cluster runs two embedded LiveKit nodes on the embedded Valkey: unset "
+            "LIVEKIT_URL and REDIS_URL (a LiveKit cluster of your own needs no --cluster)"
+        )
     env = local_env(settings)
     var = settings.var_dir
     procs: list[ProcSpec] = []
@@ -103,6 +115,7 @@ def plan(settings: Settings, only: list[str] | None = None) -> list[ProcSpec]:
         procs.append(
             ProcSpec("valkey", valkey_command(settings.broker.port, var / "valkey"), env, settings.broker.port)
         )
+    nodes: list[LiveKitServerConfig] = []
     if settings.livekit.embedded:
         cfg = LiveKitServerConfig(
             port=settings.livekit.port,
@@ -112,15 +125,30 @@ def plan(settings: Settings, only: list[str] | None = None) -> list[ProcSpec]:
             api_secret=settings.livekit.api_secret.get_secret_value(),
             node_ip=settings.livekit.node_ip,
             webhook_urls=[f"http://127.0.0.1:{settings.web.port}/webhooks/livekit"],
+            redis_url=f"redis://127.0.0.1:{settings.broker.port}/{CLUSTER_REDIS_DB}"
+            if cluster else None,
         )
-        procs.append(
-            ProcSpec("livekit", livekit_server_command(cfg), livekit_server_env(cfg, env),
-                     settings.livekit.port)
-        )
+        nodes.append(cfg)
+        if cluster:
+            off = CLUSTER_PORT_OFFSET
+            nodes.append(replace(cfg, port=cfg.port + off, rtc_tcp_port=cfg.rtc_tcp_port + off,
+                                 rtc_udp_port=cfg.rtc_udp_port + off))
+        for name, node in zip(("livekit", "livekit2"), nodes, strict=False):
+            procs.append(ProcSpec(name, livekit_server_command(node),
+                                  livekit_server_env(node, env), node.port))
     for name, cmd in read_procfile().items():
         if name == "release":
             continue
         if only and name not in only:
+            continue
+        if name == "live" and cluster:
+            # Worker i registers with node i; the nodes route jobs to each other's workers.
+            health = int(env.get("LIVE_HEALTH_PORT", "8081"))
+            for i, node in enumerate(nodes):
+                procs.append(ProcSpec(f"live{i + 1}", cmd, {
+                    **env, "LIVEKIT_URL": f"ws://127.0.0.1:{node.port}",
+                    "HOSTNAME": f"{env.get('HOSTNAME') or 'live'}-{i + 1}",
+                    "LIVE_HEALTH_PORT": str(health + i)}))
             continue
         procs.append(ProcSpec(name, cmd, env))
     return procs

@@ -43,9 +43,15 @@ class AvatarAgent(Agent):
     """A voice agent shown as a face. Tools can be added here as `@function_tool` methods."""
 
     def __init__(
-        self, *, instructions: str, knowledge: str | None = None, guard: bool = True
+        self,
+        *,
+        instructions: str,
+        knowledge: str | None = None,
+        guard: bool = True,
+        chat_ctx: llm.ChatContext | None = None,
     ) -> None:
-        super().__init__(instructions=instructions)
+        # chat_ctx: the conversation so far, when a session resumes on a new job
+        super().__init__(instructions=instructions, chat_ctx=chat_ctx)
         self.persona = persona_from_instructions(instructions)
         self.knowledge = KnowledgeBase(knowledge) if knowledge and knowledge.strip() else None
         self.guard = guard

@@ -35,10 +35,25 @@ from live.pipeline import Components, build_components
 from live.providers import ProviderContext
 from live.recorder import SessionRecorder, checkpoints, session_usage, usage_rows
 from store.models import SessionStatus, utcnow
+from store.resume import (
+    RESUME_LINE,
+    SESSION_ATTR,
+    WORKER_ATTR,
+    claim_session,
+    holds_session,
+    job_worker_id,
+    plus_baseline,
+    restored_chat,
+    split_resume,
+    stored_lines,
+    stored_usage,
+)
 
 logger = logging.getLogger("live.worker")
 # How long a request at the cap waits for a finishing session's slot before it is declined.
-ADMISSION_WAIT_SECONDS = 5.0
+# LiveKit gives a job request 3 s in all (then drops the job: `context deadline exceeded`),
+# so the answer, a decline included, must come well within that.
+ADMISSION_WAIT_SECONDS = 2.0
 PREWARM_NICENESS = 10
 
 
@@ -99,6 +114,8 @@ def build_server(settings: Settings) -> AgentServer:
             )
             await req.reject(terminate=False)  # another worker may take it
             return
+        # LiveKit learns a worker's load every 2.5 s; a cluster routes the next job by it.
+        await _report_load_now(server)
         try:
             await req.accept(name="Ava", identity=f"agent-{req.id}")
         finally:
@@ -125,6 +142,7 @@ def build_server(settings: Settings) -> AgentServer:
         log_level=settings.logging.level,
     )
     admission = Admission(settings.limits.max_concurrent_sessions, running_ids)
+    _report_lost_jobs(server, settings)
     server.rtc_session(
         entrypoint,
         agent_name=settings.livekit.agent_name,
@@ -132,6 +150,70 @@ def build_server(settings: Settings) -> AgentServer:
         on_session_end=on_session_end,
     )
     return server
+
+
+def _report_lost_jobs(server: AgentServer, settings: Settings) -> None:
+    """A job process that dies (SIGKILL, the OOM killer, a crash) leaves its agent in the
+    room until LiveKit's media timeout (about 20 s). This worker sees the death at once and
+    removes the agent, so LiveKit reports `participant_left` now and the back office
+    dispatches the session again (`tasks.resume`). Uses the process pool's `process_closed`
+    event (not a public API in LiveKit Agents 1.8)."""
+
+    def on_closed(proc: Any) -> None:
+        job = getattr(proc, "running_job", None)
+        status = getattr(getattr(proc, "status", None), "value", None)
+        if job is None or status != "failed":
+            return
+        room, identity = job.job.room.name, f"agent-{job.job.id}"
+        logger.warning("job process died mid-session; removing its agent from the room",
+                       extra={"job_id": job.job.id, "room": room, "exitcode":
+                              getattr(proc, "exitcode", None)})
+        task = asyncio.get_running_loop().create_task(_remove_agent(settings, room, identity))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    def attach() -> None:
+        pool = getattr(server, "_proc_pool", None)
+        if pool is not None:
+            pool.on("process_closed", on_closed)
+
+    server.on("worker_started", attach)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def _remove_agent(settings: Settings, room: str, identity: str) -> None:
+    from livekit import api
+
+    try:
+        async with api.LiveKitAPI(settings.livekit.http_url,
+                                  settings.livekit.api_key.get_secret_value(),
+                                  settings.livekit.api_secret.get_secret_value()) as lk:
+            await lk.room.remove_participant(
+                api.RoomParticipantIdentity(room=room, identity=identity))
+    except Exception as err:  # gone already, or LiveKit unreachable: its timeout applies
+        logger.info("could not remove the lost agent: %s", type(err).__name__,
+                    extra={"room": room})
+
+
+async def _report_load_now(server: AgentServer) -> None:
+    """Send this worker's load to LiveKit now rather than at its next 2.5 s update.
+
+    In a cluster, LiveKit gives a job to the node whose workers report the most headroom;
+    a worker that just took a job but still reports its old load would win the next job
+    too and have to decline it (LiveKit does not offer a declined job to another node).
+    Uses the worker's own status update (not a public API in LiveKit Agents 1.8).
+    """
+    refresh = getattr(server, "_refresh_worker_load", None)
+    update = getattr(server, "_update_worker_status", None)
+    if refresh is None or update is None:
+        return
+    try:
+        await refresh()
+        await update()
+    except Exception:
+        logger.debug("could not report the load early", exc_info=True)
 
 
 def _ensure_record(settings: Settings, spec: SessionSpec, ctx: JobContext) -> str:
@@ -199,7 +281,7 @@ def room_options(spec: SessionSpec) -> room_io.RoomOptions:
 async def entrypoint(ctx: JobContext) -> None:
     _restore_priority()
     settings = _settings()
-    raw = ctx.job.metadata or ""
+    raw, resume_from = split_resume(ctx.job.metadata or "")
     try:
         spec = parse_spec(raw)
         enforce_spec(spec, settings)
@@ -211,6 +293,22 @@ async def entrypoint(ctx: JobContext) -> None:
 
     session_id = await asyncio.to_thread(_ensure_record, settings, spec, ctx)
     ctx.log_context_fields = {"session_id": session_id, "room": ctx.job.room.name}
+    worker_id = job_worker_id(ctx.job.id)
+    if not await asyncio.to_thread(claim_session, settings.db.url, session_id, worker_id,
+                                   resume_from):
+        # Another job holds the session (a repeated dispatch), or it has ended: one agent.
+        logger.warning("session already has an agent or has ended; leaving",
+                       extra={"resume_from": resume_from})
+        ctx.shutdown(reason="session taken")
+        return
+    ctx.proc.userdata["worker_id"] = worker_id
+    history: list[Any] = []
+    if resume_from:
+        history = await asyncio.to_thread(stored_lines, settings.db.url, session_id)
+        ctx.proc.userdata["usage_baseline"] = await asyncio.to_thread(
+            stored_usage, settings.db.url, session_id)
+        logger.info("resuming the session on this worker",
+                    extra={"lines": len(history), "resume_from": resume_from})
     recorder = SessionRecorder(settings.db.url, session_id)
     ctx.proc.userdata["recorder"] = recorder
     ctx.proc.userdata["session_id"] = session_id
@@ -244,7 +342,8 @@ async def entrypoint(ctx: JobContext) -> None:
     _tell_stt_when_agent_speaks(session, comps.stt)
 
     await ctx.connect()
-    await ctx.room.local_participant.set_attributes({"avatar.session_id": session_id})
+    await ctx.room.local_participant.set_attributes(
+        {SESSION_ATTR: session_id, WORKER_ATTR: worker_id})
     avatar_name = "none"
     avatar_started = time.time()
     if comps.avatar_chain:
@@ -277,15 +376,16 @@ async def entrypoint(ctx: JobContext) -> None:
     ctx.proc.userdata["avatar"] = (avatar_name, avatar_started)
 
     await session.start(
-        agent=AvatarAgent(instructions=spec.instructions, knowledge=spec.knowledge),
+        agent=AvatarAgent(instructions=spec.instructions, knowledge=spec.knowledge,
+                          chat_ctx=restored_chat(history) if history else None),
         room=ctx.room,
         room_options=room_options(spec),
         record=False,
     )
     recorder.set_status(
         SessionStatus.ACTIVE,
-        started_at=utcnow(),
-        worker_id=os.environ.get("HOSTNAME", "") + f":{os.getpid()}",
+        **({} if resume_from else {"started_at": utcnow()}),
+        worker_id=worker_id,
         stt_provider=comps.stt_name,
         llm_provider=comps.llm_name,
         tts_provider=comps.tts_name,
@@ -302,9 +402,14 @@ async def entrypoint(ctx: JobContext) -> None:
     ctx.proc.userdata["lifecycle"] = lifecycle
     lifecycle.start()
     # Usage so far and a heartbeat every few seconds: a SIGKILLed worker loses only those.
-    ctx.proc.userdata["checkpoints"] = asyncio.create_task(checkpoints(recorder, lambda: session_usage(
-        session, ctx.proc.userdata.get("avatar"), ctx.proc.userdata.get("avatar_lost_at"))))
-    if spec.greeting:
+    # After a resume, the earlier jobs' usage is the baseline this job counts on top of.
+    ctx.proc.userdata["checkpoints"] = asyncio.create_task(checkpoints(recorder, lambda: plus_baseline(
+        session_usage(session, ctx.proc.userdata.get("avatar"),
+                      ctx.proc.userdata.get("avatar_lost_at")),
+        ctx.proc.userdata.get("usage_baseline"))))
+    if resume_from:
+        session.say(RESUME_LINE)
+    elif spec.greeting:
         session.say(spec.greeting)
 
 
@@ -408,7 +513,18 @@ async def on_session_end(ctx: JobContext) -> None:
     rows = session_usage(
         session, ctx.proc.userdata.pop("avatar", None), ctx.proc.userdata.pop("avatar_lost_at", None)
     )
-    recorder.set_usage(rows)
+    recorder.set_usage(plus_baseline(rows, ctx.proc.userdata.pop("usage_baseline", None)))
+    worker_id = ctx.proc.userdata.pop("worker_id", None)
+    try:
+        held = not worker_id or await asyncio.to_thread(
+            holds_session, _settings().db.url, session_id, worker_id)
+    except Exception:  # the store is away: end it as before
+        held = True
+    if not held:
+        # Cut off from the room and resumed by another job: that job ends the session.
+        logger.warning("session moved to another job; not ending it here")
+        await asyncio.to_thread(recorder.close)
+        return
     reason = lifecycle.end_reason if lifecycle else "ended"
     recorder.set_status(SessionStatus.ENDED, ended_at=utcnow(), end_reason=reason)
     await asyncio.to_thread(recorder.close)

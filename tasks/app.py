@@ -29,11 +29,13 @@ TASK_MODULES = (
     "tasks.summaries",
     "tasks.usage",
     "tasks.maintenance",
+    "tasks.resume",
 )
 
 # Order matters: the first matching glob wins.
 TASK_ROUTES: dict[str, dict[str, str]] = {
     "tasks.provisioning.*": {"queue": LIVE_QUEUE},
+    "tasks.resume.*": {"queue": LIVE_QUEUE},  # a caller is waiting for the agent to return
     "tasks.*": {"queue": BATCH_QUEUE},
 }
 

@@ -374,7 +374,12 @@ def provision_session(self: AvatarTask, session_id: str) -> dict[str, Any]:
     """
     final = self.request.retries >= self.max_retries
     try:
-        return provision(self.settings, session_id, final_attempt=final)
+        info = provision(self.settings, session_id, final_attempt=final)
+        if info.get("status") == SessionStatus.DISPATCHED:
+            from tasks.resume import schedule_check
+
+            schedule_check(self.app, session_id)  # LiveKit drops a job no worker accepts
+        return info
     except NotFoundError:
         logger.warning("no such session", extra={"session_id": session_id})
         return {"session_id": session_id, "status": "missing"}

@@ -32,6 +32,7 @@ from config.session import SessionSpec
 from config.settings import Settings
 from store.db import session_scope
 from store.models import AgentSessionRecord, SessionStatus, WebhookEvent, utcnow
+from store.resume import SESSION_ATTR, WORKER_ATTR
 from tasks.base import ServiceError, enqueue_after_commit
 from tasks.provisioning import get_or_create_session
 
@@ -59,7 +60,8 @@ class WebhookOutcome:
 
     event: str
     event_id: str
-    action: str  # duplicate | ignored | session_created | session_exists | session_ended
+    # duplicate | ignored | session_created | session_exists | session_ended | resume_requested
+    action: str
     room: str | None = None
     session_id: str | None = None
 
@@ -191,6 +193,8 @@ def _act(
         return _start(db, settings, app, event, event_id, spec)
     if event.event in FINISH_EVENTS and room.name:
         return _finish(db, app, event, event_id)
+    if event.event == "participant_left" and event.participant.kind == AGENT_KIND:
+        return _agent_left(db, app, event, event_id)
     return WebhookOutcome(event.event, event_id, "ignored", room.name or None)
 
 
@@ -240,6 +244,25 @@ def _start(
         db, app.signature("tasks.provisioning.provision_session", args=(record.id,))
     )
     return WebhookOutcome(event.event, event_id, "session_created", room.name, record.id)
+
+
+def _agent_left(
+    db: Session, app: Celery, event: api.WebhookEvent, event_id: str
+) -> WebhookOutcome:
+    """Our agent left a session that is still open: its job was lost (a session that ends
+    normally is stored as ended before the agent leaves). Dispatch it again."""
+    attrs = event.participant.attributes
+    session_id, worker_id = attrs.get(SESSION_ATTR), attrs.get(WORKER_ATTR)
+    room = event.room.name or None
+    if not session_id or not worker_id:
+        return WebhookOutcome(event.event, event_id, "ignored", room)
+    record = db.get(AgentSessionRecord, session_id)
+    if record is None or record.status != SessionStatus.ACTIVE or record.worker_id != worker_id:
+        return WebhookOutcome(event.event, event_id, "ignored", room, session_id)
+    enqueue_after_commit(
+        db, app.signature("tasks.resume.resume_session", args=(session_id, worker_id))
+    )
+    return WebhookOutcome(event.event, event_id, "resume_requested", room, session_id)
 
 
 def _finish(db: Session, app: Celery, event: api.WebhookEvent, event_id: str) -> WebhookOutcome:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from cli.services import port_open
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -64,6 +64,50 @@ def test_up_runs_services_and_stops_cleanly(tmp_path: Path) -> None:
         _gone, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"orphans left: {[p.pid for p in alive]}"
         assert not port_open("127.0.0.1", lk_port) and not port_open("127.0.0.1", valkey_port)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_up_cluster_runs_two_livekit_nodes_on_one_valkey(tmp_path: Path) -> None:
+    """`avatar up --cluster`: both nodes register in the shared Valkey (LiveKit's multi-node
+    mode), each on its own ports; Ctrl-C stops them all."""
+    import redis
+
+    from cli.supervisor import CLUSTER_PORT_OFFSET, CLUSTER_REDIS_DB
+
+    if os.environ.get("AVATAR_NETNS") != "1":
+        pytest.skip("runs only inside scripts/netns-run")
+    lk_port, valkey_port = free_port(), free_port()
+    env = dict(
+        os.environ,
+        LIVEKIT__PORT=str(lk_port),
+        LIVEKIT__RTC_TCP_PORT=str(free_port()),
+        BROKER__PORT=str(valkey_port),
+        WEB__PORT=str(free_port()),
+        DATABASE_URL=f"sqlite:///{tmp_path}/up.db",
+        VAR_DIR=str(tmp_path),
+    )
+    env.pop("LIVEKIT_URL", None)
+    env.pop("REDIS_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "up", "--cluster", "--only", "nothing"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    second = lk_port + CLUSTER_PORT_OFFSET
+    try:
+        text = "".join(_wait_line(proc, "Ctrl-C stops everything", 90))
+        assert f"second node ws://127.0.0.1:{second}" in text
+        assert port_open("127.0.0.1", lk_port) and port_open("127.0.0.1", second)
+        client = redis.Redis(port=valkey_port, db=CLUSTER_REDIS_DB)
+        try:
+            wait_for(lambda: client.hlen("nodes") == 2, 30, "both nodes in LiveKit's registry")
+        finally:
+            client.close()
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(60)
+        assert proc.returncode == 0
+        assert not port_open("127.0.0.1", lk_port) and not port_open("127.0.0.1", second)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -75,7 +75,7 @@ async def test_sigkilled_live_worker_session_is_recorded_finalised_and_billed(
             "the greeting stored and avatar seconds being written")
         rec = _record(stack, sid)
         assert rec.status == "active" and rec.heartbeat_at is not None and rec.worker_id
-        job_pid = int(rec.worker_id.rsplit(":", 1)[1])
+        job_pid = int(rec.worker_id.split(":")[1])  # host:pid:job
         os.kill(job_pid, signal.SIGKILL)
         metered = _avatar_seconds(stack, sid)
 

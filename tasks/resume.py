@@ -1,0 +1,235 @@
+"""Dispatch the agent again when its job is lost mid-session.
+
+Self-hosted LiveKit never dispatches a job again when the worker running it dies
+(livekit/agents#1472). LiveKit does report the agent leaving the room (`participant_left`,
+with the participant's attributes: the session and the job that held it), so the webhook
+enqueues :func:`resume_session`, which puts an agent back in the same room for the same
+caller: a new dispatch whose metadata is the session's spec marked ``resume_from``. The job
+that takes it (any worker with a free slot, on any node) claims the session from that marker
+and rebuilds the conversation from the stored transcript (see ``store.resume``).
+
+Once per loss: the session row is compare-and-set from the lost job to the marker, so a
+repeated webhook or task finds the session no longer held by the lost job and does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from typing import Any
+
+from celery import shared_task
+from livekit import api
+from sqlalchemy import update
+
+from config.session import SessionSpec
+from config.settings import Settings
+from store.db import session_scope
+from store.models import AgentSessionRecord, SessionStatus
+from store.resume import RESUME_KEY, SESSION_ATTR, resume_metadata
+from tasks.base import AvatarTask, TransientError
+from tasks.provisioning import classify_livekit_error, livekit_api
+
+logger = logging.getLogger(__name__)
+
+# A dispatch is checked this long after it was made (a job normally claims its session
+# within a second or two; a new job process may need longer, hence the repeated checks) ...
+CHECK_AFTER_SECONDS = 4.0
+# ... and again until a job holds it, at most this many times (about a minute).
+MAX_CHECKS = 15
+# A session whose jobs keep dying is not dispatched for ever: after this many resumes it is
+# left to reconciliation, which ends it (`worker_lost`) and closes the room.
+MAX_RESUMES = 3
+CALLER_KINDS = (api.ParticipantInfo.Kind.STANDARD, api.ParticipantInfo.Kind.SIP)
+AGENT_KIND = api.ParticipantInfo.Kind.AGENT
+
+
+async def _room_state(settings: Settings, room: str, session_id: str) -> tuple[int, int, int]:
+    """Callers in the room, agents serving this session in it, resumes dispatched so far."""
+    async with livekit_api(settings) as lk:
+        try:
+            res = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
+        except api.TwirpError as err:
+            if err.code == "not_found":
+                return 0, 0, 0
+            raise
+        callers = sum(1 for p in res.participants if p.kind in CALLER_KINDS)
+        agents = sum(1 for p in res.participants if p.kind == AGENT_KIND
+                     and p.attributes.get(SESSION_ATTR) == session_id)
+        resumes = 0
+        for d in await lk.agent_dispatch.list_dispatch(room):
+            try:
+                meta = json.loads(d.metadata or "{}")
+            except ValueError:
+                continue
+            if isinstance(meta, dict) and meta.get("session_id") == session_id and RESUME_KEY in meta:
+                resumes += 1
+        return callers, agents, resumes
+
+
+async def _dispatch(settings: Settings, room: str, metadata: str) -> str:
+    async with livekit_api(settings) as lk:
+        created = await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
+            agent_name=settings.livekit.agent_name, room=room, metadata=metadata))
+        return str(created.id)
+
+
+def _set_holder(settings: Settings, session_id: str, expected: str, new: str) -> bool:
+    with session_scope(settings.db.url) as db:
+        result = db.execute(
+            update(AgentSessionRecord)
+            .where(AgentSessionRecord.id == session_id,
+                   AgentSessionRecord.status == SessionStatus.ACTIVE,
+                   AgentSessionRecord.worker_id == expected)
+            .values(worker_id=new)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+
+async def _assigned(settings: Settings, room: str, session_id: str, marker: str | None) -> bool:
+    """Whether a worker accepted one of the session's dispatches (this marker's) and has
+    not finished it: a running job. (A job no worker accepted stays listed as pending.)"""
+    async with livekit_api(settings) as lk:
+        for d in await lk.agent_dispatch.list_dispatch(room):
+            try:
+                meta = json.loads(d.metadata or "{}")
+            except ValueError:
+                continue
+            if not isinstance(meta, dict) or meta.get("session_id") != session_id:
+                continue
+            if meta.get(RESUME_KEY) != marker:
+                continue
+            if any(job.state.status == api.JobStatus.JS_RUNNING for job in d.state.jobs):
+                return True
+    return False
+
+
+def check_dispatch(settings: Settings, session_id: str, marker: str | None = None) -> str:
+    """Dispatch again a session no worker took.
+
+    LiveKit drops a dispatch that no worker accepts: every worker of the node it was routed
+    to at its cap (LiveKit does not try another node's workers), or no worker at all. The
+    session would wait for ever; checked a few seconds after each dispatch, it is dispatched
+    again while no job holds it (the claim keeps it to one agent if two jobs start).
+    Returns what it found: taken | assigned | dispatched.
+    """
+    with session_scope(settings.db.url) as db:
+        rec = db.get(AgentSessionRecord, session_id)
+        if rec is None:
+            return "taken"
+        waiting = (rec.status == SessionStatus.ACTIVE and rec.worker_id == marker) if marker \
+            else (rec.status == SessionStatus.DISPATCHED and rec.worker_id is None)
+        if not waiting:
+            return "taken"
+        room = rec.room
+        spec_json = SessionSpec.model_validate(
+            {**(rec.spec or {}), "session_id": session_id}).model_dump_json(exclude_none=False)
+    try:
+        if asyncio.run(_assigned(settings, room, session_id, marker)):
+            return "assigned"
+        metadata = resume_metadata(spec_json, marker) if marker else spec_json
+        dispatch_id = asyncio.run(_dispatch(settings, room, metadata))
+    except Exception as err:
+        raise classify_livekit_error(err) from None
+    logger.info("no worker took the session; dispatched again",
+                extra={"session_id": session_id, "room": room, "dispatch_id": dispatch_id})
+    return "dispatched"
+
+
+def schedule_check(app: Any, session_id: str, marker: str | None = None, attempt: int = 1) -> None:
+    """Check the dispatch a few seconds from now (never raises: reconciliation remains)."""
+    try:
+        app.signature("tasks.resume.check_dispatch_task", args=(session_id, marker, attempt),
+                      countdown=CHECK_AFTER_SECONDS).apply_async()
+    except Exception:
+        logger.warning("could not schedule the dispatch check", extra={"session_id": session_id},
+                       exc_info=True)
+
+
+@shared_task(
+    base=AvatarTask,
+    bind=True,
+    name="tasks.resume.check_dispatch_task",
+    soft_time_limit=20,
+    time_limit=40,
+    max_retries=3,
+    retry_backoff_max=5,
+)
+def check_dispatch_task(
+    self: AvatarTask, session_id: str, marker: str | None = None, attempt: int = 1
+) -> dict[str, Any]:
+    """See :func:`check_dispatch`; checks again until a job holds the session.
+
+    Safe to run twice: it dispatches only while no job holds the session and LiveKit has no
+    pending or running job for it; a second agent would find the session claimed and leave.
+    """
+    found = check_dispatch(self.settings, session_id, marker)
+    if found != "taken" and attempt < MAX_CHECKS:
+        schedule_check(self.app, session_id, marker, attempt + 1)
+    return {"session_id": session_id, "found": found, "attempt": attempt}
+
+
+def resume(
+    settings: Settings, session_id: str, lost_worker_id: str, app: Any = None
+) -> dict[str, Any]:
+    """Dispatch the session again if its job is gone and its caller is still there."""
+    out: dict[str, Any] = {"session_id": session_id}
+    with session_scope(settings.db.url) as db:
+        rec = db.get(AgentSessionRecord, session_id)
+        if rec is None or rec.status != SessionStatus.ACTIVE:
+            return {**out, "action": "not_open"}  # ended normally: nothing was lost
+        if rec.worker_id != lost_worker_id:
+            return {**out, "action": "not_held"}  # resumed already, or another job holds it
+        room = rec.room
+        spec_json = SessionSpec.model_validate(
+            {**(rec.spec or {}), "session_id": session_id}).model_dump_json(exclude_none=False)
+    try:
+        callers, agents, resumes = asyncio.run(_room_state(settings, room, session_id))
+    except Exception as err:
+        raise classify_livekit_error(err) from None
+    if not callers:
+        return {**out, "action": "no_caller"}  # the room's end finalises it
+    if agents:
+        return {**out, "action": "agent_present"}
+    if resumes >= MAX_RESUMES:
+        logger.warning("session lost its job too often; not dispatched again",
+                       extra={"session_id": session_id, "resumes": resumes})
+        return {**out, "action": "gave_up"}
+    marker = f"resume:{secrets.token_hex(8)}"
+    if not _set_holder(settings, session_id, lost_worker_id, marker):
+        return {**out, "action": "not_held"}
+    try:
+        dispatch_id = asyncio.run(_dispatch(settings, room, resume_metadata(spec_json, marker)))
+    except Exception as err:
+        _set_holder(settings, session_id, marker, lost_worker_id)  # a retry starts afresh
+        raise classify_livekit_error(err) from None
+    if app is not None:
+        schedule_check(app, session_id, marker)  # a resume no worker takes is sent again
+    logger.info("agent dispatched again after its job was lost",
+                extra={"session_id": session_id, "room": room, "dispatch_id": dispatch_id,
+                       "lost": lost_worker_id})
+    return {**out, "action": "dispatched", "dispatch_id": dispatch_id}
+
+
+@shared_task(
+    base=AvatarTask,
+    bind=True,
+    name="tasks.resume.resume_session",
+    soft_time_limit=20,
+    time_limit=40,
+    max_retries=3,
+    retry_backoff_max=5,
+)
+def resume_session(self: AvatarTask, session_id: str, lost_worker_id: str) -> dict[str, Any]:
+    """Put an agent back into a session whose job is gone while its caller stays.
+
+    Safe to run twice: the session is taken from the lost job by compare-and-set before the
+    dispatch, so a second run finds it no longer held by that job and does nothing.
+    """
+    try:
+        return resume(self.settings, session_id, lost_worker_id, self.app)
+    except TransientError:
+        raise  # retried (autoretry_for)

@@ -1,0 +1,125 @@
+"""A LiveKit cluster on one machine: two livekit-server nodes in multi-node mode on the shared
+Valkey, the web process (API and webhooks), a Celery worker and two live workers, each worker
+registered with a different node. Started from the same commands `avatar up --cluster` runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cli.services import LiveKitServerConfig, free_port, start_livekit_server, stop_process
+from config.settings import Settings, load_settings
+from store.db import session_scope, upgrade_db
+from tests.conftest import TEST_API_KEY, TEST_API_SECRET, _spawn, wait_for
+
+# Per live worker: two concurrent sessions (the exact cap the tests check across workers).
+CLUSTER_CAP = 2
+WORKERS = ("live-a", "live-b")
+
+
+@dataclass
+class Cluster:
+    node_urls: list[str]
+    redis_url: str  # the broker's database (Celery, rate limits)
+    livekit_redis_url: str  # the nodes' shared state (room -> node map, agent dispatch)
+    db_url: str
+    web_url: str
+    api_token: str
+    var_dir: Path
+    logs: dict[str, Path]
+    worker_pids: dict[str, int]  # each live worker's main process (its own process group)
+
+    def settings(self, node: int = 0) -> Settings:
+        return load_settings(
+            livekit={"url": self.node_urls[node], "api_key": TEST_API_KEY,
+                     "api_secret": TEST_API_SECRET},
+            broker={"url": self.redis_url},
+            db={"url": self.db_url},
+            var_dir=self.var_dir,
+            _env_file=None,
+        )
+
+    def log_text(self, name: str) -> str:
+        path = self.logs[name]
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _registered(text: str) -> bool:
+    return "registered worker" in text
+
+
+@pytest.fixture(scope="session")
+def cluster(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Two nodes, web, Celery and two live workers (worker i registered with node i)."""
+    if os.environ.get("AVATAR_NETNS") != "1":
+        pytest.fail("the cluster runs only inside the private network namespace")
+    var = tmp_path_factory.mktemp("cluster")
+    base = valkey_url.rsplit("/", 1)[0]
+    redis_url, lk_redis = f"{base}/12", f"{base}/13"
+    db_url = f"sqlite:///{var / 'cluster.db'}"
+    upgrade_db(db_url)
+    web_port = free_port()
+    web_url = f"http://127.0.0.1:{web_port}"
+    logs: dict[str, Path] = {}
+    procs = []
+    try:
+        node_urls = []
+        for i in range(2):
+            cfg = LiveKitServerConfig.on_free_ports(
+                api_key=TEST_API_KEY, api_secret=TEST_API_SECRET,
+                webhook_urls=[f"{web_url}/webhooks/livekit"], redis_url=lk_redis)
+            logs[f"node{i}"] = var / f"livekit{i}.log"
+            procs.append(start_livekit_server(cfg, log_path=logs[f"node{i}"]))
+            node_urls.append(f"ws://127.0.0.1:{cfg.port}")
+        env = dict(os.environ)
+        for k in list(env):
+            if k.startswith(("LIVEKIT", "STT__", "LLM__", "TTS__", "AVATAR__", "LIMITS__", "WEB__")):
+                env.pop(k)
+        env.update(
+            LIVEKIT_URL=node_urls[0], LIVEKIT_API_KEY=TEST_API_KEY,
+            LIVEKIT_API_SECRET=TEST_API_SECRET, REDIS_URL=redis_url, DATABASE_URL=db_url,
+            VAR_DIR=str(var), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+            LIMITS__MAX_CONCURRENT_SESSIONS=str(CLUSTER_CAP), LIMITS__CALLER_GRACE_SECONDS="1",
+            LIMITS__IDLE_TIMEOUT_SECONDS="90",
+            # The face is not what a cluster test is about; it would only take the CPU.
+            AVATAR__PROVIDER="none",
+        )
+        logs["web"] = var / "web.log"
+        procs.append(_spawn(
+            [sys.executable, "-m", "gunicorn", "web:create_app()", "--bind",
+             f"127.0.0.1:{web_port}", "--workers", "1", "--threads", "4", "--timeout", "60"],
+            env, logs["web"]))
+        logs["celery"] = var / "celery.log"
+        procs.append(_spawn(
+            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "live,batch",
+             "--concurrency", "2", "--loglevel", "INFO", "-n", "cluster@%h"],
+            env, logs["celery"]))
+        worker_pids: dict[str, int] = {}
+        for i, name in enumerate(WORKERS):
+            logs[name] = var / f"{name}.log"
+            procs.append(_spawn(
+                [sys.executable, "-m", "live.worker", "start"],
+                {**env, "LIVEKIT_URL": node_urls[i], "HOSTNAME": name,
+                 "LIVE_HEALTH_PORT": str(free_port())},
+                logs[name]))
+            worker_pids[name] = procs[-1].pid
+        from web.auth import create_api_token
+
+        with session_scope(db_url) as db:
+            token = create_api_token(db, "cluster-tests")
+        cl = Cluster(node_urls, redis_url, lk_redis, db_url, web_url, token, var, logs,
+                     worker_pids)
+        for name in (*WORKERS, "celery", "web"):
+            ready = {"celery": "ready.", "web": "Booting worker"}.get(name)
+            wait_for(lambda n=name, r=ready: (r in cl.log_text(n)) if r else _registered(
+                cl.log_text(n)), 240, f"{name} to start")
+        yield cl
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc, timeout=20)

@@ -1,0 +1,110 @@
+"""A lost agent's session: the webhook asks for a resume once, a job claims the session once.
+
+The whole path against the real cluster is tests/e2e/test_resume.py; these check the
+decisions on the real store and broker.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from livekit import api
+
+from config.settings import Settings
+from store.db import session_scope
+from store.models import AgentSessionRecord
+from store.resume import (
+    RESUME_KEY,
+    SESSION_ATTR,
+    WORKER_ATTR,
+    claim_session,
+    holds_session,
+    plus_baseline,
+    resume_metadata,
+    split_resume,
+)
+from tasks.app import AvatarCelery
+from tests.tasks.helpers import get_session, new_session, room_event
+from tests.tasks.test_webhooks import deliver, queued, queued_tasks, wh_app, wh_settings  # noqa: F401
+
+pytestmark = pytest.mark.unit
+
+
+def _agent_left(room: str, session_id: str, worker_id: str) -> api.WebhookEvent:
+    ev = room_event("participant_left", room, identity="agent-AJ_1", agent=True)
+    ev.participant.attributes[SESSION_ATTR] = session_id
+    ev.participant.attributes[WORKER_ATTR] = worker_id
+    return ev
+
+
+def test_agent_leaving_an_open_session_asks_for_one_resume(
+    wh_settings: Settings, wh_app: AvatarCelery, queued: redis.Redis  # noqa: F811
+) -> None:
+    sid = new_session(wh_settings, room="r1", status="active", worker_id="live-a:10:AJ_1")
+    out = deliver(wh_settings, wh_app, _agent_left("r1", sid, "live-a:10:AJ_1"))
+    assert out["action"] == "resume_requested"
+    # a job that no longer holds the session (resumed already) asks for nothing
+    again = deliver(wh_settings, wh_app, _agent_left("r1", sid, "live-b:11:AJ_0"))
+    assert again["action"] == "ignored"
+    assert queued_tasks(queued, "live") == [
+        ("tasks.resume.resume_session", [sid, "live-a:10:AJ_1"])]
+
+
+def test_agent_leaving_an_ended_session_asks_for_nothing(
+    wh_settings: Settings, wh_app: AvatarCelery, queued: redis.Redis  # noqa: F811
+) -> None:
+    sid = new_session(wh_settings, room="r2", status="ended", worker_id="live-a:10:AJ_1")
+    out = deliver(wh_settings, wh_app, _agent_left("r2", sid, "live-a:10:AJ_1"))
+    assert out["action"] == "ignored"
+    caller = deliver(wh_settings, wh_app, room_event("participant_left", "r2", identity="bob"))
+    assert caller["action"] == "ignored"
+    assert queued_tasks(queued, "live") == []
+
+
+def test_one_job_per_session(settings: Settings) -> None:
+    sid = new_session(settings, room="r3", status="dispatched")
+    url = settings.db.url
+    assert claim_session(url, sid, "live-a:1:AJ_1", None)
+    assert claim_session(url, sid, "live-a:1:AJ_1", None)  # the same job again
+    assert not claim_session(url, sid, "live-b:2:AJ_2", None)  # a repeated dispatch
+    # the back office marks the loss; only a resume naming that marker takes it
+    with session_scope(url) as db:
+        rec = db.get(AgentSessionRecord, sid)
+        assert rec is not None
+        rec.worker_id = "resume:abc"
+    assert not claim_session(url, sid, "live-b:2:AJ_2", None)
+    assert not claim_session(url, sid, "live-b:2:AJ_2", "resume:other")
+    assert claim_session(url, sid, "live-b:2:AJ_3", "resume:abc")
+    assert not claim_session(url, sid, "live-a:4:AJ_4", "resume:abc")  # taken once
+    assert get_session(settings, sid).worker_id == "live-b:2:AJ_3"
+    # the job cut off from the room no longer holds it, so it does not end it
+    assert holds_session(url, sid, "live-b:2:AJ_3") and not holds_session(url, sid, "live-a:1:AJ_1")
+    with session_scope(url) as db:
+        rec = db.get(AgentSessionRecord, sid)
+        assert rec is not None
+        rec.status = "ended"
+    assert not claim_session(url, sid, "live-b:2:AJ_3", None)  # never reopens
+
+
+def test_resume_metadata_round_trip_and_usage_baseline() -> None:
+    raw = resume_metadata('{"session_id": "s1", "greeting": "hi"}', "resume:abc")
+    spec, marker = split_resume(raw)
+    assert marker == "resume:abc" and RESUME_KEY not in spec
+    assert split_resume('{"session_id": "s1"}') == ('{"session_id": "s1"}', None)
+    base = {("local", "tts_characters"): 35.0, ("local", "stt_audio_seconds"): 4.0}
+    assert plus_baseline({("local", "tts_characters"): 53.0}, base) == {
+        ("local", "tts_characters"): 88.0, ("local", "stt_audio_seconds"): 4.0}
+    assert plus_baseline({("local", "x"): 1.0}, None) == {("local", "x"): 1.0}
+
+
+def test_dispatch_check_leaves_a_session_a_job_holds(settings: Settings) -> None:
+    """Only a session no job holds is dispatched again (checked before LiveKit is asked)."""
+    from tasks.resume import check_dispatch
+
+    held = new_session(settings, room="r4", status="dispatched", worker_id="live-a:1:AJ_1")
+    active = new_session(settings, room="r5", status="active", worker_id="live-a:1:AJ_2")
+    ended = new_session(settings, room="r6", status="ended")
+    assert check_dispatch(settings, held) == "taken"
+    assert check_dispatch(settings, active) == "taken"
+    assert check_dispatch(settings, active, marker="resume:abc") == "taken"
+    assert check_dispatch(settings, ended) == "taken"
