@@ -367,13 +367,17 @@ class LimitsSettings(BaseModel):
         ge=0,
         le=10,
         description=(
-            "Words the caller must have said over the agent before it stops (0: any sound "
-            "interrupts). With the local STT, a backchannel alone ('mm-hm', 'okay') has none."
+            "Where the agent's audio cannot pause (hosted avatars): words the caller must have "
+            "said over the agent before it stops (0: any sound stops it). With the local STT, "
+            "a backchannel alone ('mm-hm', 'okay') has none."
         ),
     )
     interruption_min_speech: float = Field(
         default=0.3, ge=0.05, le=5.0,
-        description="Seconds of caller speech over the agent that interrupt it.",
+        description=(
+            "Seconds of caller speech over the agent that pause it (or, where it cannot "
+            "pause, stop it once the words above are heard)."
+        ),
     )
     interruption_pause: bool = Field(
         default=True,
