@@ -38,7 +38,6 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
 }
 
 RECONCILE_EVERY = timedelta(minutes=2)
-VISIBILITY_TIMEOUT_SECONDS = 900
 PURGE_EVERY = timedelta(hours=6)
 
 
@@ -91,12 +90,13 @@ def make_celery(settings: Settings, *, set_as_current: bool = True) -> AvatarCel
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
         # Redis redelivers unacknowledged messages after the visibility timeout (a worker
-        # killed outright, a broker lost mid-ack): three times the longest hard time limit,
-        # so a task still running is not delivered twice, and a lost one is back within 15
-        # minutes. A connection that cannot be made fails in seconds (a web request answers
+        # killed outright, a broker lost mid-ack): by default three times the longest hard
+        # time limit, so a task still running is not delivered twice, and a lost one is back
+        # within 15 minutes (`broker.visibility_timeout_seconds`). A connection that cannot be made fails in seconds (a web request answers
         # 503 then), instead of waiting for the operating system's connect timeout.
         broker_transport_options={
-            "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS, "socket_timeout": 10,
+            "visibility_timeout": settings.broker.visibility_timeout_seconds,
+            "socket_timeout": 10,
             "socket_connect_timeout": 3,
         },
         result_backend_transport_options={"socket_timeout": 10, "socket_connect_timeout": 3},
