@@ -5,11 +5,13 @@ instance when one raises (connect failure, 5xx, socket closed, timeout) and prob
 one in the background until it recovers. Avatars are started once per session, so their chain
 is simply tried in order at start.
 
-Out of the box the LLM and TTS adapters give up on a turn whose provider fails *after* its
-first tokens or audio (the caller hears half an answer, then silence, until the next turn).
-``LLMFallback`` and ``TTSFallback`` finish that turn with the fallback instead: the LLM's
-fallback answers the same request (after a short break in the text), the TTS's fallback says
-the rest of the text from the sentence that was cut.
+Out of the box the adapters lose what was under way when a provider fails mid-turn: the LLM
+and TTS adapters give up on a turn whose provider fails *after* its first tokens or audio
+(the caller hears half an answer, then silence), and the STT adapter's next STT never hears
+the words said before the switch. ``LLMFallback``, ``TTSFallback`` and ``STTFallback`` finish
+that turn with the fallback instead: the LLM's fallback answers the same request (after a
+short break in the text), the TTS's fallback says the rest of the text from the sentence that
+was cut, the STT's fallback first hears the utterance in progress again.
 
 An avatar that runs as its own participant (a hosted vendor's worker, or the local renderer in
 participant mode) receives the agent's speech over a data stream and reports when it has played
@@ -21,7 +23,9 @@ the departure, gives the agent its own audio track back and ends any wait for th
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import contextvars
 import dataclasses
 import inspect
 import logging
@@ -46,6 +50,10 @@ from livekit.agents.llm.fallback_adapter import (
     DEFAULT_FALLBACK_API_CONNECT_OPTIONS as DEFAULT_FALLBACK_LLM_OPTIONS,
 )
 from livekit.agents.llm.fallback_adapter import FallbackLLMStream
+from livekit.agents.stt.fallback_adapter import (
+    DEFAULT_FALLBACK_API_CONNECT_OPTIONS as DEFAULT_FALLBACK_STT_OPTIONS,
+)
+from livekit.agents.stt.fallback_adapter import FallbackRecognizeStream
 from livekit.agents.tts.fallback_adapter import (
     DEFAULT_FALLBACK_API_CONNECT_OPTIONS as DEFAULT_FALLBACK_TTS_OPTIONS,
 )
@@ -65,6 +73,8 @@ from live.providers.registry import ProviderError
 logger = logging.getLogger(__name__)
 
 NO_AVATAR = "none"
+# How much of the caller's latest audio an STT taking over mid-utterance is given again.
+REPLAY_SECONDS = 15.0
 
 
 def build_stt_with_fallback(
@@ -75,8 +85,9 @@ def build_stt_with_fallback(
     attempt_timeout: float = 10.0,
     max_retry_per_stt: int = 1,
     retry_interval: float = 5.0,
-) -> stt.FallbackAdapter:
-    """Streaming STT that switches to ``fallback`` when ``primary`` fails.
+    replay_seconds: float = REPLAY_SECONDS,
+) -> STTFallback:
+    """Streaming STT that switches to ``fallback`` when ``primary`` fails, even mid-utterance.
 
     The adapter is streaming; a non-streaming member (e.g. a local Whisper) is wrapped in
     ``stt.StreamAdapter``, which needs the session's VAD to cut utterances.
@@ -86,13 +97,177 @@ def build_stt_with_fallback(
         raise ProviderError(
             f"stt fallback needs a VAD: {', '.join(batch_only)} cannot stream on its own"
         )
-    return stt.FallbackAdapter(
+    return STTFallback(
         [primary, fallback],
         vad=vad,
         attempt_timeout=attempt_timeout,
         max_retry_per_stt=max_retry_per_stt,
         retry_interval=retry_interval,
+        replay_seconds=replay_seconds,
     )
+
+
+class _AudioTail:
+    """The audio of the utterance in progress: what a fallback STT must hear again.
+
+    Frames are kept from the last final transcript on (at most ``max_seconds``); those still
+    waiting in the adapter's input channel are not replayed, the adapter forwards them itself.
+    """
+
+    def __init__(self, max_seconds: float) -> None:
+        self._max = max_seconds
+        self._frames: collections.deque[rtc.AudioFrame] = collections.deque()
+        self._seconds = 0.0
+        self._pending: Callable[[], int] = lambda: 0
+
+    def bind(self, pending: Callable[[], int]) -> None:
+        self._pending = pending
+
+    def push(self, frame: rtc.AudioFrame) -> None:
+        self._frames.append(frame)
+        self._seconds += frame.samples_per_channel / frame.sample_rate
+        while self._seconds > self._max and len(self._frames) > 1:
+            old = self._frames.popleft()
+            self._seconds -= old.samples_per_channel / old.sample_rate
+
+    def clear(self) -> None:
+        self._frames.clear()
+        self._seconds = 0.0
+
+    def unheard(self) -> list[rtc.AudioFrame]:
+        frames = list(self._frames)
+        pending = self._pending()
+        return frames[: len(frames) - pending] if pending else frames
+
+
+_CURRENT_TAIL: contextvars.ContextVar[_AudioTail | None] = contextvars.ContextVar(
+    "stt_fallback_tail", default=None
+)
+
+
+class _ReplayOnSwitch(stt.STT):
+    """A fallback STT whose new stream first hears the utterance the failed STT was cut in."""
+
+    def __init__(self, inner: stt.STT) -> None:
+        super().__init__(capabilities=inner.capabilities)
+        self._inner = inner
+        self._label = inner.label
+
+    @property
+    def model(self) -> str:
+        return self._inner.model
+
+    @property
+    def provider(self) -> str:
+        return self._inner.provider
+
+    async def _recognize_impl(
+        self,
+        buffer: utils.AudioBuffer,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions,
+    ) -> stt.SpeechEvent:
+        return await self._inner.recognize(buffer, language=language, conn_options=conn_options)
+
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_FALLBACK_STT_OPTIONS,
+    ) -> stt.RecognizeStream:
+        stream = self._inner.stream(language=language, conn_options=conn_options)
+        tail = _CURRENT_TAIL.get()
+        frames = tail.unheard() if tail is not None else []
+        if frames:
+            seconds = sum(f.samples_per_channel / f.sample_rate for f in frames)
+            logger.warning(
+                "stt %s takes over mid-utterance: replaying the last %.1f s",
+                self.label,
+                seconds,
+                extra={"stt": self.label, "replayed_seconds": round(seconds, 2)},
+            )
+            for frame in frames:
+                stream.push_frame(frame)
+        return stream
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class STTFallback(stt.FallbackAdapter):
+    """``stt.FallbackAdapter`` whose fallback hears the whole utterance the primary was cut in.
+
+    LiveKit's adapter gives the next STT only the audio that arrives after the switch: words
+    said before a mid-utterance failure are lost, and so may be the whole turn. Here each
+    stream keeps the audio since its last final transcript (``replay_seconds`` at most) and
+    the fallback's new stream gets it first.
+    """
+
+    def __init__(
+        self,
+        stt_instances: list[stt.STT],
+        *,
+        vad: VAD | None = None,
+        attempt_timeout: float = 10.0,
+        max_retry_per_stt: int = 1,
+        retry_interval: float = 5.0,
+        replay_seconds: float = REPLAY_SECONDS,
+    ) -> None:
+        super().__init__(
+            stt_instances,
+            vad=vad,
+            attempt_timeout=attempt_timeout,
+            max_retry_per_stt=max_retry_per_stt,
+            retry_interval=retry_interval,
+        )
+        self._replay_seconds = replay_seconds
+        # the adapter's members (StreamAdapter-wrapped where needed) after the first replay
+        self._stt_instances = [
+            self._stt_instances[0],
+            *(_ReplayOnSwitch(s) for s in self._stt_instances[1:]),
+        ]
+
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_FALLBACK_STT_OPTIONS,
+    ) -> stt.RecognizeStream:
+        tail = _AudioTail(self._replay_seconds)
+        # the stream's task starts in its constructor and keeps this context: members it
+        # opens later (on a switch) find the tail there
+        token = _CURRENT_TAIL.set(tail)
+        try:
+            return _STTFallbackStream(
+                stt=self, language=language, conn_options=conn_options, tail=tail
+            )
+        finally:
+            _CURRENT_TAIL.reset(token)
+
+
+class _STTFallbackStream(FallbackRecognizeStream):
+    def __init__(
+        self,
+        *,
+        stt: STTFallback,
+        language: NotGivenOr[str],
+        conn_options: APIConnectOptions,
+        tail: _AudioTail,
+    ) -> None:
+        super().__init__(stt=stt, language=language, conn_options=conn_options)
+        self._tail = tail
+        tail.bind(self._input_ch.qsize)
+
+    def push_frame(self, frame: rtc.AudioFrame) -> None:
+        super().push_frame(frame)  # no resampling here: one frame in the channel per push
+        self._tail.push(frame)
+
+    async def __anext__(self) -> stt.SpeechEvent:
+        ev = await super().__anext__()
+        if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
+            self._tail.clear()  # that utterance was heard
+        return ev
 
 
 def build_llm_with_fallback(

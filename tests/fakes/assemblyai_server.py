@@ -11,7 +11,8 @@ partial ``Turn`` and a final one (``end_of_turn: true``) carrying ``transcript``
 right after Begin, like a crashed server), ``close_after_audio_bytes`` (drop it once that much
 audio arrived, mid-utterance, before any final turn) and ``stall_after_audio_bytes`` (keep
 reading audio but never answer again). The mid-stream modes hit the first ``fail_sockets``
-sockets (``None``: all).
+sockets (``None``: all); with ``refuse_after_drop`` the server stays down after a drop (503
+to every new socket), as a crashed vendor does.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class AssemblyAIFake(LoopbackServer):
     close_after_audio_bytes: int | None = None
     stall_after_audio_bytes: int | None = None
     fail_sockets: int | None = None
+    refuse_after_drop: bool = False
+    dropped: bool = False
     sessions: list[AssemblyAISession] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -89,8 +92,8 @@ class AssemblyAIFake(LoopbackServer):
         self.sessions.append(session)
         if session.authorization != self.api_key:
             return web.json_response({"error": "Invalid API key"}, status=401)
-        if self.reject_status is not None:
-            return web.json_response({"error": "unavailable"}, status=self.reject_status)
+        if self.reject_status is not None or (self.refuse_after_drop and self.dropped):
+            return web.json_response({"error": "unavailable"}, status=self.reject_status or 503)
         sample_rate = int(request.query.get("sample_rate", "16000"))
         ws = web.WebSocketResponse()
         await ws.prepare(request)
@@ -112,6 +115,7 @@ class AssemblyAIFake(LoopbackServer):
                 session.audio_bytes += len(msg.data)
                 pending += len(msg.data)
                 if close_after is not None and session.audio_bytes >= close_after:
+                    self.dropped = True
                     await ws.close(code=1011, message=b"internal error")
                     break
                 if stall_after is not None and session.audio_bytes >= stall_after:

@@ -13,14 +13,19 @@ import asyncio
 import numpy as np
 import pytest
 from livekit import rtc
-from livekit.agents import Agent, AgentSession
+from livekit.agents import Agent, AgentSession, stt
 from livekit.agents.voice import io
 from livekit.agents.voice.run_result import RunResult
 from pydantic import SecretStr
 
-from config.settings import LLMSettings, TTSSettings
-from live.providers.fallback import build_llm_with_fallback, build_tts_with_fallback
+from config.settings import LLMSettings, STTSettings, TTSSettings
+from live.providers.fallback import (
+    build_llm_with_fallback,
+    build_stt_with_fallback,
+    build_tts_with_fallback,
+)
 from live.providers.registry import ProviderContext, create
+from tests.fakes.assemblyai_server import AssemblyAIFake
 from tests.fakes.cartesia_server import CartesiaFake
 from tests.fakes.openai_server import OpenAIFake
 from tests.fakes.stubs import EchoLLM, ToneTTS
@@ -84,6 +89,23 @@ def tts_options(fake: CartesiaFake) -> TTSSettings:
         voice="voice-abc",
         model="sonic-2",
     )
+
+
+def stt_options(fake: AssemblyAIFake) -> STTSettings:
+    return STTSettings(
+        provider="assemblyai",
+        api_key=SecretStr(fake.api_key),
+        base_url=fake.base_url,
+        model="universal-streaming",
+    )
+
+
+def speech(seconds: float, rate: int = 48000) -> list[rtc.AudioFrame]:
+    """A caller's utterance in 20 ms frames, as a room delivers it."""
+    n, step = int(seconds * rate), rate // 50
+    pcm = (np.sin(np.arange(n) * 2 * np.pi * 180 / rate) * 6000).astype(np.int16)
+    return [rtc.AudioFrame(pcm[i : i + step].tobytes(), rate, 1, step)
+            for i in range(0, n - step + 1, step)]
 
 
 def answer(result: RunResult[None]) -> str:
@@ -174,3 +196,49 @@ async def test_tts_failing_mid_speech_is_finished_by_the_fallback_voice_in_that_
     finally:
         await adapter.aclose()
         await llm_model.aclose()
+
+
+async def test_stt_failing_mid_utterance_the_fallback_hears_the_whole_utterance(
+    ctx: ProviderContext, http_ctx: None
+) -> None:
+    """The first STT dies 0.6 s into a 1.2 s utterance, before any final transcript; the
+    fallback (another hosted STT, so what it receives can be counted) must hear all of it."""
+    async with AssemblyAIFake() as vendor, AssemblyAIFake(
+        transcript="heard by the backup", turn_audio_bytes=int(1.2 * 16000) * 2 - 2 * 320
+    ) as backup:
+        vendor.close_after_audio_bytes = int(0.6 * 16000) * 2
+        vendor.refuse_after_drop = True  # it crashed: its own reconnect is refused too
+        primary = create("stt", "assemblyai", stt_options(vendor), ctx)
+        secondary = create("stt", "assemblyai", stt_options(backup), ctx)
+        adapter = build_stt_with_fallback(primary, secondary, attempt_timeout=5.0,
+                                          retry_interval=30.0)
+        switched = asyncio.Event()
+        adapter.on("stt_availability_changed",
+                   lambda ev: switched.set() if not ev.available else None)
+        stream = adapter.stream()
+        frames = speech(1.2)
+        texts: list[str] = []
+
+        async def read() -> None:
+            async for ev in stream:
+                if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
+                    texts.append(ev.alternatives[0].text)
+
+        reader = asyncio.create_task(read())
+        try:
+            for frame in frames[: len(frames) // 2 + 5]:  # a little more than the vendor takes
+                stream.push_frame(frame)
+            await asyncio.wait_for(switched.wait(), timeout=20)  # mid-utterance
+            for frame in frames[len(frames) // 2 + 5 :]:  # the caller goes on talking
+                stream.push_frame(frame)
+            stream.end_input()
+            await asyncio.wait_for(reader, timeout=30)
+        finally:
+            reader.cancel()
+            await stream.aclose()
+            await adapter.aclose()
+        assert vendor.sessions and not any(s.turns_sent for s in vendor.sessions)
+        assert texts == ["heard by the backup"]
+        # the backup got the whole utterance: what the vendor took before it died, and after
+        (session,) = backup.sessions
+        assert abs(session.audio_bytes - int(1.2 * 16000) * 2) <= 16000 * 2 * 0.05
