@@ -344,6 +344,7 @@ class LLMFallback(llm.FallbackAdapter):
 
 class _LLMFallbackStream(FallbackLLMStream):
     _words_sent: bool = False  # an earlier attempt of this request produced text
+    _tools_called: bool = False  # ... or a tool call, which the agent runs anyway
 
     async def _try_generate(
         self, *, llm: llm.LLM, check_recovery: bool = False
@@ -352,9 +353,19 @@ class _LLMFallbackStream(FallbackLLMStream):
             async for chunk in super()._try_generate(llm=llm, check_recovery=True):
                 yield chunk
             return
+        if self._tools_called:
+            # the failed model's tool call went out and will run: a second model answering
+            # the same request would call it again. The turn goes on from the tool's result.
+            logger.warning(
+                "llm failed after a tool call; not asking %s again", llm.label,
+                extra={"llm": llm.label},
+            )
+            return
         switched = self._words_sent
         async for chunk in super()._try_generate(llm=llm, check_recovery=False):
             delta = chunk.delta
+            if delta is not None and delta.tool_calls:
+                self._tools_called = True
             if delta is not None and delta.content:
                 if switched:
                     switched = False

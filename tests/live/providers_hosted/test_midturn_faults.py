@@ -9,11 +9,21 @@ goes to an audio sink that records what the caller would hear.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 import pytest
 from livekit import rtc
-from livekit.agents import Agent, AgentSession, stt
+from livekit.agents import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    Agent,
+    AgentSession,
+    APIConnectionError,
+    APIConnectOptions,
+    function_tool,
+    llm,
+    stt,
+)
 from livekit.agents.voice import io
 from livekit.agents.voice.run_result import RunResult
 from pydantic import SecretStr
@@ -242,3 +252,60 @@ async def test_stt_failing_mid_utterance_the_fallback_hears_the_whole_utterance(
         # the backup got the whole utterance: what the vendor took before it died, and after
         (session,) = backup.sessions
         assert abs(session.audio_bytes - int(1.2 * 16000) * 2) <= 16000 * 2 * 0.05
+
+
+class _ToolThenFail(llm.LLM):
+    """A model that sends one tool call, then loses its connection (the stream raises)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def chat(self, *, chat_ctx: llm.ChatContext, tools: list[llm.Tool] | None = None,
+             conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+             **_: Any) -> llm.LLMStream:
+        self.calls += 1
+        return _ToolThenFailStream(self, chat_ctx=chat_ctx, tools=tools or [],
+                                   conn_options=conn_options)
+
+
+class _ToolThenFailStream(llm.LLMStream):
+    async def _run(self) -> None:
+        self._event_ch.send_nowait(llm.ChatChunk(id="t1", delta=llm.ChoiceDelta(
+            role="assistant",
+            tool_calls=[llm.FunctionToolCall(name="book_table", arguments='{"people": 2}',
+                                             call_id="call_1")],
+        )))
+        raise APIConnectionError("connection lost after the tool call", retryable=True)
+
+
+async def test_llm_failing_after_a_tool_call_does_not_call_the_tool_twice() -> None:
+    """The tool call already went out and runs; the fallback is not asked the same request
+    (it would call the tool again), only what follows the tool's result."""
+    booked: list[int] = []
+
+    class Host(Agent):
+        @function_tool
+        async def book_table(self, people: int) -> str:
+            """Book a table.
+
+            Args:
+                people: how many people
+            """
+            booked.append(people)
+            return "booked"
+
+    primary, local = _ToolThenFail(), EchoLLM()
+    adapter = build_llm_with_fallback(primary, local, attempt_timeout=2.0)
+    try:
+        async with AgentSession(llm=adapter) as session:
+            await session.start(Host(instructions="Be brief."))
+            result = await run_turn(session, "a table for two please")
+            result.expect.next_event().is_function_call(name="book_table")
+            result.expect.next_event().is_function_call_output(output="booked")
+            msg = result.expect.next_event().is_message(role="assistant").event().item
+    finally:
+        await adapter.aclose()
+    assert booked == [2]  # once (the primary's later calls are recovery probes, never served)
+    assert local.calls == 1  # only for the answer after the tool's result
+    assert msg.text_content == "local model heard: a table for two please"
