@@ -290,6 +290,12 @@ def render_md(out: dict[str, Any]) -> str:
         f"When: {out['when']}; {out['machine']}; load average at the end {out['load_average']}; "
         f"asked for {out['minutes']} min, ran {out['elapsed_min']} min.",
         "",
+        *([f"A short run ({out['minutes']:g} min): it checks that the soak works end to end; "
+           "judge memory slopes and leaks on the 30-minute run "
+           "(`scripts/netns-run nice -n 15 .venv/bin/python -m bench.soak`). A call fails "
+           "when no reply comes within 60 s: on a machine whose load average is far above "
+           "its cores, the local models answer that slowly.", ""]
+          if out["minutes"] < 30 else []),
         f"- calls: {r['calls']} ({r['calls_ok']} ok)",
         f"- sessions stored {r['sessions']}: ended {r['sessions_ended']}, finalised "
         f"(post-processed) {r['sessions_postprocessed']}, billed {r['sessions_billed']}",
@@ -303,9 +309,10 @@ def render_md(out: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, p in r["per_process"].items():
+        slope = p["slope_mib_per_hour"]
         lines.append(
             f"| {name} | {p['rss_start_mib']} | {p['rss_end_mib']} | {p['rss_max_mib']:.1f} "
-            f"| {p['slope_mib_per_hour']} | {p['fds_start']}/{p['fds_end']} "
+            f"| {'n/a' if slope is None else slope} | {p['fds_start']}/{p['fds_end']} "
             f"| {p['children_start']}/{p['children_end']} "
             f"| {p['db_handles_start']}/{p['db_handles_end']} |")
     lines += [
@@ -316,8 +323,10 @@ def render_md(out: dict[str, Any]) -> str:
         "Whisper to speak and to transcribe replies; `soak`: this benchmark). "
         "The slope is a least-squares fit over the between-calls samples from the second "
         "call on; over a short run it mostly shows warm-up (model pages touched, allocator "
-        "arenas), not a leak: judge leaks on the 30-minute run. The start is sampled before "
-        "the first call, the end after the last session ended and was billed.",
+        "arenas), not a leak: judge leaks on the 30-minute run; n/a: fewer than three such "
+        "samples over 30 s. `caller` has no start or end: it runs only during a call. The "
+        "start is sampled before the first call, the end after the last session ended and "
+        "was billed.",
         "",
         "Memory between calls (each call's session ended, its room empty, the live worker "
         "back to its idle job processes):",
