@@ -94,8 +94,12 @@ def make_celery(settings: Settings, *, set_as_current: bool = True) -> AvatarCel
         # time limit, so a task still running is not delivered twice, and a lost one is back
         # within 15 minutes (`broker.visibility_timeout_seconds`). A connection that cannot be made fails in seconds (a web request answers
         # 503 then), instead of waiting for the operating system's connect timeout.
+        # Each worker looks for such messages at start and then every few seconds (kombu's
+        # default sweep is every 100 s: a lost task would wait up to that much more).
         broker_transport_options={
             "visibility_timeout": settings.broker.visibility_timeout_seconds,
+            "unacked_restore_interval": min(10, max(1, settings.broker.visibility_timeout_seconds // 3)),
+            "unacked_restore_throttle": 1,
             "socket_timeout": 10,
             "socket_connect_timeout": 3,
         },
