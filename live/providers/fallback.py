@@ -191,6 +191,15 @@ class _ReplayOnSwitch(stt.STT):
                 stream.push_frame(frame)
         return stream
 
+    def _update_session_keyterms(self, keyterms: list[str]) -> None:
+        self._inner._update_session_keyterms(keyterms)
+
+    def _push_conversation_item(self, ev: Any) -> None:
+        self._inner._push_conversation_item(ev)
+
+    def prewarm(self) -> None:
+        self._inner.prewarm()
+
     async def aclose(self) -> None:
         await self._inner.aclose()
 
