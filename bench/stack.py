@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ class Stack:
     settings: Settings  # what a caller needs: the server's URL and keys, the database
     work: Path
     db_url: str
+    # the stack's own processes by name (livekit, valkey, live, and celery when asked for)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
 
 def require_netns() -> None:
@@ -41,8 +43,14 @@ def require_netns() -> None:
 
 
 @contextmanager
-def embedded_stack(name: str, worker_env: dict[str, str] | None = None) -> Iterator[Stack]:
-    """Servers plus a live worker capped at one session, with ``worker_env`` on top."""
+def embedded_stack(
+    name: str, worker_env: dict[str, str] | None = None, *, celery: bool = False
+) -> Iterator[Stack]:
+    """Servers plus a live worker capped at one session, with ``worker_env`` on top.
+
+    With ``celery``, a Celery worker too (one solo process, both queues), so sessions are
+    finalised and billed as in production.
+    """
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     db_url = f"sqlite:///{work / 'bench.db'}"
@@ -61,6 +69,13 @@ def embedded_stack(name: str, worker_env: dict[str, str] | None = None) -> Itera
     log = open(work / "live.log", "wb")
     live = subprocess.Popen([sys.executable, "-m", "live.worker", "start"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
+    procs = {"livekit": lk, "valkey": valkey, "live": live}
+    celery_log = open(work / "celery.log", "wb") if celery else None
+    if celery_log is not None:
+        procs["celery"] = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "live,batch",
+             "--pool", "solo", "--loglevel", "INFO", "-n", f"{name}@%h"],
+            env=env, stdout=celery_log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while b"registered worker" not in (work / "live.log").read_bytes():
@@ -68,10 +83,15 @@ def embedded_stack(name: str, worker_env: dict[str, str] | None = None) -> Itera
                 sys.exit("live worker did not register; see " + str(work / "live.log"))
             time.sleep(0.2)
         settings = load_settings(livekit={"url": url, "api_key": "benchkey", "api_secret": secret},
-                                 db={"url": db_url}, var_dir=work, _env_file=None)
-        yield Stack(settings=settings, work=work, db_url=db_url)
+                                 db={"url": db_url}, var_dir=work, _env_file=None,
+                                 broker={"url": f"redis://127.0.0.1:{valkey_port}/0"})
+        yield Stack(settings=settings, work=work, db_url=db_url, processes=procs)
     finally:
         stop_process(live, timeout=20)
+        if "celery" in procs:
+            stop_process(procs["celery"], timeout=20)
+        if celery_log is not None:
+            celery_log.close()
         stop_process(lk)
         stop_process(valkey)
         log.close()

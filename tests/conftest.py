@@ -45,6 +45,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--db") != "postgresql":
+        skip_pg = pytest.mark.skip(
+            reason="postgres_only: stops the PostgreSQL server; runs in the --db postgresql pass"
+        )
+        for item in items:
+            if "postgres_only" in item.keywords:
+                item.add_marker(skip_pg)
         return
     skip = pytest.mark.skip(reason="sqlite_only: works on the SQLite file itself; runs in the SQLite pass")
     for item in items:

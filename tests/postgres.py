@@ -111,6 +111,7 @@ class PostgresServer:
     root: Path
     log: Path
     proc: subprocess.Popen[bytes]
+    command: list[str] = field(default_factory=list)  # how it was started, to start it again
     created: list[str] = field(default_factory=list)
 
     def url(self, dbname: str) -> str:
@@ -156,12 +157,9 @@ class PostgresServer:
         port = free_port()
         opts = [f"-c{k}={v}" for k, v in {**SERVER_SETTINGS,
                                           "unix_socket_directories": str(root)}.items()]
-        out = open(log, "ab")
-        proc = subprocess.Popen(
-            [*runner.prefix, str(bindir / "postgres"), "-D", str(data), "-p", str(port), *opts],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        server = cls(port, password, root, log, proc)
+        command = [*runner.prefix, str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+                   *opts]
+        server = cls(port, password, root, log, cls._spawn(command, log), command)
         try:
             server._wait_ready(timeout)
             server._make_template()
@@ -169,6 +167,23 @@ class PostgresServer:
             server.stop()
             raise
         return server
+
+    @staticmethod
+    def _spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as out:
+            return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+
+    def shut_down(self) -> None:
+        """Stop the server as an operator would (fast shutdown), keeping its data."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+        self.proc.wait(30)
+
+    def start_again(self, timeout: float = 60.0) -> None:
+        """Start it again after `shut_down`, on the same port and data."""
+        assert self.proc.poll() is not None, "the server is still running"
+        self.proc = self._spawn(self.command, self.log)
+        self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         import psycopg

@@ -5,6 +5,14 @@ instance when one raises (connect failure, 5xx, socket closed, timeout) and prob
 one in the background until it recovers. Avatars are started once per session, so their chain
 is simply tried in order at start.
 
+Out of the box the adapters lose what was under way when a provider fails mid-turn: the LLM
+and TTS adapters give up on a turn whose provider fails *after* its first tokens or audio
+(the caller hears half an answer, then silence), and the STT adapter's next STT never hears
+the words said before the switch. ``LLMFallback``, ``TTSFallback`` and ``STTFallback`` finish
+that turn with the fallback instead: the LLM's fallback answers the same request (after a
+short break in the text), the TTS's fallback says the rest of the text from the sentence that
+was cut, the STT's fallback first hears the utterance in progress again.
+
 An avatar that runs as its own participant (a hosted vendor's worker, or the local renderer in
 participant mode) receives the agent's speech over a data stream and reports when it has played
 it. If that participant leaves mid-session nobody reports any more, and the agent would wait
@@ -15,15 +23,42 @@ the departure, gives the agent its own audio track back and ends any wait for th
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import contextvars
+import dataclasses
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import re
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from livekit import rtc
-from livekit.agents import AgentSession, APIError, CloseEvent, llm, stt, tts
+from livekit.agents import (
+    NOT_GIVEN,
+    AgentSession,
+    APIConnectOptions,
+    APIError,
+    CloseEvent,
+    llm,
+    stt,
+    tts,
+    utils,
+)
+from livekit.agents.llm.fallback_adapter import (
+    DEFAULT_FALLBACK_API_CONNECT_OPTIONS as DEFAULT_FALLBACK_LLM_OPTIONS,
+)
+from livekit.agents.llm.fallback_adapter import FallbackLLMStream
+from livekit.agents.stt.fallback_adapter import (
+    DEFAULT_FALLBACK_API_CONNECT_OPTIONS as DEFAULT_FALLBACK_STT_OPTIONS,
+)
+from livekit.agents.stt.fallback_adapter import FallbackRecognizeStream
+from livekit.agents.tts.fallback_adapter import (
+    DEFAULT_FALLBACK_API_CONNECT_OPTIONS as DEFAULT_FALLBACK_TTS_OPTIONS,
+)
+from livekit.agents.tts.fallback_adapter import AvailabilityChangedEvent, FallbackSynthesizeStream
+from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT, NotGivenOr, TimedString
 from livekit.agents.vad import VAD
 from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.io import AudioOutput
@@ -38,6 +73,8 @@ from live.providers.registry import ProviderError
 logger = logging.getLogger(__name__)
 
 NO_AVATAR = "none"
+# How much of the caller's latest audio an STT taking over mid-utterance is given again.
+REPLAY_SECONDS = 15.0
 
 
 def build_stt_with_fallback(
@@ -48,8 +85,9 @@ def build_stt_with_fallback(
     attempt_timeout: float = 10.0,
     max_retry_per_stt: int = 1,
     retry_interval: float = 5.0,
-) -> stt.FallbackAdapter:
-    """Streaming STT that switches to ``fallback`` when ``primary`` fails.
+    replay_seconds: float = REPLAY_SECONDS,
+) -> STTFallback:
+    """Streaming STT that switches to ``fallback`` when ``primary`` fails, even mid-utterance.
 
     The adapter is streaming; a non-streaming member (e.g. a local Whisper) is wrapped in
     ``stt.StreamAdapter``, which needs the session's VAD to cut utterances.
@@ -59,13 +97,186 @@ def build_stt_with_fallback(
         raise ProviderError(
             f"stt fallback needs a VAD: {', '.join(batch_only)} cannot stream on its own"
         )
-    return stt.FallbackAdapter(
+    return STTFallback(
         [primary, fallback],
         vad=vad,
         attempt_timeout=attempt_timeout,
         max_retry_per_stt=max_retry_per_stt,
         retry_interval=retry_interval,
+        replay_seconds=replay_seconds,
     )
+
+
+class _AudioTail:
+    """The audio of the utterance in progress: what a fallback STT must hear again.
+
+    Frames are kept from the last final transcript on (at most ``max_seconds``); those still
+    waiting in the adapter's input channel are not replayed, the adapter forwards them itself.
+    """
+
+    def __init__(self, max_seconds: float) -> None:
+        self._max = max_seconds
+        self._frames: collections.deque[rtc.AudioFrame] = collections.deque()
+        self._seconds = 0.0
+        self._pending: Callable[[], int] = lambda: 0
+
+    def bind(self, pending: Callable[[], int]) -> None:
+        self._pending = pending
+
+    def push(self, frame: rtc.AudioFrame) -> None:
+        self._frames.append(frame)
+        self._seconds += frame.samples_per_channel / frame.sample_rate
+        while self._seconds > self._max and len(self._frames) > 1:
+            old = self._frames.popleft()
+            self._seconds -= old.samples_per_channel / old.sample_rate
+
+    def clear(self) -> None:
+        self._frames.clear()
+        self._seconds = 0.0
+
+    def unheard(self) -> list[rtc.AudioFrame]:
+        frames = list(self._frames)
+        pending = self._pending()
+        return frames[: len(frames) - pending] if pending else frames
+
+
+_CURRENT_TAIL: contextvars.ContextVar[_AudioTail | None] = contextvars.ContextVar(
+    "stt_fallback_tail", default=None
+)
+
+
+class _ReplayOnSwitch(stt.STT):
+    """A fallback STT whose new stream first hears the utterance the failed STT was cut in."""
+
+    def __init__(self, inner: stt.STT) -> None:
+        super().__init__(capabilities=inner.capabilities)
+        self._inner = inner
+        self._label = inner.label
+
+    @property
+    def model(self) -> str:
+        return self._inner.model
+
+    @property
+    def provider(self) -> str:
+        return self._inner.provider
+
+    async def _recognize_impl(
+        self,
+        buffer: utils.AudioBuffer,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions,
+    ) -> stt.SpeechEvent:
+        return await self._inner.recognize(buffer, language=language, conn_options=conn_options)
+
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_FALLBACK_STT_OPTIONS,
+    ) -> stt.RecognizeStream:
+        stream = self._inner.stream(language=language, conn_options=conn_options)
+        tail = _CURRENT_TAIL.get()
+        frames = tail.unheard() if tail is not None else []
+        if frames:
+            seconds = sum(f.samples_per_channel / f.sample_rate for f in frames)
+            logger.warning(
+                "stt %s takes over mid-utterance: replaying the last %.1f s",
+                self.label,
+                seconds,
+                extra={"stt": self.label, "replayed_seconds": round(seconds, 2)},
+            )
+            for frame in frames:
+                stream.push_frame(frame)
+        return stream
+
+    def _update_session_keyterms(self, keyterms: list[str]) -> None:
+        self._inner._update_session_keyterms(keyterms)
+
+    def _push_conversation_item(self, ev: Any) -> None:
+        self._inner._push_conversation_item(ev)
+
+    def prewarm(self) -> None:
+        self._inner.prewarm()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class STTFallback(stt.FallbackAdapter):
+    """``stt.FallbackAdapter`` whose fallback hears the whole utterance the primary was cut in.
+
+    LiveKit's adapter gives the next STT only the audio that arrives after the switch: words
+    said before a mid-utterance failure are lost, and so may be the whole turn. Here each
+    stream keeps the audio since its last final transcript (``replay_seconds`` at most) and
+    the fallback's new stream gets it first.
+    """
+
+    def __init__(
+        self,
+        stt_instances: list[stt.STT],
+        *,
+        vad: VAD | None = None,
+        attempt_timeout: float = 10.0,
+        max_retry_per_stt: int = 1,
+        retry_interval: float = 5.0,
+        replay_seconds: float = REPLAY_SECONDS,
+    ) -> None:
+        super().__init__(
+            stt_instances,
+            vad=vad,
+            attempt_timeout=attempt_timeout,
+            max_retry_per_stt=max_retry_per_stt,
+            retry_interval=retry_interval,
+        )
+        self._replay_seconds = replay_seconds
+        # the adapter's members (StreamAdapter-wrapped where needed) after the first replay
+        self._stt_instances = [
+            self._stt_instances[0],
+            *(_ReplayOnSwitch(s) for s in self._stt_instances[1:]),
+        ]
+
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_FALLBACK_STT_OPTIONS,
+    ) -> stt.RecognizeStream:
+        tail = _AudioTail(self._replay_seconds)
+        # the stream's task starts in its constructor and keeps this context: members it
+        # opens later (on a switch) find the tail there
+        token = _CURRENT_TAIL.set(tail)
+        try:
+            return _STTFallbackStream(
+                stt=self, language=language, conn_options=conn_options, tail=tail
+            )
+        finally:
+            _CURRENT_TAIL.reset(token)
+
+
+class _STTFallbackStream(FallbackRecognizeStream):
+    def __init__(
+        self,
+        *,
+        stt: STTFallback,
+        language: NotGivenOr[str],
+        conn_options: APIConnectOptions,
+        tail: _AudioTail,
+    ) -> None:
+        super().__init__(stt=stt, language=language, conn_options=conn_options)
+        self._tail = tail
+        tail.bind(self._input_ch.qsize)
+
+    def push_frame(self, frame: rtc.AudioFrame) -> None:
+        super().push_frame(frame)  # no resampling here: one frame in the channel per push
+        self._tail.push(frame)
+
+    async def __anext__(self) -> stt.SpeechEvent:
+        ev = await super().__anext__()
+        if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
+            self._tail.clear()  # that utterance was heard
+        return ev
 
 
 def build_llm_with_fallback(
@@ -75,19 +286,106 @@ def build_llm_with_fallback(
     attempt_timeout: float = 10.0,
     max_retry_per_llm: int = 0,
     retry_interval: float = 0.5,
-) -> llm.FallbackAdapter:
-    """LLM that answers from ``fallback`` when ``primary`` fails before its first token.
+) -> LLMFallback:
+    """LLM that answers from ``fallback`` when ``primary`` fails, even mid-answer.
 
-    ``retry_on_chunk_sent`` stays off: once words were spoken, a second model restarting the
-    answer would repeat them.
+    ``attempt_timeout`` bounds the wait for each token, so a vendor that stalls with the
+    connection open counts as failed after it.
     """
-    return llm.FallbackAdapter(
+    return LLMFallback(
         [primary, fallback],
         attempt_timeout=attempt_timeout,
         max_retry_per_llm=max_retry_per_llm,
         retry_interval=retry_interval,
-        retry_on_chunk_sent=False,
     )
+
+
+# Put between the words a failed LLM already produced and the fallback's answer, so the two do
+# not run together in the speech and the stored transcript.
+LLM_SWITCH_BREAK = " ... "
+
+
+class LLMFallback(llm.FallbackAdapter):
+    """``llm.FallbackAdapter`` that lets the fallback answer when the primary fails mid-answer.
+
+    LiveKit's adapter raises then (``retry_on_chunk_sent`` off) and the turn ends on half a
+    sentence; with it on, the fallback's answer is glued to the cut words. Here the fallback
+    answers the same request after ``LLM_SWITCH_BREAK``: the caller hears the start of the
+    first answer, a pause, and a whole answer.
+    """
+
+    def __init__(
+        self,
+        llm_instances: list[llm.LLM],
+        *,
+        attempt_timeout: float = 10.0,
+        max_retry_per_llm: int = 0,
+        retry_interval: float = 0.5,
+    ) -> None:
+        super().__init__(
+            llm_instances,
+            attempt_timeout=attempt_timeout,
+            max_retry_per_llm=max_retry_per_llm,
+            retry_interval=retry_interval,
+            retry_on_chunk_sent=True,
+        )
+
+    def chat(
+        self,
+        *,
+        chat_ctx: llm.ChatContext,
+        tools: list[llm.Tool] | None = None,
+        conn_options: APIConnectOptions = DEFAULT_FALLBACK_LLM_OPTIONS,
+        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
+        tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
+        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
+    ) -> llm.LLMStream:
+        return _LLMFallbackStream(
+            llm=self,
+            conn_options=conn_options,
+            chat_ctx=chat_ctx,
+            tools=tools or [],
+            parallel_tool_calls=parallel_tool_calls,
+            tool_choice=tool_choice,
+            extra_kwargs=extra_kwargs,
+        )
+
+
+class _LLMFallbackStream(FallbackLLMStream):
+    _words_sent: bool = False  # an earlier attempt of this request produced text
+    _tools_called: bool = False  # ... or a tool call, which the agent runs anyway
+
+    async def _try_generate(
+        self, *, llm: llm.LLM, check_recovery: bool = False
+    ) -> AsyncIterable[llm.ChatChunk]:
+        if check_recovery:
+            async for chunk in super()._try_generate(llm=llm, check_recovery=True):
+                yield chunk
+            return
+        if self._tools_called:
+            # the failed model's tool call went out and will run: a second model answering
+            # the same request would call it again. The turn goes on from the tool's result.
+            logger.warning(
+                "llm failed after a tool call; not asking %s again", llm.label,
+                extra={"llm": llm.label},
+            )
+            return
+        switched = self._words_sent
+        async for chunk in super()._try_generate(llm=llm, check_recovery=False):
+            delta = chunk.delta
+            if delta is not None and delta.tool_calls:
+                self._tools_called = True
+            if delta is not None and delta.content:
+                if switched:
+                    switched = False
+                    logger.warning(
+                        "llm %s answers a turn another model left unfinished",
+                        llm.label,
+                        extra={"llm": llm.label},
+                    )
+                    delta.content = LLM_SWITCH_BREAK + delta.content.lstrip()
+                self._words_sent = True
+            yield chunk
 
 
 def build_tts_with_fallback(
@@ -96,19 +394,176 @@ def build_tts_with_fallback(
     *,
     max_retry_per_tts: int = 1,
     sample_rate: int | None = None,
-) -> tts.FallbackAdapter:
-    """TTS that speaks with ``fallback`` when ``primary`` fails.
+    attempt_timeout: float = 10.0,
+) -> TTSFallback:
+    """TTS that speaks with ``fallback`` when ``primary`` fails, even mid-sentence.
 
     The adapter resamples every member to one rate (``sample_rate``, default the highest), but
-    cannot mix channel counts.
+    cannot mix channel counts. ``attempt_timeout`` bounds each wait on the provider (connect,
+    and each message of a stream), so a stall counts as a failure after it.
     """
     if primary.num_channels != fallback.num_channels:
         raise ProviderError(
             f"tts fallback: {primary.label} has {primary.num_channels} channel(s), "
             f"{fallback.label} has {fallback.num_channels}"
         )
-    return tts.FallbackAdapter(
-        [primary, fallback], max_retry_per_tts=max_retry_per_tts, sample_rate=sample_rate
+    return TTSFallback(
+        [primary, fallback],
+        max_retry_per_tts=max_retry_per_tts,
+        sample_rate=sample_rate,
+        attempt_timeout=attempt_timeout,
+    )
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
+
+
+def unspoken_text(text: str, words_spoken: int) -> str:
+    """The part of ``text`` still to say after ``words_spoken`` words were heard.
+
+    It restarts at the sentence that was cut, so the fallback voice says whole sentences.
+    """
+    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s]
+    done = 0
+    for i, sentence in enumerate(sentences):
+        done += len(sentence.split())
+        if done > words_spoken:
+            return " ".join(sentences[i:])
+    return ""
+
+
+class TTSFallback(tts.FallbackAdapter):
+    """``tts.FallbackAdapter`` that finishes a turn whose voice fails after its first audio.
+
+    LiveKit's adapter drops the rest of the segment then ("already synthesized of audio,
+    ignoring the current segment"). Here the next voice says what was not heard yet: from the
+    sentence that was cut, judged by the word timings the failed voice sent (Cartesia sends
+    them); a voice that sends none is repeated from the start of the segment.
+    """
+
+    def __init__(
+        self,
+        tts_instances: list[tts.TTS],
+        *,
+        max_retry_per_tts: int = 1,
+        sample_rate: int | None = None,
+        attempt_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(tts_instances, max_retry_per_tts=max_retry_per_tts, sample_rate=sample_rate)
+        self._attempt_timeout = attempt_timeout
+
+    def stream(
+        self, *, conn_options: APIConnectOptions = DEFAULT_FALLBACK_TTS_OPTIONS
+    ) -> FallbackSynthesizeStream:
+        opts = dataclasses.replace(conn_options, timeout=self._attempt_timeout)
+        return _TTSFallbackStream(tts=self, conn_options=opts)
+
+
+class _TTSFallbackStream(FallbackSynthesizeStream):
+    async def _try_synthesize(  # type: ignore[override]
+        self,
+        *,
+        tts: tts.TTS,
+        input_ch: utils.aio.ChanReceiver[str | tts.SynthesizeStream._FlushSentinel],
+        conn_options: APIConnectOptions,
+        recovering: bool = False,
+    ) -> AsyncGenerator[tts.SynthesizedAudio, None]:
+        inner = super()._try_synthesize(
+            tts=tts, input_ch=input_ch, conn_options=conn_options, recovering=recovering
+        )
+        if recovering:
+            async for audio in inner:
+                yield audio
+            return
+        heard = 0.0  # seconds of this voice the caller got
+        words = 0  # words the voice reported as spoken (timed transcript)
+        try:
+            async for audio in inner:
+                heard += audio.frame.samples_per_channel / audio.frame.sample_rate
+                words += sum(
+                    len(str(t).split())
+                    for t in audio.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT) or ()
+                )
+                yield audio
+            return
+        except Exception:
+            if heard == 0.0 or (nxt := self._next_voice(tts)) is None:
+                raise  # nothing heard yet: the adapter itself moves to the next voice
+        # the input is still arriving from the LLM: the rest of the text is needed first
+        async for _ in input_ch:
+            pass
+        rest = unspoken_text("".join(self._pushed_tokens), words)
+        self._mark_failed(tts)
+        logger.warning(
+            "tts %s failed mid-speech after %.1f s; %s says the rest",
+            tts.label,
+            heard,
+            nxt.label,
+            extra={"tts": tts.label, "fallback": nxt.label, "words_heard": words},
+        )
+        if not rest:
+            return
+        async for audio in self._continue_with(nxt, rest, tts.sample_rate, conn_options, heard):
+            yield audio
+
+    def _next_voice(self, failed: tts.TTS) -> tts.TTS | None:
+        adapter = self._fallback_adapter
+        members = adapter._tts_instances
+        for i in range(members.index(failed) + 1, len(members)):
+            if adapter._status[i].available:
+                return members[i]
+        return None
+
+    def _mark_failed(self, failed: tts.TTS) -> None:
+        """What the adapter does for a failure it sees: mark it down, probe it in the background."""
+        adapter = self._fallback_adapter
+        status = adapter._status[adapter._tts_instances.index(failed)]
+        if status.available:
+            status.available = False
+            adapter.emit("tts_availability_changed", AvailabilityChangedEvent(tts=failed, available=False))
+        self._try_recovery(failed)
+
+    async def _continue_with(
+        self,
+        voice: tts.TTS,
+        text: str,
+        rate: int,
+        conn_options: APIConnectOptions,
+        offset: float,
+    ) -> AsyncGenerator[tts.SynthesizedAudio, None]:
+        """``voice`` says ``text``, resampled to the failed voice's ``rate`` (the adapter's
+        caller resamples from there), its word timings moved after what was already heard."""
+        ch = utils.aio.Chan[str | tts.SynthesizeStream._FlushSentinel]()
+        ch.send_nowait(text)
+        ch.close()
+        resampler = (
+            rtc.AudioResampler(input_rate=voice.sample_rate, output_rate=rate)
+            if voice.sample_rate != rate
+            else None
+        )
+        request_id = utils.shortuuid()
+        async for audio in super()._try_synthesize(
+            tts=voice, input_ch=ch, conn_options=conn_options, recovering=False
+        ):
+            timed = audio.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT)
+            frames = resampler.push(audio.frame) if resampler is not None else [audio.frame]
+            if resampler is not None and audio.is_final:
+                frames += resampler.flush()
+            for i, frame in enumerate(frames):
+                if timed and i == 0:
+                    frame.userdata[USERDATA_TIMED_TRANSCRIPT] = [_shift(t, offset) for t in timed]
+                yield tts.SynthesizedAudio(frame=frame, request_id=request_id)
+        if resampler is not None:
+            for frame in resampler.flush():
+                yield tts.SynthesizedAudio(frame=frame, request_id=request_id)
+
+
+def _shift(word: Any, offset: float) -> Any:
+    if not isinstance(word, TimedString) or not isinstance(word.start_time, float | int):
+        return word
+    end = word.end_time if isinstance(word.end_time, float | int) else word.start_time
+    return TimedString(
+        str(word), start_time=word.start_time + offset, end_time=end + offset
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from types import TracebackType
 from typing import Self
@@ -15,6 +16,17 @@ class LoopbackServer:
     def __init__(self) -> None:
         self.port = 0
         self._runner: web.AppRunner | None = None
+        self._released = asyncio.Event()
+        # set each time a handler starts stalling: tests wait on it instead of sleeping
+        self.stalled = asyncio.Event()
+
+    async def stall(self) -> None:
+        """Hang the current response, as a vendor that stops answering mid-stream does.
+
+        The connection stays open and silent until the server stops.
+        """
+        self.stalled.set()
+        await self._released.wait()
 
     def routes(self, app: web.Application) -> None:
         raise NotImplementedError
@@ -40,6 +52,7 @@ class LoopbackServer:
         return self
 
     async def stop(self) -> None:
+        self._released.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -7,8 +7,12 @@ messages (``transcript``, ``words``, ``end_of_turn``) and, after Terminate, ``Te
 
 This fake says ``Begin`` on connect, and after every ``turn_audio_bytes`` of received audio a
 partial ``Turn`` and a final one (``end_of_turn: true``) carrying ``transcript``. Failure modes:
-``reject_status`` (refuse the websocket handshake) and ``close_after_begin`` (drop the socket
-right after Begin, like a crashed server).
+``reject_status`` (refuse the websocket handshake), ``close_after_begin`` (drop the socket
+right after Begin, like a crashed server), ``close_after_audio_bytes`` (drop it once that much
+audio arrived, mid-utterance, before any final turn) and ``stall_after_audio_bytes`` (keep
+reading audio but never answer again). The mid-stream modes hit the first ``fail_sockets``
+sockets (``None``: all); with ``refuse_after_drop`` the server stays down after a drop (503
+to every new socket), as a crashed vendor does.
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ class AssemblyAIFake(LoopbackServer):
     turn_audio_bytes: int = 16000 * 2  # one second of 16 kHz s16le audio
     reject_status: int | None = None
     close_after_begin: bool = False
+    close_after_audio_bytes: int | None = None
+    stall_after_audio_bytes: int | None = None
+    fail_sockets: int | None = None
+    refuse_after_drop: bool = False
+    dropped: bool = False
     sessions: list[AssemblyAISession] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -83,8 +92,8 @@ class AssemblyAIFake(LoopbackServer):
         self.sessions.append(session)
         if session.authorization != self.api_key:
             return web.json_response({"error": "Invalid API key"}, status=401)
-        if self.reject_status is not None:
-            return web.json_response({"error": "unavailable"}, status=self.reject_status)
+        if self.reject_status is not None or (self.refuse_after_drop and self.dropped):
+            return web.json_response({"error": "unavailable"}, status=self.reject_status or 503)
         sample_rate = int(request.query.get("sample_rate", "16000"))
         ws = web.WebSocketResponse()
         await ws.prepare(request)
@@ -95,11 +104,23 @@ class AssemblyAIFake(LoopbackServer):
         if self.close_after_begin:
             await ws.close(code=1011, message=b"internal error")
             return ws
+        faulty = self.fail_sockets is None or self.fail_sockets > 0
+        if self.fail_sockets is not None:
+            self.fail_sockets -= 1
+        close_after = self.close_after_audio_bytes if faulty else None
+        stall_after = self.stall_after_audio_bytes if faulty else None
         pending = 0
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
                 session.audio_bytes += len(msg.data)
                 pending += len(msg.data)
+                if close_after is not None and session.audio_bytes >= close_after:
+                    self.dropped = True
+                    await ws.close(code=1011, message=b"internal error")
+                    break
+                if stall_after is not None and session.audio_bytes >= stall_after:
+                    self.stalled.set()
+                    continue  # reads on, answers nothing
                 if pending >= self.turn_audio_bytes:
                     pending -= self.turn_audio_bytes
                     order = session.turns_sent

@@ -11,7 +11,9 @@ and ``{"type": "done", "done": true}``.
 This fake synthesizes a tone of ``seconds_per_char`` per character, so the audio length follows
 the text. ``POST /tts/bytes`` (the plugin's non-streaming path) returns the same raw PCM.
 Failure modes: ``reject_status`` (refuse the handshake), ``close_on_request`` (drop the socket
-when a request arrives).
+when a request arrives), ``close_after_chunks`` (drop the socket after sending that many audio
+chunks on it, mid-sentence) and ``stall_after_chunks`` (send that many, then stay silent with
+the socket open). The mid-stream modes hit the first ``fail_sockets`` sockets (``None``: all).
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ class CartesiaFake(LoopbackServer):
     seconds_per_char: float = 0.04
     reject_status: int | None = None
     close_on_request: bool = False
+    close_after_chunks: int | None = None
+    stall_after_chunks: int | None = None
+    fail_sockets: int | None = None
+    audio_chunks_sent: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
     handshakes: list[dict[str, str]] = field(default_factory=list)
 
@@ -79,6 +85,10 @@ class CartesiaFake(LoopbackServer):
             return err
         ws = web.WebSocketResponse()
         await ws.prepare(request)
+        faulty = self.fail_sockets is None or self.fail_sockets > 0
+        if self.fail_sockets is not None:
+            self.fail_sockets -= 1
+        budget = [0]  # audio chunks sent on this socket
         cancelled: set[str] = set()
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
@@ -97,7 +107,17 @@ class CartesiaFake(LoopbackServer):
             text = req.get("transcript", "")
             rate = int(req["output_format"]["sample_rate"])
             if text.strip():
-                await self._speak(ws, ctx, text, rate, timestamps=bool(req.get("add_timestamps")))
+                cut = await self._speak(
+                    ws,
+                    ctx,
+                    text,
+                    rate,
+                    timestamps=bool(req.get("add_timestamps")),
+                    sent=budget,
+                    faulty=faulty,
+                )
+                if cut:
+                    break
             if not req.get("continue", False):
                 await ws.send_json(
                     {"type": "done", "done": True, "status_code": 206, "context_id": ctx}
@@ -105,11 +125,28 @@ class CartesiaFake(LoopbackServer):
         return ws
 
     async def _speak(
-        self, ws: web.WebSocketResponse, ctx: str, text: str, rate: int, *, timestamps: bool
-    ) -> None:
+        self,
+        ws: web.WebSocketResponse,
+        ctx: str,
+        text: str,
+        rate: int,
+        *,
+        timestamps: bool,
+        sent: list[int],
+        faulty: bool,
+    ) -> bool:
+        """Send one sentence; True when the socket was cut (or stalled) on purpose."""
         pcm = tone(len(text.strip()) * self.seconds_per_char, rate)
         step = int(CHUNK_SECONDS * rate) * 2
         for i in range(0, len(pcm), step):
+            if faulty and self.close_after_chunks is not None and sent[0] >= self.close_after_chunks:
+                await ws.close(code=1011, message=b"internal error")
+                return True
+            if faulty and self.stall_after_chunks is not None and sent[0] >= self.stall_after_chunks:
+                await self.stall()
+                return True
+            sent[0] += 1
+            self.audio_chunks_sent += 1
             await ws.send_json(
                 {
                     "type": "chunk",
@@ -136,3 +173,4 @@ class CartesiaFake(LoopbackServer):
                     },
                 }
             )
+        return False

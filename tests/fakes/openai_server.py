@@ -4,8 +4,10 @@
 ``chat.completion.chunk`` per word, a final chunk with ``finish_reason: "stop"``, then (when
 ``stream_options.include_usage``) a chunk with empty ``choices`` and ``usage``, then
 ``data: [DONE]``. ``GET /v1/models`` serves prewarm. A wrong bearer key gets OpenAI's 401 body.
-Failure modes: ``fail_status`` (answer every request with that status) and
-``close_after_chunks`` (drop the connection mid-stream).
+Failure modes: ``fail_status`` (answer every request with that status),
+``close_after_chunks`` (drop the connection mid-stream) and ``stall_after_chunks`` (send that
+many chunks, then keep the connection open and silent). Both mid-stream modes apply to the
+next ``fail_requests`` requests only (``None``: all of them), so a recovery probe can succeed.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class OpenAIFake(LoopbackServer):
     reply: Callable[[list[dict[str, Any]]], str] = lambda _messages: "Hello from the fake model."
     fail_status: int | None = None
     close_after_chunks: int | None = None
+    stall_after_chunks: int | None = None
+    fail_requests: int | None = None
     requests: list[OpenAIRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -121,12 +125,20 @@ class OpenAIFake(LoopbackServer):
                 }
             )
 
+        close_after, stall_after = self.close_after_chunks, self.stall_after_chunks
+        if self.fail_requests is not None:
+            if self.fail_requests <= 0:
+                close_after = stall_after = None
+            self.fail_requests -= 1
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for i, piece in enumerate(pieces):
-            if self.close_after_chunks is not None and i >= self.close_after_chunks:
+            if close_after is not None and i >= close_after:
                 assert request.transport is not None
                 request.transport.close()  # the stream breaks off mid-answer
+                return resp
+            if stall_after is not None and i >= stall_after:
+                await self.stall()
                 return resp
             delta: dict[str, Any] = {"content": piece}
             if i == 0:

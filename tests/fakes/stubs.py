@@ -157,6 +157,7 @@ class ToneTTS(tts.TTS):
         )
         self.seconds_per_char = seconds_per_char
         self.calls = 0
+        self.texts: list[str] = []  # what it was asked to say, in order
 
     @property
     def model(self) -> str:
@@ -170,6 +171,7 @@ class ToneTTS(tts.TTS):
         self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
     ) -> tts.ChunkedStream:
         self.calls += 1
+        self.texts.append(text)
         return _ToneStream(tts=self, input_text=text, conn_options=conn_options)
 
 

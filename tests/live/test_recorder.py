@@ -154,6 +154,47 @@ def test_locked_database_loses_no_line_and_keeps_their_order(
         assert row is not None and row.heartbeat_at is not None
 
 
+@pytest.mark.postgres_only
+def test_postgresql_stopped_for_10_s_loses_no_line_and_keeps_their_order(
+    db_url: str, session_id: str, caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest
+) -> None:
+    """PostgreSQL is shut down for 10 s mid-session (pooled connections cut, new ones
+    refused): the lines said meanwhile wait in memory and are all written, in order, once it
+    is started again."""
+    from tests.postgres import PostgresServer
+
+    server: PostgresServer = request.getfixturevalue("postgres")
+    rec = SessionRecorder(db_url, session_id)
+    rec.add_line(item_id="item-000", speaker="user", text="before", started_at=1.7e9)
+    assert rec.flush(timeout=30)  # the recorder holds a pooled connection now
+    said = ["item-000"]
+    pace = threading.Event()  # never set: its timeout is the caller's pace, not a wait on it
+    server.shut_down()
+    try:
+        down_since = time.monotonic()
+        n = 1
+        while time.monotonic() - down_since < 10.0:  # the outage lasts 10 s
+            item = f"item-{n:03d}"
+            rec.add_line(item_id=item, speaker="user" if n % 2 else "agent", text=f"line {item}",
+                         started_at=1.7e9)
+            rec.set_usage({("local", "tts_characters"): float(n)}, heartbeat=True)
+            said.append(item)
+            n += 1
+            pace.wait(0.25)
+        assert rec.failed_attempts >= 1
+        assert rec.pending >= len(said) - 1  # held in memory, in order
+    finally:
+        server.start_again()
+    assert rec.flush(timeout=60)
+    assert _lines(db_url, session_id) == said
+    assert (rec.dropped, rec.refused) == (0, 0)
+    assert "store unavailable" in caplog.text and "store is back" in caplog.text
+    rec.close()
+    with session_scope(db_url) as db:
+        usage = db.scalars(select(UsageRecord).where(UsageRecord.session_id == session_id)).all()
+        assert [(u.metric, u.quantity) for u in usage] == [("tts_characters", float(n - 1))]
+
+
 @pytest.mark.sqlite_only
 def test_waiting_writes_are_bounded_and_refusals_are_logged(
     db_url: str, session_id: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch

@@ -309,6 +309,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
         {
             "DB__URL": settings.db.url,
             "BROKER__URL": settings.broker.effective_url,
+            "BROKER__VISIBILITY_TIMEOUT_SECONDS": str(settings.broker.visibility_timeout_seconds),
             "LIVEKIT__URL": settings.livekit.effective_url,
             "LIVEKIT__API_KEY": settings.livekit.api_key.get_secret_value(),
             "LIVEKIT__API_SECRET": settings.livekit.api_secret.get_secret_value(),

@@ -51,12 +51,14 @@ class BackOffice:
     worker: WorkerProcess
 
 
-def _own_settings(db_url: str, broker_url: str, var_dir: Path) -> Settings:
+def _own_settings(
+    db_url: str, broker_url: str, var_dir: Path, *, visibility_timeout: int = 900
+) -> Settings:
     # LiveKit points at a closed port: these tests have no open session, so reconciliation
     # never needs it (and would fail loudly if it did).
     return load_settings(
         db={"url": db_url},
-        broker={"url": broker_url},
+        broker={"url": broker_url, "visibility_timeout_seconds": visibility_timeout},
         livekit={"url": f"ws://127.0.0.1:{free_port()}", "api_key": "testkey",
                  "api_secret": "test-secret-0123456789abcdef0123456789abcdef"},
         var_dir=var_dir,
@@ -368,6 +370,64 @@ def test_celery_child_sigkilled_mid_task_runs_it_again_with_one_effect(
     bill = _bill(settings, sid)
     assert {k: bill[k] for k in USAGE} == USAGE
     assert _daily(settings)[("tavus", "avatar_seconds")] == (300.0, 1)
+
+
+@pytest.mark.integration
+@pytest.mark.sqlite_only
+def test_whole_celery_worker_sigkilled_mid_task_another_restores_it_with_one_effect(
+    db_url: str, valkey_url: str, tmp_path: Path
+) -> None:
+    """A whole worker (main process and pool) is SIGKILLed while `account_usage` runs: nobody
+    returns its message, which stays in Valkey's unacked index. Another worker restores it
+    once the visibility timeout (3 s here, `broker.visibility_timeout_seconds`) has passed,
+    runs it, and the session is billed once."""
+    import os
+    import signal
+
+    import psutil
+
+    settings = _own_settings(
+        db_url, valkey_url.rsplit("/", 1)[0] + "/8", tmp_path, visibility_timeout=3
+    )
+    client = redis.Redis.from_url(settings.broker.effective_url)
+    client.flushdb()
+    sender = make_celery(settings, set_as_current=False)
+    sid = _ended_session_with_usage(settings)
+    first = start_worker(settings, queues="batch", log=tmp_path / "first.log", name="first")
+    second: WorkerProcess | None = None
+    try:
+        wait_worker_ready(sender, first)
+        lock = SqliteWriteLock(settings)  # the task's first write waits on this lock
+        try:
+            sent = sender.send_task("tasks.usage.account_usage", args=(sid,))
+            wait_for(lambda: _pool_process_in_task(first, lock.path), timeout=30,
+                     what="the first worker's pool process running the task")
+            family = [psutil.Process(first.proc.pid), *psutil.Process(first.proc.pid).children()]
+            os.killpg(first.proc.pid, signal.SIGKILL)  # the worker has a session of its own
+            psutil.wait_procs(family, timeout=10)
+            first.proc.wait(10)
+            assert get_session(settings, sid).billed_at is None
+            assert client.hlen("unacked") == 1  # taken, never acknowledged nor returned
+        finally:
+            lock.release()
+        second = start_worker(settings, queues="batch", log=tmp_path / "second.log",
+                              name="second")
+        wait_for(lambda: get_session(settings, sid).billed_at, timeout=90,
+                 what="another worker to restore and run the task")
+        log = second.log_text()
+        assert log.count(f"account_usage[{sent.id}] received") == 1
+        assert log.count(f"account_usage[{sent.id}] succeeded") == 1
+        assert f"account_usage[{sent.id}] succeeded" not in first.log_text()
+        bill = _bill(settings, sid)
+        assert {k: bill[k] for k in USAGE} == USAGE
+        assert _daily(settings)[("tavus", "avatar_seconds")] == (300.0, 1)
+        wait_for(lambda: client.hlen("unacked") == 0, timeout=30, what="the ack")
+    finally:
+        stop_process(first.proc)
+        if second is not None:
+            stop_process(second.proc)
+        client.flushdb()
+        client.close()
 
 
 @pytest.mark.integration

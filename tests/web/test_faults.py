@@ -143,3 +143,38 @@ def test_locked_database_is_503_not_500(
         holder.close()
     ok = client.post("/api/v1/sessions", json={"room": "locked"}, headers=bearer)
     assert ok.status_code == 201, ok.json
+
+
+@pytest.mark.integration
+@pytest.mark.postgres_only
+def test_stopped_postgresql_is_503_not_500(
+    real_app: Callable[[], tuple[Flask, Settings]],
+    broker: Broker,
+    db_url: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """PostgreSQL shut down (its pooled connections cut, new ones refused): pages and API
+    answer 503 `database_unavailable`, and work again once it is back."""
+    from tests.postgres import PostgresServer
+
+    server: PostgresServer = request.getfixturevalue("postgres")
+    app, _settings = real_app()
+    with session_scope(db_url) as db:
+        bearer = {"Authorization": f"Bearer {create_api_token(db, 'faults')}"}
+    broker.start()
+    client = app.test_client()
+    assert client.get("/api/v1/sessions/none", headers=bearer).status_code == 404  # pool in use
+    server.shut_down()
+    try:
+        for res in (
+            client.post("/api/v1/sessions", json={"room": "pg-down"}, headers=bearer),
+            client.get("/api/v1/sessions/none", headers=bearer),
+        ):
+            assert res.status_code == 503, (res.request.path, res.get_data(as_text=True)[:300])
+            assert res.json["error"]["code"] == "database_unavailable"
+            assert res.headers["Retry-After"]
+    finally:
+        server.start_again()
+    ok = client.post("/api/v1/sessions", json={"room": "pg-down"}, headers=bearer)
+    assert ok.status_code == 201, ok.json
+    assert _sessions(db_url) == 1

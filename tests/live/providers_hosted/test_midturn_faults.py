@@ -1,0 +1,311 @@
+"""A hosted provider that fails or stalls mid-turn: the fallback answers in that same turn.
+
+Each test drives a real ``AgentSession`` turn through the real vendor plugin, talking to the
+vendor's wire-protocol fake on 127.0.0.1, which breaks off after its first tokens or bytes
+(dropped connection) or goes silent with the connection open (stall). The session's speech
+goes to an audio sink that records what the caller would hear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+from livekit import rtc
+from livekit.agents import (
+    DEFAULT_API_CONNECT_OPTIONS,
+    Agent,
+    AgentSession,
+    APIConnectionError,
+    APIConnectOptions,
+    function_tool,
+    llm,
+    stt,
+)
+from livekit.agents.voice import io
+from livekit.agents.voice.run_result import RunResult
+from pydantic import SecretStr
+
+from config.settings import LLMSettings, STTSettings, TTSSettings
+from live.providers.fallback import (
+    build_llm_with_fallback,
+    build_stt_with_fallback,
+    build_tts_with_fallback,
+)
+from live.providers.registry import ProviderContext, create
+from tests.fakes.assemblyai_server import AssemblyAIFake
+from tests.fakes.cartesia_server import CartesiaFake
+from tests.fakes.openai_server import OpenAIFake
+from tests.fakes.stubs import EchoLLM, ToneTTS
+
+pytestmark = pytest.mark.integration
+
+REPLY = "Hello from the fake model, we open at nine every morning."
+SPOKEN = "Sure. We open at nine every morning. The bakery closes at six."
+TURN_TIMEOUT = 30.0
+
+
+class CaptureAudio(io.AudioOutput):
+    """What the caller hears: every frame the session plays, finished as soon as flushed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            label="capture", capabilities=io.AudioOutputCapabilities(pause=False), sample_rate=None
+        )
+        self.frames: list[rtc.AudioFrame] = []
+        self._segment = 0.0
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        await super().capture_frame(frame)
+        self.frames.append(frame)
+        self._segment += frame.samples_per_channel / frame.sample_rate
+
+    def flush(self) -> None:
+        super().flush()
+        played, self._segment = self._segment, 0.0
+        self.on_playback_finished(playback_position=played, interrupted=False)
+
+    def clear_buffer(self) -> None:
+        if self._segment:
+            played, self._segment = self._segment, 0.0
+            self.on_playback_finished(playback_position=played, interrupted=True)
+
+    def tones(self) -> dict[int, float]:
+        """Seconds heard per dominant frequency (the fakes speak 220 Hz, the local stub 330 Hz)."""
+        heard: dict[int, float] = {}
+        for f in self.frames:
+            pcm = np.frombuffer(f.data, dtype=np.int16).astype(np.float32)
+            if len(pcm) < 64 or np.abs(pcm).max() < 1000:
+                continue
+            spectrum = np.abs(np.fft.rfft(pcm))
+            hz = round(float(np.argmax(spectrum)) * f.sample_rate / len(pcm) / 110.0) * 110
+            heard[hz] = heard.get(hz, 0.0) + f.samples_per_channel / f.sample_rate
+        return heard
+
+
+def llm_options(fake: OpenAIFake) -> LLMSettings:
+    return LLMSettings(
+        provider="openai", api_key=SecretStr(fake.api_key), base_url=fake.base_url, model="m"
+    )
+
+
+def tts_options(fake: CartesiaFake) -> TTSSettings:
+    return TTSSettings(
+        provider="cartesia",
+        api_key=SecretStr(fake.api_key),
+        base_url=fake.base_url,
+        voice="voice-abc",
+        model="sonic-2",
+    )
+
+
+def stt_options(fake: AssemblyAIFake) -> STTSettings:
+    return STTSettings(
+        provider="assemblyai",
+        api_key=SecretStr(fake.api_key),
+        base_url=fake.base_url,
+        model="universal-streaming",
+    )
+
+
+def speech(seconds: float, rate: int = 48000) -> list[rtc.AudioFrame]:
+    """A caller's utterance in 20 ms frames, as a room delivers it."""
+    n, step = int(seconds * rate), rate // 50
+    pcm = (np.sin(np.arange(n) * 2 * np.pi * 180 / rate) * 6000).astype(np.int16)
+    return [rtc.AudioFrame(pcm[i : i + step].tobytes(), rate, 1, step)
+            for i in range(0, n - step + 1, step)]
+
+
+def answer(result: RunResult[None]) -> str:
+    msg = result.expect.next_event().is_message(role="assistant").event().item
+    return msg.text_content or ""
+
+
+async def run_turn(session: AgentSession, text: str) -> RunResult[None]:
+    return await asyncio.wait_for(session.run(user_input=text), timeout=TURN_TIMEOUT)
+
+
+@pytest.mark.parametrize("fault", ["drop", "stall"])
+async def test_llm_failing_mid_answer_is_finished_by_the_fallback_in_that_turn(
+    fault: str, openai_fake: OpenAIFake, ctx: ProviderContext
+) -> None:
+    openai_fake.reply = lambda _m: REPLY
+    if fault == "drop":
+        openai_fake.close_after_chunks = 3  # "Hello from the", then the connection drops
+    else:
+        openai_fake.stall_after_chunks = 3  # "Hello from the", then silence, socket open
+    openai_fake.fail_requests = 1  # the vendor is fine again afterwards
+    primary = create("llm", "openai", llm_options(openai_fake), ctx)
+    local = EchoLLM()
+    adapter = build_llm_with_fallback(primary, local, attempt_timeout=2.0)
+    try:
+        async with AgentSession(llm=adapter) as session:
+            await session.start(Agent(instructions="Be brief."))
+            first = await run_turn(session, "when do you open")
+            text = answer(first)
+            # the caller got the start of the vendor's answer, then the local model's, same turn
+            assert text.startswith("Hello from the")
+            assert text.endswith("local model heard: when do you open")
+            assert local.calls == 1
+            if fault == "stall":
+                assert openai_fake.stalled.is_set()
+
+            # the session goes on (the vendor recovered: its probe succeeded, or the local
+            # model answers while it is still marked down)
+            second = await run_turn(session, "thanks")
+            assert answer(second) in (REPLY, "local model heard: thanks")
+    finally:
+        await adapter.aclose()
+        await primary.aclose()
+
+
+@pytest.mark.parametrize("fault", ["drop", "stall"])
+async def test_tts_failing_mid_speech_is_finished_by_the_fallback_voice_in_that_turn(
+    fault: str,
+    openai_fake: OpenAIFake,
+    cartesia_fake: CartesiaFake,
+    ctx: ProviderContext,
+    http_ctx: None,
+) -> None:
+    openai_fake.reply = lambda _m: SPOKEN
+    if fault == "drop":
+        cartesia_fake.close_after_chunks = 3  # 0.3 s of "Sure." and the socket drops
+    else:
+        cartesia_fake.stall_after_chunks = 3
+    cartesia_fake.fail_sockets = 1
+    llm_model = create("llm", "openai", llm_options(openai_fake), ctx)
+    primary = create("tts", "cartesia", tts_options(cartesia_fake), ctx)
+    local = ToneTTS(sample_rate=22050)
+    adapter = build_tts_with_fallback(primary, local, attempt_timeout=2.0)
+    sink = CaptureAudio()
+    try:
+        async with AgentSession(
+            llm=llm_model, tts=adapter, use_tts_aligned_transcript=True
+        ) as session:
+            session.output.audio = sink
+            await session.start(Agent(instructions="Be brief."))
+            first = await run_turn(session, "when do you open")
+            assert answer(first) == SPOKEN
+            heard = sink.tones()
+            # the vendor's voice first, then the local voice for the rest of the same answer
+            assert heard.get(220, 0) >= 0.25
+            assert heard.get(330, 0) > 0.5
+            assert local.texts, "the fallback voice was never asked to speak"
+            said = " ".join(local.texts)
+            assert "The bakery closes at six." in said
+            assert "nine every morning" in said  # the sentence that was cut is said again
+            if fault == "stall":
+                assert cartesia_fake.stalled.is_set()
+
+            before = len(sink.frames)
+            second = await run_turn(session, "thanks")
+            assert answer(second) == SPOKEN
+            assert len(sink.frames) > before  # still speaking in the next turn
+    finally:
+        await adapter.aclose()
+        await llm_model.aclose()
+
+
+async def test_stt_failing_mid_utterance_the_fallback_hears_the_whole_utterance(
+    ctx: ProviderContext, http_ctx: None
+) -> None:
+    """The first STT dies 0.6 s into a 1.2 s utterance, before any final transcript; the
+    fallback (another hosted STT, so what it receives can be counted) must hear all of it."""
+    async with AssemblyAIFake() as vendor, AssemblyAIFake(
+        transcript="heard by the backup", turn_audio_bytes=int(1.2 * 16000) * 2 - 2 * 320
+    ) as backup:
+        vendor.close_after_audio_bytes = int(0.6 * 16000) * 2
+        vendor.refuse_after_drop = True  # it crashed: its own reconnect is refused too
+        primary = create("stt", "assemblyai", stt_options(vendor), ctx)
+        secondary = create("stt", "assemblyai", stt_options(backup), ctx)
+        adapter = build_stt_with_fallback(primary, secondary, attempt_timeout=5.0,
+                                          retry_interval=30.0)
+        switched = asyncio.Event()
+        adapter.on("stt_availability_changed",
+                   lambda ev: switched.set() if not ev.available else None)
+        stream = adapter.stream()
+        frames = speech(1.2)
+        texts: list[str] = []
+
+        async def read() -> None:
+            async for ev in stream:
+                if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
+                    texts.append(ev.alternatives[0].text)
+
+        reader = asyncio.create_task(read())
+        try:
+            for frame in frames[: len(frames) // 2 + 5]:  # a little more than the vendor takes
+                stream.push_frame(frame)
+            await asyncio.wait_for(switched.wait(), timeout=20)  # mid-utterance
+            for frame in frames[len(frames) // 2 + 5 :]:  # the caller goes on talking
+                stream.push_frame(frame)
+            stream.end_input()
+            await asyncio.wait_for(reader, timeout=30)
+        finally:
+            reader.cancel()
+            await stream.aclose()
+            await adapter.aclose()
+        assert vendor.sessions and not any(s.turns_sent for s in vendor.sessions)
+        assert texts == ["heard by the backup"]
+        # the backup got the whole utterance: what the vendor took before it died, and after
+        (session,) = backup.sessions
+        assert abs(session.audio_bytes - int(1.2 * 16000) * 2) <= 16000 * 2 * 0.05
+
+
+class _ToolThenFail(llm.LLM):
+    """A model that sends one tool call, then loses its connection (the stream raises)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def chat(self, *, chat_ctx: llm.ChatContext, tools: list[llm.Tool] | None = None,
+             conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+             **_: Any) -> llm.LLMStream:
+        self.calls += 1
+        return _ToolThenFailStream(self, chat_ctx=chat_ctx, tools=tools or [],
+                                   conn_options=conn_options)
+
+
+class _ToolThenFailStream(llm.LLMStream):
+    async def _run(self) -> None:
+        self._event_ch.send_nowait(llm.ChatChunk(id="t1", delta=llm.ChoiceDelta(
+            role="assistant",
+            tool_calls=[llm.FunctionToolCall(name="book_table", arguments='{"people": 2}',
+                                             call_id="call_1")],
+        )))
+        raise APIConnectionError("connection lost after the tool call", retryable=True)
+
+
+async def test_llm_failing_after_a_tool_call_does_not_call_the_tool_twice() -> None:
+    """The tool call already went out and runs; the fallback is not asked the same request
+    (it would call the tool again), only what follows the tool's result."""
+    booked: list[int] = []
+
+    class Host(Agent):
+        @function_tool
+        async def book_table(self, people: int) -> str:
+            """Book a table.
+
+            Args:
+                people: how many people
+            """
+            booked.append(people)
+            return "booked"
+
+    primary, local = _ToolThenFail(), EchoLLM()
+    adapter = build_llm_with_fallback(primary, local, attempt_timeout=2.0)
+    try:
+        async with AgentSession(llm=adapter) as session:
+            await session.start(Host(instructions="Be brief."))
+            result = await run_turn(session, "a table for two please")
+            result.expect.next_event().is_function_call(name="book_table")
+            result.expect.next_event().is_function_call_output(output="booked")
+            msg = result.expect.next_event().is_message(role="assistant").event().item
+    finally:
+        await adapter.aclose()
+    assert booked == [2]  # once (the primary's later calls are recovery probes, never served)
+    assert local.calls == 1  # only for the answer after the tool's result
+    assert msg.text_content == "local model heard: a table for two please"
