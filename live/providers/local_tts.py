@@ -25,14 +25,9 @@ from livekit.agents.voice.io import TimedString
 
 from config.settings import TTSSettings
 from live.alignment import AlignmentCallback, PhonemeTiming, SentenceWords
-from live.providers.local_models import (
-    PIPER_VOICES,
-    EspeakEngine,
-    PiperEngine,
-    SpeechChunk,
-    get_espeak,
-    get_piper,
-)
+from live.catalog import PIPER_VOICES
+from live.providers.local.espeak_engine import EspeakEngine, get_espeak
+from live.providers.local.piper_engine import PiperEngine, SpeechChunk, get_piper
 from live.providers.registry import ProviderContext, register
 
 logger = logging.getLogger(__name__)
