@@ -28,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from livekit import rtc
 from livekit.agents.llm import ChatContext
 
+from bench.wer import wer
 from config.settings import load_settings
 from live.metadata import DEFAULT_INSTRUCTIONS
 from live.providers.local.espeak_engine import get_espeak
@@ -39,7 +40,6 @@ from live.providers.local_llm import LocalLLM
 from live.providers.local_stt import LocalSTT
 from live.providers.local_tts import EspeakTTS, LocalTTS
 from live.providers.registry import ProviderContext
-from tests.live.providers.speech import wer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = ".venv/bin/python -m bench.speech"

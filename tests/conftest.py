@@ -30,6 +30,7 @@ from cli.services import (
 from config.settings import Settings, load_settings
 from store.db import upgrade_db
 from tests.postgres import PostgresServer
+from tests.waiting import wait_for
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 NETNS_RUN = Path(__file__).resolve().parent.parent / "scripts" / "netns-run"
@@ -145,19 +146,6 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
 
 
 # --------------------------------------------------------------------------- the whole stack
-
-
-def wait_for(pred: object, timeout: float, what: str, step: float = 0.1) -> object:
-    """Poll a condition with a deadline; the thing waited on runs in another process."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()  # type: ignore[operator]
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @dataclass

@@ -17,7 +17,8 @@ from cli.services import LiveKitServerConfig, start_livekit_server, stop_process
 from config.settings import Settings, load_settings
 from store.db import session_scope
 from store.models import AgentSessionRecord, WebhookEvent
-from tests.conftest import TEST_API_KEY, TEST_API_SECRET, free_port, wait_for
+from tests.conftest import TEST_API_KEY, TEST_API_SECRET, free_port
+from tests.waiting import wait_for
 from web import create_app
 
 pytestmark = pytest.mark.integration
