@@ -19,8 +19,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from livekit.agents import llm, utils
-from livekit.agents._exceptions import APIConnectionError, APIStatusError
+from livekit.agents import APIConnectionError, APIStatusError, llm, utils
 from livekit.agents.llm import ChatContext, Tool, ToolChoice
 from livekit.agents.types import (
     DEFAULT_API_CONNECT_OPTIONS,
