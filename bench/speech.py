@@ -33,7 +33,7 @@ from config.settings import load_settings
 from live.metadata import DEFAULT_INSTRUCTIONS
 from live.providers.local.espeak_engine import get_espeak
 from live.providers.local.llama_engine import get_llama
-from live.providers.local.piper_engine import PiperEngine, get_piper
+from live.providers.local.piper_engine import get_piper
 from live.providers.local.prewarm import prewarm
 from live.providers.local.whisper_engine import get_whisper
 from live.providers.local_llm import LocalLLM
@@ -238,7 +238,7 @@ async def bench_tts(ctx: ProviderContext, runs: int) -> dict[str, Any]:
     # comparison voice below is loaded
     memory = memory_mib()
     whole = LocalTTS(
-        engine=PiperEngine("joe-us", ctx.settings.var_dir, stream_vocoder=False)
+        engine=get_piper(ctx, "joe-us", stream_vocoder=False)
     )
     espeak = EspeakTTS(engine=get_espeak(ctx))
     variants: dict[str, Callable[[], Any]] = {

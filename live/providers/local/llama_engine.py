@@ -76,6 +76,9 @@ def load_llama(model: str, *, parallel: int) -> LlamaEngine:
     return LlamaEngine(model, smollm2_path(), parallel=parallel, ctx_per_slot=2048)
 
 
-def get_llama(ctx: ProviderContext, model: str) -> LlamaEngine:
-    parallel = max(1, min(4, ctx.settings.limits.max_concurrent_sessions))
+def get_llama(ctx: ProviderContext, model: str, *, parallel: int | None = None) -> LlamaEngine:
+    """The model, once per process; ``parallel`` slots (default: one per session, up to 4)
+    apply when this call loads it."""
+    if parallel is None:
+        parallel = max(1, min(4, ctx.settings.limits.max_concurrent_sessions))
     return ctx.cached(f"local.llm.{model}", lambda: load_llama(model, parallel=parallel))

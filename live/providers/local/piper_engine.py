@@ -320,5 +320,10 @@ class PiperEngine:
         return list(self.iter_sync(text))
 
 
-def get_piper(ctx: ProviderContext, voice: str) -> PiperEngine:
-    return ctx.cached(f"local.tts.piper.{voice}", lambda: PiperEngine(voice, ctx.settings.var_dir))
+def get_piper(ctx: ProviderContext, voice: str, *, stream_vocoder: bool = True) -> PiperEngine:
+    """The voice, once per process; ``stream_vocoder=False``: whole-sentence Piper (a caller's
+    or a benchmark's reference voice), a second engine beside the live one."""
+    key = f"local.tts.piper.{voice}" + ("" if stream_vocoder else ".whole")
+    return ctx.cached(
+        key, lambda: PiperEngine(voice, ctx.settings.var_dir, stream_vocoder=stream_vocoder)
+    )
