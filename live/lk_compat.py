@@ -7,9 +7,9 @@ fails naming the internal when an upgrade changed it. Each function says why the
 does not suffice and what upstream change would remove it; when that lands, inline the public
 call and delete the function and its test.
 
-Not listed here: the hooks LiveKit documents for plugin authors (``_run``, ``_event_ch``,
-``_input_ch``, ``_chat_ctx``, ``_tools``, ``_conn_options`` on the STT/LLM/TTS stream base
-classes), which every LiveKit plugin uses.
+Not listed here: the hooks of the STT/LLM/TTS stream base classes that LiveKit's own plugins
+are written against (``_run``, ``_event_ch``, ``_input_ch``, ``_mark_started``, ``_chat_ctx``,
+``_tools``, ``_conn_options``).
 """
 
 from __future__ import annotations
