@@ -205,13 +205,15 @@ def synthesize(text: str) -> np.ndarray:
 
 
 def transcribe(pcm: np.ndarray, rate: int) -> str:
-    """What was heard, by the agent's own Whisper on its full 30 s window."""
+    """What was heard: the store's Whisper model, with faster-whisper's own decoding defaults
+    (temperature fallback on a looping decode), not the live STT's short-window settings."""
     try:
-        engine = _whisper()
+        model = _whisper().model
     except ModuleNotFoundError:
         return ""
     audio = resample(pcm, rate, 16000).astype(np.float32) / 32768.0
-    return str(engine.transcribe_sync(audio, "en").text).strip()
+    segments, _ = model.transcribe(audio, language="en", beam_size=1)
+    return " ".join(s.text.strip() for s in segments).strip()
 
 
 # ------------------------------------------------------------------------------ the call

@@ -133,6 +133,12 @@ class WhisperEngine:
         self.busy = 0  # transcriptions queued or running (event-loop side)
 
     @property
+    def model(self) -> Any:
+        """The faster-whisper model, for uses off the live path that decode with options of
+        their own (``avatar call`` hearing the agent); never while a session uses the engine."""
+        return self._model
+
+    @property
     def encoded_frames(self) -> int:
         """Mel frames the encoder saw last (3000 = Whisper's full 30 s window)."""
         return int(self._model.encoded_frames)
