@@ -179,12 +179,20 @@ def _runner(**kwargs: Any) -> AvatarRunner:
                         options=options, **kwargs)
 
 
+async def _close_unstarted(runner: AvatarRunner, sync: rtc.AVSynchronizer) -> None:
+    """Release the runner's native sources (``AvatarRunner.aclose`` needs a started runner)."""
+    await sync.aclose()
+    for source in lk_compat.runner_media_sources(runner):
+        await source.aclose()
+
+
 async def test_runner_queue_size_is_the_private_keyword() -> None:
     assert "_queue_size_ms" in params(AvatarRunner.__init__), changed(
         "AvatarRunner(_queue_size_ms=)", "keyword is gone"
     )
     runner = _runner(**lk_compat.runner_queue_kwargs(60))
     assert runner._queue_size_ms == 60, changed("AvatarRunner(_queue_size_ms=)", "not kept")
+    await _close_unstarted(runner, runner.av_sync)
     assert "queue_size_ms=self._queue_size_ms" in inspect.getsource(AvatarRunner.__init__), changed(
         "AvatarRunner(_queue_size_ms=)", "no longer sizes the audio source's queue"
     )
@@ -212,6 +220,7 @@ async def test_runner_sources_receiver_and_synchronizer_can_be_taken_over() -> N
     )
     await asyncio.sleep(0)  # let the stock capture task see its cancellation
     assert stock._capture_video_task.cancelled() or stock._capture_video_task.done()
+    await _close_unstarted(runner, stock)
 
 
 def test_publish_track_copy_matches_the_installed_runner() -> None:
