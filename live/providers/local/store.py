@@ -1,10 +1,11 @@
 """The model store of processes that are not LiveKit job processes.
 
 A live worker's job process keeps its models in ``proc.userdata`` (its ``ProviderContext``,
-filled by ``prewarm``). The Celery worker's summariser, ``avatar call`` and the benchmarks
-load the same engines through the same ``get_*`` functions, from this one per-process
-context: each model is loaded once per process, one way, and each use passes its own
-settings (the summariser's one slot and sampling, the caller's whole-sentence voice).
+filled by ``prewarm``). ``avatar call`` and the benchmarks load the same engines through the
+same ``get_*`` functions, from this one per-process context: each model is loaded once per
+process, one way, and each use passes its own settings (the caller's whole-sentence voice,
+a benchmark's slots). The Celery summariser still loads SmolLM2 itself: ``tasks`` may not
+import ``live``, so sharing this store needs the engines in a package of their own.
 """
 
 from __future__ import annotations

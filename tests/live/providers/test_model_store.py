@@ -1,12 +1,11 @@
-"""One model store: `avatar call`, the summariser and the benchmarks load the agent's engines,
-each once per process, with their own settings."""
+"""One model store: `avatar call` and the benchmarks load the agent's engines, each once per
+process, with their own settings."""
 
 from __future__ import annotations
 
 import pytest
 
 from config.settings import Settings
-from live.providers.local.llama_engine import LlamaEngine
 from live.providers.local.piper_engine import PiperEngine
 from live.providers.local.store import process_models
 from live.providers.local.whisper_engine import WhisperEngine
@@ -29,17 +28,3 @@ def test_the_caller_speaks_and_hears_with_the_agents_engines(local_settings: Set
     assert isinstance(store.shared["local.stt.tiny.en"], WhisperEngine)
     call.synthesize("Again.")
     assert store.shared["local.tts.piper.joe-us.whole"] is voice  # loaded once
-
-
-def test_the_summariser_writes_with_the_agents_llm_in_one_slot(local_settings: Settings) -> None:
-    from tasks.summaries import PARAGRAPH_PROMPT, local_writer
-
-    writer = local_writer(local_settings)
-    assert writer is not None
-    text = writer(PARAGRAPH_PROMPT, "user: When do you open on Saturday?\n"
-                                    "agent: We open at nine on Saturdays.")
-    assert text
-    engine = process_models().shared["local.llm.smollm2-135m"]
-    assert isinstance(engine, LlamaEngine) and engine.parallel == 1
-    assert writer(PARAGRAPH_PROMPT, "user: Thanks!\nagent: You're welcome.")
-    assert process_models().shared["local.llm.smollm2-135m"] is engine
