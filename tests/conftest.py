@@ -30,6 +30,7 @@ from cli.services import (
 from config.settings import Settings, load_settings
 from store.db import upgrade_db
 from tests.postgres import PostgresServer
+from tests.waiting import wait_for
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 NETNS_RUN = Path(__file__).resolve().parent.parent / "scripts" / "netns-run"
@@ -70,6 +71,23 @@ def pytest_configure(config: pytest.Config) -> None:
     args = [str(NETNS_RUN), sys.executable, "-m", "pytest", *config.invocation_params.args]
     os.chdir(config.invocation_params.dir)
     os.execv(args[0], args)
+def require_netns() -> None:
+    """Fail, never skip, a test that needs the private network namespace when outside it.
+
+    A plain ``pytest`` re-runs itself inside the namespace (see ``pytest_configure``), so this
+    fails only where the namespace cannot be made, or when the re-run was turned off.
+    """
+    if os.environ.get("AVATAR_NETNS") != "1":
+        pytest.fail("WebRTC tests run only inside the private network namespace, which could not "
+                    "be made here: run `make test` or `scripts/netns-run .venv/bin/pytest` (needs "
+                    "unshare and ip from util-linux and iproute2; as non-root, user namespaces)")
+
+
+def require_livekit_server() -> None:
+    if find_livekit_server() is None:
+        pytest.fail("livekit-server is not installed: run `make setup`")
+
+
 TEST_API_KEY = "testkey"
 TEST_API_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -93,12 +111,8 @@ def artifacts_dir() -> Path:
 @pytest.fixture(scope="session")
 def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
     """A real livekit-server; media only inside the test network namespace."""
-    if find_livekit_server() is None:
-        pytest.fail("livekit-server is not installed: run `make setup`")
-    if os.environ.get("AVATAR_NETNS") != "1":
-        pytest.fail("WebRTC tests run only inside the private network namespace, which could not "
-                    "be made here: run `make test` or `scripts/netns-run .venv/bin/pytest` (needs "
-                    "unshare and ip from util-linux and iproute2; as non-root, user namespaces)")
+    require_livekit_server()
+    require_netns()
     cfg = LiveKitServerConfig.on_free_ports(api_key=TEST_API_KEY, api_secret=TEST_API_SECRET)
     port = cfg.port
     log = tmp_path_factory.mktemp("livekit") / "livekit.log"
@@ -151,19 +165,6 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
 
 
 # --------------------------------------------------------------------------- the whole stack
-
-
-def wait_for(pred: object, timeout: float, what: str, step: float = 0.1) -> object:
-    """Poll a condition with a deadline; the thing waited on runs in another process."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()  # type: ignore[operator]
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @dataclass

@@ -87,7 +87,6 @@ def test_the_cycle_finder_finds_cycles() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}}) is None
 
 
-@pytest.mark.xfail(reason="removed on the seams branch", strict=False)
 def test_benchmarks_import_nothing_from_tests() -> None:
     graph = import_graph((*PACKAGES, "tests"))
     assert "tests" not in graph["bench"], sorted(set(graph["bench"]["tests"]))

@@ -57,8 +57,11 @@ def _pack(portrait: str) -> PortraitPack:
     return load_pack(portrait or None)
 
 
+def portrait_pack(opts: LocalAvatarOptions) -> PortraitPack:
+    """The options' portrait pack, loaded once per process (every renderer shares it)."""
+    return _pack(str(opts.portrait) if opts.portrait else "")
+
+
 def build_renderer(opts: LocalAvatarOptions) -> FaceRenderer:
     """A fresh renderer (it holds per-frame scratch buffers); the pack is loaded once."""
-    return FaceRenderer(
-        _pack(str(opts.portrait) if opts.portrait else ""), width=opts.width, height=opts.height
-    )
+    return FaceRenderer(portrait_pack(opts), width=opts.width, height=opts.height)

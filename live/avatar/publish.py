@@ -27,6 +27,14 @@ from collections.abc import Coroutine
 from livekit import rtc
 from livekit.agents.voice.avatar import AvatarOptions, AvatarRunner
 
+from live.lk_compat import (
+    publish_runner_tracks,
+    replace_runner_synchronizer,
+    runner_audio_receiver,
+    runner_media_sources,
+    runner_queue_kwargs,
+)
+
 logger = logging.getLogger(__name__)
 
 # bits per pixel per frame: enough for a mostly static face with a moving mouth
@@ -151,20 +159,18 @@ class FaceAvatarRunner(AvatarRunner):
 
     def __init__(self, room: rtc.Room, *, options: AvatarOptions,
                  video_lead: float = DEFAULT_VIDEO_LEAD_S, **kwargs: object) -> None:
-        super().__init__(room, options=options, _queue_size_ms=AUDIO_QUEUE_MS,
+        super().__init__(room, options=options, **runner_queue_kwargs(AUDIO_QUEUE_MS),
                          **kwargs)  # type: ignore[arg-type]
         self._face_options = options
-        stock = self._av_sync
-        stock._stopped = True
-        stock._capture_video_task.cancel()  # replaced before anything was pushed
+        audio_source, video_source = runner_media_sources(self)
         self._clock_sync = AudioClockSynchronizer(
-            audio_source=self._audio_source, video_source=self._video_source, lead=video_lead,
+            audio_source=audio_source, video_source=video_source, lead=video_lead,
             queue_ms=AUDIO_QUEUE_MS,
         )
-        self._av_sync = self._clock_sync  # type: ignore[assignment]
+        replace_runner_synchronizer(self, self._clock_sync)  # before anything was pushed
         # "playback started" when the first chunk leaves, not when it is queued: the agent
         # times word-by-word captions (and the reply kept on interruption) from it
-        recv = self._audio_recv
+        recv = runner_audio_receiver(self)
         notify = recv.notify_playback_started
         sync = self._clock_sync
 
@@ -184,22 +190,16 @@ class FaceAvatarRunner(AvatarRunner):
 
         recv.notify_playback_started = notify_when_playing  # type: ignore[method-assign]
 
-    async def _publish_track(self) -> None:  # LiveKit 1.8.x private hook, same steps
-        async with self._lock:
-            await self._room_connected_fut
-            audio_track = rtc.LocalAudioTrack.create_audio_track("avatar_audio", self._audio_source)
-            self._audio_publication = await self._room.local_participant.publish_track(
-                audio_track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE,
-                                                     stream=AV_STREAM)
-            )
-            await self._audio_publication.wait_for_subscription()
-            video_track = rtc.LocalVideoTrack.create_video_track("avatar_video", self._video_source)
-            self._video_publication = await self._room.local_participant.publish_track(
-                video_track,
-                rtc.TrackPublishOptions(
-                    source=rtc.TrackSource.SOURCE_CAMERA,
-                    stream=AV_STREAM,
-                    simulcast=False,
-                    video_encoding=video_encoding(self._face_options),
-                ),
-            )
+    async def _publish_track(self) -> None:  # LiveKit's hook: see lk_compat
+        await publish_runner_tracks(
+            self,
+            audio_options=rtc.TrackPublishOptions(
+                source=rtc.TrackSource.SOURCE_MICROPHONE, stream=AV_STREAM
+            ),
+            video_options=rtc.TrackPublishOptions(
+                source=rtc.TrackSource.SOURCE_CAMERA,
+                stream=AV_STREAM,
+                simulcast=False,
+                video_encoding=video_encoding(self._face_options),
+            ),
+        )

@@ -22,6 +22,7 @@ from livekit.agents.voice.avatar import DataStreamAudioReceiver
 from live.avatar.generator import FaceVideoGenerator, FrameInfo
 from live.avatar.options import LocalAvatarOptions, build_renderer
 from live.avatar.publish import FaceAvatarRunner
+from live.lk_compat import drop_queued_streams
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,7 @@ class _AudioReceiver(DataStreamAudioReceiver):
         self.on("clear_buffer", self._drop_queued_streams)
 
     def _drop_queued_streams(self) -> None:
-        dropped = len(self._stream_readers)
-        self._stream_readers.clear()
+        dropped = drop_queued_streams(self)
         if dropped:
             logger.debug("dropped queued audio streams on clear_buffer",
                          extra={"streams": dropped})

@@ -7,13 +7,13 @@ environment. ``STT__BASE_URL`` points the plugin elsewhere (the EU endpoint, or 
 The plugin (1.8.9) lets a refused websocket handshake escape as aiohttp's
 ``WSServerHandshakeError``, whose ``repr`` carries the request headers, including
 ``Authorization: <key>``; it is also not an ``APIError``, so LiveKit never retries it. Our
-stream subclass turns connect failures into ``APIStatusError``/``APIConnectionError`` raised
+connect guard (through ``live.lk_compat``) turns connect failures into ``APIStatusError``/``APIConnectionError`` raised
 without context, the way the Cartesia plugin already does.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
 
@@ -32,6 +32,7 @@ from livekit.plugins import assemblyai
 from livekit.plugins.assemblyai.stt import SpeechStream
 
 from config.catalog import AssemblyAIOptions as AssemblyAISettings
+from live.lk_compat import assemblyai_guarded_stream
 from live.providers.registry import ProviderContext, ProviderError, missing_key, register
 
 DEFAULT_BASE_URL = "wss://streaming.assemblyai.com"
@@ -87,23 +88,23 @@ def _model(name: str, language: str) -> AssemblyAIModel:
     return cast(AssemblyAIModel, name)
 
 
-class _GuardedSpeechStream(SpeechStream):
-    """The plugin's stream, with connect failures as credential-free LiveKit API errors."""
-
-    async def _connect_ws(self) -> aiohttp.ClientWebSocketResponse:
-        failure: APIError
-        try:
-            return await super()._connect_ws()
-        except aiohttp.WSServerHandshakeError as err:
-            failure = APIStatusError(
-                "AssemblyAI refused the streaming connection", status_code=err.status, body=None
-            )
-        except TimeoutError:
-            failure = APITimeoutError("AssemblyAI connect timed out")
-        except (aiohttp.ClientError, OSError) as err:
-            # transport errors can contain credentials in URLs or headers: keep only the type
-            failure = APIConnectionError(f"AssemblyAI unreachable ({type(err).__name__})")
-        raise failure  # outside the except blocks: no __context__ with the request headers
+async def _guard_connect(
+    connect: Callable[[], Awaitable[aiohttp.ClientWebSocketResponse]],
+) -> aiohttp.ClientWebSocketResponse:
+    """The plugin's websocket connect, with failures as credential-free LiveKit API errors."""
+    failure: APIError
+    try:
+        return await connect()
+    except aiohttp.WSServerHandshakeError as err:
+        failure = APIStatusError(
+            "AssemblyAI refused the streaming connection", status_code=err.status, body=None
+        )
+    except TimeoutError:
+        failure = APITimeoutError("AssemblyAI connect timed out")
+    except (aiohttp.ClientError, OSError) as err:
+        # transport errors can contain credentials in URLs or headers: keep only the type
+        failure = APIConnectionError(f"AssemblyAI unreachable ({type(err).__name__})")
+    raise failure  # outside the except blocks: no __context__ with the request headers
 
 
 class AssemblyAISTT(assemblyai.STT):
@@ -115,16 +116,9 @@ class AssemblyAISTT(assemblyai.STT):
         language: NotGivenOr[str] = NOT_GIVEN,
         conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
     ) -> SpeechStream:
-        stream = _GuardedSpeechStream(
-            stt=self,
-            conn_options=conn_options,
-            opts=dataclasses.replace(self._opts),
-            api_key=self._api_key,
-            http_session=self.session,
-            base_url=self._base_url,
+        return assemblyai_guarded_stream(
+            self, conn_options=conn_options, connect_guard=_guard_connect
         )
-        self._streams.add(stream)
-        return stream
 
 
 def build_stt(opts: AssemblyAIOptions) -> AssemblyAISTT:

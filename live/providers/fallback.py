@@ -62,12 +62,16 @@ from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT, NotGivenOr, TimedStr
 from livekit.agents.vad import VAD
 from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.io import AudioOutput
-from livekit.agents.voice.room_io import (
-    ATTRIBUTE_PUBLISH_ON_BEHALF,
-    AudioOutputOptions,
-    _ParticipantAudioOutput,
-)
+from livekit.agents.voice.room_io import ATTRIBUTE_PUBLISH_ON_BEHALF, AudioOutputOptions
 
+from live.lk_compat import (
+    RoomAudioOutput,
+    datastream_destination,
+    new_room_audio_output,
+    pending_playback_count,
+    room_audio_publication,
+    silence_clear_buffer,
+)
 from live.providers.registry import ProviderError
 
 logger = logging.getLogger(__name__)
@@ -739,7 +743,7 @@ class AvatarWatch:
         self._fallback_join_timeout = fallback_join_timeout
         self._audio_options = audio_options
         self._lost_fut: asyncio.Future[AvatarLost] = asyncio.get_running_loop().create_future()
-        self._room_audio: _ParticipantAudioOutput | None = None
+        self._room_audio: RoomAudioOutput | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._replacement: asyncio.Task[ActiveAvatar] | None = None
         self._closing: asyncio.Task[None] | None = None
@@ -873,19 +877,18 @@ class AvatarWatch:
     def _restore_room_audio(self, identity: str) -> tuple[bool, int]:
         """Swap the data stream to ``identity`` for a published track of the agent's own."""
         old = _audio_tail(self._session)
-        if not isinstance(old, DataStreamAudioOutput) or (
-            getattr(old, "_destination_identity", identity) != identity
-        ):
+        if not isinstance(old, DataStreamAudioOutput):
             return False, 0
-        interrupted = old._pending_playback_count
+        destination = datastream_destination(old)
+        if destination is not None and destination != identity:
+            return False, 0
+        interrupted = pending_playback_count(old)
         # the avatar is gone: a clear-buffer RPC to it could only fail after its timeout
-        old.clear_buffer = _no_clear_buffer  # type: ignore[method-assign]
+        silence_clear_buffer(old)
         opts = self._audio_options
-        new = _ParticipantAudioOutput(
+        new = new_room_audio_output(
             self._room,
-            sample_rate=opts.sample_rate,
-            num_channels=opts.num_channels,
-            track_publish_options=opts.track_publish_options,
+            opts,
             track_name=opts.track_name if isinstance(opts.track_name, str) else ROOM_AUDIO_TRACK,
         )
         self._room_audio = new
@@ -893,12 +896,12 @@ class AvatarWatch:
         # segment still being captured onto the new output
         self._session.output.replace_audio_tail(new)
         # without wrappers the old output was the whole chain: end its waits directly
-        for _ in range(old._pending_playback_count):
+        for _ in range(pending_playback_count(old)):
             old.on_playback_finished(playback_position=0.0, interrupted=True)
         self._spawn(self._publish(new))
         return True, interrupted
 
-    async def _publish(self, out: _ParticipantAudioOutput) -> None:
+    async def _publish(self, out: RoomAudioOutput) -> None:
         try:
             await out.start()  # publishes, then waits until someone subscribes
         except Exception:
@@ -924,12 +927,8 @@ class AvatarWatch:
 ROOM_AUDIO_TRACK = "roomio_audio"  # the name RoomIO gives the agent's audio track
 
 
-def _no_clear_buffer() -> None:
-    """``clear_buffer`` of a data-stream output whose avatar has left: nothing to clear."""
-
-
-async def _unpublish(room: rtc.Room, out: _ParticipantAudioOutput) -> None:
-    pub = getattr(out, "_publication", None)
+async def _unpublish(room: rtc.Room, out: RoomAudioOutput) -> None:
+    pub = room_audio_publication(out)
     if pub is None or not room.isconnected():
         return
     with contextlib.suppress(Exception):

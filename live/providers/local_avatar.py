@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from config.settings import AvatarSettings
-from live.avatar.options import LocalAvatarOptions, Mode
-from live.avatar.portrait import PortraitError, load_pack
+from live.avatar.options import LocalAvatarOptions, Mode, portrait_pack
+from live.avatar.portrait import PortraitError
 from live.avatar.session import LocalAvatarSession
 from live.providers.registry import ProviderContext, ProviderError, register
 
@@ -34,7 +34,7 @@ def load_portrait(options: AvatarSettings, ctx: ProviderContext) -> LocalAvatarO
     opts = local_avatar_options(options)
     key = f"avatar.local.pack:{opts.portrait or ''}"
     try:
-        ctx.cached(key, lambda: load_pack(opts.portrait))
+        ctx.cached(key, lambda: portrait_pack(opts))  # the renderers' copy, not a second one
     except PortraitError as exc:
         raise ProviderError(f"local avatar: {exc}") from None
     return opts

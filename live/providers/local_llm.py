@@ -3,7 +3,7 @@
 Tokens stream from llama.cpp's server core (in-process, no HTTP) into ``ChatChunk``s. The
 prompt cache (``cache_prompt``) keeps each slot's KV cache, so a new turn only evaluates the
 tokens added since the last one. A 135M model needs steering: the persona rules in
-``local_models.PERSONA_RULES`` ask for one or two spoken sentences, generation stops after
+``local.prompt.PERSONA_RULES`` ask for one or two spoken sentences, generation stops after
 ``max_sentences`` sentences (2 by default: the model ignores the rule now and then), and when
 ``max_tokens`` cuts an answer the unfinished last sentence is dropped. Tool calls are not supported by this
 model: tools are ignored.
@@ -19,8 +19,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from livekit.agents import llm, utils
-from livekit.agents._exceptions import APIConnectionError, APIStatusError
+from livekit.agents import APIConnectionError, APIStatusError, llm, utils
 from livekit.agents.llm import ChatContext, Tool, ToolChoice
 from livekit.agents.types import (
     DEFAULT_API_CONNECT_OPTIONS,
@@ -30,12 +29,11 @@ from livekit.agents.types import (
 )
 from livekit.agents.voice.transcription.filters import EMOJI_PATTERN
 
+from config.catalog import LLM_MODELS
 from config.settings import LLMSettings
 from live.knowledge import FACTS_PREFIX, KnowledgeBase
-from live.providers.local_models import (
-    LLM_MODELS,
-    LlamaEngine,
-    get_llama,
+from live.providers.local.llama_engine import LlamaEngine, get_llama
+from live.providers.local.prompt import (
     grounded_answer,
     persona_examples,
     persona_facts,
@@ -74,7 +72,7 @@ Steering = Literal["off", "examples", "facts", "grounded"]
 ``examples``: in-character prior turns after the system message; ``facts``: the persona's
 facts and the retrieved knowledge that match the caller's words placed with them, in the last
 user message; ``grounded``: a retrieved fact, the persona's introduction or a refusal that
-clearly answers the question is the answer, verbatim (see ``local_models.grounded_answer``)."""
+clearly answers the question is the answer, verbatim (see ``local.prompt.grounded_answer``)."""
 
 _PERSONA_FIRST = re.compile(r"(?i)\b(?:your name|who are you|who am i|call you|yourself|are you)\b")
 

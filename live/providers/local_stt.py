@@ -38,16 +38,16 @@ from livekit.agents.types import (
     NotGivenOr,
 )
 
+from config.catalog import DEFAULT_WHISPER
 from config.settings import STTSettings
-from live.providers.local_models import (
-    DEFAULT_WHISPER,
+from live.providers.local.turn_models import get_vad
+from live.providers.local.whisper_engine import (
     DEFAULT_WINDOW_SECONDS,
     FULL_WINDOW_SECONDS,
     WHISPER_SAMPLE_RATE,
     WINDOW_MARGIN_SECONDS,
     Transcript,
     WhisperEngine,
-    get_vad,
     get_whisper,
 )
 from live.providers.registry import ProviderContext, register

@@ -23,16 +23,11 @@ from livekit.agents import tokenize, tts, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.agents.voice.io import TimedString
 
+from config.catalog import PIPER_VOICES
 from config.settings import TTSSettings
 from live.alignment import AlignmentCallback, PhonemeTiming, SentenceWords
-from live.providers.local_models import (
-    PIPER_VOICES,
-    EspeakEngine,
-    PiperEngine,
-    SpeechChunk,
-    get_espeak,
-    get_piper,
-)
+from live.providers.local.espeak_engine import EspeakEngine, get_espeak
+from live.providers.local.piper_engine import PiperEngine, SpeechChunk, get_piper
 from live.providers.registry import ProviderContext, register
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions
 from livekit.agents.voice.turn import TurnDetectionEvent
 
 from config.settings import Settings
-from live.providers.local_models import get_vad, init_turn_detector
+from live.providers.local.turn_models import get_vad, init_turn_detector
 from live.providers.registry import ProviderContext
 from live.providers.turn_text import text_completeness
 

@@ -13,7 +13,8 @@ import psutil
 import pytest
 
 from cli.services import port_open
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, require_netns
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +34,7 @@ def _wait_line(proc: subprocess.Popen[str], needle: str, timeout: float) -> list
 
 
 def test_up_runs_services_and_stops_cleanly(tmp_path: Path) -> None:
-    if os.environ.get("AVATAR_NETNS") != "1":
-        pytest.skip("runs only inside scripts/netns-run")
+    require_netns()
     lk_port, valkey_port = free_port(), free_port()
     env = dict(
         os.environ,

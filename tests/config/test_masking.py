@@ -13,7 +13,6 @@ import pytest
 import config.logging as config_logging
 from cli.services import (
     LiveKitServerConfig,
-    find_livekit_server,
     free_port,
     livekit_server_command,
     start_livekit_server,
@@ -21,6 +20,7 @@ from cli.services import (
 )
 from config.logging import JsonFormatter, install_secret_mask
 from config.settings import PROJECT_ROOT, Settings, load_settings
+from tests.conftest import require_livekit_server
 
 pytestmark = pytest.mark.unit
 
@@ -92,8 +92,7 @@ def test_gunicorn_process_masks_without_setup_logging(tmp_path: Path) -> None:
 
 
 def test_livekit_secret_is_not_on_the_command_line(tmp_path: Path) -> None:
-    if find_livekit_server() is None:
-        pytest.skip("livekit-server is not installed (`avatar setup`)")
+    require_livekit_server()
     secret = "cmdline-secret-0123456789abcdef0123456789"
     cfg = LiveKitServerConfig(port=free_port(), rtc_tcp_port=free_port(), rtc_udp_port=free_port(),
                               api_key="cmdkey", api_secret=secret)

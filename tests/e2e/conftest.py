@@ -16,7 +16,8 @@ import pytest
 from cli.services import LiveKitServerConfig, free_port, start_livekit_server, stop_process
 from config.settings import Settings, load_settings
 from store.db import session_scope, upgrade_db
-from tests.conftest import TEST_API_KEY, TEST_API_SECRET, _spawn, wait_for
+from tests.conftest import TEST_API_KEY, TEST_API_SECRET, _spawn
+from tests.waiting import wait_for
 
 # Per live worker: two concurrent sessions (the exact cap the tests check across workers).
 CLUSTER_CAP = 2

@@ -25,9 +25,10 @@ from store.models import (
     TurnMetric,
     UsageRecord,
 )
-from tests.conftest import Stack, wait_for
+from tests.conftest import Stack
 from tests.e2e.voices import other_voice_wav
 from tests.live.providers.speech import normalize, wer
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

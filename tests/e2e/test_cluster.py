@@ -19,8 +19,8 @@ from sqlalchemy import select
 
 from store.db import session_scope
 from store.models import AgentSessionRecord
-from tests.conftest import wait_for
 from tests.e2e.conftest import CLUSTER_CAP, WORKERS, Cluster
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

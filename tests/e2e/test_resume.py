@@ -24,9 +24,9 @@ from sqlalchemy import select
 from store.db import session_scope
 from store.models import SessionCost, TranscriptLine, UsageRecord, WebhookEvent
 from store.resume import RESUME_LINE
-from tests.conftest import wait_for
 from tests.e2e.conftest import WORKERS, Cluster
 from tests.e2e.test_cluster import launch, record
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

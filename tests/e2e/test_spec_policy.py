@@ -11,7 +11,8 @@ from livekit import api
 
 from store.db import session_scope
 from store.models import AgentSessionRecord
-from tests.conftest import Stack, wait_for
+from tests.conftest import Stack
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,7 +20,8 @@ from sqlalchemy import select
 from store.db import session_scope
 from store.models import AgentSessionRecord, SessionCost, TranscriptLine, UsageRecord
 from tasks.app import make_celery
-from tests.conftest import Stack, wait_for
+from tests.conftest import Stack
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,32 +22,25 @@ import pytest
 
 from cli.services import (
     LiveKitServerConfig,
-    find_livekit_server,
     start_livekit_server,
     stop_process,
 )
 from config.settings import Settings, load_settings
 from tasks.app import AvatarCelery, make_celery
-from tests.conftest import TEST_API_KEY, TEST_API_SECRET, free_port, fresh_db_url
+from tests.conftest import (
+    TEST_API_KEY,
+    TEST_API_SECRET,
+    free_port,
+    fresh_db_url,
+    require_livekit_server,
+    require_netns,
+)
+from tests.waiting import wait_for
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WEBHOOK_ROOM_PREFIX = "wh-"
 WEBHOOK_ROOM_FILTER = "wh"  # wh- (prefix rule), whm- (metadata rule), whx- (no rule)
 T = TypeVar("T")
-
-
-def wait_for(
-    check: Callable[[], T | None], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
-) -> T:
-    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or check}")
-        threading.Event().wait(interval)  # polling interval of a deadline loop, not a sync
 
 
 # --------------------------------------------------------------------------- TCP proxy
@@ -245,10 +237,8 @@ def webhook_livekit(
     livekit_proxy: TcpProxy,
 ) -> Iterator[WebhookLiveKit]:
     """A real livekit-server posting webhooks to the receiver (needs scripts/netns-run)."""
-    if find_livekit_server() is None:
-        pytest.fail("livekit-server is not installed: run `make setup`")
-    if os.environ.get("AVATAR_NETNS") != "1":
-        pytest.skip("LiveKit tests run only inside scripts/netns-run")
+    require_livekit_server()
+    require_netns()
     cfg = LiveKitServerConfig.on_free_ports(
         api_key=TEST_API_KEY, api_secret=TEST_API_SECRET, webhook_urls=[webhook_receiver.url]
     )

@@ -15,7 +15,8 @@ import pytest
 from pydantic import SecretStr
 
 from store.db import session_scope
-from tests.conftest import Stack, wait_for
+from tests.conftest import Stack
+from tests.waiting import wait_for
 from web import create_app
 
 from .browser import chromium, fake_media_args, serve

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,8 @@ from cli.services import LiveKitServerConfig, start_livekit_server, stop_process
 from config.settings import Settings, load_settings
 from store.db import session_scope
 from store.models import AgentSessionRecord, WebhookEvent
-from tests.conftest import TEST_API_KEY, TEST_API_SECRET, free_port, wait_for
+from tests.conftest import TEST_API_KEY, TEST_API_SECRET, free_port, require_netns
+from tests.waiting import wait_for
 from web import create_app
 
 pytestmark = pytest.mark.integration
@@ -26,8 +26,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def hooked(tmp_path: Path, valkey_url: str, db_url: str) -> Iterator[Settings]:
     """A livekit-server whose webhooks go to a served `create_app()`."""
-    if os.environ.get("AVATAR_NETNS") != "1":
-        pytest.skip("runs only inside scripts/netns-run")
+    require_netns()
     web_port = free_port()
     lk_cfg = LiveKitServerConfig.on_free_ports(
         api_key=TEST_API_KEY, api_secret=TEST_API_SECRET,

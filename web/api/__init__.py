@@ -30,7 +30,17 @@ from ..backend import provision_or_discard
 from ..db import get_db
 from ..settings import app_settings, backend
 from .openapi import build_openapi
-from .schemas import CreateSessionRequest, field_errors
+from .schemas import (
+    CreateSessionRequest,
+    EndingView,
+    SessionCreated,
+    SessionDetail,
+    SummaryView,
+    TranscriptView,
+    UsageView,
+    body,
+    field_errors,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +232,7 @@ def create_session() -> tuple[Response, int]:
         settings, room=record.room, identity=identity, name=req.name,
         can_publish_data=bool((record.spec or {}).get("text_chat")),
     )
-    body = {
+    reply = {
         "session": queries.session_dict(record),
         "room": record.room,
         "livekit_url": settings.livekit.browser_url,
@@ -233,14 +243,19 @@ def create_session() -> tuple[Response, int]:
             "transcript": url_for("api.get_transcript", session_id=record.id),
         },
     }
-    return jsonify(body), 200 if existed else 201
+    return jsonify(body(SessionCreated, reply)), 200 if existed else 201
 
 
 @bp.get("/sessions/<session_id>")
 @token_required("sessions:read")
 def get_session(session_id: str) -> Response:
     record = _get_session(session_id)
-    return jsonify({"session": queries.session_dict(record), "progress": queries.progress(record)})
+    return jsonify(
+        body(
+            SessionDetail,
+            {"session": queries.session_dict(record), "progress": queries.progress(record)},
+        )
+    )
 
 
 @bp.get("/sessions/<session_id>/transcript")
@@ -255,14 +270,14 @@ def get_transcript(session_id: str) -> Response:
     lines = queries.transcript_lines(db, record.id, after_id=int(after))
     report = queries.get_report(db, record.id)
     return jsonify(
-        {
+        body(TranscriptView, {
             "session_id": record.id,
             "status": record.status,
             "lines": [queries.line_dict(line) for line in lines],
             "report": None
             if report is None
             else {"lines": report.lines, "stats": report.stats, "created_at": queries.iso(report.created_at)},
-        }
+        })
     )
 
 
@@ -272,12 +287,12 @@ def get_summary(session_id: str) -> Response:
     record = _get_session(session_id)
     summary = get_db().get(Summary, record.id)
     return jsonify(
-        {
+        body(SummaryView, {
             "session_id": record.id,
             "status": record.status,
             "ready": summary is not None,
             "summary": queries.summary_dict(summary),
-        }
+        })
     )
 
 
@@ -287,7 +302,9 @@ def get_usage(session_id: str) -> Response:
     record = _get_session(session_id)
     settings = app_settings()
     usage = queries.usage_breakdown(get_db(), settings, record.id)
-    return jsonify({"session_id": record.id, **usage.as_dict(settings.pricing.currency)})
+    return jsonify(
+        body(UsageView, {"session_id": record.id, **usage.as_dict(settings.pricing.currency)})
+    )
 
 
 @bp.post("/sessions/<session_id>/end")
@@ -299,7 +316,7 @@ def end_session(session_id: str) -> tuple[Response, int]:
         raise ApiError(409, "not_running", f"the session is already {record.status}")
     backend().end_session(app_settings(), record)
     logger.info("session end requested", extra={"session_id": record.id})
-    return jsonify({"session_id": record.id, "status": "ending"}), 202
+    return jsonify(body(EndingView, {"session_id": record.id, "status": "ending"})), 202
 
 
 @bp.get("/openapi.json")

@@ -10,6 +10,7 @@ import pytest
 
 from config.settings import Settings
 from live.avatar.face import FaceRenderer
+from live.avatar.options import portrait_pack
 from live.avatar.portrait import DEFAULT_PACK, PortraitError, load_pack
 from live.avatar.portrait_import import DEFAULT_VENV, import_portrait, venv_python
 from live.avatar.session import LocalAvatarSession
@@ -46,6 +47,9 @@ def test_provider_builds_a_local_avatar(settings: Settings, tmp_path: Path) -> N
     assert avatar.options.mode == "in-process"
     assert (avatar.options.width, avatar.options.height, avatar.options.fps) == (
         settings.avatar.width, settings.avatar.height, settings.avatar.fps)
+    # the pack checked and kept by the provider is the one every renderer draws: one copy
+    kept = ctx.shared[f"avatar.local.pack:{avatar.options.portrait or ''}"]
+    assert kept is portrait_pack(avatar.options)
     bad = settings.avatar.model_copy(update={"avatar_id": str(tmp_path / "nope")})
     with pytest.raises(ProviderError, match="portrait pack"):
         create("avatar", "local", bad, ctx)

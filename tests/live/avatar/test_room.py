@@ -23,6 +23,7 @@ from live.avatar import LocalAvatarOptions, LocalAvatarSession
 from live.avatar.face import FaceRenderer
 from live.avatar.portrait import load_pack
 from tests.live.avatar.conftest import SpeechClip, dark_fraction
+from tests.waiting import wait_event
 
 pytestmark = pytest.mark.integration
 
@@ -138,13 +139,6 @@ async def rooms(livekit_server: object, request: pytest.FixtureRequest) -> Async
     await agent.disconnect()
 
 
-async def wait_for(cond: asyncio.Event | asyncio.Future[object], what: str, t: float = 20) -> None:
-    try:
-        await asyncio.wait_for(cond.wait() if isinstance(cond, asyncio.Event) else cond, t)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting for {what}")
-
-
 async def exercise(
     avatar: LocalAvatarSession, session: AgentSession, agent: rtc.Room, user: rtc.Room,
     name: str, server: object, publisher: str, clip: SpeechClip, artifacts: Path,
@@ -168,10 +162,10 @@ async def exercise(
     started: list[float] = []
     out.on("playback_started", lambda _ev: started.append(time.monotonic()))
     # the avatar publishes with its first (idle) frame; speech then plays through it
-    await wait_for(rx.both, "the avatar's audio and video tracks")
+    await wait_event(rx.both, "the avatar's audio and video tracks")
     t0 = time.monotonic()
     await play(out, clip)
-    await wait_for(got_finished, "playback finished", clip.duration + 15)
+    await wait_event(got_finished, "playback finished", clip.duration + 15)
     t1 = time.monotonic()
     assert finished[0].interrupted is False
     assert finished[0].playback_position == pytest.approx(clip.duration, abs=0.2)
@@ -200,11 +194,11 @@ async def exercise(
             asyncio.get_running_loop().call_later(0.01, watch_loud)
 
     watch_loud()
-    await wait_for(loud, "speech at the subscriber")
+    await wait_event(loud, "speech at the subscriber")
     await feeder
     out.clear_buffer()
     t_clear = time.monotonic()
-    await wait_for(got_finished, "interrupted playback finished", 5)
+    await wait_event(got_finished, "interrupted playback finished", 5)
     assert finished[-1].interrupted is True
     assert finished[-1].playback_position < clip.duration - 0.5
     # the subscriber hears silence soon after; measured, bounded loosely (network jitter)

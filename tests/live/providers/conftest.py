@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 from config.settings import Settings, load_settings
-from live.providers import local_llm, local_models, local_stt, local_tts
+from live.providers import local_llm, local_stt, local_tts
+from live.providers.local.espeak_engine import EspeakEngine, get_espeak
+from live.providers.local.llama_engine import LlamaEngine, get_llama
+from live.providers.local.piper_engine import PiperEngine, get_piper
+from live.providers.local.whisper_engine import WhisperEngine, get_whisper
 from live.providers.registry import ProviderContext
 
 # importing the provider modules registers them (live.providers imports them in production)
@@ -32,20 +36,20 @@ def local_ctx(local_settings: Settings) -> Iterator[ProviderContext]:
 
 
 @pytest.fixture(scope="session")
-def piper(local_ctx: ProviderContext) -> local_models.PiperEngine:
-    return local_models.get_piper(local_ctx, "joe-us")
+def piper(local_ctx: ProviderContext) -> PiperEngine:
+    return get_piper(local_ctx, "joe-us")
 
 
 @pytest.fixture(scope="session")
-def espeak(local_ctx: ProviderContext) -> local_models.EspeakEngine:
-    return local_models.get_espeak(local_ctx)
+def espeak(local_ctx: ProviderContext) -> EspeakEngine:
+    return get_espeak(local_ctx)
 
 
 @pytest.fixture(scope="session")
-def whisper(local_ctx: ProviderContext) -> local_models.WhisperEngine:
-    return local_models.get_whisper(local_ctx, "tiny.en")
+def whisper(local_ctx: ProviderContext) -> WhisperEngine:
+    return get_whisper(local_ctx, "tiny.en")
 
 
 @pytest.fixture(scope="session")
-def llama(local_ctx: ProviderContext) -> local_models.LlamaEngine:
-    return local_models.get_llama(local_ctx, "smollm2-135m")
+def llama(local_ctx: ProviderContext) -> LlamaEngine:
+    return get_llama(local_ctx, "smollm2-135m")

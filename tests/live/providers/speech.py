@@ -1,29 +1,13 @@
-"""Helpers for the speech tests and benchmark: word error rate and audio conversion."""
+"""Helpers for the speech tests: audio conversion, and the benchmarks' word error rate."""
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 from livekit import rtc
 
-_NON_WORD = re.compile(r"[^a-z0-9' ]+")
+from bench.wer import normalize, wer
 
-
-def normalize(text: str) -> list[str]:
-    """Lower-case words without punctuation, so WER counts only recognition errors."""
-    return _NON_WORD.sub(" ", text.lower().replace("-", " ")).split()
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate: word-level edit distance divided by the reference length."""
-    ref, hyp = normalize(reference), normalize(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        diag, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            diag, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diag + (r != h))
-    return row[len(hyp)] / max(1, len(ref))
+__all__ = ["normalize", "pcm_frame", "resample", "silence", "split_frames", "wer"]
 
 
 def pcm_frame(pcm: bytes, sample_rate: int) -> rtc.AudioFrame:

@@ -10,7 +10,7 @@ from livekit.agents import Agent, AgentSession, function_tool
 from livekit.agents.llm import ChatChunk, ChatContext
 
 from config.session import DEFAULT_INSTRUCTIONS
-from live.providers import local_models
+from live.providers.local.llama_engine import LlamaEngine
 from live.providers.local_llm import LocalLLM, LocalLLMStream
 from live.providers.registry import ProviderContext, create
 
@@ -31,7 +31,7 @@ async def collect(stream: LocalLLMStream) -> tuple[str, list[ChatChunk]]:
     return "".join(c.delta.content or "" for c in chunks if c.delta), chunks
 
 
-async def test_streams_a_short_spoken_answer_with_usage(llama: local_models.LlamaEngine) -> None:
+async def test_streams_a_short_spoken_answer_with_usage(llama: LlamaEngine) -> None:
     llm = LocalLLM(engine=llama, temperature=0.0, max_tokens=96, steer="facts")
     text, chunks = await collect(llm.chat(chat_ctx=chat("Hi! Who are you?")))
     content_chunks = [c for c in chunks if c.delta and c.delta.content]
@@ -49,7 +49,7 @@ async def test_streams_a_short_spoken_answer_with_usage(llama: local_models.Llam
 
 
 async def test_who_it_is_is_answered_in_the_personas_words_without_generating(
-    llama: local_models.LlamaEngine,
+    llama: LlamaEngine,
 ) -> None:
     llm = LocalLLM(engine=llama, temperature=0.6, max_tokens=96)
     stream = llm.chat(chat_ctx=chat("What is your name, and what can you help me with today?"))
@@ -58,7 +58,7 @@ async def test_who_it_is_is_answered_in_the_personas_words_without_generating(
     assert text.startswith("I'm Ava, your friendly voice assistant.")
 
 
-async def test_second_turn_only_evaluates_the_new_tokens(llama: local_models.LlamaEngine) -> None:
+async def test_second_turn_only_evaluates_the_new_tokens(llama: LlamaEngine) -> None:
     llm = LocalLLM(engine=llama, temperature=0.0, max_tokens=40)
     first = llm.chat(chat_ctx=chat("Hello there, I am planning a trip to the seaside."))
     answer, _ = await collect(first)
@@ -77,7 +77,7 @@ async def test_second_turn_only_evaluates_the_new_tokens(llama: local_models.Lla
 
 
 async def test_max_tokens_is_honoured_and_cut_at_a_sentence_end(
-    llama: local_models.LlamaEngine,
+    llama: LlamaEngine,
 ) -> None:
     llm = LocalLLM(engine=llama, temperature=0.0, max_tokens=40, persona=False, max_sentences=None)
     stream = llm.chat(chat_ctx=chat("Tell me a long story about a dragon and a knight."))
@@ -89,7 +89,7 @@ async def test_max_tokens_is_honoured_and_cut_at_a_sentence_end(
 
 
 async def test_answers_stop_after_two_sentences_with_usage_counted(
-    llama: local_models.LlamaEngine,
+    llama: LlamaEngine,
 ) -> None:
     llm = LocalLLM(engine=llama, temperature=0.0, max_tokens=200, persona=False)
     stream = llm.chat(chat_ctx=chat("Tell me a long story about a dragon and a knight."))
@@ -103,7 +103,7 @@ async def test_answers_stop_after_two_sentences_with_usage_counted(
 
 
 async def test_closing_the_stream_stops_generation_and_frees_the_model(
-    llama: local_models.LlamaEngine,
+    llama: LlamaEngine,
 ) -> None:
     llm = LocalLLM(engine=llama, temperature=0.0, max_tokens=400, persona=False, max_sentences=None)
     stream = llm.chat(chat_ctx=chat("Count from one to two hundred in words."))
@@ -118,7 +118,7 @@ async def test_closing_the_stream_stops_generation_and_frees_the_model(
     assert text.strip()
 
 
-async def test_tools_are_ignored_gracefully(llama: local_models.LlamaEngine) -> None:
+async def test_tools_are_ignored_gracefully(llama: LlamaEngine) -> None:
     @function_tool
     async def lookup_weather(city: str) -> str:
         """Look up the weather in a city."""

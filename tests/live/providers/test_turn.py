@@ -17,7 +17,9 @@ from livekit.agents.voice.io import AudioInput, AudioOutput, AudioOutputCapabili
 
 from config.session import DEFAULT_INSTRUCTIONS
 from config.settings import load_settings
-from live.providers import local_models
+from live.providers.local.piper_engine import PiperEngine
+from live.providers.local.turn_models import get_vad
+from live.providers.local.whisper_engine import WhisperEngine
 from live.providers.registry import ProviderContext, create
 from live.providers.turn import turn_handling
 from tests.live.providers.speech import resample, silence, split_frames, wer
@@ -41,7 +43,7 @@ def test_turn_handling_is_offline_and_configurable(local_ctx: ProviderContext) -
     assert th["preemptive_generation"] == {"enabled": True, "preemptive_tts": True}
     assert th["interruption"]["resume_false_interruption"] is False
     assert th["interruption"]["min_words"] == 1  # a backchannel alone does not stop the agent
-    assert default["vad"] is local_models.get_vad(local_ctx)  # loaded once per process
+    assert default["vad"] is get_vad(local_ctx)  # loaded once per process
 
     th = handling(endpointing_min_delay=0.4, endpointing_max_delay=2.0, preemptive_tts=False)
     assert th["turn_handling"]["endpointing"] == {"min_delay": 0.4, "max_delay": 2.0}
@@ -56,7 +58,7 @@ def test_turn_handling_is_offline_and_configurable(local_ctx: ProviderContext) -
 
 
 async def test_smart_turn_runs_as_a_livekit_streaming_turn_detector(
-    local_ctx: ProviderContext, piper: local_models.PiperEngine
+    local_ctx: ProviderContext, piper: PiperEngine
 ) -> None:
     """Smart Turn v3 through LiveKit's streaming detector contract, on 48 kHz frames as a room
     delivers them: a finished question scores above the threshold, the stream's answer is the
@@ -128,7 +130,7 @@ class Speaker(AudioOutput):
 
 
 async def test_spoken_question_gets_a_spoken_answer_fully_offline(
-    local_ctx: ProviderContext, piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
     s = local_ctx.settings
     session = AgentSession(

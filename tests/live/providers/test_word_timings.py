@@ -17,7 +17,8 @@ from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
 from livekit.agents.voice.io import TimedString
 
 from live.alignment import PhonemeTiming, SentenceWords, pair_words, spoken_words, written_words
-from live.providers import local_models
+from live.providers.local.piper_engine import PiperEngine
+from live.providers.local.whisper_engine import WhisperEngine
 from live.providers.local_stt import to_whisper_audio
 from live.providers.local_tts import LocalTTS
 from tests.live.providers.speech import normalize, pcm_frame
@@ -88,7 +89,7 @@ async def _speak(tts: LocalTTS, text: str) -> tuple[bytes, list[TimedString]]:
 
 @pytest.mark.slow
 async def test_piper_word_timings_cut_the_speech_between_words(
-    piper: local_models.PiperEngine, whisper: local_models.WhisperEngine
+    piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
     text = ("Hello there, my name is Ava. I can tell you about the ocean, "
             "the stars and the mountains. What would you like to hear?")

@@ -1,0 +1,274 @@
+"""Every use of a LiveKit Agents internal, in one place (read at livekit-agents 1.8.9).
+
+LiveKit Agents releases every few weeks and its underscored names may change in any of them.
+The rest of the code calls the functions here instead of touching a private name, so an
+upgrade is one file to read, and ``tests/live/test_lk_compat.py`` (one test per internal)
+fails naming the internal when an upgrade changed it. Each function says why the public API
+does not suffice and what upstream change would remove it; when that lands, inline the public
+call and delete the function and its test.
+
+Not listed here: the hooks of the STT/LLM/TTS stream base classes that LiveKit's own plugins
+are written against (``_run``, ``_event_ch``, ``_input_ch``, ``_mark_started``, ``_chat_ctx``,
+``_tools``, ``_conn_options``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from livekit import rtc
+from livekit.agents.voice.avatar import (
+    AvatarRunner,
+    DataStreamAudioOutput,
+    DataStreamAudioReceiver,
+)
+from livekit.agents.voice.io import AudioOutput
+from livekit.agents.voice.room_io import AudioOutputOptions
+from livekit.agents.voice.room_io import _ParticipantAudioOutput as RoomAudioOutput
+
+if TYPE_CHECKING:
+    import aiohttp
+    from livekit.agents import APIConnectOptions
+    from livekit.plugins import assemblyai
+    from livekit.plugins.assemblyai.stt import SpeechStream
+
+LIVEKIT_AGENTS_READ_AT = "1.8.9"
+
+__all__ = [
+    "LIVEKIT_AGENTS_READ_AT",
+    "UPSTREAM_PUBLISH_TRACK_SHA256",
+    "RoomAudioOutput",
+    "assemblyai_guarded_stream",
+    "datastream_destination",
+    "drop_queued_streams",
+    "new_room_audio_output",
+    "pending_playback_count",
+    "publish_runner_tracks",
+    "replace_runner_synchronizer",
+    "room_audio_publication",
+    "runner_audio_receiver",
+    "runner_media_sources",
+    "runner_queue_kwargs",
+    "silence_clear_buffer",
+    "upstream_publish_track_digest",
+]
+
+
+# --- audio outputs: the avatar-loss fallback (live/providers/fallback.py) -------------------
+
+
+def pending_playback_count(output: AudioOutput) -> int:
+    """Segments captured by ``output`` whose playback has not been reported finished.
+
+    Why: when an avatar participant leaves, nobody will report its queued segments as played,
+    and ``AudioOutput.wait_for_playout`` would wait forever; we end those waits ourselves.
+    Public ``captured_playout_segments`` gives the captured count but not the finished one.
+    Removed by: a public pending count (or a public "abandon pending playbacks") on
+    ``AudioOutput``; no upstream issue known.
+    """
+    return int(output._pending_playback_count)
+
+
+def datastream_destination(output: DataStreamAudioOutput) -> str | None:
+    """The participant identity a data-stream audio output sends the agent's speech to.
+
+    Why: to tell whether the session still talks to the avatar that just left.
+    Removed by: a public ``destination_identity`` property on ``DataStreamAudioOutput``.
+    """
+    value = getattr(output, "_destination_identity", None)
+    return value if isinstance(value, str) else None
+
+
+def _no_clear_buffer() -> None:
+    """``clear_buffer`` of a data-stream output whose avatar has left: nothing to clear."""
+
+
+def silence_clear_buffer(output: DataStreamAudioOutput) -> None:
+    """Make ``output.clear_buffer()`` a no-op (its avatar has left the room).
+
+    Why: ``DataStreamAudioOutput.clear_buffer`` sends the ``lk.clear_buffer`` RPC to the
+    avatar and waits ``clear_buffer_timeout`` (2 s) for an answer that cannot come; the swap
+    to the agent's own track interrupts through it. Replacing a method on an instance is not
+    an API. Removed by: ``DataStreamAudioOutput`` noticing its destination left (it watches
+    the room already) and skipping the RPC; no upstream issue known.
+    """
+    output.clear_buffer = _no_clear_buffer  # type: ignore[method-assign]
+
+
+def new_room_audio_output(
+    room: rtc.Room, options: AudioOutputOptions, *, track_name: str
+) -> RoomAudioOutput:
+    """The agent's own published audio track, as ``RoomIO`` builds it.
+
+    Why: when the avatar participant leaves mid-session, the agent publishes its voice again
+    itself. ``RoomIO`` builds this output once at session start and offers no way to build
+    another; ``_ParticipantAudioOutput`` is exported from ``voice.room_io`` but private.
+    Removed by: a public participant audio output in Python (agents-js already exports
+    ``voice.ParticipantAudioOutput``; see livekit/agents-js#2040 for the same fallback there).
+    """
+    return RoomAudioOutput(
+        room,
+        sample_rate=options.sample_rate,
+        num_channels=options.num_channels,
+        track_publish_options=options.track_publish_options,
+        track_name=track_name,
+    )
+
+
+def room_audio_publication(output: RoomAudioOutput) -> rtc.LocalTrackPublication | None:
+    """The track publication of an output from ``new_room_audio_output`` (None before).
+
+    Why: to unpublish the agent's own track when a replacement avatar takes over; closing
+    the output does not unpublish it. Removed by: a public ``publication`` (or an
+    ``aclose`` that unpublishes) on the participant audio output.
+    """
+    pub = getattr(output, "_publication", None)
+    return pub if isinstance(pub, rtc.LocalTrackPublication) else None
+
+
+# --- the avatar's own side: receiver and runner (live/avatar/) --------------------------------
+
+
+def drop_queued_streams(receiver: DataStreamAudioReceiver) -> int:
+    """Drop the audio streams queued on ``receiver`` but not yet read; returns how many.
+
+    Why: on ``lk.clear_buffer`` 1.8.9 discards the stream being read and the decoded frames
+    (livekit/agents#4030) but not streams whose header arrived just before the RPC: they
+    would play in full after the interruption. Removed by: the receiver's clear-buffer
+    handler also clearing its queued readers.
+    """
+    readers = receiver._stream_readers
+    dropped = len(readers)
+    readers.clear()
+    return dropped
+
+
+def runner_queue_kwargs(queue_ms: int) -> dict[str, Any]:
+    """Keyword arguments giving ``AvatarRunner`` an audio queue of ``queue_ms``.
+
+    Why: the audio queue's length bounds how far the sound runs ahead of the picture; the
+    runner takes it only as the private ``_queue_size_ms``. Removed by: a public argument.
+    """
+    return {"_queue_size_ms": queue_ms}
+
+
+def runner_media_sources(runner: AvatarRunner) -> tuple[rtc.AudioSource, rtc.VideoSource]:
+    """The audio and video sources ``AvatarRunner`` created and publishes.
+
+    Why: our synchronizer (``live.avatar.publish.AudioClockSynchronizer``) feeds the same
+    sources. Removed by: ``AvatarRunner`` accepting a synchronizer (or sources) as an argument.
+    """
+    return runner._audio_source, runner._video_source
+
+
+def runner_audio_receiver(runner: AvatarRunner) -> Any:
+    """The ``AudioReceiver`` the runner reads the agent's speech from (to wrap its
+    ``notify_playback_started``). Removed by: a public ``audio_recv`` property."""
+    return runner._audio_recv
+
+
+def replace_runner_synchronizer(runner: AvatarRunner, sync: Any) -> None:
+    """Stop the runner's stock ``rtc.AVSynchronizer`` and push frames through ``sync``.
+
+    Why: the stock synchronizer paces video by its own frame-rate clock, which drifts from the
+    audio queue (see ``live/avatar/publish.py``). Must run before ``start``: nothing has
+    been pushed yet. Removed by: ``AvatarRunner(av_sync=...)``; no upstream issue known.
+    """
+    stock = runner._av_sync
+    stock._stopped = True
+    stock._capture_video_task.cancel()
+    runner._av_sync = sync
+
+
+# sha256 of ``inspect.getsource(AvatarRunner._publish_track)`` as read at 1.8.9:
+# ``publish_runner_tracks`` repeats its steps, so a change upstream must be read again.
+UPSTREAM_PUBLISH_TRACK_SHA256 = "15530e37b69376c8ce2502e0a28641395b31631a0b6cee0bea9d337f792f8d34"
+
+
+def upstream_publish_track_digest() -> str:
+    """Digest of the installed ``AvatarRunner._publish_track``, which ``publish_runner_tracks``
+    copies: the tests compare it with ``UPSTREAM_PUBLISH_TRACK_SHA256``."""
+    source = inspect.getsource(AvatarRunner._publish_track)
+    return hashlib.sha256(inspect.cleandoc(source).encode()).hexdigest()
+
+
+async def publish_runner_tracks(
+    runner: AvatarRunner,
+    *,
+    audio_options: rtc.TrackPublishOptions,
+    video_options: rtc.TrackPublishOptions,
+) -> None:
+    """``AvatarRunner._publish_track`` with our publish options (the same steps, in order).
+
+    Why: the runner publishes video with default options (simulcast layers whose frame rate
+    and bitrate do not follow the avatar's) and the two tracks as separate streams; a talking
+    face needs one layer at full frame rate, and both tracks in one stream so receivers sync
+    them. Removed by: ``AvatarRunner`` taking audio/video ``TrackPublishOptions``.
+    """
+    async with runner._lock:
+        await runner._room_connected_fut
+        room = runner._room
+        audio_source, video_source = runner_media_sources(runner)
+        audio_track = rtc.LocalAudioTrack.create_audio_track("avatar_audio", audio_source)
+        runner._audio_publication = await room.local_participant.publish_track(
+            audio_track, audio_options
+        )
+        await runner._audio_publication.wait_for_subscription()
+        video_track = rtc.LocalVideoTrack.create_video_track("avatar_video", video_source)
+        runner._video_publication = await room.local_participant.publish_track(
+            video_track, video_options
+        )
+
+
+# --- AssemblyAI plugin (live/providers/assemblyai.py) ----------------------------------------
+
+ConnectGuard = Callable[
+    [Callable[[], Awaitable["aiohttp.ClientWebSocketResponse"]]],
+    Awaitable["aiohttp.ClientWebSocketResponse"],
+]
+
+
+@functools.cache
+def _guarded_stream_class() -> type[SpeechStream]:
+    from livekit.plugins.assemblyai.stt import SpeechStream
+
+    class GuardedSpeechStream(SpeechStream):
+        """The plugin's stream; its websocket connect runs through ``connect_guard``."""
+
+        connect_guard: ConnectGuard
+
+        async def _connect_ws(self) -> aiohttp.ClientWebSocketResponse:
+            return await self.connect_guard(super()._connect_ws)
+
+    return GuardedSpeechStream
+
+
+def assemblyai_guarded_stream(
+    stt: assemblyai.STT, *, conn_options: APIConnectOptions, connect_guard: ConnectGuard
+) -> SpeechStream:
+    """What ``assemblyai.STT.stream()`` returns, with its connect wrapped by ``connect_guard``.
+
+    Why: the plugin (1.8.9) lets a refused handshake escape as aiohttp's
+    ``WSServerHandshakeError``, whose repr carries the request headers (the API key) and
+    which LiveKit does not retry; the only place to catch it is the stream's private
+    ``_connect_ws``, and building the stream needs the STT's private options. Removed by:
+    the plugin raising ``APIStatusError``/``APIConnectionError`` from ``_connect_ws``
+    (the Cartesia plugin already does).
+    """
+    import dataclasses
+
+    stream = _guarded_stream_class()(
+        stt=stt,
+        conn_options=conn_options,
+        opts=dataclasses.replace(stt._opts),
+        api_key=stt._api_key,
+        http_session=stt.session,
+        base_url=stt._base_url,
+    )
+    stream.connect_guard = connect_guard  # type: ignore[attr-defined]
+    stt._streams.add(stream)
+    return stream

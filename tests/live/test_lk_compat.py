@@ -1,0 +1,271 @@
+"""One test per LiveKit Agents internal that ``live.lk_compat`` uses.
+
+Each fails with a message naming the internal when an upgrade changed it: then read the new
+LiveKit source, fix the function in ``live/lk_compat.py`` (or drop it for the public API that
+replaced it) and update the test. No server is needed: the objects are built on an unconnected
+``rtc.Room``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator
+from importlib.metadata import version
+from typing import Any
+
+import aiohttp
+import pytest
+from livekit import rtc
+from livekit.agents import DEFAULT_API_CONNECT_OPTIONS
+from livekit.agents.voice.avatar import (
+    AudioSegmentEnd,
+    AvatarOptions,
+    AvatarRunner,
+    DataStreamAudioOutput,
+    DataStreamAudioReceiver,
+    VideoGenerator,
+)
+from livekit.agents.voice.io import AudioOutput, AudioOutputCapabilities
+from livekit.agents.voice.room_io import AudioOutputOptions
+
+from live import lk_compat
+
+pytestmark = pytest.mark.unit
+
+
+def changed(internal: str, detail: str) -> str:
+    return (
+        f"LiveKit internal {internal} changed (livekit-agents {version('livekit-agents')}, read "
+        f"at {lk_compat.LIVEKIT_AGENTS_READ_AT}): {detail}. Re-read it and update live/lk_compat.py."
+    )
+
+
+def params(fn: Any) -> set[str]:
+    return set(inspect.signature(fn).parameters)
+
+
+class _Sink(AudioOutput):
+    """The smallest real audio output: counts segments like any LiveKit sink."""
+
+    def __init__(self) -> None:
+        super().__init__(label="sink", capabilities=AudioOutputCapabilities(pause=False))
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        await super().capture_frame(frame)
+
+    def flush(self) -> None:
+        super().flush()
+
+    def clear_buffer(self) -> None:
+        pass
+
+
+def _frame() -> rtc.AudioFrame:
+    return rtc.AudioFrame(b"\0\0" * 480, 48000, 1, 480)
+
+
+def test_livekit_agents_is_the_version_read() -> None:
+    """Not an internal: a reminder that an upgrade means reading lk_compat again."""
+    installed = version("livekit-agents")
+    assert installed == lk_compat.LIVEKIT_AGENTS_READ_AT, (
+        f"livekit-agents {installed} is installed; live/lk_compat.py was read at "
+        f"{lk_compat.LIVEKIT_AGENTS_READ_AT}: run these tests, fix what fails, then bump "
+        "LIVEKIT_AGENTS_READ_AT"
+    )
+
+
+async def test_pending_playback_count_follows_captured_and_finished_segments() -> None:
+    assert isinstance(inspect.getattr_static(AudioOutput, "_pending_playback_count", None),
+                      property), changed("AudioOutput._pending_playback_count", "no longer a property")
+    sink = _Sink()
+    assert lk_compat.pending_playback_count(sink) == 0
+    for _ in range(2):
+        await sink.capture_frame(_frame())
+        sink.flush()
+    assert lk_compat.pending_playback_count(sink) == 2, changed(
+        "AudioOutput._pending_playback_count", "does not count captured segments"
+    )
+    sink.on_playback_finished(playback_position=0.01, interrupted=False)
+    assert lk_compat.pending_playback_count(sink) == 1, changed(
+        "AudioOutput._pending_playback_count", "does not drop finished segments"
+    )
+
+
+async def test_datastream_destination_is_the_avatar_identity() -> None:
+    out = DataStreamAudioOutput(rtc.Room(), destination_identity="avatar-worker")
+    assert hasattr(out, "_destination_identity"), changed(
+        "DataStreamAudioOutput._destination_identity", "attribute is gone"
+    )
+    assert lk_compat.datastream_destination(out) == "avatar-worker", changed(
+        "DataStreamAudioOutput._destination_identity", "no longer the destination identity"
+    )
+
+
+async def test_silenced_clear_buffer_sends_nothing() -> None:
+    async def with_a_pending_segment() -> DataStreamAudioOutput:
+        out = DataStreamAudioOutput(rtc.Room(), destination_identity="avatar-worker")
+        out._started = True  # as after the avatar joined
+        await AudioOutput.capture_frame(out, _frame())  # counts a segment, sends nothing
+        return out
+
+    control = await with_a_pending_segment()
+    control.clear_buffer()
+    task = getattr(control, "_clear_buffer_atask", None)
+    assert task is not None, changed(
+        "DataStreamAudioOutput.clear_buffer", "no longer starts its clear-buffer RPC task"
+    )
+    task.cancel()
+    out = await with_a_pending_segment()
+    lk_compat.silence_clear_buffer(out)
+    assert out.clear_buffer() is None
+    assert out._clear_buffer_atask is None, changed(
+        "DataStreamAudioOutput.clear_buffer", "the replaced method still started the RPC task"
+    )
+
+
+async def test_room_audio_output_is_built_like_roomio_builds_it() -> None:
+    expected = {"room", "sample_rate", "num_channels", "track_publish_options", "track_name"}
+    got = params(lk_compat.RoomAudioOutput.__init__) - {"self"}
+    assert got == expected, changed("room_io._ParticipantAudioOutput.__init__", f"takes {sorted(got)}")
+    options = AudioOutputOptions(sample_rate=24000, num_channels=1)
+    out = lk_compat.new_room_audio_output(rtc.Room(), options, track_name="roomio_audio")
+    assert isinstance(out, AudioOutput)
+    assert out.sample_rate == 24000
+    assert inspect.iscoroutinefunction(type(out).start), changed(
+        "room_io._ParticipantAudioOutput.start", "no longer a coroutine that publishes"
+    )
+    assert hasattr(out, "_publication"), changed(
+        "room_io._ParticipantAudioOutput._publication", "attribute is gone"
+    )
+    assert lk_compat.room_audio_publication(out) is None  # nothing published yet
+    await out.aclose()
+
+
+async def test_drop_queued_streams_empties_the_receivers_queue() -> None:
+    receiver = DataStreamAudioReceiver(rtc.Room(), sender_identity="agent")
+    readers = getattr(receiver, "_stream_readers", None)
+    assert isinstance(readers, list), changed(
+        "DataStreamAudioReceiver._stream_readers", f"is {type(readers).__name__}, not a list"
+    )
+    readers.extend([object(), object()])
+    assert lk_compat.drop_queued_streams(receiver) == 2
+    assert receiver._stream_readers == []
+    assert "self._stream_readers.pop(0)" in inspect.getsource(receiver._recv_task), changed(
+        "DataStreamAudioReceiver._recv_task", "no longer takes readers from _stream_readers"
+    )
+
+
+class _IdleVideo(VideoGenerator):
+    async def push_audio(self, frame: rtc.AudioFrame | AudioSegmentEnd) -> None:
+        pass
+
+    def clear_buffer(self) -> None:
+        pass
+
+    def __aiter__(self) -> AsyncIterator[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd]:
+        return self._frames()
+
+    async def _frames(self) -> AsyncIterator[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd]:
+        return
+        yield
+
+
+def _runner(**kwargs: Any) -> AvatarRunner:
+    options = AvatarOptions(video_width=64, video_height=64, video_fps=25,
+                            audio_sample_rate=24000, audio_channels=1)
+    room = rtc.Room()
+    return AvatarRunner(room, audio_recv=DataStreamAudioReceiver(room), video_gen=_IdleVideo(),
+                        options=options, **kwargs)
+
+
+async def _close_unstarted(runner: AvatarRunner, sync: rtc.AVSynchronizer) -> None:
+    """Release the runner's native sources (``AvatarRunner.aclose`` needs a started runner)."""
+    await sync.aclose()
+    for source in lk_compat.runner_media_sources(runner):
+        await source.aclose()
+
+
+async def test_runner_queue_size_is_the_private_keyword() -> None:
+    assert "_queue_size_ms" in params(AvatarRunner.__init__), changed(
+        "AvatarRunner(_queue_size_ms=)", "keyword is gone"
+    )
+    runner = _runner(**lk_compat.runner_queue_kwargs(60))
+    assert runner._queue_size_ms == 60, changed("AvatarRunner(_queue_size_ms=)", "not kept")
+    await _close_unstarted(runner, runner.av_sync)
+    assert "queue_size_ms=self._queue_size_ms" in inspect.getsource(AvatarRunner.__init__), changed(
+        "AvatarRunner(_queue_size_ms=)", "no longer sizes the audio source's queue"
+    )
+
+
+async def test_runner_sources_receiver_and_synchronizer_can_be_taken_over() -> None:
+    runner = _runner()
+    audio, video = lk_compat.runner_media_sources(runner)
+    assert isinstance(audio, rtc.AudioSource) and isinstance(video, rtc.VideoSource), changed(
+        "AvatarRunner._audio_source/_video_source", "not the runner's media sources"
+    )
+    assert isinstance(lk_compat.runner_audio_receiver(runner), DataStreamAudioReceiver), changed(
+        "AvatarRunner._audio_recv", "not the receiver given to the runner"
+    )
+    stock = runner.av_sync
+    for name in ("_stopped", "_capture_video_task"):
+        assert hasattr(stock, name), changed(f"rtc.AVSynchronizer.{name}", "attribute is gone")
+    replacement = object()
+    lk_compat.replace_runner_synchronizer(runner, replacement)
+    assert runner.av_sync is replacement, changed(
+        "AvatarRunner._av_sync", "the av_sync property no longer returns it"
+    )
+    assert "self._av_sync.push(frame)" in inspect.getsource(AvatarRunner._forward_video), changed(
+        "AvatarRunner._forward_video", "no longer pushes frames through self._av_sync"
+    )
+    await asyncio.sleep(0)  # let the stock capture task see its cancellation
+    assert stock._capture_video_task.cancelled() or stock._capture_video_task.done()
+    await _close_unstarted(runner, stock)
+
+
+def test_publish_track_copy_matches_the_installed_runner() -> None:
+    for name in ("_lock", "_room_connected_fut", "_room", "_audio_publication",
+                 "_video_publication"):
+        assert name in inspect.getsource(AvatarRunner.__init__), changed(
+            f"AvatarRunner.{name}", "no longer set up by the runner"
+        )
+    assert "await self._publish_track()" in inspect.getsource(AvatarRunner), changed(
+        "AvatarRunner._publish_track", "the runner no longer publishes through this hook"
+    )
+    assert lk_compat.upstream_publish_track_digest() == lk_compat.UPSTREAM_PUBLISH_TRACK_SHA256, changed(
+        "AvatarRunner._publish_track",
+        "its source differs from the one lk_compat.publish_runner_tracks copies",
+    )
+
+
+async def test_assemblyai_stream_is_built_from_the_stts_private_options() -> None:
+    from livekit.plugins import assemblyai
+    from livekit.plugins.assemblyai.stt import SpeechStream
+
+    expected = {"stt", "opts", "conn_options", "api_key", "http_session", "base_url"}
+    got = params(SpeechStream.__init__) - {"self"}
+    assert got == expected, changed("assemblyai SpeechStream.__init__", f"takes {sorted(got)}")
+    assert inspect.iscoroutinefunction(SpeechStream._connect_ws), changed(
+        "assemblyai SpeechStream._connect_ws", "gone or not a coroutine"
+    )
+    assert "await self._connect_ws()" in inspect.getsource(SpeechStream._run), changed(
+        "assemblyai SpeechStream._connect_ws", "_run no longer connects through it"
+    )
+    async with aiohttp.ClientSession() as http:
+        stt = assemblyai.STT(api_key="not-a-key", http_session=http)
+        for name in ("_opts", "_api_key", "_base_url", "_streams"):
+            assert hasattr(stt, name), changed(f"assemblyai.STT.{name}", "attribute is gone")
+        calls: list[str] = []
+
+        async def guard(connect: Any) -> aiohttp.ClientWebSocketResponse:
+            calls.append(connect.__name__)
+            raise ConnectionRefusedError("guarded")
+
+        stream = lk_compat.assemblyai_guarded_stream(
+            stt, conn_options=DEFAULT_API_CONNECT_OPTIONS, connect_guard=guard
+        )
+        assert stream in stt._streams
+        with pytest.raises(ConnectionRefusedError, match="guarded"):
+            await stream._connect_ws()
+        assert calls == ["_connect_ws"]  # the guard was handed the plugin's own connect
+        await stream.aclose()
