@@ -2,7 +2,8 @@
 
 ``LocalTTS`` streams sentence by sentence: LLM text goes through LiveKit's sentence tokenizer
 and each finished sentence is synthesized at once, so the first audio follows the first
-sentence instead of the whole answer. Before it pushes a sentence's audio it calls the
+sentence instead of the whole answer (the very first piece is cut shorter still, at the first
+clause: ``FirstPhrase``). Before it pushes a sentence's audio it calls the
 optional ``on_alignment`` callback with Piper's per-phoneme timings (see
 :mod:`live.alignment`), which drive the local avatar's mouth.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -187,6 +189,51 @@ class LocalTTS(tts.TTS):
         return _PiperSynthesizeStream(tts=self, conn_options=conn_options)
 
 
+class FirstPhrase:
+    """The reply's first words, cut at its first sentence end or clause mark.
+
+    The reply's first audio waits for its first synthesized piece; a whole first sentence
+    ("The story of a lighthouse keeper is one that has been passed down for generations.")
+    costs the small LLM half a second more than its first clause. So the first piece ends at
+    the first ``.!?`` (any length: "Hi!" goes at once) or ``,;:`` after ``MIN_CLAUSE_WORDS``
+    words, and the rest goes through the sentence tokenizer as before. Pieces keep their
+    spacing: joined, they are the text the LLM wrote (captions and transcripts).
+    """
+
+    MIN_CLAUSE_WORDS = 3
+    _END = re.compile(r"[.!?…]+[\"')\]]*(\s+)")
+    _CLAUSE = re.compile(r"[,;:—–]+(\s+)")
+
+    def __init__(self) -> None:
+        self.done = False
+        self._buf = ""
+
+    def push(self, text: str) -> tuple[str | None, str]:
+        """Add text; once the first phrase is complete: (the phrase, what came after it)."""
+        self._buf += text
+        cut = self._cut()
+        if cut is None:
+            return None, ""
+        self.done = True
+        phrase, rest, self._buf = self._buf[:cut], self._buf[cut:], ""
+        return phrase, rest
+
+    def release(self) -> tuple[str | None, str]:
+        """The text ended (or was flushed) first: whatever there is goes the usual way."""
+        self.done = True
+        rest, self._buf = self._buf, ""
+        return None, rest
+
+    def _cut(self) -> int | None:
+        for m in self._END.finditer(self._buf):
+            if self._buf[: m.start()].strip():
+                return m.end()
+        for m in self._CLAUSE.finditer(self._buf):
+            if len(self._buf[: m.start()].split()) >= self.MIN_CLAUSE_WORDS:
+                return m.end()
+        return None
+
+
 class _PiperChunkedStream(tts.ChunkedStream):
     def __init__(self, *, tts: LocalTTS, input_text: str, conn_options: APIConnectOptions) -> None:
         super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
@@ -229,28 +276,45 @@ class _PiperSynthesizeStream(tts.SynthesizeStream):
         )
         output_emitter.start_segment(segment_id=utils.shortuuid())
         sentences = self._piper._tokenizer.stream()
+        first = FirstPhrase()
+        first_q: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def release_first() -> None:
+            if not first.done:
+                phrase, rest = first.release()
+                first_q.put_nowait(phrase)
+                if rest:
+                    sentences.push_text(rest)
 
         async def forward_input() -> None:
             async for data in self._input_ch:
                 if isinstance(data, self._FlushSentinel):
+                    release_first()
                     sentences.flush()
+                elif not first.done:
+                    phrase, rest = first.push(data)
+                    if first.done:
+                        first_q.put_nowait(phrase)
+                        if rest:
+                            sentences.push_text(rest)
                 else:
                     sentences.push_text(data)
+            release_first()
             sentences.end_input()
 
         async def synthesize() -> None:
             position = 0.0  # seconds into the playback where the next chunk plays
             clock = PlaybackClock()
             timeline = _Timeline()
-            async for ev in sentences:
-                text = ev.token.strip()
+
+            async def speak(token: str) -> None:
+                nonlocal position
+                text = token.strip()
                 if not text:
-                    output_emitter.push_timed_transcript(
-                        TimedString(text=ev.token, start_time=position)
-                    )
-                    continue
+                    output_emitter.push_timed_transcript(TimedString(text=token, start_time=position))
+                    return
                 self._mark_started()
-                words = SentenceWords(ev.token)
+                words = SentenceWords(token)
                 async for chunk in _piper_chunks(engine, text, clock):
                     position = timeline.at(position)
                     _push_words(output_emitter, words, chunk, engine.sample_rate, position)
@@ -259,6 +323,12 @@ class _PiperSynthesizeStream(tts.SynthesizeStream):
                     position += chunk.num_samples / engine.sample_rate
                 _push_rest(output_emitter, words, position)
                 output_emitter.flush()
+
+            phrase = await first_q.get()
+            if phrase:
+                await speak(phrase)
+            async for ev in sentences:
+                await speak(ev.token)
 
         tasks = [
             asyncio.create_task(forward_input(), name="LocalTTS.forward_input"),

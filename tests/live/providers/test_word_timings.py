@@ -20,7 +20,7 @@ from live.alignment import PhonemeTiming, SentenceWords, pair_words, spoken_word
 from live.providers.local.piper_engine import PiperEngine
 from live.providers.local.whisper_engine import WhisperEngine
 from live.providers.local_stt import to_whisper_audio
-from live.providers.local_tts import LocalTTS
+from live.providers.local_tts import FirstPhrase, LocalTTS
 from tests.live.providers.speech import normalize, pcm_frame
 
 
@@ -115,3 +115,39 @@ async def test_piper_word_timings_cut_the_speech_between_words(
     assert len(offsets) >= len(words) - 3, (ours, theirs)  # the same words were heard
     assert statistics.median(offsets) <= 0.12, offsets
     assert sum(o <= 0.25 for o in offsets) >= 0.8 * len(offsets), offsets
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("pieces", "phrase", "rest"), [
+    (["Hi", "!", " I", "'m", " Ava", "."], "Hi! ", "I"),  # a short sentence goes at once
+    (["The", " story", " of", " a", " keeper", ",", " long", " ago", "."], "The story of a keeper, ", "long"),
+    (["Sure", ",", " I", " can", " help", ".", " What"], "Sure, I can help. ", "What"),  # "Sure," too short
+    (["It costs $3.50", " today", ".", " Ok"], "It costs $3.50 today. ", "Ok"),  # no cut inside a number
+])
+def test_the_first_phrase_ends_at_the_first_sentence_end_or_clause(
+    pieces: list[str], phrase: str, rest: str
+) -> None:
+    first = FirstPhrase()
+    for piece in pieces:
+        got, after = first.push(piece)
+        if first.done:
+            assert (got, after) == (phrase, rest)
+            return
+    pytest.fail("no phrase cut")
+
+
+@pytest.mark.unit
+def test_text_that_ends_before_a_phrase_goes_on_whole() -> None:
+    first = FirstPhrase()
+    assert first.push("Okay then") == (None, "")
+    assert first.release() == (None, "Okay then") and first.done
+
+
+@pytest.mark.slow
+async def test_a_reply_cut_at_its_first_clause_keeps_every_word_once(piper: PiperEngine) -> None:
+    """The first clause is synthesized on its own; captions still cover the text exactly."""
+    text = "Well, the lighthouse keeper lived alone on the rock for many years. He liked it."
+    pcm, timed = await _speak(LocalTTS(engine=piper), text)
+    assert "".join(timed).split() == text.split()
+    assert len([t for t in timed if t.strip()]) == len(text.split())
+    assert len(pcm) > 0
