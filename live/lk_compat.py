@@ -32,7 +32,7 @@ from livekit.agents.voice.room_io import _ParticipantAudioOutput as RoomAudioOut
 
 if TYPE_CHECKING:
     import aiohttp
-    from livekit.agents import APIConnectOptions
+    from livekit.agents import AgentServer, APIConnectOptions
     from livekit.plugins import assemblyai
     from livekit.plugins.assemblyai.stt import SpeechStream
 
@@ -46,9 +46,11 @@ __all__ = [
     "datastream_destination",
     "drop_queued_streams",
     "new_room_audio_output",
+    "on_job_process_closed",
     "pending_playback_count",
     "publish_runner_tracks",
     "replace_runner_synchronizer",
+    "report_load_now",
     "room_audio_publication",
     "runner_audio_receiver",
     "runner_media_sources",
@@ -272,3 +274,40 @@ def assemblyai_guarded_stream(
     stream.connect_guard = connect_guard  # type: ignore[attr-defined]
     stt._streams.add(stream)
     return stream
+
+
+# --- the worker (AgentServer) --------------------------------------------------------------
+
+
+def on_job_process_closed(server: AgentServer, callback: Callable[[Any], None]) -> bool:
+    """Call ``callback(proc)`` when one of the server's job processes closes (dies).
+
+    Why: a SIGKILLed job process leaves its agent in the room until LiveKit's media timeout
+    (~20 s); the worker sees the death at once through its process pool's
+    ``process_closed`` event, which ``AgentServer`` does not re-emit. Removed by: an
+    ``AgentServer`` event for a job process that exited (none known upstream).
+    Call once the server has started (its pool exists then). False: not available.
+    """
+    pool = getattr(server, "_proc_pool", None)
+    if pool is None:
+        return False
+    pool.on("process_closed", callback)
+    return True
+
+
+async def report_load_now(server: AgentServer) -> bool:
+    """Send the worker's load to LiveKit now rather than at its next 2.5 s update.
+
+    Why: in a cluster LiveKit gives a job to the node whose workers report the most headroom;
+    a worker that just took a job but still reports its old load wins the next job too and
+    must decline it (livekit/agents#4884: load updates every 0.5 s at best, 2.5 s here).
+    Uses ``_refresh_worker_load`` and ``_update_worker_status``. Removed by: a public
+    "update status now" on ``AgentServer``. False: not available.
+    """
+    refresh = getattr(server, "_refresh_worker_load", None)
+    update = getattr(server, "_update_worker_status", None)
+    if refresh is None or update is None:
+        return False
+    await refresh()
+    await update()
+    return True

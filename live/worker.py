@@ -173,9 +173,11 @@ def _report_lost_jobs(server: AgentServer, settings: Settings) -> None:
         task.add_done_callback(_background.discard)
 
     def attach() -> None:
-        pool = getattr(server, "_proc_pool", None)
-        if pool is not None:
-            pool.on("process_closed", on_closed)
+        from live.lk_compat import on_job_process_closed
+
+        if not on_job_process_closed(server, on_closed):
+            logger.warning("cannot watch job processes: a dead job's agent stays in the room "
+                           "until LiveKit's timeout")
 
     server.on("worker_started", attach)
 
@@ -203,15 +205,12 @@ async def _report_load_now(server: AgentServer) -> None:
     In a cluster, LiveKit gives a job to the node whose workers report the most headroom;
     a worker that just took a job but still reports its old load would win the next job
     too and have to decline it (LiveKit does not offer a declined job to another node).
-    Uses the worker's own status update (not a public API in LiveKit Agents 1.8).
+    Uses the worker's own status update (``live.lk_compat.report_load_now``).
     """
-    refresh = getattr(server, "_refresh_worker_load", None)
-    update = getattr(server, "_update_worker_status", None)
-    if refresh is None or update is None:
-        return
+    from live.lk_compat import report_load_now
+
     try:
-        await refresh()
-        await update()
+        await report_load_now(server)
     except Exception:
         logger.debug("could not report the load early", exc_info=True)
 

@@ -269,3 +269,60 @@ async def test_assemblyai_stream_is_built_from_the_stts_private_options() -> Non
             await stream._connect_ws()
         assert calls == ["_connect_ws"]  # the guard was handed the plugin's own connect
         await stream.aclose()
+
+
+def test_agent_server_has_a_process_pool_that_says_when_a_process_closes() -> None:
+    """``on_job_process_closed``: the pool ``AgentServer.run`` creates as ``_proc_pool``,
+    and its ``process_closed`` event with the process."""
+    import typing
+
+    from livekit.agents import AgentServer
+    from livekit.agents.ipc import proc_pool
+
+    run_src = inspect.getsource(AgentServer.run)
+    assert "self._proc_pool = ipc.proc_pool.ProcPool(" in run_src, changed(
+        "AgentServer._proc_pool", "run() no longer creates the pool under that name")
+    events = typing.get_args(proc_pool.EventTypes)
+    assert "process_closed" in events, changed("ProcPool 'process_closed'", f"events are {events}")
+    assert 'self.emit("process_closed", proc)' in inspect.getsource(proc_pool.ProcPool), changed(
+        "ProcPool 'process_closed'", "no longer emitted with the process")
+
+
+async def test_the_pool_watcher_attaches_to_the_pool_and_passes_the_process() -> None:
+    from livekit.agents import utils
+
+    class Pool(utils.EventEmitter[str]):
+        pass
+
+    class Server:
+        _proc_pool = Pool()
+
+    closed: list[object] = []
+    assert lk_compat.on_job_process_closed(Server(), closed.append)  # type: ignore[arg-type]
+    Server._proc_pool.emit("process_closed", "proc")
+    assert closed == ["proc"]
+    assert not lk_compat.on_job_process_closed(object(), closed.append)  # type: ignore[arg-type]
+
+
+async def test_agent_server_can_send_its_status_now() -> None:
+    """``report_load_now``: ``_refresh_worker_load`` then ``_update_worker_status``, both
+    coroutines taking no arguments."""
+    from livekit.agents import AgentServer
+
+    for name in ("_refresh_worker_load", "_update_worker_status"):
+        fn = getattr(AgentServer, name, None)
+        assert fn is not None and inspect.iscoroutinefunction(fn), changed(
+            f"AgentServer.{name}", "missing or no longer a coroutine")
+        assert params(fn) == {"self"}, changed(f"AgentServer.{name}", f"takes {params(fn)}")
+
+    calls: list[str] = []
+
+    class Server:
+        async def _refresh_worker_load(self) -> None:
+            calls.append("refresh")
+
+        async def _update_worker_status(self) -> None:
+            calls.append("update")
+
+    assert await lk_compat.report_load_now(Server())  # type: ignore[arg-type]
+    assert calls == ["refresh", "update"]
