@@ -10,6 +10,13 @@ call and delete the function and its test.
 Not listed here: the hooks of the STT/LLM/TTS stream base classes that LiveKit's own plugins
 are written against (``_run``, ``_event_ch``, ``_input_ch``, ``_mark_started``, ``_chat_ctx``,
 ``_tools``, ``_conn_options``).
+
+
+Not here, but tested in the same file: ``live/providers/fallback.py`` subclasses LiveKit's
+fallback adapters (``FallbackLLMStream._try_generate``, ``FallbackSynthesizeStream.
+_try_synthesize``, ``_pushed_tokens``, ``_try_recovery``, the adapters' ``_status`` and member
+lists) to answer within the turn a hosted provider failed in; LiveKit's own adapters drop the
+rest of that turn. Removed by: upstream fallback adapters that resume mid-stream.
 """
 
 from __future__ import annotations

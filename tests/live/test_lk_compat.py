@@ -326,3 +326,44 @@ async def test_agent_server_can_send_its_status_now() -> None:
 
     assert await lk_compat.report_load_now(Server())  # type: ignore[arg-type]
     assert calls == ["refresh", "update"]
+
+
+@pytest.mark.parametrize(("module", "cls", "method", "expected"), [
+    ("livekit.agents.llm.fallback_adapter", "FallbackLLMStream", "_try_generate",
+     {"self", "llm", "check_recovery"}),
+    ("livekit.agents.tts.fallback_adapter", "FallbackSynthesizeStream", "_try_synthesize",
+     {"self", "tts", "input_ch", "conn_options", "recovering"}),
+])
+def test_fallback_streams_keep_the_hooks_our_fallbacks_override(
+    module: str, cls: str, method: str, expected: set[str]
+) -> None:
+    """``live/providers/fallback.py`` subclasses LiveKit's fallback streams (answering within
+    the turn a provider failed in) and overrides these protected hooks."""
+    import importlib
+
+    klass = getattr(importlib.import_module(module), cls)
+    fn = getattr(klass, method, None)
+    assert fn is not None, changed(f"{cls}.{method}", "missing")
+    assert expected <= params(fn), changed(f"{cls}.{method}", f"takes {params(fn)}")
+
+
+def test_fallback_adapters_keep_the_state_our_fallbacks_read() -> None:
+    """The TTS fallback reads the adapter's members, their status and the tokens pushed so
+    far (to say the rest of a sentence in the fallback voice); the STT fallback wraps the
+    members it replays to."""
+    from livekit.agents.llm.fallback_adapter import FallbackAdapter as LLMAdapter
+    from livekit.agents.stt.fallback_adapter import FallbackAdapter as STTAdapter
+    from livekit.agents.tts.fallback_adapter import FallbackAdapter as TTSAdapter
+    from livekit.agents.tts.fallback_adapter import FallbackSynthesizeStream
+
+    for klass, attrs in ((TTSAdapter, ("self._tts_instances", "self._status")),
+                         (STTAdapter, ("self._stt_instances",)),
+                         (LLMAdapter, ("self._status",)),
+                         (FallbackSynthesizeStream, ("self._pushed_tokens",))):
+        src = inspect.getsource(klass)
+        for attr in attrs:
+            assert f"{attr}" in src, changed(f"{klass.__name__}.{attr[5:]}", "no longer set")
+    for klass in (TTSAdapter, LLMAdapter):
+        stream_mod = inspect.getmodule(klass)
+        assert "def _try_recovery(self" in inspect.getsource(stream_mod), changed(  # type: ignore[arg-type]
+            f"{klass.__module__} _try_recovery", "missing")
