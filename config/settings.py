@@ -105,6 +105,13 @@ class LiveKitSettings(BaseModel):
         return "http" + u[2:] if u.startswith("ws") else u
 
 
+def _no_fallback(value: object) -> object:
+    """``*__FALLBACK=none`` (or empty) in the environment: no fallback provider."""
+    if isinstance(value, str) and value.strip().lower() in ("", "none"):
+        return None
+    return value
+
+
 class STTSettings(BaseModel):
     provider: STTProvider = Field(
         default="local", description=f"Speech-to-text provider: {catalog.describe('stt')}."
@@ -117,8 +124,10 @@ class STTSettings(BaseModel):
     language: str = Field(default="en", description="Spoken language (BCP-47 or ISO 639-1).")
     base_url: str | None = Field(default=None, description="Override the provider's API URL.")
     fallback: STTProvider | None = Field(
-        default="local", description="Provider used when the hosted one fails (or none)."
+        default="local", description="Provider used when the hosted one fails (`none`: no fallback)."
     )
+
+    _fallback_none = field_validator("fallback", mode="before")(_no_fallback)
     window_seconds: float = Field(
         default=10.0,
         ge=5.0,
@@ -154,8 +163,10 @@ class LLMSettings(BaseModel):
     temperature: float = Field(default=0.6, ge=0.0, le=2.0, description="Sampling temperature.")
     max_tokens: int = Field(default=96, ge=1, le=8192, description="Max tokens per answer.")
     fallback: LLMProvider | None = Field(
-        default="local", description="Provider used when the hosted one fails (or none)."
+        default="local", description="Provider used when the hosted one fails (`none`: no fallback)."
     )
+
+    _fallback_none = field_validator("fallback", mode="before")(_no_fallback)
     endpoints: dict[str, str] = Field(
         default_factory=dict,
         description="Named OpenAI-compatible base URLs a session spec may pick with "
@@ -185,8 +196,10 @@ class TTSSettings(BaseModel):
     model: str = Field(default="", description="Hosted TTS model (Cartesia `sonic-2`).")
     base_url: str | None = Field(default=None, description="Override the provider's API URL.")
     fallback: TTSProvider | None = Field(
-        default="local", description="Provider used when the hosted one fails (or none)."
+        default="local", description="Provider used when the hosted one fails (`none`: no fallback)."
     )
+
+    _fallback_none = field_validator("fallback", mode="before")(_no_fallback)
 
 
 class AvatarSettings(BaseModel):
