@@ -406,7 +406,7 @@ def render_md(meta: dict, by_id: dict[str, Item]) -> str:
 
 def wer_table(items: list[Item], feats: dict[str, Features]) -> dict:
     """Word errors per voice and group, tiny.en against base, on whole utterances."""
-    from bench.turns.wer import edit_counts
+    from bench.wer import edit_counts
 
     acc: dict[str, dict[str, list[int]]] = {}
 
