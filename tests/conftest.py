@@ -198,27 +198,17 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
                             start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
 
 
-@pytest.fixture(scope="session")
-def stack(
-    livekit_server: LiveKitServer, valkey_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    """The processes `avatar up` runs (but web), started from the same commands."""
-    import sys
-
-    var = tmp_path_factory.mktemp("stack")
-    # A database number of its own: other tests run their own Celery workers on this Valkey,
-    # and a worker of the wrong suite must not consume the stack's tasks.
-    redis_url = valkey_url.rsplit("/", 1)[0] + "/11"
-    db_url = f"sqlite:///{var / 'stack.db'}"
-    upgrade_db(db_url)
+def stack_env(livekit: LiveKitServer, redis_url: str, db_url: str, var: Path) -> dict[str, str]:
+    """The environment `avatar up` gives its workers, on this test's servers: none of the
+    caller's own provider or limit settings leak in."""
     env = dict(os.environ)
     for k in list(env):
         if k.startswith(("LIVEKIT", "STT__", "LLM__", "TTS__", "AVATAR__", "LIMITS__")):
             env.pop(k)
     env.update(
-        LIVEKIT_URL=livekit_server.url,
-        LIVEKIT_API_KEY=livekit_server.api_key,
-        LIVEKIT_API_SECRET=livekit_server.api_secret,
+        LIVEKIT_URL=livekit.url,
+        LIVEKIT_API_KEY=livekit.api_key,
+        LIVEKIT_API_SECRET=livekit.api_secret,
         REDIS_URL=redis_url,
         DATABASE_URL=db_url,
         VAR_DIR=str(var),
@@ -229,13 +219,39 @@ def stack(
         LIMITS__CALLER_GRACE_SECONDS="1",
         LIMITS__IDLE_TIMEOUT_SECONDS="60",
     )
-    logs = {"live": var / "live.log", "celery": var / "celery.log"}
+    return env
+
+
+def spawn_stack_workers(
+    env: dict[str, str], logs: dict[str, Path], name: str
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """A Celery worker (one task at a time, both queues) and a live worker, as `avatar up`."""
+    import sys
+
     celery = _spawn(
         [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "live,batch",
-         "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO", "-n", "stack@%h"],
+         "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO", "-n", f"{name}@%h"],
         env, logs["celery"],
     )
     live = _spawn([sys.executable, "-m", "live.worker", "start"], env, logs["live"])
+    return celery, live
+
+
+@pytest.fixture(scope="session")
+def stack(
+    livekit_server: LiveKitServer, valkey_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """The processes `avatar up` runs (but web), started from the same commands."""
+
+    var = tmp_path_factory.mktemp("stack")
+    # A database number of its own: other tests run their own Celery workers on this Valkey,
+    # and a worker of the wrong suite must not consume the stack's tasks.
+    redis_url = valkey_url.rsplit("/", 1)[0] + "/11"
+    db_url = f"sqlite:///{var / 'stack.db'}"
+    upgrade_db(db_url)
+    env = stack_env(livekit_server, redis_url, db_url, var)
+    logs = {"live": var / "live.log", "celery": var / "celery.log"}
+    celery, live = spawn_stack_workers(env, logs, "stack")
     st = Stack(livekit_server, redis_url, db_url, env, var, logs)
     try:
         wait_for(lambda: "registered worker" in st.log_text("live") or live.poll() is not None,

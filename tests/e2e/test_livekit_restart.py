@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ from livekit import api, rtc
 
 from cli.services import (
     LiveKitServerConfig,
-    free_port,
     start_livekit_server,
     stop_process,
 )
@@ -33,10 +31,11 @@ from tests.conftest import (
     TEST_API_SECRET,
     LiveKitServer,
     Stack,
-    _spawn,
-    wait_for,
+    spawn_stack_workers,
+    stack_env,
 )
 from tests.e2e.test_worker_killed import _dispatch, _greeted, _record
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -64,31 +63,9 @@ def own_stack(valkey_url: str, tmp_path: Path) -> Iterator[RestartableStack]:
     redis_url = valkey_url.rsplit("/", 1)[0] + "/12"
     db_url = f"sqlite:///{tmp_path / 'restart.db'}"
     upgrade_db(db_url)
-    env = dict(os.environ)
-    for k in list(env):
-        if k.startswith(("LIVEKIT", "STT__", "LLM__", "TTS__", "AVATAR__", "LIMITS__")):
-            env.pop(k)
-    env.update(
-        LIVEKIT_URL=livekit.url,
-        LIVEKIT_API_KEY=livekit.api_key,
-        LIVEKIT_API_SECRET=livekit.api_secret,
-        REDIS_URL=redis_url,
-        DATABASE_URL=db_url,
-        VAR_DIR=str(tmp_path),
-        HF_HUB_OFFLINE="1",
-        PYTHONUNBUFFERED="1",
-        LIVE_HEALTH_PORT=str(free_port()),
-        LIMITS__MAX_CONCURRENT_SESSIONS="2",
-        LIMITS__CALLER_GRACE_SECONDS="1",
-        LIMITS__IDLE_TIMEOUT_SECONDS="60",
-    )
+    env = stack_env(livekit, redis_url, db_url, tmp_path)
     logs = {"live": tmp_path / "live.log", "celery": tmp_path / "celery.log"}
-    celery = _spawn(
-        [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "live,batch",
-         "--concurrency", "1", "--pool", "solo", "--loglevel", "INFO", "-n", "restart@%h"],
-        env, logs["celery"],
-    )
-    live = _spawn([sys.executable, "-m", "live.worker", "start"], env, logs["live"])
+    celery, live = spawn_stack_workers(env, logs, "restart")
     st = Stack(livekit, redis_url, db_url, env, tmp_path, logs)
     own = RestartableStack(st, cfg, server)
     try:
