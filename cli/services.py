@@ -144,8 +144,12 @@ class LiveKitServerConfig:
             body["webhook"] = {"api_key": self.api_key, "urls": self.webhook_urls}
         if self.redis_url:
             body["redis"] = redis_config(self.redis_url)
-            # A new room goes to the node with the fewest rooms (the default is random).
-            body["node_selector"] = {"kind": "any", "sort_by": "rooms", "algorithm": "lowest"}
+            # A new room goes to the node with the fewest rooms (the default is random). The
+            # nodes share this machine's cores: LiveKit's CPU rule (a node over 0.9 load per
+            # core is passed over) would only ever pick whichever node reported last, so it is
+            # off; the live workers' admission cap is what limits sessions.
+            body["node_selector"] = {"kind": "any", "sort_by": "rooms", "algorithm": "lowest",
+                                     "sysload_limit": 1000.0}
         return yaml.safe_dump(body)
 
 

@@ -444,6 +444,7 @@ def _link_resume_to_stt(avatar: Any, stt: Any) -> None:
     hold = getattr(avatar, "wait_for_words_before_resuming", None)
     if hold is not None and isinstance(stt, LocalSTT):
         hold(stt.words_since)
+        stt.agent_held = avatar.reply_held  # speech during a pause is speech over the agent
 
 
 def _link_mouth_to_voice(avatar: Any, tts: Any) -> None:

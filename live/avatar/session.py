@@ -77,6 +77,11 @@ class PausableQueueAudioOutput(QueueAudioOutput):
     def can_pause(self) -> bool:
         return True
 
+    @property
+    def held(self) -> bool:
+        """A reply is paused (by LiveKit, or still waiting on the verdict to resume)."""
+        return self._held
+
     async def capture_frame(self, frame: rtc.AudioFrame) -> None:
         if not self._in_segment:
             self._in_segment = True
@@ -176,6 +181,10 @@ class LocalAvatarSession:
     @property
     def provider(self) -> str:
         return "local"
+
+    def reply_held(self) -> bool:
+        """Is a reply paused for the caller right now (in-process only)?"""
+        return self._audio is not None and self._audio.held
 
     def wait_for_words_before_resuming(
         self, verdict: Callable[[float, float], Awaitable[bool | None]]

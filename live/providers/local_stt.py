@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -166,6 +166,9 @@ class LocalSTT(stt.STT):
         # agent is then "listening"), and the utterance is still one spoken over it.
         self._agent_speaking = False
         self._agent_quiet_since = 0.0  # monotonic time the agent last stopped speaking
+        # Set by the session's owner: is a reply paused for the caller right now? Then speech
+        # that starts is still speech over the agent, however late this VAD reports it.
+        self.agent_held: Callable[[], bool] | None = None
         self.backchannels_ignored = 0
         # recent utterances: [began (monotonic), words heard? (None: not transcribed yet)]
         self._heard: deque[list[Any]] = deque(maxlen=16)
@@ -186,7 +189,8 @@ class LocalSTT(stt.STT):
         """Did speech that began at ``started_at`` (monotonic) begin over the agent? The
         session pauses the agent a moment into the caller's speech, which may be before
         this VAD reports the start: the agent going quiet after it began still counts."""
-        return self._agent_speaking or self._agent_quiet_since > started_at
+        held = self.agent_held is not None and self.agent_held()
+        return self._agent_speaking or held or self._agent_quiet_since > started_at
 
     async def words_since(self, since: float, timeout: float) -> bool | None:
         """Did the caller say words in speech that began after ``since`` (monotonic; less
@@ -432,6 +436,9 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     return  # drop() retrieves the error
                 result = task.result()
                 if number == utterance and task is speculation and result is not None and result.text:
+                    if over_agent and (is_backchannel(result.text)
+                                       or result.confidence < EARLY_MIN_CONFIDENCE):
+                        return  # no reply is started for a backchannel over the agent
                     send(
                         stt.SpeechEvent(
                             type=stt.SpeechEventType.PREFLIGHT_TRANSCRIPT,

@@ -27,7 +27,7 @@ from store.models import (
 )
 from tests.conftest import Stack
 from tests.e2e.voices import other_voice_wav
-from tests.live.providers.speech import normalize, wer
+from tests.live.providers.speech import normalize
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -169,8 +169,11 @@ async def test_speaking_over_the_avatar_stops_it(stack: Stack, artifacts_dir) ->
     # the interrupted reply is stored cut short: heard by the caller, not the whole answer
     stored = cut[0].text  # the answer spoken over (a reply to the interruption may follow)
     assert stored.strip() and it.heard_text.strip(), result.render()
-    assert normalize(stored)[:1] == normalize(it.heard_text)[:1] or wer(stored, it.heard_text) <= 0.5, (
-        stored, it.heard_text)
+    # what the caller heard is in the stored reply (Whisper tiny, on a clip that starts and
+    # stops abruptly, drops or repeats a word at either end: most words, not all, must match)
+    heard = normalize(it.heard_text)
+    kept = set(normalize(stored))
+    assert sum(w in kept for w in heard) >= 0.6 * len(heard), (stored, it.heard_text)
     # (Not yet exact: CI saw the stored text run four words past what the caller heard, and the
     # received captions stop short of the cut or run past it. Open in #11.)
 

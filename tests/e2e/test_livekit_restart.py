@@ -60,7 +60,7 @@ def own_stack(valkey_url: str, tmp_path: Path) -> Iterator[RestartableStack]:
     server = start_livekit_server(cfg, log_path=lk_log)
     livekit = LiveKitServer(f"ws://127.0.0.1:{cfg.port}", TEST_API_KEY, TEST_API_SECRET,
                             cfg.node_ip, lk_log)
-    redis_url = valkey_url.rsplit("/", 1)[0] + "/12"
+    redis_url = valkey_url.rsplit("/", 1)[0] + "/15"  # the cluster fixture has 12 and 13
     db_url = f"sqlite:///{tmp_path / 'restart.db'}"
     upgrade_db(db_url)
     env = stack_env(livekit, redis_url, db_url, tmp_path)

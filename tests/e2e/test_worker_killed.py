@@ -86,8 +86,9 @@ async def test_sigkilled_live_worker_session_is_recorded_finalised_and_billed(
         monkeypatch.setattr(maintenance, "RECONCILE_GRACE", timedelta(0))
         app = make_celery(settings, set_as_current=False)
         await asyncio.to_thread(
-            wait_for, lambda: maintenance.reconcile(settings, app)["closed"] >= 1
-            and _record(stack, sid).status == "ended", 90, "reconciliation to end it", 1.0)
+            lambda: wait_for(lambda: maintenance.reconcile(settings, app)["closed"] >= 1
+                             and _record(stack, sid).status == "ended", 90,
+                             "reconciliation to end it", interval=1.0))
         rec = _record(stack, sid)
         assert rec.end_reason == "worker_lost"
         await asyncio.to_thread(wait_for, lambda: _record(stack, sid).billed_at, 120,

@@ -25,7 +25,7 @@ def test_the_name_and_queue_are_the_back_offices() -> None:
 
 @pytest.mark.integration
 def test_finalisation_lands_on_the_batch_queue(valkey_url: str) -> None:
-    url = valkey_url.rsplit("/", 1)[0] + "/11"
+    url = valkey_url.rsplit("/", 1)[0] + "/14"  # no Celery worker of another test consumes it
     settings = load_settings(_env_file=None, broker={"url": url})
     client = redis.Redis.from_url(url)
     client.flushdb()
