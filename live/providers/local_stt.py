@@ -66,8 +66,8 @@ EARLY_INTERIM_MARKS = (0.3, 0.5, 0.75)
 EARLY_MIN_CONFIDENCE = 0.35
 # What a listener says to show they follow, not to take the turn.
 BACKCHANNELS = frozenset(
-    """mm mmm mhm mmhm mmhmm hm hmm uh-huh uhhuh uh huh yeah yep yup ok okay right alright
-    aha ah oh""".split()
+    """mm mmm mhm mmhm mmhmm hm hmm uh-huh uhhuh uh huh yeah yep yup yes ok okay right alright
+    aha ah oh sure exactly great nice cool wow true indeed gotcha""".split()
 )
 _BACKCHANNEL_PHRASES = frozenset({"i see", "got it", "uh huh", "mm hm", "mm hmm"})
 

@@ -54,7 +54,7 @@ async def test_detector_waits_longer_only_for_an_unfinished_transcript() -> None
 @pytest.mark.parametrize(
     ("text", "backchannel"),
     [("Mm-hm.", True), ("Mm-hmm.", True), ("Yeah.", True), ("Okay.", True), ("Yeah, okay.", True),
-     ("I see.", True), ("Uh-huh.", True), ("Stop.", False), ("Sorry, stop.", False), ("Yes.", False),
+     ("I see.", True), ("Uh-huh.", True), ("Stop.", False), ("Sorry, stop.", False), ("Yes.", True), ("Yes, stop.", False), ("Sure.", True),
      ("Okay, stop please.", False), ("", False), ("Wait, what?", False)],
 )
 def test_backchannels_are_told_from_interruptions(text: str, backchannel: bool) -> None:
