@@ -174,6 +174,10 @@ def main() -> None:
     cmd = "scripts/netns-run .venv/bin/python -m bench.turns.call"
     cmd += "".join(f" --env {kv}" for kv in args.env)
     cmd += f" --per-voice {args.per_voice} --split {args.split}" + (f" --label {args.label}" if args.label else "")
+    if args.phases != "turns,interruptions":
+        cmd += f" --phases {args.phases}"
+    if args.voices:
+        cmd += f" --voices {args.voices}"
     out = {"command": cmd, "when": datetime.now(UTC).isoformat(timespec="seconds"),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "load_average": [round(x, 2) for x in os.getloadavg()], "max_delay": max_delay,
