@@ -71,6 +71,7 @@ class PausableQueueAudioOutput(QueueAudioOutput):
         self._resuming: asyncio.Task[None] | None = None
         self._paused = False  # as LiveKit sees it
         self._held = False  # as the generator is
+        self._paused_at = 0.0  # monotonic time of the last pause
         self._in_segment = False
 
     @property
