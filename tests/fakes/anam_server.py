@@ -12,16 +12,12 @@ it. Every POST is recorded.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes._server import LoopbackServer
-from tests.fakes.avatar_worker import FakeAvatarWorker
-from tests.fakes.tavus_server import AvatarWorker
+from tests.fakes.vendor_avatar import VendorAvatarFake
 
 
 @dataclass
@@ -32,29 +28,11 @@ class AnamRequest:
 
 
 @dataclass
-class AnamFake(LoopbackServer):
+class AnamFake(VendorAvatarFake):
     api_key: str = "anam-test-key-0123456789"
-    fail_status: int | None = None
-    join_room: bool = True
-    hang: bool = False
-    make_worker: Callable[[str, str], AvatarWorker] = FakeAvatarWorker
-    requests: list[AnamRequest] = field(default_factory=list)
-    workers: list[AvatarWorker] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        LoopbackServer.__init__(self)
-
-    @property
-    def api_url(self) -> str:
-        return self.http_url
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/engine/session", self._start_session)
-
-    async def stop(self) -> None:
-        for worker in self.workers:
-            await worker.stop()
-        await super().stop()
 
     async def _start_session(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -62,8 +40,7 @@ class AnamFake(LoopbackServer):
         self.requests.append(AnamRequest(request.path, auth, body))
         if auth != f"Bearer {self.api_key}":
             return web.json_response({"error": f"Invalid API key {auth}"}, status=401)
-        if self.hang:
-            await asyncio.Event().wait()
+        await self.hang_if_asked()
         if self.fail_status is not None:
             return web.json_response({"error": "internal"}, status=self.fail_status)
         persona = body.get("personaConfig") or {}
@@ -72,8 +49,5 @@ class AnamFake(LoopbackServer):
         if not persona.get("avatarId") or not url or not token:
             return web.json_response({"error": "avatarId and environment required"}, status=400)
         session_id = f"anam-{len(self.requests):06d}"
-        if self.join_room:
-            worker = self.make_worker(url, token)
-            self.workers.append(worker)
-            worker.start()
+        self.join(url, token)
         return web.json_response({"sessionId": session_id, "engineHost": "127.0.0.1"})

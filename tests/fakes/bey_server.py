@@ -10,16 +10,12 @@ refused with a body that echoes it. Every POST is recorded.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from tests.fakes._server import LoopbackServer
-from tests.fakes.avatar_worker import FakeAvatarWorker
-from tests.fakes.tavus_server import AvatarWorker
+from tests.fakes.vendor_avatar import VendorAvatarFake
 
 
 @dataclass
@@ -30,29 +26,11 @@ class BeyRequest:
 
 
 @dataclass
-class BeyFake(LoopbackServer):
+class BeyFake(VendorAvatarFake):
     api_key: str = "bey-test-key-0123456789"
-    fail_status: int | None = None
-    join_room: bool = True
-    hang: bool = False
-    make_worker: Callable[[str, str], AvatarWorker] = FakeAvatarWorker
-    requests: list[BeyRequest] = field(default_factory=list)
-    workers: list[AvatarWorker] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        LoopbackServer.__init__(self)
-
-    @property
-    def api_url(self) -> str:
-        return self.http_url
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/sessions", self._create_session)
-
-    async def stop(self) -> None:
-        for worker in self.workers:
-            await worker.stop()
-        await super().stop()
 
     async def _create_session(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -60,18 +38,14 @@ class BeyFake(LoopbackServer):
         self.requests.append(BeyRequest(request.path, key, body))
         if key != self.api_key:
             return web.json_response({"detail": f"Invalid API key {key}"}, status=401)
-        if self.hang:
-            await asyncio.Event().wait()
+        await self.hang_if_asked()
         if self.fail_status is not None:
             return web.json_response({"detail": "internal"}, status=self.fail_status)
         url, token = body.get("url"), body.get("token")
         if body.get("transport") != "livekit" or not url or not token:
             return web.json_response({"detail": "livekit transport, url and token required"},
                                      status=422)
-        if self.join_room:
-            worker = self.make_worker(url, token)
-            self.workers.append(worker)
-            worker.start()
+        self.join(url, token)
         return web.json_response(
             {"id": f"bey-{len(self.requests):06d}", "avatar_id": body.get("avatar_id"),
              "transport": "livekit"},
