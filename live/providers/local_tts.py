@@ -2,8 +2,8 @@
 
 ``LocalTTS`` streams sentence by sentence: LLM text goes through LiveKit's sentence tokenizer
 and each finished sentence is synthesized at once, so the first audio follows the first
-sentence instead of the whole answer (the very first piece is cut shorter still, at the first
-clause: ``FirstPhrase``). Before it pushes a sentence's audio it calls the
+sentence instead of the whole answer (the first pieces are cut shorter still, at clauses:
+``LeadPhrases``). Before it pushes a sentence's audio it calls the
 optional ``on_alignment`` callback with Piper's per-phoneme timings (see
 :mod:`live.alignment`), which drive the local avatar's mouth.
 
@@ -158,7 +158,10 @@ class LocalTTS(tts.TTS):
         engine: PiperEngine,
         on_alignment: AlignmentCallback | None = None,
         sentence_tokenizer: tokenize.SentenceTokenizer | None = None,
+        lead_words: int = 8,
     ) -> None:
+        """``lead_words``: the reply's first words go out phrase by phrase (``LeadPhrases``);
+        1 cuts only the first phrase."""
         super().__init__(
             capabilities=tts.TTSCapabilities(streaming=True, aligned_transcript=True),
             sample_rate=engine.sample_rate,
@@ -166,6 +169,7 @@ class LocalTTS(tts.TTS):
         )
         self._engine = engine
         self.on_alignment = on_alignment
+        self._lead_words = max(1, lead_words)
         self._tokenizer = sentence_tokenizer or tokenize.blingfire.SentenceTokenizer(
             retain_format=True
         )
@@ -189,40 +193,54 @@ class LocalTTS(tts.TTS):
         return _PiperSynthesizeStream(tts=self, conn_options=conn_options)
 
 
-class FirstPhrase:
-    """The reply's first words, cut at its first sentence end or clause mark.
+class LeadPhrases:
+    """The reply's first words, cut at sentence ends and clause marks until it is well ahead.
 
     The reply's first audio waits for its first synthesized piece; a whole first sentence
     ("The story of a lighthouse keeper is one that has been passed down for generations.")
-    costs the small LLM half a second more than its first clause. So the first piece ends at
-    the first ``.!?`` (any length: "Hi!" goes at once) or ``,;:`` after ``MIN_CLAUSE_WORDS``
-    words, and the rest goes through the sentence tokenizer as before. Pieces keep their
-    spacing: joined, they are the text the LLM wrote (captions and transcripts).
+    costs the small LLM half a second more than its first clause. So the first pieces end at
+    a ``.!?`` (any length: "Hi!" goes at once) or at ``,;:`` after ``MIN_CLAUSE_WORDS``
+    words. Cutting only the first piece left the speech to run dry after a short one ("This."
+    plays for half a second while the LLM still writes the next sentence: a second of silence
+    inside the reply on a busy machine), so phrases go on until ``lead_words`` words have
+    gone, by when the LLM is ahead of the speech; then the sentence tokenizer takes the rest.
+    Pieces keep their spacing: joined, they are the text the LLM wrote (captions and
+    transcripts).
     """
 
     MIN_CLAUSE_WORDS = 3
+    LEAD_WORDS = 8
     _END = re.compile(r"[.!?…]+[\"')\]]*(\s+)")
     _CLAUSE = re.compile(r"[,;:—–]+(\s+)")
 
-    def __init__(self) -> None:
+    def __init__(self, lead_words: int = LEAD_WORDS) -> None:
         self.done = False
+        self._lead = lead_words
+        self._words = 0
         self._buf = ""
 
-    def push(self, text: str) -> tuple[str | None, str]:
-        """Add text; once the first phrase is complete: (the phrase, what came after it)."""
+    def push(self, text: str) -> tuple[list[str], str]:
+        """Add text: (the phrases it completed, what goes to the sentence tokenizer)."""
         self._buf += text
-        cut = self._cut()
-        if cut is None:
-            return None, ""
-        self.done = True
-        phrase, rest, self._buf = self._buf[:cut], self._buf[cut:], ""
-        return phrase, rest
+        phrases: list[str] = []
+        while not self.done:
+            cut = self._cut()
+            if cut is None:
+                break
+            phrase, self._buf = self._buf[:cut], self._buf[cut:]
+            phrases.append(phrase)
+            self._words += len(phrase.split())
+            self.done = self._words >= self._lead
+        rest = ""
+        if self.done:
+            rest, self._buf = self._buf, ""
+        return phrases, rest
 
-    def release(self) -> tuple[str | None, str]:
-        """The text ended (or was flushed) first: whatever there is goes the usual way."""
+    def release(self) -> str:
+        """The text ended (or was flushed) first: what is left goes the usual way."""
         self.done = True
         rest, self._buf = self._buf, ""
-        return None, rest
+        return rest
 
     def _cut(self) -> int | None:
         for m in self._END.finditer(self._buf):
@@ -276,30 +294,31 @@ class _PiperSynthesizeStream(tts.SynthesizeStream):
         )
         output_emitter.start_segment(segment_id=utils.shortuuid())
         sentences = self._piper._tokenizer.stream()
-        first = FirstPhrase()
-        first_q: asyncio.Queue[str | None] = asyncio.Queue()
+        lead = LeadPhrases(self._piper._lead_words)
+        phrase_q: asyncio.Queue[str | None] = asyncio.Queue()  # None: the lead is over
 
-        def release_first() -> None:
-            if not first.done:
-                phrase, rest = first.release()
-                first_q.put_nowait(phrase)
+        def take(phrases: list[str], rest: str) -> None:
+            for phrase in phrases:
+                phrase_q.put_nowait(phrase)
+            if lead.done:
+                phrase_q.put_nowait(None)
                 if rest:
                     sentences.push_text(rest)
+
+        def release_lead() -> None:
+            if not lead.done:
+                take([], lead.release())
 
         async def forward_input() -> None:
             async for data in self._input_ch:
                 if isinstance(data, self._FlushSentinel):
-                    release_first()
+                    release_lead()
                     sentences.flush()
-                elif not first.done:
-                    phrase, rest = first.push(data)
-                    if first.done:
-                        first_q.put_nowait(phrase)
-                        if rest:
-                            sentences.push_text(rest)
+                elif not lead.done:
+                    take(*lead.push(data))
                 else:
                     sentences.push_text(data)
-            release_first()
+            release_lead()
             sentences.end_input()
 
         async def synthesize() -> None:
@@ -324,8 +343,7 @@ class _PiperSynthesizeStream(tts.SynthesizeStream):
                 _push_rest(output_emitter, words, position)
                 output_emitter.flush()
 
-            phrase = await first_q.get()
-            if phrase:
+            while (phrase := await phrase_q.get()) is not None:
                 await speak(phrase)
             async for ev in sentences:
                 await speak(ev.token)

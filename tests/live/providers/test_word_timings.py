@@ -20,7 +20,7 @@ from live.alignment import PhonemeTiming, SentenceWords, pair_words, spoken_word
 from live.providers.local.piper_engine import PiperEngine
 from live.providers.local.whisper_engine import WhisperEngine
 from live.providers.local_stt import to_whisper_audio
-from live.providers.local_tts import FirstPhrase, LocalTTS
+from live.providers.local_tts import LeadPhrases, LocalTTS
 from tests.live.providers.speech import normalize, pcm_frame
 
 
@@ -127,20 +127,36 @@ async def test_piper_word_timings_cut_the_speech_between_words(
 def test_the_first_phrase_ends_at_the_first_sentence_end_or_clause(
     pieces: list[str], phrase: str, rest: str
 ) -> None:
-    first = FirstPhrase()
+    lead = LeadPhrases(lead_words=1)
     for piece in pieces:
-        got, after = first.push(piece)
-        if first.done:
-            assert (got, after) == (phrase, rest)
+        got, after = lead.push(piece)
+        if got:
+            assert (got, after) == ([phrase], rest) and lead.done
             return
     pytest.fail("no phrase cut")
 
 
 @pytest.mark.unit
+def test_phrases_go_on_until_the_lead_then_the_rest_goes_to_sentences() -> None:
+    """A one-word first sentence does not leave the speech to wait for a whole sentence."""
+    lead = LeadPhrases(lead_words=8)
+    text = "This. The sky is blue, because air scatters blue light more. It is pretty."
+    phrases: list[str] = []
+    rest = ""
+    for word in text.split(" "):
+        got, after = lead.push(word + " ")
+        phrases += got
+        rest += after
+    assert "".join(phrases) + rest == text + " "  # every word once, in order
+    assert phrases == ["This. ", "The sky is blue, ", "because air scatters blue light more. "]
+    assert lead.done
+
+
+@pytest.mark.unit
 def test_text_that_ends_before_a_phrase_goes_on_whole() -> None:
-    first = FirstPhrase()
-    assert first.push("Okay then") == (None, "")
-    assert first.release() == (None, "Okay then") and first.done
+    lead = LeadPhrases()
+    assert lead.push("Okay then") == ([], "")
+    assert lead.release() == "Okay then" and lead.done
 
 
 @pytest.mark.slow
