@@ -34,6 +34,9 @@ SPEECH_RMS = 300.0  # int16 RMS above which reply audio counts as speech
 REPLY_SILENCE_S = 1.5  # a reply is over after this much silence
 STOP_QUIET_S = 1.2  # the avatar counts as stopped after this much quiet
 GAP_WINDOW_S = 4.0  # after speaking over the avatar, quiet in its sound is looked for this long
+# a stop sooner than this after the caller's first sound was not caused by it (the agent
+# needs LIMITS__INTERRUPTION_MIN_SPEECH of it, 0.2 s at least, plus the way there and back)
+ANSWER_OVER_S = 0.15
 VIDEO_KEEP_PX = 256  # recorded frames are scaled down to this size
 
 
@@ -579,6 +582,10 @@ async def _interrupt(
         stop = _stopped_at(rec, over, STOP_QUIET_S, loud_at_since=True)
         assert stop is not None
         out.stop_latency_s = round(max(0.0, stop - over), 3)
+        if stop - over < ANSWER_OVER_S:
+            # quiet before the caller's voice could have reached the agent: the answer had
+            # ended (or paused between sentences and ended), nothing was spoken over
+            out.spoke_over = False
     stopped = _stopped_at(rec, over, STOP_QUIET_S, loud_at_since=True)
     out.longest_gap_s = _longest_gap(rec, over, over + GAP_WINDOW_S)
     await _interrupted_captions(rec, out, opts.identity, asked, over, stopped)

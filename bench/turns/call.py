@@ -21,6 +21,7 @@ import os
 import platform
 from collections import defaultdict
 from datetime import UTC, datetime
+from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from sqlalchemy import select
 
 from bench.stack import embedded_stack, require_netns, wait_room_empty, wait_session_ended
 from bench.turns.corpus import RATE, Item, build, load_manifest, read_wav, write_wav
+from bench.wer import normalize
 from cli.call import STOP_QUIET_S, CallOptions, run_call
 from config.session import SessionSpec
 from store.db import session_scope
@@ -148,7 +150,9 @@ def main() -> None:
                 room=room, utterances=[], out_dir=stack.work / "calls", reply_timeout=60,
                 spec=SessionSpec(greeting="Hi, I'm Ava."),
                 interrupt_prompt="Please tell me a long story about a lighthouse keeper and the sea.",
-                interrupt_after=stack.settings.limits.echo_guard_seconds + 0.5,
+                # early in the answer: the small LLM's answers are two sentences, a few
+                # seconds (the echo guard covers only the session's first speech, the greeting)
+                interrupt_after=1.0,
                 interrupt_with=path,
             )))
             itr = result.interruption
@@ -165,6 +169,10 @@ def main() -> None:
                 "stop_s": itr.stop_latency_s if itr else None,
                 "longest_gap_s": itr.longest_gap_s if itr else None,
                 "reply_cut": replies[0].interrupted if replies else None,
+                "stored_reply": replies[0].text if replies else None,
+                "heard_reply": itr.heard_text if itr else None,
+                **stored_against_heard(replies[0].text if replies else "",
+                                       itr.heard_text if itr else ""),
                 "user_turns": [ln.text for ln in lines if ln.speaker == "user"][1:],
                 "error": result.error,
             })
@@ -229,6 +237,20 @@ def summarize(rows: list[dict[str, Any]], cuts: list[dict[str, Any]], max_delay:
 STOPPED_WITHIN_S = 2.5
 
 
+def stored_against_heard(stored: str, heard: str) -> dict[str, int | None]:
+    """Where the stored (cut) reply ends against what the caller heard of it (Whisper on the
+    received sound): words stored past the last word heard, and heard words at the end that
+    the stored text lacks. 0 and 0: the transcript keeps exactly what was played."""
+    a, b = normalize(stored), normalize(heard)
+    if not a or not b:
+        return {"words_past": None, "words_missing": None}
+    blocks = [m for m in SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks() if m.size]
+    if not blocks:
+        return {"words_past": None, "words_missing": None}
+    last = blocks[-1]
+    return {"words_past": len(a) - (last.a + last.size), "words_missing": len(b) - (last.b + last.size)}
+
+
 def summarize_over(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ints = [r for r in rows if r["kind"] == "interruption" and r["spoke_over"]]
     bcs = [r for r in rows if r["kind"] == "backchannel" and r["spoke_over"]]
@@ -240,10 +262,16 @@ def summarize_over(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "interruptions_that_cut_the_reply": sum(1 for r in ints if r.get("reply_cut")),
         "backchannels": len(bcs),
         "backchannels_that_stopped_it": sum(1 for r in bcs if r["stop_s"] is not None and r["stop_s"] <= STOPPED_WITHIN_S),
-        "backchannels_that_cut_the_reply": sum(1 for r in bcs if r.get("reply_cut")),
+        # the stored transcript: the backchannel became a turn of the caller's (and a new
+        # reply), instead of being passed over ("reply cut" is no measure for them: the
+        # caller hangs up while the resumed answer still plays, which also cuts it)
+        "backchannels_taken_as_turn": sum(1 for r in bcs if r.get("user_turns")),
         "backchannel_longest_gap_p50": _q([r["longest_gap_s"] for r in bcs if r.get("longest_gap_s") is not None], 50),
         "backchannel_longest_gap_p95": _q([r["longest_gap_s"] for r in bcs if r.get("longest_gap_s") is not None], 95),
         "not_spoken_over": sum(1 for r in rows if not r["spoke_over"]),
+        # interrupted replies: stored words past what the caller heard / heard but not stored
+        "words_past": [r["words_past"] for r in ints if r.get("reply_cut") and r.get("words_past") is not None],
+        "words_missing": [r["words_missing"] for r in ints if r.get("reply_cut") and r.get("words_missing") is not None],
     }
 
 
@@ -288,18 +316,25 @@ def render_md(out: dict[str, Any]) -> str:
             f"p50 {o['stop_p50']} s, p95 {o['stop_p95']} s.",
             f"- Interruptions whose reply the stored transcript shows cut: "
             f"{o.get('interruptions_that_cut_the_reply', '?')} of {o['interruptions']}.",
-            f"- Backchannels: {o['backchannels_that_stopped_it']} of {o['backchannels']} left {STOP_QUIET_S} s of "
-            f"quiet within {STOPPED_WITHIN_S:.1f} s; {o.get('backchannels_that_cut_the_reply', '?')} cut the reply "
-            f"(stored transcript); the longest quiet in the 4 s after one (a pause the agent resumed from, or a "
-            f"gap between sentences): p50 {o.get('backchannel_longest_gap_p50')} s, "
-            f"p95 {o.get('backchannel_longest_gap_p95')} s.",
-            f"- Calls where the answer ended before the caller could speak over it: {o['not_spoken_over']}.", "",
-            "| Item | voice | said | stop after (s) | longest quiet (s) | reply cut |", "|---|---|---|---|---|---|",
+            f"- Backchannels: {o.get('backchannels_taken_as_turn', '?')} of {o['backchannels']} taken as a turn "
+            f"of the caller's (stored transcript: a user line and a new reply); {o['backchannels_that_stopped_it']} "
+            f"left {STOP_QUIET_S} s of quiet within {STOPPED_WITHIN_S:.1f} s (the pause it resumed from counts "
+            f"when that long); the longest quiet in the 4 s after one (the pause, or a gap between sentences): "
+            f"p50 {o.get('backchannel_longest_gap_p50')} s, p95 {o.get('backchannel_longest_gap_p95')} s.",
+            f"- Calls where the answer ended before the caller could speak over it: {o['not_spoken_over']}.",
+            f"- Interrupted replies, stored transcript against what the caller heard (Whisper on the received "
+            f"sound, which may drop a word at a clip's edge): words stored past the last word heard "
+            f"{o.get('words_past')}, heard words missing at the end {o.get('words_missing')}.", "",
+            "| Item | voice | said | stop after (s) | longest quiet (s) | reply cut | taken as a turn "
+            "| stored past heard (words) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in out["spoken_over"]:
             lines.append(f"| {r['id']} | {r['voice']} | {r['said']} | "
                          f"{r['stop_s'] if r['spoke_over'] else 'answer over'} | "
-                         f"{r.get('longest_gap_s')} | {r.get('reply_cut')} |")
+                         f"{r.get('longest_gap_s')} | {r.get('reply_cut')} | "
+                         f"{'; '.join(r.get('user_turns') or []) or 'no'} | "
+                         f"{r.get('words_past', '') if r['kind'] == 'interruption' else ''} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -25,9 +25,11 @@ MARKS = {  # worker log message -> column
     "received user preflight transcript": "preflight",
     "local transcript": "final",
     "user turn committed": "committed",
+    "using preemptive generation": "used",
+    "reply audio to the face": "to_face",
     "reply audio playing": "playing",
 }
-COLUMNS = ["preflight", "final", "committed", "playing", "heard"]
+COLUMNS = ["preflight", "final", "committed", "used", "to_face", "playing", "heard"]
 
 
 def _events(log: Path) -> list[tuple[float, str]]:

@@ -86,6 +86,7 @@ class PausableQueueAudioOutput(QueueAudioOutput):
     async def capture_frame(self, frame: rtc.AudioFrame) -> None:
         if not self._in_segment:
             self._in_segment = True
+            logger.debug("reply audio to the face")  # a mark for latency traces
             if self._held and not self._paused:
                 self._release()  # a new reply LiveKit wants heard: no verdict holds it back
         await super().capture_frame(frame)

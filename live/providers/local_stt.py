@@ -81,11 +81,13 @@ def is_backchannel(text: str) -> bool:
     """'Mm-hm.', 'Yeah, okay.', 'I see.': feedback a caller gives while the agent speaks."""
     words = "".join(c if c.isalpha() or c in " '-" else " " for c in text.lower()).split()
     words = [p for w in words for p in w.split("-") if p]
-    if not words or len(words) > 3:
+    if not words:
         return False
     joined = " ".join(words)
-    if _hum(joined.replace(" ", "")):  # "M M H."
+    if _hum(joined.replace(" ", "")):  # "M M H.", "M-M-H-M."
         return True
+    if len(words) > 3:
+        return False
     return joined in _BACKCHANNEL_PHRASES or all(w in BACKCHANNELS or _hum(w) for w in words)
 def hum_guess(text: str, voiced_seconds: float) -> bool:
     """Words Whisper guessed in a hum: "and then make sure" in a half-second "mm-hm" is
@@ -451,6 +453,9 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     speaking, utterance = True, utterance + 1
                     began = time.monotonic() - ev.speech_duration
                     over_agent = local.spoken_over(began)
+                    logger.debug("caller speech began", extra={
+                        "over_agent": over_agent, "agent_speaking": local.agent_speaking,
+                        "began_s_ago": round(time.monotonic() - began, 3)})
                     heard = local._utterance_began(began)
                     early_marks = list(EARLY_INTERIM_MARKS)
                     early_decided = False
@@ -542,6 +547,9 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         # feedback while the agent talks (or a hum Whisper guessed words in):
                         # not a turn, not an interruption; a paused agent resumes
                         local.backchannels_ignored += 1
+                        logger.debug("not a turn: said over the agent", extra={
+                            "lk.pii.text": result.text, "confidence": round(result.confidence, 2),
+                            "voiced_s": round(voiced, 3)})
                         local._utterance_heard(heard, words=False)
                         continue
                     logger.debug(

@@ -63,7 +63,7 @@ def test_backchannels_are_told_from_interruptions(text: str, backchannel: bool) 
     assert is_backchannel(text) is backchannel
 
 
-@pytest.mark.parametrize("text", ["MMMM.", "Hmm.", "Mhm.", "Mm-hmm, okay.", "M M H."])
+@pytest.mark.parametrize("text", ["MMMM.", "Hmm.", "Mhm.", "Mm-hmm, okay.", "M M H.", "M-M-H-M."])
 def test_hums_however_spelled_are_backchannels(text: str) -> None:
     from live.providers.local_stt import is_backchannel
 
