@@ -38,6 +38,7 @@ from livekit import rtc
 from livekit.agents import (
     NOT_GIVEN,
     AgentSession,
+    APIConnectionError,
     APIConnectOptions,
     APIError,
     CloseEvent,
@@ -59,7 +60,7 @@ from livekit.agents.tts.fallback_adapter import (
 )
 from livekit.agents.tts.fallback_adapter import AvailabilityChangedEvent, FallbackSynthesizeStream
 from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT, NotGivenOr, TimedString
-from livekit.agents.vad import VAD
+from livekit.agents.vad import VAD, VADEventType
 from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.io import AudioOutput
 from livekit.agents.voice.room_io import ATTRIBUTE_PUBLISH_ON_BEHALF, AudioOutputOptions
@@ -79,6 +80,132 @@ logger = logging.getLogger(__name__)
 NO_AVATAR = "none"
 # How much of the caller's latest audio an STT taking over mid-utterance is given again.
 REPLAY_SECONDS = 15.0
+# A streaming STT that says nothing this long after the VAD heard the caller stop speaking
+# (at least STALL_MIN_SPEECH_SECONDS of speech: a click or a cough may rightly get no words)
+# has stalled with its connection open; the adapter then switches as on a failure.
+STALL_SECONDS = 4.0
+STALL_MIN_SPEECH_SECONDS = 0.4
+# What shows the STT is alive after the caller stopped (usage reports come from the plugin's
+# own count of the audio sent, not from the vendor).
+_STT_ANSWERS = frozenset({
+    stt.SpeechEventType.INTERIM_TRANSCRIPT,
+    stt.SpeechEventType.PREFLIGHT_TRANSCRIPT,
+    stt.SpeechEventType.FINAL_TRANSCRIPT,
+    stt.SpeechEventType.END_OF_SPEECH,
+})
+
+
+class _StallGuard(stt.STT):
+    """A streaming STT watched by a VAD: a stream that gives no transcript ``stall_seconds``
+    after the caller stopped speaking fails with ``APIConnectionError``.
+
+    A vendor that keeps its socket open and stops answering raises nothing, and streaming
+    STTs are quiet while the caller is, so silence alone proves nothing; the VAD's view of
+    the same audio tells a stall from a quiet caller.
+    """
+
+    def __init__(self, inner: stt.STT, vad: VAD, stall_seconds: float) -> None:
+        super().__init__(capabilities=inner.capabilities)
+        self._inner = inner
+        self._vad = vad
+        self._stall = stall_seconds
+        self._label = inner.label
+
+    @property
+    def model(self) -> str:
+        return self._inner.model
+
+    @property
+    def provider(self) -> str:
+        return self._inner.provider
+
+    async def _recognize_impl(
+        self,
+        buffer: utils.AudioBuffer,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions,
+    ) -> stt.SpeechEvent:
+        return await self._inner.recognize(buffer, language=language, conn_options=conn_options)
+
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_FALLBACK_STT_OPTIONS,
+    ) -> stt.RecognizeStream:
+        return _GuardedStream(
+            guard=self,
+            inner=self._inner.stream(language=language, conn_options=conn_options),
+            conn_options=dataclasses.replace(conn_options, max_retry=0),
+        )
+
+
+class _GuardedStream(stt.RecognizeStream):
+    def __init__(
+        self, *, guard: _StallGuard, inner: stt.RecognizeStream, conn_options: APIConnectOptions
+    ) -> None:
+        super().__init__(stt=guard, conn_options=conn_options)
+        self._guard = guard
+        self._inner = inner
+
+    async def _run(self) -> None:
+        inner, vad = self._inner, self._guard._vad.stream()
+        deadline: float | None = None  # loop time by which the STT must have said something
+        changed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        async def forward_input() -> None:
+            async for data in self._input_ch:
+                if isinstance(data, self._FlushSentinel):
+                    inner.flush()
+                    continue
+                inner.push_frame(data)
+                vad.push_frame(data)
+            inner.end_input()
+            vad.end_input()
+
+        async def forward_events() -> None:
+            nonlocal deadline
+            async for ev in inner:
+                self._event_ch.send_nowait(ev)
+                if ev.type in _STT_ANSWERS and deadline is not None:
+                    deadline = None
+                    changed.set()
+
+        async def watch_speech() -> None:
+            nonlocal deadline
+            async for ev in vad:
+                if (ev.type == VADEventType.END_OF_SPEECH and deadline is None
+                        and ev.speech_duration >= STALL_MIN_SPEECH_SECONDS):
+                    deadline = loop.time() + self._guard._stall
+                    changed.set()
+
+        async def watchdog() -> None:
+            while True:
+                changed.clear()
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout)
+                if deadline is not None and loop.time() >= deadline:
+                    raise APIConnectionError(
+                        f"{self._guard.label} sent no transcript {self._guard._stall:.0f} s "
+                        "after the caller stopped speaking (stalled)",
+                        retryable=False,
+                    )
+
+        tasks = [asyncio.create_task(forward_input(), name="stt-guard-input"),
+                 asyncio.create_task(forward_events(), name="stt-guard-events"),
+                 asyncio.create_task(watch_speech(), name="stt-guard-vad")]
+        guard = asyncio.create_task(watchdog(), name="stt-guard-watchdog")
+        try:
+            done, _ = await asyncio.wait([tasks[1], guard], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # the inner stream's error, or the stall
+        finally:
+            await utils.aio.cancel_and_wait(*tasks, guard)
+            await inner.aclose()
+            await vad.aclose()
 
 
 def build_stt_with_fallback(
@@ -90,11 +217,14 @@ def build_stt_with_fallback(
     max_retry_per_stt: int = 1,
     retry_interval: float = 5.0,
     replay_seconds: float = REPLAY_SECONDS,
+    stall_seconds: float = STALL_SECONDS,
 ) -> STTFallback:
     """Streaming STT that switches to ``fallback`` when ``primary`` fails, even mid-utterance.
 
     The adapter is streaming; a non-streaming member (e.g. a local Whisper) is wrapped in
-    ``stt.StreamAdapter``, which needs the session's VAD to cut utterances.
+    ``stt.StreamAdapter``, which needs the session's VAD to cut utterances. With a VAD, a
+    streaming primary that stops answering (``stall_seconds`` after the caller stopped
+    speaking) counts as failed too.
     """
     batch_only = [s.label for s in (primary, fallback) if not s.capabilities.streaming]
     if batch_only and vad is None:
@@ -108,6 +238,7 @@ def build_stt_with_fallback(
         max_retry_per_stt=max_retry_per_stt,
         retry_interval=retry_interval,
         replay_seconds=replay_seconds,
+        stall_seconds=stall_seconds,
     )
 
 
@@ -226,6 +357,7 @@ class STTFallback(stt.FallbackAdapter):
         max_retry_per_stt: int = 1,
         retry_interval: float = 5.0,
         replay_seconds: float = REPLAY_SECONDS,
+        stall_seconds: float = STALL_SECONDS,
     ) -> None:
         super().__init__(
             stt_instances,
@@ -235,11 +367,13 @@ class STTFallback(stt.FallbackAdapter):
             retry_interval=retry_interval,
         )
         self._replay_seconds = replay_seconds
-        # the adapter's members (StreamAdapter-wrapped where needed) after the first replay
-        self._stt_instances = [
-            self._stt_instances[0],
-            *(_ReplayOnSwitch(s) for s in self._stt_instances[1:]),
-        ]
+        # the adapter's members (StreamAdapter-wrapped where needed): the first watched for a
+        # stall when a VAD can tell (a StreamAdapter-wrapped one answers each VAD utterance
+        # with one request, timed by attempt_timeout), the others replay the utterance
+        first = self._stt_instances[0]
+        if vad is not None and stall_seconds > 0 and stt_instances[0].capabilities.streaming:
+            first = _StallGuard(first, vad, stall_seconds)
+        self._stt_instances = [first, *(_ReplayOnSwitch(s) for s in self._stt_instances[1:])]
 
     def stream(
         self,

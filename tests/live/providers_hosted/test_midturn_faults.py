@@ -9,6 +9,7 @@ goes to an audio sink that records what the caller would hear.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ from tests.fakes.assemblyai_server import AssemblyAIFake
 from tests.fakes.cartesia_server import CartesiaFake
 from tests.fakes.openai_server import OpenAIFake
 from tests.fakes.stubs import EchoLLM, ToneTTS
+from tests.waiting import wait_event, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -309,3 +311,117 @@ async def test_llm_failing_after_a_tool_call_does_not_call_the_tool_twice() -> N
     assert booked == [2]  # once (the primary's later calls are recovery probes, never served)
     assert local.calls == 1  # only for the answer after the tool's result
     assert msg.text_content == "local model heard: a table for two please"
+
+
+def spoken(text: str, ctx: ProviderContext, rate: int = 48000) -> list[rtc.AudioFrame]:
+    """Real speech (espeak-ng, a voice the VAD has never been tuned on) in 20 ms room frames."""
+    from live.providers.local.espeak_engine import get_espeak
+
+    engine = get_espeak(ctx)
+    pcm = np.frombuffer(engine.synthesize_sync(text, voice="en-us", words_per_minute=165), np.int16)
+    resampler = rtc.AudioResampler(input_rate=engine.sample_rate, output_rate=rate, num_channels=1)
+    frames = resampler.push(rtc.AudioFrame(pcm.tobytes(), engine.sample_rate, 1, pcm.size))
+    frames += resampler.flush()
+    data = np.concatenate([np.frombuffer(f.data, np.int16) for f in frames])
+    step = rate // 50
+    return [rtc.AudioFrame(data[i : i + step].tobytes(), rate, 1, step)
+            for i in range(0, data.size - step + 1, step)]
+
+
+def quiet(seconds: float, rate: int = 48000) -> list[rtc.AudioFrame]:
+    step = rate // 50
+    return [rtc.AudioFrame(bytes(2 * step), rate, 1, step) for _ in range(int(seconds * 50))]
+
+
+async def test_stt_that_stalls_is_replaced_once_the_caller_has_stopped_speaking(
+    ctx: ProviderContext, http_ctx: None
+) -> None:
+    """AssemblyAI keeps its socket open and stops answering half a second into the caller's
+    question (no error, nothing to time out on). The VAD hears the caller stop; no transcript
+    comes within the stall time, so the fallback takes over and hears the whole question."""
+    from live.providers.local.turn_models import get_vad
+
+    question = spoken("When do you open tomorrow morning?", ctx)
+    question_bytes = len(question) * 320 * 2  # at 16 kHz, what the plugin sends
+    async with AssemblyAIFake() as vendor, AssemblyAIFake(
+        transcript="heard by the backup", turn_audio_bytes=question_bytes // 2
+    ) as backup:
+        vendor.stall_after_audio_bytes = int(0.5 * 16000) * 2
+        primary = create("stt", "assemblyai", stt_options(vendor), ctx)
+        secondary = create("stt", "assemblyai", stt_options(backup), ctx)
+        adapter = build_stt_with_fallback(primary, secondary, vad=get_vad(ctx), attempt_timeout=5.0,
+                                          retry_interval=30.0, stall_seconds=1.0)
+        switched = asyncio.Event()
+        adapter.on("stt_availability_changed",
+                   lambda ev: switched.set() if not ev.available else None)
+        stream = adapter.stream()
+        texts: list[str] = []
+        heard = asyncio.Event()
+
+        async def read() -> None:
+            async for ev in stream:
+                if ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
+                    texts.append(ev.alternatives[0].text)
+                    heard.set()
+
+        reader = asyncio.create_task(read())
+        try:
+            for frame in question:
+                stream.push_frame(frame)
+            # the caller waits for an answer: quiet audio goes on flowing, as in a room
+            for frame in quiet(1.0):
+                stream.push_frame(frame)
+            assert not switched.is_set(), "switched before the stall time had passed"
+
+            async def keep_quiet() -> None:
+                while True:
+                    for frame in quiet(0.2):
+                        stream.push_frame(frame)
+                    await asyncio.sleep(0.2)  # a room's pace, not a wait for anything
+
+            feeder = asyncio.create_task(keep_quiet())
+            try:
+                await wait_event(switched, "the switch to the fallback")
+                await wait_event(heard, "the fallback's transcript")
+            finally:
+                feeder.cancel()
+            stream.end_input()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader  # a stream closed while its reader is cancelled mid-read hangs
+            await stream.aclose()
+            await adapter.aclose()
+        assert vendor.sessions and not any(s.turns_sent for s in vendor.sessions)
+        assert texts[0] == "heard by the backup"
+        (session,) = backup.sessions
+        assert session.audio_bytes >= question_bytes * 0.95  # the whole question, replayed
+
+
+async def test_stt_quiet_because_the_caller_is_quiet_is_not_a_stall(
+    ctx: ProviderContext, http_ctx: None
+) -> None:
+    """Streaming STTs say nothing while nobody speaks: seconds of quiet must not switch."""
+    from live.providers.local.turn_models import get_vad
+
+    async with AssemblyAIFake(turn_audio_bytes=10**9) as vendor, AssemblyAIFake() as backup:
+        primary = create("stt", "assemblyai", stt_options(vendor), ctx)
+        secondary = create("stt", "assemblyai", stt_options(backup), ctx)
+        adapter = build_stt_with_fallback(primary, secondary, vad=get_vad(ctx), attempt_timeout=5.0,
+                                          retry_interval=30.0, stall_seconds=0.5)
+        changes: list[bool] = []
+        adapter.on("stt_availability_changed", lambda ev: changes.append(ev.available))
+        stream = adapter.stream()
+        try:
+            for frame in quiet(3.0):
+                stream.push_frame(frame)
+            # everything pushed reached the vendor (a switch would have happened by then)
+            await asyncio.to_thread(
+                wait_for,
+                lambda: sum(s.audio_bytes for s in vendor.sessions) >= 3 * 16000 * 2 * 0.95,
+                20, "the vendor to receive the quiet")
+        finally:
+            await stream.aclose()
+            await adapter.aclose()
+        assert changes == [] and not backup.sessions
+
