@@ -87,7 +87,7 @@ class Point:
     seconds: float
 
 
-def store_session(db_url: str, n: int) -> str:
+def store_session(db_url: str, n: int, *, same_text: bool = False) -> str:
     """A session as the live worker leaves it at the end of a one-sentence call."""
     now = utcnow()
     with session_scope(db_url) as db:
@@ -98,6 +98,8 @@ def store_session(db_url: str, n: int) -> str:
         )
         db.add(rec)
         db.flush()
+        if same_text:
+            n = 0
         said = (("agent", GREETING), ("user", CALLER[n % 3]), ("agent", agent_reply(n)))
         for i, (speaker, text) in enumerate(said):
             db.add(TranscriptLine(
@@ -180,7 +182,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wait_log(log_path, b"ready.", worker, 120)
         points.append(Point(0, rss_mib(worker.pid), 0.0))
         for n in range(1, args.sessions + 1):
-            session_id = store_session(db_url, n)
+            session_id = store_session(db_url, n, same_text=args.same_text)
             if args.task == "ping":
                 result = Celery("bench-ping", broker=broker, backend=broker,
                                 set_as_current=False).send_task(TASKS["ping"], queue="batch")
@@ -211,6 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "task": args.task,
         "pool": args.pool if args.pool != "prefork" else f"prefork x{args.concurrency}",
         "env": args.env,
+        "same_text": args.same_text,
         "sessions": args.sessions,
         "warmup": args.warmup,
         "rss_start_mib": round(points[0].rss_mib, 1),
@@ -228,7 +231,8 @@ def markdown(r: dict[str, Any]) -> str:
     return (
         f"# Celery worker memory\n\nCommand: `{r['command']}`  \n"
         f"When: {r['when']}; {r['machine']}; load average at the end {r['load_average_end']}.\n\n"
-        f"- task sent per session: `{TASKS[r['task']]}`; pool: {r['pool']}; extra worker env: {env}\n"
+        f"- task sent per session: `{TASKS[r['task']]}`; pool: {r['pool']}; extra worker env: {env}; "
+        f"transcripts: {'the same every session' if r.get('same_text') else 'a new agent reply every session'}\n"
         f"- sessions: {r['sessions']} in {r['seconds']:.0f} s\n"
         f"- worker RSS (pool processes included): {r['rss_start_mib']} MiB idle, "
         f"{r['rss_after_warmup_mib']} MiB after {r['warmup']} sessions, {r['rss_end_mib']} MiB at the end\n"
@@ -247,6 +251,8 @@ def main() -> None:
     parser.add_argument("--pool", choices=("solo", "prefork"), default="solo")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the worker")
+    parser.add_argument("--same-text", action="store_true",
+                        help="the same transcript every session (the growth needs new text)")
     parser.add_argument("--label", default="")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
