@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from difflib import SequenceMatcher
 
 import pytest
 from livekit import api
@@ -169,11 +170,14 @@ async def test_speaking_over_the_avatar_stops_it(stack: Stack, artifacts_dir) ->
     # the interrupted reply is stored cut short: heard by the caller, not the whole answer
     stored = cut[0].text  # the answer spoken over (a reply to the interruption may follow)
     assert stored.strip() and it.heard_text.strip(), result.render()
-    # what the caller heard is in the stored reply (Whisper tiny, on a clip that starts and
-    # stops abruptly, drops or repeats a word at either end: most words, not all, must match)
-    heard = normalize(it.heard_text)
-    kept = set(normalize(stored))
-    assert sum(w in kept for w in heard) >= 0.6 * len(heard), (stored, it.heard_text)
+    # the stored reply ends where the caller stopped hearing it: lined up with what Whisper
+    # tiny heard (which, on a clip cut abruptly, may add words at the end: "I'll remember that
+    # story. We tried to remove it." for "I'll try to remember that story, but"), it runs at
+    # most two words past the last word heard, and the two share a run of words
+    a, b = normalize(stored), normalize(it.heard_text)
+    blocks = [m for m in SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks() if m.size]
+    assert blocks and max(m.size for m in blocks) >= 2, (stored, it.heard_text)
+    assert len(a) - (blocks[-1].a + blocks[-1].size) <= 2, (stored, it.heard_text)
     # How close, over 12 voices: bench.turns.call --phases interruptions compares them (the
     # stored reply ran 0 words past what the caller heard in 9 of 12, 1 word in 3).
 

@@ -15,6 +15,7 @@ from livekit import rtc
 from livekit.agents import Agent, AgentSession
 from livekit.agents.voice.io import AudioInput, AudioOutput, AudioOutputCapabilities
 
+from bench.wer import normalize
 from config.session import DEFAULT_INSTRUCTIONS
 from config.settings import load_settings
 from live.providers.local.piper_engine import PiperEngine
@@ -171,4 +172,11 @@ async def test_spoken_question_gets_a_spoken_answer_fully_offline(
     heard = (await create("stt", "local", s.stt, local_ctx).recognize(audio)).alternatives[0].text
     assert heard.strip(), "the agent's audio should contain speech"
     item = next(i for i in reversed(session.history.items) if getattr(i, "role", "") == "assistant")
-    assert wer(item.text_content or "", heard) <= 0.4, (item.text_content, heard)
+    said = item.text_content or ""
+    # the whole answer was played (Piper speaks about 0.32 s a word), and what Whisper tiny
+    # hears in it is that answer: its words, not the same number of them (tiny drops or
+    # misspells some: "I'm Bobo, ...", "I'm your friendly voice assistant.")
+    assert audio.duration >= 0.25 * len(said.split()), (audio.duration, said)
+    words = normalize(said)
+    got = normalize(heard)
+    assert len(got) >= 3 and sum(w in words for w in got) >= 0.6 * len(got), (said, heard)
