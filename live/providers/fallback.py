@@ -95,20 +95,12 @@ _STT_ANSWERS = frozenset({
 })
 
 
-class _StallGuard(stt.STT):
-    """A streaming STT watched by a VAD: a stream that gives no transcript ``stall_seconds``
-    after the caller stopped speaking fails with ``APIConnectionError``.
+class _WrappedSTT(stt.STT):
+    """An adapter member that is another STT with a different ``stream()``."""
 
-    A vendor that keeps its socket open and stops answering raises nothing, and streaming
-    STTs are quiet while the caller is, so silence alone proves nothing; the VAD's view of
-    the same audio tells a stall from a quiet caller.
-    """
-
-    def __init__(self, inner: stt.STT, vad: VAD, stall_seconds: float) -> None:
+    def __init__(self, inner: stt.STT) -> None:
         super().__init__(capabilities=inner.capabilities)
         self._inner = inner
-        self._vad = vad
-        self._stall = stall_seconds
         self._label = inner.label
 
     @property
@@ -127,6 +119,21 @@ class _StallGuard(stt.STT):
         conn_options: APIConnectOptions,
     ) -> stt.SpeechEvent:
         return await self._inner.recognize(buffer, language=language, conn_options=conn_options)
+
+
+class _StallGuard(_WrappedSTT):
+    """A streaming STT watched by a VAD: a stream that gives no transcript ``stall_seconds``
+    after the caller stopped speaking fails with ``APIConnectionError``.
+
+    A vendor that keeps its socket open and stops answering raises nothing, and streaming
+    STTs are quiet while the caller is, so silence alone proves nothing; the VAD's view of
+    the same audio tells a stall from a quiet caller.
+    """
+
+    def __init__(self, inner: stt.STT, vad: VAD, stall_seconds: float) -> None:
+        super().__init__(inner)
+        self._vad = vad
+        self._stall = stall_seconds
 
     def stream(
         self,
@@ -280,30 +287,8 @@ _CURRENT_TAIL: contextvars.ContextVar[_AudioTail | None] = contextvars.ContextVa
 )
 
 
-class _ReplayOnSwitch(stt.STT):
+class _ReplayOnSwitch(_WrappedSTT):
     """A fallback STT whose new stream first hears the utterance the failed STT was cut in."""
-
-    def __init__(self, inner: stt.STT) -> None:
-        super().__init__(capabilities=inner.capabilities)
-        self._inner = inner
-        self._label = inner.label
-
-    @property
-    def model(self) -> str:
-        return self._inner.model
-
-    @property
-    def provider(self) -> str:
-        return self._inner.provider
-
-    async def _recognize_impl(
-        self,
-        buffer: utils.AudioBuffer,
-        *,
-        language: NotGivenOr[str] = NOT_GIVEN,
-        conn_options: APIConnectOptions,
-    ) -> stt.SpeechEvent:
-        return await self._inner.recognize(buffer, language=language, conn_options=conn_options)
 
     def stream(
         self,
