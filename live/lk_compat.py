@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from livekit import rtc
 from livekit.agents.voice.avatar import (
     AvatarRunner,
+    AvatarSession,
     DataStreamAudioOutput,
     DataStreamAudioReceiver,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "RoomAudioOutput",
     "assemblyai_guarded_stream",
     "datastream_destination",
+    "detach_self_published_avatar",
     "drop_queued_streams",
     "new_room_audio_output",
     "on_job_process_closed",
@@ -318,3 +320,22 @@ async def report_load_now(server: AgentServer) -> bool:
     await refresh()
     await update()
     return True
+
+
+# --- AvatarSession: an avatar the agent publishes itself (live/avatar/session.py) ------------
+
+
+def detach_self_published_avatar(session: AvatarSession, room: rtc.Room) -> None:
+    """Let ``AvatarSession.aclose`` tidy up without removing the agent from its room.
+
+    Why: the in-process local face is published by the agent's own participant, so its
+    ``avatar_identity`` is the agent's (``wait_for_join`` supports that: it looks at the local
+    participant too). But ``aclose`` removes ``avatar_identity`` from the room through the
+    server API, which would kick the agent itself (and look like a lost worker to the resume
+    logic). This drops the base class's room (``_room``) and its connection listener
+    (``_on_connection_state_changed``) first, so ``aclose`` skips the removal and still
+    cancels its join watch and metrics listener. Removed by: an ``AvatarSession`` that skips
+    the removal when the avatar is the local participant (no upstream issue known).
+    """
+    room.off("connection_state_changed", session._on_connection_state_changed)
+    session._room = None

@@ -28,8 +28,9 @@ from datetime import timedelta
 from livekit import api, rtc
 from livekit.agents import AgentSession
 from livekit.agents.types import ATTRIBUTE_PUBLISH_ON_BEHALF
-from livekit.agents.voice.avatar import DataStreamAudioOutput, QueueAudioOutput
+from livekit.agents.voice.avatar import AvatarSession, DataStreamAudioOutput, QueueAudioOutput
 
+from live import lk_compat
 from live.alignment import PhonemeTiming
 from live.avatar.generator import FaceVideoGenerator, FrameInfo
 from live.avatar.options import LocalAvatarOptions, build_renderer
@@ -145,8 +146,14 @@ class PausableQueueAudioOutput(QueueAudioOutput):
             task.cancel()
 
 
-class LocalAvatarSession:
-    """The local avatar; ``start`` once per agent session, ``aclose`` when it ends."""
+class LocalAvatarSession(AvatarSession):
+    """The local avatar, a LiveKit ``AvatarSession``: ``start`` once per agent session.
+
+    The base class gives what the hosted plugins get: ``wait_for_join`` (the avatar's video
+    is published: by the agent itself in-process, by the avatar participant otherwise), an
+    ``AvatarMetrics`` when it joins and per reply, ``aclose`` at job shutdown and, in
+    participant mode, removing the avatar participant from the room.
+    """
 
     def __init__(
         self,
@@ -157,6 +164,7 @@ class LocalAvatarSession:
         api_secret: str | None = None,
         frame_listener: Callable[[FrameInfo], None] | None = None,
     ) -> None:
+        super().__init__()
         self._opts = options or LocalAvatarOptions()
         self._url = livekit_url
         self._key = api_key
@@ -165,9 +173,10 @@ class LocalAvatarSession:
         self._gen: FaceVideoGenerator | None = None
         self._runner: FaceAvatarRunner | None = None
         self._participant_task: asyncio.Task[None] | None = None
-        self._participant_ready = asyncio.Event()
         self._audio: PausableQueueAudioOutput | None = None
         self._verdict: Callable[[float, float], Awaitable[bool | None]] | None = None
+        self._publisher = ""  # in-process: the agent's identity, once started
+        self._closed = False
         if self._opts.mode == "participant" and not (livekit_url and api_key and api_secret):
             raise ValueError("participant mode needs livekit_url, api_key and api_secret")
 
@@ -176,9 +185,14 @@ class LocalAvatarSession:
         return self._opts
 
     @property
-    def avatar_identity(self) -> str | None:
-        """Identity that publishes the avatar's tracks (None in-process: the agent's own)."""
-        return self._opts.identity if self._opts.mode == "participant" else None
+    def in_process(self) -> bool:
+        return self._opts.mode != "participant"
+
+    @property
+    def avatar_identity(self) -> str:
+        """Who publishes the face: the avatar participant, or in-process the agent itself
+        (empty before ``start``)."""
+        return self._publisher if self.in_process else self._opts.identity
 
     @property
     def provider(self) -> str:
@@ -208,11 +222,14 @@ class LocalAvatarSession:
         if self._gen is not None:
             self._gen.alignment_callback(timings, num_samples, sample_rate)
 
-    async def start(self, agent_session: AgentSession, *, room: rtc.Room) -> None:
-        if self._opts.mode == "participant":
-            await self._start_participant(agent_session, room)
-        else:
+    async def start(self, agent_session: AgentSession, room: rtc.Room) -> None:
+        if self.in_process:
+            self._publisher = room.local_participant.identity
+        await super().start(agent_session, room)
+        if self.in_process:
             await self._start_in_process(agent_session, room)
+        else:
+            await self._start_participant(agent_session, room)
 
     async def _start_in_process(self, agent_session: AgentSession, room: rtc.Room) -> None:
         opts = self._opts
@@ -258,8 +275,7 @@ class LocalAvatarSession:
         token = self.participant_token(room)
         self._participant_task = asyncio.create_task(
             run_avatar_participant(
-                self._url, token, options=self._opts, ready=self._participant_ready,
-                frame_listener=self._listener,
+                self._url, token, options=self._opts, frame_listener=self._listener,
             ),
             name="local-avatar-participant",
         )
@@ -275,28 +291,41 @@ class LocalAvatarSession:
         logger.info("local avatar participant launched",
                     extra={"room": room.name, "identity": self._opts.identity})
 
-    async def wait_ready(self, *, within: float = 20.0) -> None:
-        """Participant mode: until the avatar has joined and its runner is up."""
-        if self._opts.mode != "participant":
+    async def wait_for_join(self, *, timeout: float | None = 30.0) -> None:
+        """Until the face's video is published (``asyncio.TimeoutError`` after ``timeout``).
+
+        In participant mode a participant that fails to start raises its error at once
+        instead of running out the timeout.
+        """
+        task = self._participant_task
+        if task is None:
+            await super().wait_for_join(timeout=timeout)
             return
-        assert self._participant_task is not None
-        ready = asyncio.ensure_future(self._participant_ready.wait())
-        done, _ = await asyncio.wait({ready, self._participant_task}, timeout=within,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if self._participant_task in done:
-            self._participant_task.result()  # raises what the participant failed with
-            raise RuntimeError("avatar participant ended before it was ready")
-        if not done:
-            raise TimeoutError("avatar participant did not become ready")
+        joined = asyncio.ensure_future(super().wait_for_join(timeout=timeout))
+        try:
+            await asyncio.wait({joined, task}, return_when=asyncio.FIRST_COMPLETED)
+            if not joined.done():
+                task.result()  # raises what the participant failed with
+                raise RuntimeError("avatar participant ended before it joined")
+            joined.result()
+        finally:
+            joined.cancel()
 
     async def aclose(self) -> None:
+        """Idempotent: the job's shutdown runs it, and so may the worker or a fallback."""
+        if self._closed:
+            return
+        self._closed = True
         if self._runner is not None:
             await self._runner.aclose()
             self._runner = None
         if self._gen is not None:
             await self._gen.aclose()
             self._gen = None
+        room = self._room
+        if self.in_process and room is not None:
+            lk_compat.detach_self_published_avatar(self, room)
+        await super().aclose()  # participant mode: removes the avatar from the room
         if self._participant_task is not None:
             self._participant_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

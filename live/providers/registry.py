@@ -2,9 +2,9 @@
 
 Which providers exist, what they need and what they cost is the catalogue's
 (``config/catalog.py``); this registry only maps each catalogue entry to the factory its module
-registers. ``create`` returns ``stt.STT`` / ``llm.LLM`` / ``tts.TTS`` for those slots and an
-:class:`Avatar` (``async start(agent_session, room=...)``, like the hosted avatar plugins'
-``AvatarSession``) for avatars, so mypy catches a provider put in the wrong slot. A hosted
+registers. ``create`` returns ``stt.STT`` / ``llm.LLM`` / ``tts.TTS`` for those slots and LiveKit's
+``AvatarSession`` for avatars (the local face and the hosted plugins' wrapper are both one), so
+mypy catches a provider put in the wrong slot. A hosted
 provider's factory receives its catalogue options model, with the key already resolved
 (``Settings.api_key_for``); no provider module reads the environment.
 """
@@ -14,10 +14,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
-from livekit import rtc
-from livekit.agents import AgentSession, llm, stt, tts
+from livekit.agents import llm, stt, tts
+from livekit.agents.voice.avatar import AvatarSession
 
 from config import catalog
 from config.catalog import SLOTS, Slot
@@ -33,10 +33,8 @@ class ProviderError(Exception):
     """A provider cannot be built: unknown name, missing extra, vendor gone, bad option."""
 
 
-class Avatar(Protocol):
-    """What the avatar slot builds: started once per session, before the session starts."""
-
-    async def start(self, agent_session: AgentSession, *, room: rtc.Room) -> None: ...
+Avatar = AvatarSession
+"""What the avatar slot builds: started once per session, before the session starts."""
 
 
 @dataclass

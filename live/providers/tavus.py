@@ -30,6 +30,7 @@ from livekit.agents import (
     APIStatusError,
     APITimeoutError,
 )
+from livekit.agents.voice.avatar import AvatarSession
 from livekit.plugins import tavus
 
 from config.catalog import TavusOptions as TavusSettings
@@ -92,12 +93,13 @@ def _mask(text: str | None, secrets: tuple[str, ...], limit: int = 300) -> str |
     return text[:limit]
 
 
-class HostedAvatar:
+class HostedAvatar(AvatarSession):
     """One hosted-avatar plugin session, started at most once; failures are final.
 
-    Wraps a LiveKit avatar plugin ``AvatarSession`` whose ``start`` mints the avatar's token and
-    POSTs it to the vendor. ``start`` raises a LiveKit ``APIError`` (``retryable=False``) with
-    no credentials in its message or chain, so the caller can log it and fall back.
+    A LiveKit ``AvatarSession`` around the plugin's own (``start`` mints the avatar's token and
+    POSTs it to the vendor): it delegates joining, metrics and closing to it, and changes only
+    ``start``, which raises a LiveKit ``APIError`` (``retryable=False``) with no credentials in
+    its message or chain, so the caller can log it and fall back.
     """
 
     def __init__(
@@ -109,12 +111,15 @@ class HostedAvatar:
         start_timeout: float,
         secrets: tuple[str, ...],
     ) -> None:
+        super().__init__()
         self._session = session
         self._provider = provider
         self._livekit = livekit
         self._start_timeout = start_timeout
         self._secrets = (*secrets, livekit.api_secret)
         self._started = False
+        # the plugin session reports join and playback metrics; pass them on from here too
+        session.on("metrics_collected", lambda m: self.emit("metrics_collected", m))
 
     @property
     def provider(self) -> str:
@@ -129,8 +134,10 @@ class HostedAvatar:
         """The plugin's ``AvatarSession`` (e.g. for ``tavus.AvatarSession.set_emotion``)."""
         return self._session
 
-    async def start(self, agent_session: AgentSession, *, room: rtc.Room) -> None:
-        """POST once; on success the session's audio goes to the avatar participant."""
+    async def start(self, agent_session: AgentSession, room: rtc.Room) -> None:
+        """POST once; on success the session's audio goes to the avatar participant.
+
+        The base class's ``start`` is not called: the plugin session's does its work."""
         if self._started:
             raise RuntimeError(f"{self._provider} avatar already started")
         self._started = True

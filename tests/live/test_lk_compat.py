@@ -22,6 +22,7 @@ from livekit.agents.voice.avatar import (
     AudioSegmentEnd,
     AvatarOptions,
     AvatarRunner,
+    AvatarSession,
     DataStreamAudioOutput,
     DataStreamAudioReceiver,
     VideoGenerator,
@@ -367,3 +368,34 @@ def test_fallback_adapters_keep_the_state_our_fallbacks_read() -> None:
         stream_mod = inspect.getmodule(klass)
         assert "def _try_recovery(self" in inspect.getsource(stream_mod), changed(  # type: ignore[arg-type]
             f"{klass.__module__} _try_recovery", "missing")
+
+
+class _SelfPublished(AvatarSession):
+    @property
+    def avatar_identity(self) -> str:
+        return "agent"
+
+
+async def test_a_self_published_avatar_closes_without_removing_the_agent() -> None:
+    from livekit.agents import AgentSession
+
+    close_src = inspect.getsource(AvatarSession.aclose)
+    assert "remove_participant" in close_src and "self._room" in close_src, changed(
+        "AvatarSession.aclose", "no longer removes avatar_identity when it has a room: "
+        "detach_self_published_avatar may be dropped"
+    )
+    room = rtc.Room()  # unconnected: start listens for the connection
+    session = _SelfPublished()
+    await session.start(AgentSession(), room)
+    assert getattr(session, "_room", None) is room, changed("AvatarSession._room", "not the room")
+    assert callable(getattr(session, "_on_connection_state_changed", None)), changed(
+        "AvatarSession._on_connection_state_changed", "method is gone"
+    )
+    lk_compat.detach_self_published_avatar(session, room)
+    assert session._room is None
+    # its listener is off the room: a connection after close finds no half-closed session
+    room.emit("connection_state_changed", rtc.ConnectionState.CONN_CONNECTED)
+    assert session._wait_avatar_join_task is None, changed(
+        "AvatarSession._on_connection_state_changed", "still attached after detaching"
+    )
+    await session.aclose()

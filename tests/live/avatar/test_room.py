@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from livekit import api, rtc
 from livekit.agents import AgentSession
+from livekit.agents.metrics.base import AvatarMetrics
 from livekit.agents.types import ATTRIBUTE_PUBLISH_ON_BEHALF
 from livekit.agents.voice.io import AudioOutput, PlaybackFinishedEvent
 
@@ -147,8 +148,13 @@ async def exercise(
     rx = Received(publisher=publisher, box=box)
     rx.attach(user)
     await user.connect(server.url, token(server, "user", name))  # type: ignore[attr-defined]
+    metrics: list[object] = []
+    session.on("metrics_collected", lambda ev: metrics.append(ev.metrics))
     await avatar.start(session, room=agent)
-    await avatar.wait_ready()
+    await avatar.wait_for_join(timeout=20)
+    # LiveKit's AvatarSession base: the publisher of the face, and its join reported
+    assert avatar.avatar_identity == publisher
+    assert any(isinstance(m, AvatarMetrics) and m.avatar_joined_time for m in metrics), metrics
     out = session.output.audio
     assert out is not None
     finished: list[PlaybackFinishedEvent] = []
