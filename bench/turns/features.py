@@ -80,7 +80,7 @@ class Models:
         from livekit.plugins import silero
 
         from config.settings import load_settings
-        from live.providers.local.whisper_engine import get_whisper
+        from engines.whisper import get_whisper
         from live.providers.registry import ProviderContext
         from live.providers.smart_turn import SmartTurnModel
 
@@ -96,7 +96,7 @@ class Models:
         return float(self.eot.predict(pcm))
 
     def transcribe(self, audio: np.ndarray, model: str = "tiny.en") -> str:
-        from live.providers.local.whisper_engine import DEFAULT_WINDOW_SECONDS
+        from engines.whisper import DEFAULT_WINDOW_SECONDS
 
         return self.whisper[model].transcribe_sync(audio, "en", DEFAULT_WINDOW_SECONDS).text.strip()
 
