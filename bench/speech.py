@@ -34,6 +34,7 @@ from config.settings import load_settings
 from engines.espeak import get_espeak
 from engines.llama import get_llama
 from engines.piper import get_piper
+from engines.store import process_models
 from engines.whisper import get_whisper
 from live.providers.local.prewarm import prewarm
 from live.providers.local_llm import LocalLLM
@@ -307,7 +308,7 @@ async def run(runs: int) -> dict[str, Any]:
     load_before = os.getloadavg()
     # the default var dir: Piper's aligned model is patched there once, as in production
     settings = load_settings(_env_file=None)
-    ctx = ProviderContext(settings)
+    ctx = process_models(settings)
     t = time.perf_counter()
     prewarm(ctx)
     get_espeak(ctx)
