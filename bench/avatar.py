@@ -73,8 +73,8 @@ def cpu_seconds(pid: int) -> float:
 
 def speech() -> tuple[np.ndarray, int]:
     """The agent's voice (whole-sentence Piper from the model store) saying TEXT."""
-    from live.providers.local.piper_engine import get_piper
-    from live.providers.local.store import process_models
+    from engines.piper import get_piper
+    from engines.store import process_models
 
     voice = get_piper(process_models(), "joe-us", stream_vocoder=False)
     audio = np.concatenate([np.frombuffer(c.pcm, dtype=np.int16) for c in voice.synthesize_sync(TEXT)])

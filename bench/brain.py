@@ -37,6 +37,7 @@ from livekit.agents.voice.run_result import RunResult
 
 from bench.summaries_eval import run_summaries
 from config.settings import Settings, load_settings
+from engines.store import process_models
 from live.agent import AvatarAgent
 from live.persona import other_names
 from live.providers import ProviderContext, create
@@ -308,7 +309,7 @@ def write_markdown(report: dict[str, Any]) -> str:
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
-    ctx = ProviderContext(settings)
+    ctx = process_models(settings)
     log: Callable[[str], None] = (lambda m: print(m, file=sys.stderr)) if args.verbose else (
         lambda m: None
     )

@@ -42,9 +42,9 @@ SIZE = 512
 
 def speech() -> tuple[list[tuple[list[Any], np.ndarray]], int]:
     """Piper sentences: (phoneme timings, int16 audio) each, and the sample rate."""
+    from engines.piper import get_piper
+    from engines.store import process_models
     from live.alignment import PhonemeTiming
-    from live.providers.local.piper_engine import get_piper
-    from live.providers.local.store import process_models
 
     voice = get_piper(process_models(), "joe-us", stream_vocoder=False)
     sr = int(voice.sample_rate)

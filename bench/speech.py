@@ -31,11 +31,12 @@ from livekit.agents.llm import ChatContext
 from bench.wer import wer
 from config.session import DEFAULT_INSTRUCTIONS
 from config.settings import load_settings
-from live.providers.local.espeak_engine import get_espeak
-from live.providers.local.llama_engine import get_llama
-from live.providers.local.piper_engine import get_piper
+from engines.espeak import get_espeak
+from engines.llama import get_llama
+from engines.piper import get_piper
+from engines.store import process_models
+from engines.whisper import get_whisper
 from live.providers.local.prewarm import prewarm
-from live.providers.local.whisper_engine import get_whisper
 from live.providers.local_llm import LocalLLM
 from live.providers.local_stt import LocalSTT
 from live.providers.local_tts import EspeakTTS, LocalTTS
@@ -307,7 +308,7 @@ async def run(runs: int) -> dict[str, Any]:
     load_before = os.getloadavg()
     # the default var dir: Piper's aligned model is patched there once, as in production
     settings = load_settings(_env_file=None)
-    ctx = ProviderContext(settings)
+    ctx = process_models(settings)
     t = time.perf_counter()
     prewarm(ctx)
     get_espeak(ctx)

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from config.session import SessionSpec
 from config.settings import Settings
-from live.providers.local.store import process_models
+from engines.store import process_models
 
 logger = logging.getLogger(__name__)
 
@@ -180,14 +180,14 @@ def write_wav(path: Path, pcm: np.ndarray, rate: int) -> None:
 
 def _caller_voice() -> Any:
     """Whole-sentence Piper from the process's model store (the agent's voice, not streamed)."""
-    from live.providers.local.piper_engine import get_piper
+    from engines.piper import get_piper
 
     return get_piper(process_models(), "joe-us", stream_vocoder=False)
 
 
 def _whisper() -> Any:
     """Whisper tiny.en from the process's model store (the engine the agent's STT uses)."""
-    from live.providers.local.whisper_engine import get_whisper
+    from engines.whisper import get_whisper
 
     return get_whisper(process_models(), "tiny.en")
 

@@ -28,11 +28,11 @@ from livekit.agents import (
 from config.policy import enforce_spec, session_limits
 from config.session import SessionSpec, SpecError, parse_spec
 from config.settings import Settings, get_settings
+from engines.store import process_models
 from live.admission import Admission
 from live.agent import AvatarAgent
 from live.lifecycle import SessionLifecycle
 from live.pipeline import Components, build_components
-from live.providers import ProviderContext
 from live.recorder import SessionRecorder, checkpoints, session_usage, usage_rows
 from store.models import SessionStatus, utcnow
 from store.resume import (
@@ -87,8 +87,7 @@ def prewarm(proc: JobProcess) -> None:
     os.nice(PREWARM_NICENESS)
     settings = _settings()
     install_secret_mask(settings.secret_values())
-    ctx = ProviderContext(settings=settings, shared=proc.userdata)
-    proc.userdata["provider_ctx"] = ctx
+    ctx = process_models(settings)
     load_local_models(ctx)
     if "local" in (settings.avatar.provider, settings.avatar.fallback):
         from live.providers.local_avatar import load_portrait
@@ -312,9 +311,7 @@ async def entrypoint(ctx: JobContext) -> None:
     ctx.proc.userdata["recorder"] = recorder
     ctx.proc.userdata["session_id"] = session_id
 
-    pctx: ProviderContext = ctx.proc.userdata.get("provider_ctx") or ProviderContext(
-        settings=settings, shared=ctx.proc.userdata
-    )
+    pctx = process_models(settings)  # prewarm filled it
     from live.providers import turn
 
     vad = turn.get_vad(pctx)

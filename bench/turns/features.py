@@ -80,14 +80,14 @@ class Models:
         from livekit.plugins import silero
 
         from config.settings import load_settings
-        from live.providers.local.whisper_engine import get_whisper
-        from live.providers.registry import ProviderContext
+        from engines.store import process_models
+        from engines.whisper import get_whisper
         from live.providers.smart_turn import SmartTurnModel
 
         self.vad = silero.VAD.load(min_silence_duration=VAD_MIN_SILENCE)
         self.smart = SmartTurnModel()
         self.eot = EOT()
-        ctx = ProviderContext(settings=load_settings())
+        ctx = process_models(load_settings())
         self.whisper = {m: get_whisper(ctx, m) for m in ("tiny.en", "base")}
 
     def mini(self, audio: np.ndarray) -> float:
@@ -96,7 +96,7 @@ class Models:
         return float(self.eot.predict(pcm))
 
     def transcribe(self, audio: np.ndarray, model: str = "tiny.en") -> str:
-        from live.providers.local.whisper_engine import DEFAULT_WINDOW_SECONDS
+        from engines.whisper import DEFAULT_WINDOW_SECONDS
 
         return self.whisper[model].transcribe_sync(audio, "en", DEFAULT_WINDOW_SECONDS).text.strip()
 

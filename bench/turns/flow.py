@@ -36,9 +36,9 @@ from livekit.agents import llm as lk_llm
 from bench.turns.texts import COMPLETE, FINAL_COMPLETE
 from config.session import DEFAULT_INSTRUCTIONS
 from config.settings import load_settings
-from live.providers.local.llama_engine import get_llama
-from live.providers.local.piper_engine import get_piper
-from live.providers.local.store import process_models
+from engines.llama import get_llama
+from engines.piper import get_piper
+from engines.store import process_models
 from live.providers.local_llm import LocalLLM
 from live.providers.local_tts import LocalTTS
 

@@ -31,8 +31,8 @@ from livekit.agents.voice.transcription.filters import EMOJI_PATTERN
 
 from config.catalog import LLM_MODELS
 from config.settings import LLMSettings
+from engines.llama import LlamaEngine, get_llama
 from live.knowledge import FACTS_PREFIX, KnowledgeBase
-from live.providers.local.llama_engine import LlamaEngine, get_llama
 from live.providers.local.prompt import (
     grounded_answer,
     persona_examples,

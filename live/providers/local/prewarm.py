@@ -8,12 +8,12 @@ from typing import Any
 
 from config.catalog import LLM_MODELS, PIPER_VOICES, WHISPER_MODELS
 from config.session import DEFAULT_INSTRUCTIONS
-from live.providers.local.espeak_engine import get_espeak
-from live.providers.local.llama_engine import get_llama
-from live.providers.local.piper_engine import get_piper
+from engines.espeak import get_espeak
+from engines.llama import get_llama
+from engines.piper import get_piper
+from engines.whisper import get_whisper
 from live.providers.local.prompt import persona_examples, system_prompt
 from live.providers.local.turn_models import get_vad, init_turn_detector
-from live.providers.local.whisper_engine import get_whisper
 from live.providers.registry import ProviderContext
 
 logger = logging.getLogger(__name__)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from config.settings import Settings, load_settings
+from engines.espeak import EspeakEngine, get_espeak
+from engines.llama import LlamaEngine, get_llama
+from engines.piper import PiperEngine, get_piper
+from engines.whisper import WhisperEngine, get_whisper
 from live.providers import local_llm, local_stt, local_tts
-from live.providers.local.espeak_engine import EspeakEngine, get_espeak
-from live.providers.local.llama_engine import LlamaEngine, get_llama
-from live.providers.local.piper_engine import PiperEngine, get_piper
-from live.providers.local.whisper_engine import WhisperEngine, get_whisper
 from live.providers.registry import ProviderContext
 
 # importing the provider modules registers them (live.providers imports them in production)

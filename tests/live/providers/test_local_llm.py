@@ -10,7 +10,7 @@ from livekit.agents import Agent, AgentSession, function_tool
 from livekit.agents.llm import ChatChunk, ChatContext
 
 from config.session import DEFAULT_INSTRUCTIONS
-from live.providers.local.llama_engine import LlamaEngine
+from engines.llama import LlamaEngine
 from live.providers.local_llm import LocalLLM, LocalLLMStream
 from live.providers.registry import ProviderContext, create
 

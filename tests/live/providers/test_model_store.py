@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from config.settings import Settings
-from live.providers.local.piper_engine import PiperEngine
-from live.providers.local.store import process_models
-from live.providers.local.whisper_engine import WhisperEngine
+from engines.piper import PiperEngine
+from engines.store import process_models
+from engines.whisper import WhisperEngine
 from tests.live.providers.speech import wer
 
 pytestmark = pytest.mark.slow

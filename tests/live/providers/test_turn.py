@@ -18,9 +18,9 @@ from livekit.agents.voice.io import AudioInput, AudioOutput, AudioOutputCapabili
 from bench.wer import normalize
 from config.session import DEFAULT_INSTRUCTIONS
 from config.settings import load_settings
-from live.providers.local.piper_engine import PiperEngine
+from engines.piper import PiperEngine
+from engines.whisper import WhisperEngine
 from live.providers.local.turn_models import get_vad
-from live.providers.local.whisper_engine import WhisperEngine
 from live.providers.registry import ProviderContext, create
 from live.providers.turn import turn_handling
 from tests.live.providers.speech import resample, silence, split_frames, wer

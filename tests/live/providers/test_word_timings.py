@@ -16,9 +16,9 @@ import pytest
 from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
 from livekit.agents.voice.io import TimedString
 
+from engines.piper import PiperEngine
+from engines.whisper import WhisperEngine
 from live.alignment import PhonemeTiming, SentenceWords, pair_words, spoken_words, written_words
-from live.providers.local.piper_engine import PiperEngine
-from live.providers.local.whisper_engine import WhisperEngine
 from live.providers.local_stt import to_whisper_audio
 from live.providers.local_tts import LeadPhrases, LocalTTS
 from tests.live.providers.speech import normalize, pcm_frame

@@ -315,7 +315,7 @@ async def test_llm_failing_after_a_tool_call_does_not_call_the_tool_twice() -> N
 
 def spoken(text: str, ctx: ProviderContext, rate: int = 48000) -> list[rtc.AudioFrame]:
     """Real speech (espeak-ng, a voice the VAD has never been tuned on) in 20 ms room frames."""
-    from live.providers.local.espeak_engine import get_espeak
+    from engines.espeak import get_espeak
 
     engine = get_espeak(ctx)
     pcm = np.frombuffer(engine.synthesize_sync(text, voice="en-us", words_per_minute=165), np.int16)

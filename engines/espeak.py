@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from live.providers.local.executors import SerialExecutor
-from live.providers.registry import ProviderContext, ProviderError
+from engines import EngineError
+from engines.executors import SerialExecutor
+from engines.store import ModelStore
 
 # Piper phonemizes through the espeak-ng library it embeds; the espeak TTS may drive the same
 # library (same global state), so both take this lock around espeak calls.
@@ -38,7 +39,7 @@ def _espeak_library() -> tuple[ctypes.CDLL, str | None]:
         pass
     name = ctypes.util.find_library("espeak-ng")
     if name is None:
-        raise ProviderError(
+        raise EngineError(
             'the espeak TTS needs espeak-ng: pip install -e ".[local]" (piper-tts bundles it) '
             "or apt-get install espeak-ng"
         )
@@ -72,7 +73,7 @@ class EspeakEngine:
                 _AUDIO_OUTPUT_SYNCHRONOUS, 0, data_dir.encode() if data_dir else None, 0
             )
         if rate <= 0:
-            raise ProviderError("espeak-ng failed to initialise")
+            raise EngineError("espeak-ng failed to initialise")
         self.sample_rate = int(rate)
         self.executor = SerialExecutor("espeak")
 
@@ -88,7 +89,7 @@ class EspeakEngine:
             # Piper may have re-initialised the shared library: set everything every time
             self._lib.espeak_SetSynthCallback(self._callback)
             if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise ProviderError(f"espeak-ng has no voice {voice!r}")
+                raise EngineError(f"espeak-ng has no voice {voice!r}")
             self._lib.espeak_SetParameter(_ESPEAK_RATE, words_per_minute, 0)
             rc = self._lib.espeak_Synth(
                 ctypes.c_char_p(data), len(data) + 1, 0, _POS_CHARACTER, 0,
@@ -101,5 +102,5 @@ class EspeakEngine:
         return pcm.astype(np.int16).tobytes()
 
 
-def get_espeak(ctx: ProviderContext) -> EspeakEngine:
-    return ctx.cached("local.tts.espeak", EspeakEngine)
+def get_espeak(store: ModelStore) -> EspeakEngine:
+    return store.cached("local.tts.espeak", EspeakEngine)

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 
 from config.catalog import WHISPER_MODELS
-from live.providers.local.executors import SerialExecutor
-from live.providers.local.model_paths import whisper_base_path, whisper_tiny_path
-from live.providers.registry import ProviderContext, ProviderError
+from engines import EngineError
+from engines.executors import SerialExecutor
+from engines.model_paths import whisper_base_path, whisper_tiny_path
+from engines.store import ModelStore
 
 logger = logging.getLogger(__name__)
 
@@ -244,11 +245,11 @@ def load_whisper(model: str, var_dir: Path) -> WhisperEngine:
     elif model == "base":
         path = whisper_base_path(var_dir)
     else:
-        raise ProviderError(
+        raise EngineError(
             f"unknown local STT model {model!r}; choose one of: {', '.join(WHISPER_MODELS)}"
         )
     return WhisperEngine(model, path)
 
 
-def get_whisper(ctx: ProviderContext, model: str) -> WhisperEngine:
-    return ctx.cached(f"local.stt.{model}", lambda: load_whisper(model, ctx.settings.var_dir))
+def get_whisper(store: ModelStore, model: str) -> WhisperEngine:
+    return store.cached(f"local.stt.{model}", lambda: load_whisper(model, store.settings.var_dir))

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from live.providers.local.espeak_engine import ESPEAK_LOCK
-from live.providers.local.executors import CPU_THREADS, DeadlineExecutor
-from live.providers.local.model_paths import piper_voice_paths
-from live.providers.registry import ProviderContext
+from engines.espeak import ESPEAK_LOCK
+from engines.executors import CPU_THREADS, DeadlineExecutor
+from engines.model_paths import piper_voice_paths
+from engines.store import ModelStore
 
 logger = logging.getLogger(__name__)
 
@@ -320,10 +320,10 @@ class PiperEngine:
         return list(self.iter_sync(text))
 
 
-def get_piper(ctx: ProviderContext, voice: str, *, stream_vocoder: bool = True) -> PiperEngine:
+def get_piper(store: ModelStore, voice: str, *, stream_vocoder: bool = True) -> PiperEngine:
     """The voice, once per process; ``stream_vocoder=False``: whole-sentence Piper (a caller's
     or a benchmark's reference voice), a second engine beside the live one."""
     key = f"local.tts.piper.{voice}" + ("" if stream_vocoder else ".whole")
-    return ctx.cached(
-        key, lambda: PiperEngine(voice, ctx.settings.var_dir, stream_vocoder=stream_vocoder)
+    return store.cached(
+        key, lambda: PiperEngine(voice, store.settings.var_dir, stream_vocoder=stream_vocoder)
     )

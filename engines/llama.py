@@ -1,0 +1,126 @@
+"""Language model: llama.cpp's server core (xllamacpp) in-process."""
+
+from __future__ import annotations
+
+import importlib.util
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from config.catalog import LLM_MODELS
+from config.settings import Settings
+from engines import EngineError
+from engines.executors import CPU_THREADS, SerialExecutor
+from engines.model_paths import smollm2_path
+from engines.store import ModelStore
+
+
+@dataclass(frozen=True)
+class LlamaOptions:
+    """How one use runs the model. Uses with different options get engines of their own
+    (``use`` names it in the store); the live agent's are :func:`agent_options`."""
+
+    use: str = "agent"
+    parallel: int = 1  # slots: requests served at once
+    ctx_per_slot: int = 2048
+    threads: int = CPU_THREADS
+    # llama.cpp's host-RAM prompt cache across requests (its default: 8 GiB); 0 turns it off
+    cache_ram_mib: int = 32
+    cache_idle_slots: bool = True  # an idle slot's KV state moves to that cache (default)
+
+
+def agent_options(settings: Settings) -> LlamaOptions:
+    """The live agent's: one slot per session (up to 4), a small prompt cache for the persona
+    prefix the sessions share."""
+    return LlamaOptions(parallel=max(1, min(4, settings.limits.max_concurrent_sessions)))
+
+
+def llama_params(path: Path, options: LlamaOptions) -> Any:
+    """llama.cpp's server parameters (``xllamacpp.CommonParams``) for one use.
+
+    The library also starts its HTTP front-end; it binds 127.0.0.1 on a random port and gets
+    a random API key nobody knows, so only in-process calls reach the model.
+    """
+    import xllamacpp
+
+    p = xllamacpp.CommonParams()
+    p.model.path = str(path)
+    p.n_parallel = options.parallel
+    p.n_ctx = options.ctx_per_slot * options.parallel
+    p.n_batch = 512
+    p.n_ubatch = 512
+    p.cpuparams.n_threads = options.threads
+    p.cpuparams_batch.n_threads = options.threads
+    p.cache_prompt = True
+    p.cache_ram_mib = options.cache_ram_mib
+    p.cache_idle_slots = options.cache_idle_slots
+    p.n_threads_http = 1
+    p.api_keys = [secrets.token_urlsafe(24)]
+    p.verbosity = -1
+    p.endpoint_metrics = False
+    return p
+
+
+class LlamaEngine:
+    """llama.cpp's server core (xllamacpp) in-process: streaming, slots, prompt cache."""
+
+    def __init__(self, model: str, path: Path, options: LlamaOptions) -> None:
+        import xllamacpp
+
+        self.model_name = model
+        self.options = options
+        self.parallel = options.parallel
+        self.ctx_per_slot = options.ctx_per_slot
+        self._server = xllamacpp.Server(llama_params(path, options))
+        self.executor = SerialExecutor(f"llama-{model}", workers=options.parallel)
+
+    def chat_stream_sync(
+        self, request: dict[str, Any], on_chunk: Callable[[dict[str, Any]], bool]
+    ) -> None:
+        """Blocking streaming chat completion; ``on_chunk`` returns True to stop generation."""
+        self._server.handle_chat_completions(dict(request, stream=True), on_chunk)
+
+    def chat_sync(self, request: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = self._server.handle_chat_completions(dict(request, stream=False))
+        return out
+
+    def warm_prefix(self, system: str, examples: Sequence[dict[str, str]] = ()) -> bool:
+        """Evaluate the persona prompt (and its example turns) once so the first turn reuses
+        its KV cache."""
+        out = self.chat_sync(
+            {
+                "messages": [
+                    {"role": "system", "content": system},
+                    *examples,
+                    {"role": "user", "content": "Hi"},
+                ],
+                "max_tokens": 1,
+                "cache_prompt": True,
+            }
+        )
+        return "choices" in out
+
+
+def llama_available() -> bool:
+    """Whether the local LLM can load here (weights and xllamacpp installed), without loading."""
+    try:
+        smollm2_path()
+    except (ModuleNotFoundError, EngineError):
+        return False
+    return importlib.util.find_spec("xllamacpp") is not None
+
+
+def load_llama(model: str, options: LlamaOptions) -> LlamaEngine:
+    if model not in LLM_MODELS:
+        raise EngineError(f"unknown local LLM {model!r}; choose one of: {', '.join(LLM_MODELS)}")
+    return LlamaEngine(model, smollm2_path(), options)
+
+
+def get_llama(store: ModelStore, model: str, options: LlamaOptions | None = None) -> LlamaEngine:
+    """The model, once per process and use; ``options`` (default: the live agent's) apply
+    when this call loads it. Another use (the summariser's) gets its own engine beside."""
+    opts = options or agent_options(store.settings)
+    key = f"local.llm.{model}" + ("" if opts.use == "agent" else f".{opts.use}")
+    return store.cached(key, lambda: load_llama(model, opts))
