@@ -14,6 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from config.settings import Settings, load_settings
+from fakes.openai_server import OpenAIFake
 from store.db import session_scope
 from store.models import Summary, TranscriptLine
 from tasks.app import AvatarCelery
@@ -34,7 +35,6 @@ from tasks.summaries import (
     supported,
     transcript_text,
 )
-from tests.fakes.openai_server import OpenAIFake
 from tests.tasks.conftest import WorkerProcess, wait_for
 from tests.tasks.helpers import new_session
 

@@ -160,39 +160,3 @@ class FakeAvatarWorker:
             if runner is not None:
                 await runner.aclose()
             await room.disconnect()
-
-
-@dataclass
-class RendererAvatarWorker:
-    """The same vendor-worker role played by our own renderer (``live.avatar.runner``)."""
-
-    url: str
-    token: str
-    width: int = 320
-    height: int = 240
-    fps: int = 15
-    joined: asyncio.Event = field(default_factory=asyncio.Event)
-    error: BaseException | None = None
-    _task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-
-    async def _run(self) -> None:
-        from live.avatar.options import LocalAvatarOptions
-        from live.avatar.runner import run_avatar_participant
-
-        opts = LocalAvatarOptions(
-            mode="participant", width=self.width, height=self.height, fps=self.fps
-        )
-        try:
-            await run_avatar_participant(self.url, self.token, options=opts, ready=self.joined)
-        except Exception as err:  # surfaced to the test through .error
-            self.error = err
-            logger.exception("renderer avatar worker failed")
