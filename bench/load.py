@@ -105,7 +105,7 @@ def floor_s(profile: str, lat: Latencies, endpointing_s: float, preemptive: bool
 # ------------------------------------------------------------------------------ the fakes
 
 
-async def _serve_fakes(lat: Latencies) -> None:
+async def _serve_fakes(lat: Latencies, size: tuple[int, int]) -> None:
     """Run the four fakes until stdin closes; print where they are as one JSON line."""
     import functools
 
@@ -120,7 +120,8 @@ async def _serve_fakes(lat: Latencies) -> None:
     llm = OpenAIFake(reply=lambda _m: REPLY, first_token_s=lat.llm_first_token_s,
                      tokens_per_s=lat.llm_tokens_per_s)
     tts = CartesiaFake(first_byte_s=lat.tts_first_byte_s)
-    avatar = TavusFake(make_worker=functools.partial(FakeAvatarWorker, fps=25))
+    w, h = size
+    avatar = TavusFake(make_worker=functools.partial(FakeAvatarWorker, fps=25, width=w, height=h))
     async with stt, llm, tts, avatar:
         print(json.dumps({
             "stt": [stt.base_url, stt.api_key], "llm": [llm.base_url, llm.api_key],
@@ -129,9 +130,11 @@ async def _serve_fakes(lat: Latencies) -> None:
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
 
-def start_fakes(lat: Latencies, log: Path) -> tuple[subprocess.Popen[str], dict[str, list[str]]]:
+def start_fakes(lat: Latencies, size: tuple[int, int], log: Path
+                ) -> tuple[subprocess.Popen[str], dict[str, list[str]]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.load", "--serve-fakes", "--latencies", lat.flag()],
+        [sys.executable, "-m", "bench.load", "--serve-fakes", "--latencies", lat.flag(),
+         "--fake-avatar-size", f"{size[0]}x{size[1]}"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True,
         start_new_session=True)
     assert proc.stdout is not None
@@ -407,6 +410,7 @@ def run_profile(profile: str, args: argparse.Namespace, fakes: dict[str, list[st
         "endpointing_min_delay_s": ep,
         "preemptive": args.preemptive,
         "latencies": asdict(args.latencies) if profile != "local" else None,
+        "fake_avatar_size": list(args.fake_avatar_size) if profile == "hosted" else None,
         "steps": steps,
     }
 
@@ -500,6 +504,16 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
     print("\n".join(md))
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WxH such as 160x120, got {text!r}") from None
+    if w < 16 or h < 16:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 16x16")
+    return w, h
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -519,6 +533,9 @@ def main() -> None:
     ap.add_argument("--join-timeout", type=float, default=90.0)
     ap.add_argument("--generator-cpus", default="",
                     help="pin the callers (this process) to these CPUs, e.g. 1 (taskset)")
+    ap.add_argument("--fake-avatar-size", type=_size, default=(160, 120), metavar="WxH",
+                    help="the Tavus fake's video (25 fps): it stands for the vendor's cloud, so "
+                         "it is kept small; its CPU is counted apart")
     ap.add_argument("--keep-going", action="store_true",
                     help="run every N even after one clearly fails")
     ap.add_argument("--note", default="", help="a line for the results file (e.g. a dev run)")
@@ -527,7 +544,7 @@ def main() -> None:
     ap.add_argument("--serve-fakes", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_fakes:
-        asyncio.run(_serve_fakes(args.latencies))
+        asyncio.run(_serve_fakes(args.latencies, args.fake_avatar_size))
         return
     profiles = [p.strip() for p in args.profile.split(",") if p.strip()]
     for p in profiles:
@@ -550,7 +567,7 @@ def main() -> None:
         if any(p != "local" for p in profiles):
             work = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-load-fakes-{os.getpid()}"
             work.mkdir(parents=True, exist_ok=True)
-            proc, fakes = start_fakes(args.latencies, work / "fakes.log")
+            proc, fakes = start_fakes(args.latencies, args.fake_avatar_size, work / "fakes.log")
             extra["fakes"] = proc.pid
 
             def stop_fakes(p: subprocess.Popen[str] = proc) -> None:
@@ -571,6 +588,8 @@ def main() -> None:
                 flags.append("--no-preemptive")
             if args.video_callers != 4:
                 flags.append(f"--video-callers {args.video_callers}")
+            if profile == "hosted" and args.fake_avatar_size != (160, 120):
+                flags.append("--fake-avatar-size {}x{}".format(*args.fake_avatar_size))
             result.update({
                 "command": "scripts/netns-run .venv/bin/python -m bench.load " + " ".join(flags),
                 "when": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -533,7 +533,7 @@ async def _video_decoded(room: rtc.Room) -> int | None:
     except Exception:  # diagnostics only
         return None
     total: int | None = None
-    for st in stats.subscriber_stats:
+    for st in [*stats.subscriber_stats, *stats.publisher_stats]:
         if st.WhichOneof("stats") == "inbound_rtp":
             inb = st.inbound_rtp
             if str(inb.stream.kind).lower() == "video":
