@@ -396,6 +396,11 @@ def run_profile(profile: str, args: argparse.Namespace, fakes: dict[str, list[st
             if step["clearly_fails"] and not args.keep_going:
                 print(f"[{profile}] stops: N={n} clearly fails", flush=True)
                 break
+    lone = next((s["heard_s"]["p50"] for s in steps if s["n"] == 1), None)
+    for s in steps:  # what load adds: heard latency over a lone caller's median, same run
+        heard = [h for c in s["per_call"] for h in c["heard_s"] if h is not None]
+        s["over_lone_s"] = ({"p50": _pct([h - lone for h in heard], 50),
+                             "p95": _pct([h - lone for h in heard], 95)} if lone else None)
     held = [s["n"] for s in steps if s["holds"]]
     largest = None
     for s in steps:  # the largest N with every N up to it holding
@@ -455,7 +460,9 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         "",
         "Definitions. *Heard latency*: at the caller, from the end of its own speech to the "
         "first audio of the reply (`cli.call`, one turn = one question). *Added latency* = "
-        f"heard latency - floor, where the floor ({r['floor_s']} s) is what the configuration "
+        "heard latency - floor (*over a lone caller*: heard latency - the median heard by one "
+        f"caller alone in the same run, N = 1), where the floor ({r['floor_s']} s) is what the "
+        "configuration "
         "forces with an infinitely fast product: " + definition + " It includes the caller's "
         "own network and jitter buffer (tens of ms), the VAD's view of the end of speech, and "
         "for `hosted` the fake avatar's hop (data stream to its participant, which republishes "
@@ -469,11 +476,12 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         "turns (its own threads; the frames that reached their Python, which a busy caller "
         "process drops, are listed below the table).",
         "",
-        "| N | ok / failed / declined | turns heard | added p50 / p95 | heard p50 / p95 | join p50 / p95 "
+        "| N | ok / failed / declined | turns heard | added p50 / p95 | over a lone caller p50 / p95 "
+        "| heard p50 / p95 | join p50 / p95 "
         "| fps mean / min (callers watching) | longest video gap | worker CPU (per session) "
         "| worker RSS peak, processes | worker USS busy (per session) | callers CPU | fakes CPU "
         "| livekit CPU | load avg after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in r["steps"]:
         cpu = s["cpu_pct"]
@@ -481,6 +489,7 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
             f"| {s['n']} | {s['sessions_ok']} / {s['sessions_failed']} / {s['declined_in_log']} "
             f"| {s['turns_heard']} of {s['turns_asked']} "
             f"| {s['added_s']['p50']} / {s['added_s']['p95']} s "
+            f"| {(s.get('over_lone_s') or {}).get('p50')} / {(s.get('over_lone_s') or {}).get('p95')} s "
             f"| {s['heard_s']['p50']} / {s['heard_s']['p95']} s "
             f"| {s['join_s']['p50']} / {s['join_s']['p95']} s "
             f"| {s['fps']['mean']} / {s['fps']['min']} ({s['video_callers']}) "
