@@ -381,6 +381,7 @@ def run_profile(profile: str, args: argparse.Namespace, fakes: dict[str, list[st
     ns = sorted(args.n)
     env = worker_env(profile, fakes, cap=max(ns))
     env["LIMITS__PREEMPTIVE_TTS"] = "true" if args.preemptive else "false"
+    env.update(args.env)  # the operator's variables last: a setting under test
     steps: list[dict[str, Any]] = []
     with embedded_stack(f"bench-load-{profile}", env) as stack:
         settings = stack.settings
@@ -545,6 +546,10 @@ def main() -> None:
     ap.add_argument("--fake-avatar-size", type=_size, default=(160, 120), metavar="WxH",
                     help="the Tavus fake's video (25 fps): it stands for the vendor's cloud, so "
                          "it is kept small; its CPU is counted apart")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="a setting for the live worker (repeatable), e.g. "
+                         "LIMITS__TURN_DETECTOR=smart-turn, to compare a change under load "
+                         "(written to the results: no keys)")
     ap.add_argument("--keep-going", action="store_true",
                     help="run every N even after one clearly fails")
     ap.add_argument("--note", default="", help="a line for the results file (e.g. a dev run)")
@@ -565,6 +570,10 @@ def main() -> None:
         ap.error(f"--n: expected numbers separated by commas, got {args.n!r}")
     if not args.n or min(args.n) < 1:
         ap.error("--n: every N must be at least 1")
+    pairs = [e.partition("=") for e in args.env]
+    if any(not name or not eq for name, eq, _ in pairs):
+        ap.error("--env: expected NAME=VALUE")
+    args.env = {name: value for name, _, value in pairs}
     args.generator_cpus = {int(c) for c in args.generator_cpus.split(",") if c.strip()}
     from bench.stack import require_netns
 
@@ -595,6 +604,7 @@ def main() -> None:
                 flags.append(f"--latencies {args.latencies.flag()}")
             if not args.preemptive:
                 flags.append("--no-preemptive")
+            flags += [f"--env {k}={v}" for k, v in args.env.items()]
             if args.video_callers != 4:
                 flags.append(f"--video-callers {args.video_callers}")
             if profile == "hosted" and args.fake_avatar_size != (160, 120):
