@@ -76,6 +76,13 @@ def _restore_priority() -> None:
             return
 
 
+def _lower_priority() -> None:
+    """For the prewarm: remember the worker's niceness, then go PREWARM_NICENESS below it."""
+    global _base_niceness
+    _base_niceness = os.nice(0)
+    os.nice(PREWARM_NICENESS)
+
+
 def _settings() -> Settings:
     return get_settings()
 
@@ -88,9 +95,7 @@ def prewarm(proc: JobProcess) -> None:
     # The pool starts a replacement process whenever a session takes an idle one; its model
     # loading must not take CPU from the sessions already talking. The session raises its
     # priority back when it starts (where the OS allows it).
-    global _base_niceness
-    _base_niceness = os.nice(0)
-    os.nice(PREWARM_NICENESS)
+    _lower_priority()
     settings = _settings()
     install_secret_mask(settings.secret_values())
     ctx = ProviderContext(settings=settings, shared=proc.userdata)
