@@ -285,10 +285,31 @@ def _stages(db_url: str, session_ids: list[str | None]) -> dict[str, float | Non
     return {k: _pct(v, 50) for k, v in values.items()}
 
 
+def worker_jobs(health_port: int) -> int | None:
+    """The live worker's running jobs, from LiveKit Agents' own status page."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/worker", timeout=5) as r:
+            return int(json.loads(r.read()).get("active_jobs", 0))
+    except OSError:
+        return None
+
+
+def wait_worker_idle(health_port: int, timeout: float = 90.0) -> int | None:
+    """Until the previous step's jobs have all ended (a finishing job still holds its slot
+    under the cap, and the next step's calls would be declined for it)."""
+    deadline = time.monotonic() + timeout
+    while (jobs := worker_jobs(health_port)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return jobs
+
+
 def run_step(stack: Any, profile: str, n: int, wavs: list[Path], floor: float,
              args: argparse.Namespace, extra_roots: dict[str, int]) -> dict[str, Any]:
     from bench.stack import wait_room_empty, wait_session_ended
 
+    leftover = wait_worker_idle(args.health_port)
     log = stack.work / "live.log"
     log_from = log.stat().st_size
     roots = {"worker": stack.processes["live"].pid, "livekit": stack.processes["livekit"].pid,
@@ -322,6 +343,7 @@ def run_step(stack: Any, profile: str, n: int, wavs: list[Path], floor: float,
         "sessions_failed": len(failed),
         "errors": sorted({str(r.error) for r in failed})[:5],
         "declined_in_log": declined,
+        "jobs_left_from_the_step_before": leftover,
         "turns_heard": len(heard),
         "turns_asked": n * len(wavs),
         "heard_s": {"p50": _pct(heard, 50), "p95": _pct(heard, 95), "max": max(heard, default=None)},
@@ -382,6 +404,10 @@ def run_profile(profile: str, args: argparse.Namespace, fakes: dict[str, list[st
     env = worker_env(profile, fakes, cap=max(ns))
     env["LIMITS__PREEMPTIVE_TTS"] = "true" if args.preemptive else "false"
     env.update(args.env)  # the operator's variables last: a setting under test
+    from cli.services import free_port
+
+    args.health_port = free_port()
+    env["LIVE_HEALTH_PORT"] = str(args.health_port)
     steps: list[dict[str, Any]] = []
     with embedded_stack(f"bench-load-{profile}", env) as stack:
         settings = stack.settings
