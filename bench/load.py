@@ -182,6 +182,9 @@ class TreeSampler:
         self.cpu_s: dict[str, float] = dict.fromkeys(roots, 0.0)
         self.rss_peak: dict[str, int] = dict.fromkeys(roots, 0)
         self.procs_peak: dict[str, int] = dict.fromkeys(roots, 0)
+        self.uss_peak: dict[str, int] = dict.fromkeys(roots, 0)
+        self.uss_every = 5  # samples between USS readings (they read every mapping: slower)
+        self._samples = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -208,6 +211,9 @@ class TreeSampler:
                 self._last[key] = cpu
             self.rss_peak[name] = max(self.rss_peak[name], rss)
             self.procs_peak[name] = max(self.procs_peak[name], n)
+        self._samples += 1
+        if "worker" in self.roots and self._samples % self.uss_every == 0:
+            self.uss_peak["worker"] = max(self.uss_peak["worker"], self.uss("worker"))
 
     def uss(self, name: str) -> int:
         """Memory only this tree holds (no shared libraries counted twice), now."""
@@ -282,7 +288,9 @@ def _stages(db_url: str, session_ids: list[str | None]) -> dict[str, float | Non
     with session_scope(db_url) as db:
         rows = db.scalars(select(TurnMetric).where(TurnMetric.session_id.in_(ids))).all()
         values = {k: [getattr(r, k) for r in rows if getattr(r, k) is not None] for k in STAGES}
-    return {k: _pct(v, 50) for k, v in values.items()}
+    out = {k: _pct(v, 50) for k, v in values.items()}
+    out["e2e_latency_p95"] = _pct(values["e2e_latency"], 95)
+    return out
 
 
 def worker_jobs(health_port: int) -> int | None:
@@ -321,8 +329,8 @@ def run_step(stack: Any, profile: str, n: int, wavs: list[Path], floor: float,
     tag = f"load-{profile}-{n}-{int(time.time())}"
     results = asyncio.run(_calls(stack.settings, n, wavs, args, tag))
     wall = time.monotonic() - t0
-    busy_uss = sampler.uss("worker")
     sampler.stop()
+    busy_uss = max(sampler.uss_peak["worker"], idle_rss)
     for r in results:
         wait_session_ended(stack.db_url, r.session_id, timeout=30)
     for i in range(n):
@@ -498,7 +506,8 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         "of each process tree over the step's wall time (100% = one core; this machine has "
         f"{os.cpu_count()}), from the first call's start to the last call's end, start-up "
         "included. *USS*: memory only the worker's tree holds (shared libraries once), idle "
-        "before the step and at the end of the calls; per session = the difference / N. "
+        "before the step and at its peak during the calls (read every 5 s); per session = "
+        "the difference / N. "
         "*fps*: video frames a second the watching callers' WebRTC stack decoded over the "
         "turns (its own threads; the frames that reached their Python, which a busy caller "
         "process drops, are listed below the table).",
@@ -532,6 +541,7 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
     for s in r["steps"]:
         st = s.get("worker_stage_p50_s") or {}
         md.append(f"- N={s['n']}: " + " / ".join(str(st.get(k)) for k in STAGES)
+                  + f"; end to end p95 {st.get('e2e_latency_p95')}"
                   + f"; frames reaching the callers' Python: {s.get('fps_in_python')}")
     errors = sorted({e for s in r["steps"] for e in s["errors"]})
     if errors:
