@@ -183,6 +183,10 @@ class TreeSampler:
         self.rss_peak: dict[str, int] = dict.fromkeys(roots, 0)
         self.procs_peak: dict[str, int] = dict.fromkeys(roots, 0)
         self.uss_peak: dict[str, int] = dict.fromkeys(roots, 0)
+        # the worker's CPU seconds by thread name (Linux): Python, libwebrtc's threads, the FFI
+        self.threads_s: dict[str, float] = {}
+        self._last_thread: dict[tuple[int, int], float] = {}
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.uss_every = 5  # samples between USS readings (they read every mapping: slower)
         self._samples = 0
         self._stop = threading.Event()
@@ -206,6 +210,8 @@ class TreeSampler:
                 except self._psutil.NoSuchProcess:
                     continue
                 n += 1
+                if name == "worker":
+                    self._threads(p.pid)
                 key = (name, p.pid)
                 self.cpu_s[name] += cpu - self._last.get(key, cpu)
                 self._last[key] = cpu
@@ -214,6 +220,25 @@ class TreeSampler:
         self._samples += 1
         if "worker" in self.roots and self._samples % self.uss_every == 0:
             self.uss_peak["worker"] = max(self.uss_peak["worker"], self.uss("worker"))
+
+    def _threads(self, pid: int) -> None:
+        task_dir = Path(f"/proc/{pid}/task")
+        try:
+            tids = [int(t) for t in os.listdir(task_dir)]
+        except OSError:
+            return
+        for tid in tids:
+            try:
+                comm = (task_dir / str(tid) / "comm").read_text().strip()
+                fields = (task_dir / str(tid) / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            cpu = (int(fields[11]) + int(fields[12])) / self._tick
+            comm = re.sub(r"\s*\d+$", "", comm) or "?"  # "worker_thread 0" -> "worker_thread"
+            last = self._last_thread.get((pid, tid))
+            self._last_thread[(pid, tid)] = cpu
+            if last is not None:
+                self.threads_s[comm] = self.threads_s.get(comm, 0.0) + cpu - last
 
     def uss(self, name: str) -> int:
         """Memory only this tree holds (no shared libraries counted twice), now."""
@@ -229,6 +254,7 @@ class TreeSampler:
         self.sample()  # the baseline: CPU counts from here
         self.cpu_s = dict.fromkeys(self.roots, 0.0)
         self.rss_peak = dict.fromkeys(self.roots, 0)
+        self.threads_s = {}
 
         def run() -> None:
             while not self._stop.wait(1.0):
@@ -365,6 +391,11 @@ def run_step(stack: Any, profile: str, n: int, wavs: list[Path], floor: float,
         "video_max_gap_s": max(gaps, default=None),
         "cpu_pct": {k: round(100 * v / wall, 1) for k, v in sampler.cpu_s.items()},
         "worker_cpu_pct_per_session": round(100 * sampler.cpu_s["worker"] / wall / n, 1),
+        # where the worker's CPU goes, % of a core per session by thread name: "python" is the
+        # interpreter (pipeline, VAD, face), the rest libwebrtc's and the SDK's native threads
+        "worker_threads_pct_per_session": {
+            k: round(100 * v / wall / n, 2)
+            for k, v in sorted(sampler.threads_s.items(), key=lambda kv: -kv[1])[:8] if v > 0},
         "worker_rss_peak_mib": _mib(sampler.rss_peak["worker"]),
         "worker_processes_peak": sampler.procs_peak["worker"],
         "worker_uss_mib": {"idle": _mib(idle_rss), "busy": _mib(busy_uss),
@@ -542,6 +573,9 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
         st = s.get("worker_stage_p50_s") or {}
         md.append(f"- N={s['n']}: " + " / ".join(str(st.get(k)) for k in STAGES)
                   + f"; end to end p95 {st.get('e2e_latency_p95')}"
+                  + "; worker CPU per session by thread (% of a core): "
+                  + ", ".join(f"{k} {v}" for k, v in (s.get("worker_threads_pct_per_session")
+                                                       or {}).items())
                   + f"; frames reaching the callers' Python: {s.get('fps_in_python')}")
     errors = sorted({e for s in r["steps"] for e in s["errors"]})
     if errors:
