@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -406,8 +407,15 @@ def run_step(stack: Any, profile: str, n: int, wavs: list[Path], floor: float,
                       "fps": r.video_fps_decoded, "fps_in_python": r.video_fps,
                       "max_gap_s": r.video_max_gap_s} for r in results],
     }
+    # The callers' own process falling behind shows as a reply heard sooner than the floor
+    # allows (its clock stamped the end of its speech late) or as long stalls in the video
+    # its Python received while WebRTC decoded on time: then the step measured the callers.
+    step["implausible_turns"] = sum(1 for h in heard if h < floor - 0.2)
+    step["callers_overloaded"] = bool(
+        step["implausible_turns"]
+        or (fps and fps_py and statistics.mean(fps_py) < 0.6 * statistics.mean(fps)))
     step["holds"] = (
-        step["sessions_failed"] == 0 and declined == 0 and len(heard) == n * len(wavs)
+        not step["callers_overloaded"] and step["sessions_failed"] == 0 and declined == 0 and len(heard) == n * len(wavs)
         and step["added_s"]["p95"] is not None and step["added_s"]["p95"] <= TARGET_ADDED_P95_S
         and bool(fps) and min(fps) >= TARGET_FPS)
     step["clearly_fails"] = (
@@ -417,6 +425,10 @@ def run_step(stack: Any, profile: str, n: int, wavs: list[Path], floor: float,
 
 
 def _print_step(profile: str, s: dict[str, Any]) -> None:
+    if s["callers_overloaded"]:
+        print(f"[{profile}] N={s['n']}: the callers' process fell behind (replies heard sooner "
+              "than possible, or its video stalled): this step measured the callers too",
+              flush=True)
     print(f"[{profile}] N={s['n']}: ok {s['sessions_ok']}/{s['n']}, declined {s['declined_in_log']}, "
           f"added p50 {s['added_s']['p50']} s p95 {s['added_s']['p95']} s, fps {s['fps']}, "
           f"worker CPU {s['cpu_pct']['worker']}% ({s['worker_cpu_pct_per_session']}%/session), "
@@ -577,6 +589,12 @@ def write_markdown(r: dict[str, Any], path: Path) -> None:
                   + ", ".join(f"{k} {v}" for k, v in (s.get("worker_threads_pct_per_session")
                                                        or {}).items())
                   + f"; frames reaching the callers' Python: {s.get('fps_in_python')}")
+    behind = [str(s["n"]) for s in r["steps"] if s.get("callers_overloaded")]
+    if behind:
+        md += ["", f"**The callers' process fell behind at N = {', '.join(behind)}** (replies "
+               "heard sooner than the floor allows, or the video its Python received far below "
+               "what its WebRTC stack decoded): those rows measured the load generator as much "
+               "as the worker. Pin it apart (`--generator-cpus`) or run it on another machine."]
     errors = sorted({e for s in r["steps"] for e in s["errors"]})
     if errors:
         md += ["", "Errors seen: " + "; ".join(f"`{e}`" for e in errors)]
@@ -648,6 +666,8 @@ def main() -> None:
     from bench.stack import require_netns
 
     require_netns()
+    # SIGTERM unwinds like an exception, so the stack's servers and the fakes are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     before = [round(x, 2) for x in os.getloadavg()]
     with ExitStack() as stack:
         fakes = None
