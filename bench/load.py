@@ -471,7 +471,8 @@ def run_profile(profile: str, args: argparse.Namespace, fakes: dict[str, list[st
             step = run_step(stack, profile, n, wavs, floor, args, extra_roots)
             _print_step(profile, step)
             steps.append(step)
-            if step["clearly_fails"] and not args.keep_going:
+            # N = 1 is the lone caller every other step is compared with: never the last
+            if step["clearly_fails"] and not args.keep_going and n != ns[0]:
                 print(f"[{profile}] stops: N={n} clearly fails", flush=True)
                 break
     lone = next((s["heard_s"]["p50"] for s in steps if s["n"] == 1), None)
