@@ -696,6 +696,8 @@ def main() -> None:
             if not args.preemptive:
                 flags.append("--no-preemptive")
             flags += [f"--env {k}={v}" for k, v in args.env.items()]
+            if args.name != "load":
+                flags.append(f"--name {args.name}")
             if args.video_callers != 4:
                 flags.append(f"--video-callers {args.video_callers}")
             if profile == "hosted" and args.fake_avatar_size != (160, 120):
