@@ -46,7 +46,8 @@ def require_netns() -> None:
 def embedded_stack(
     name: str, worker_env: dict[str, str] | None = None, *, celery: bool = False
 ) -> Iterator[Stack]:
-    """Servers plus a live worker capped at one session, with ``worker_env`` on top.
+    """Servers plus a live worker capped at one session, with ``worker_env`` on top (it may
+    change the cap).
 
     With ``celery``, a Celery worker too (one solo process, both queues), so sessions are
     finalised and billed as in production.
@@ -64,8 +65,8 @@ def embedded_stack(
     env = dict(os.environ, LIVEKIT_URL=url, LIVEKIT_API_KEY="benchkey", LIVEKIT_API_SECRET=secret,
                DATABASE_URL=db_url, VAR_DIR=str(work), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
                LIVE_HEALTH_PORT=str(free_port()), LIMITS__MAX_CONCURRENT_SESSIONS="1",
-               LIMITS__CALLER_GRACE_SECONDS="1", REDIS_URL=f"redis://127.0.0.1:{valkey_port}/0",
-               **(worker_env or {}))
+               LIMITS__CALLER_GRACE_SECONDS="1", REDIS_URL=f"redis://127.0.0.1:{valkey_port}/0")
+    env.update(worker_env or {})  # may override the defaults above (the cap, for bench.load)
     log = open(work / "live.log", "wb")
     live = subprocess.Popen([sys.executable, "-m", "live.worker", "start"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)

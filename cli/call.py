@@ -9,6 +9,7 @@ video frame whose mouth region moved away from the idle face.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import logging
 import time
@@ -96,6 +97,15 @@ class CallResult(BaseModel):
     turns: list[TurnResult] = []
     interruption: InterruptionResult | None = None
     captions: list[CaptionSegment] = []  # every lk.transcription segment, in order
+    # joining to the agent's first audio (the job's start, as the caller waits for it)
+    join_s: float | None = None
+    # the avatar's video as received (every frame counts, kept or not): frames a second from
+    # the first frame to the last, and the longest wait between two frames
+    video_fps: float | None = None
+    video_max_gap_s: float | None = None
+    # frames the caller's WebRTC stack decoded a second over the turns (its own threads: not
+    # slowed by this Python process, unlike the frames above)
+    video_fps_decoded: float | None = None
     error: str | None = None
 
     @property
@@ -146,6 +156,13 @@ class CallOptions:
     identity: str = field(default_factory=lambda: f"caller-{uuid.uuid4().hex[:6]}")
     spec: SessionSpec | None = None
     greeting_timeout: float = 60.0
+    # A light caller, for many in one process (bench.load): no Whisper on the replies, no
+    # files written, video not subscribed at all or only one frame in `video_keep_every`
+    # converted and kept (every frame is still counted for the frame rate).
+    transcribe_replies: bool = True
+    record: bool = True
+    video: bool = True
+    video_keep_every: int = 1
 
 
 # ------------------------------------------------------------------------------ audio helpers
@@ -231,8 +248,13 @@ def transcribe(pcm: np.ndarray, rate: int) -> str:
 class _Recorder:
     """Collects the avatar's audio and video with arrival times."""
 
-    def __init__(self) -> None:
+    def __init__(self, video_keep_every: int = 1) -> None:
+        self.video_keep_every = max(1, video_keep_every)
+        self.video_arrivals: list[float] = []  # every frame received, kept or not
         self.audio: list[tuple[float, np.ndarray]] = []
+        # arrival times of the audio frames louder than SPEECH_RMS, in order: waiting for a
+        # reply looks them up (bisect) instead of measuring every frame again at each poll
+        self.loud: list[float] = []
         self.video: list[tuple[float, np.ndarray]] = []
         # when each kept frame is due on screen (libwebrtc's render time, same clock as
         # time.monotonic): unlike arrival, not delayed when this process is busy
@@ -283,15 +305,24 @@ class _Recorder:
     async def pump_audio(self, track: rtc.Track) -> None:
         stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
         async for ev in stream:
-            self.audio.append((time.monotonic(), np.frombuffer(ev.frame.data, dtype=np.int16).copy()))
+            now = time.monotonic()
+            pcm = np.frombuffer(ev.frame.data, dtype=np.int16).copy()
+            self.audio.append((now, pcm))
+            if pcm.size and float(np.sqrt(np.mean(pcm.astype(np.float32) ** 2))) > SPEECH_RMS:
+                self.loud.append(now)
             self.got_audio.set()
 
     async def pump_video(self, track: rtc.Track) -> None:
         import cv2
 
-        stream = rtc.VideoStream(track, format=rtc.VideoBufferType.RGB24)
+        every = self.video_keep_every
+        # sampling: frames come as decoded, and only the kept ones are converted
+        stream = rtc.VideoStream(track, format=rtc.VideoBufferType.RGB24 if every == 1 else None)
         async for ev in stream:
-            f = ev.frame
+            self.video_arrivals.append(time.monotonic())
+            if (len(self.video_arrivals) - 1) % every:
+                continue
+            f = ev.frame if every == 1 else ev.frame.convert(rtc.VideoBufferType.RGB24)
             img: np.ndarray = np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, 3)
             scale = VIDEO_KEEP_PX / max(f.width, f.height)
             if scale < 1:  # keep memory bounded: frames are only scored and sampled
@@ -427,18 +458,12 @@ async def _wait_until(pred: object, timeout: float, step: float = 0.02) -> bool:
 
 
 def _speech_after(rec: _Recorder, t0: float) -> float | None:
-    for t, pcm in rec.audio:
-        if t >= t0 and pcm.size and float(np.sqrt(np.mean(pcm.astype(np.float32) ** 2))) > SPEECH_RMS:
-            return t
-    return None
+    i = bisect.bisect_left(rec.loud, t0)
+    return rec.loud[i] if i < len(rec.loud) else None
 
 
 def _last_speech(rec: _Recorder, t0: float) -> float | None:
-    last = None
-    for t, pcm in rec.audio:
-        if t >= t0 and pcm.size and float(np.sqrt(np.mean(pcm.astype(np.float32) ** 2))) > SPEECH_RMS:
-            last = t
-    return last
+    return rec.loud[-1] if rec.loud and rec.loud[-1] >= t0 else None
 
 
 async def _wait_quiet(rec: _Recorder, since: float, timeout: float) -> float | None:
@@ -499,6 +524,21 @@ async def _jitter_buffers(room: rtc.Room) -> dict[str, tuple[float, int]]:
             out[str(inb.stream.kind).lower()] = (inb.inbound.jitter_buffer_delay,
                                                  inb.inbound.jitter_buffer_emitted_count)
     return out
+
+
+async def _video_decoded(room: rtc.Room) -> int | None:
+    """Video frames decoded so far by the caller's WebRTC stack (every subscribed track)."""
+    try:
+        stats = await room.get_rtc_stats()
+    except Exception:  # diagnostics only
+        return None
+    total: int | None = None
+    for st in [*stats.subscriber_stats, *stats.publisher_stats]:
+        if st.WhichOneof("stats") == "inbound_rtp":
+            inb = st.inbound_rtp
+            if str(inb.stream.kind).lower() == "video":
+                total = (total or 0) + inb.inbound.frames_decoded
+    return total
 
 
 def _jitter_ms(before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]],
@@ -619,14 +659,17 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
         .with_grants(api.VideoGrants(room_join=True, room=room_name))
         .to_jwt()
     )
-    rec = _Recorder()
+    rec = _Recorder(opts.video_keep_every)
     room = rtc.Room()
 
     @room.on("track_subscribed")
-    def _on_track(track: rtc.Track, _pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
+    def _on_track(track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant) -> None:
         if track.kind == rtc.TrackKind.KIND_AUDIO:
             rec.tasks.append(asyncio.create_task(rec.pump_audio(track)))
         elif track.kind == rtc.TrackKind.KIND_VIDEO:
+            if not opts.video:
+                pub.set_subscribed(False)  # no decoding here: a light caller only listens
+                return
             rec.tasks.append(asyncio.create_task(rec.pump_video(track)))
 
     def _on_captions(reader: rtc.TextStreamReader, speaker: str) -> None:
@@ -673,6 +716,7 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
         if not await _wait_until(lambda: rec.got_audio.is_set(), opts.greeting_timeout):
             result.error = "the agent did not publish audio (is the live worker running?)"
             return result
+        result.join_s = round(time.monotonic() - joined, 3)
         # let the greeting (if any) finish before the first question
         if spec.greeting:
             start = await _wait_quiet(rec, joined, opts.greeting_timeout)
@@ -682,7 +726,9 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
         idle_motion = [_change_score(b, _gray(a)) for a, b in itertools.pairwise(idle_frames)]
         # lips move fast; idle sway is slow: frame-to-frame change separates them
         threshold = max(6.0, 2.0 * float(np.percentile(idle_motion, 90))) if idle_motion else 6.0
-        opts.out_dir.mkdir(parents=True, exist_ok=True)
+        if opts.record:
+            opts.out_dir.mkdir(parents=True, exist_ok=True)
+        decoded_from = (time.monotonic(), await _video_decoded(room)) if opts.video else None
         for i, utt in enumerate(opts.utterances, 1):
             pcm = read_wav(utt) if isinstance(utt, Path) else synthesize(utt)
             prompt = str(utt)
@@ -703,9 +749,10 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
             reply = [pcm_ for t, pcm_ in rec.audio if start - 0.1 <= t <= end + 0.2]
             reply_pcm = np.concatenate(reply) if reply else np.zeros(0, np.int16)
             turn.reply_audio_s = round(reply_pcm.size / SAMPLE_RATE, 2)
-            wav_path = opts.out_dir / f"{room_name}-turn{i}.wav"
-            write_wav(wav_path, reply_pcm, SAMPLE_RATE)
-            turn.wav_path = str(wav_path)
+            if opts.record:
+                wav_path = opts.out_dir / f"{room_name}-turn{i}.wav"
+                write_wav(wav_path, reply_pcm, SAMPLE_RATE)
+                turn.wav_path = str(wav_path)
             frames = [(t, img) for t, img in rec.video if t_end <= t <= end + 0.2]
             turn.video_frames = len(frames)
             if ref is not None:
@@ -724,7 +771,7 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
                 lip = lip_offset(rec.audio, shown, ref, start, end)
                 if lip is not None:
                     turn.lip_offset_s, turn.lip_sync_r = lip
-                if best is not None:
+                if best is not None and opts.record:
                     import cv2
 
                     p = opts.out_dir / f"{room_name}-turn{i}-mouth.png"
@@ -733,12 +780,22 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
             jb_after = await _jitter_buffers(room)
             turn.audio_jitter_buffer_ms = _jitter_ms(jb_before, jb_after, "audio")
             turn.video_jitter_buffer_ms = _jitter_ms(jb_before, jb_after, "video")
-            turn.reply_text = await asyncio.to_thread(transcribe, reply_pcm, SAMPLE_RATE)
+            if opts.transcribe_replies:
+                turn.reply_text = await asyncio.to_thread(transcribe, reply_pcm, SAMPLE_RATE)
             _caption_turn(rec, turn, opts.identity, t_end, start, end)
             result.turns.append(turn)
+        if decoded_from is not None and decoded_from[1] is not None:
+            decoded = await _video_decoded(room)
+            if decoded is not None and time.monotonic() > decoded_from[0]:
+                result.video_fps_decoded = round(
+                    (decoded - decoded_from[1]) / (time.monotonic() - decoded_from[0]), 2)
         if opts.interrupt_prompt and result.error is None:
             result.interruption = await _interrupt(rec, opts, speech_q, spoken)
         result.captions = rec.caption_segments()
+        arrivals = rec.video_arrivals
+        if len(arrivals) > 1:
+            result.video_fps = round((len(arrivals) - 1) / (arrivals[-1] - arrivals[0]), 2)
+            result.video_max_gap_s = round(max(b - a for a, b in itertools.pairwise(arrivals)), 3)
         jobs = getattr(room, "remote_participants", {})
         for p in jobs.values():
             sid = p.attributes.get("avatar.session_id") if p.attributes else None

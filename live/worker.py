@@ -18,6 +18,7 @@ from livekit import rtc
 from livekit.agents import (
     AgentServer,
     AgentSession,
+    AutoSubscribe,
     JobContext,
     JobProcess,
     JobRequest,
@@ -55,21 +56,31 @@ logger = logging.getLogger("live.worker")
 # so the answer, a decline included, must come well within that.
 ADMISSION_WAIT_SECONDS = 2.0
 PREWARM_NICENESS = 10
+# the job process's niceness before prewarm lowered it: the worker's own (e.g. `nice -n 15`
+# on a shared machine), which the session returns to, never a higher priority than it
+_base_niceness = 0
 
 
 def _restore_priority() -> None:
-    """Back to normal priority, for every thread (on Linux, niceness is per thread and the
-    model threads were started during the low-priority prewarm)."""
+    """Back to the worker's priority, for every thread (on Linux, niceness is per thread and
+    the model threads were started during the low-priority prewarm)."""
     tasks_dir = "/proc/self/task"
     tids = [int(t) for t in os.listdir(tasks_dir)] if os.path.isdir(tasks_dir) else [0]
     for tid in tids:
         try:
-            os.setpriority(os.PRIO_PROCESS, tid, 0)
+            os.setpriority(os.PRIO_PROCESS, tid, _base_niceness)
         except ProcessLookupError:
             continue  # that thread has ended
         except PermissionError:
             logger.debug("cannot raise the session's CPU priority back (needs CAP_SYS_NICE)")
             return
+
+
+def _lower_priority() -> None:
+    """For the prewarm: remember the worker's niceness, then go PREWARM_NICENESS below it."""
+    global _base_niceness
+    _base_niceness = os.nice(0)
+    os.nice(PREWARM_NICENESS)
 
 
 def _settings() -> Settings:
@@ -84,7 +95,7 @@ def prewarm(proc: JobProcess) -> None:
     # The pool starts a replacement process whenever a session takes an idle one; its model
     # loading must not take CPU from the sessions already talking. The session raises its
     # priority back when it starts (where the OS allows it).
-    os.nice(PREWARM_NICENESS)
+    _lower_priority()
     settings = _settings()
     install_secret_mask(settings.secret_values())
     ctx = process_models(settings)
@@ -337,7 +348,9 @@ async def entrypoint(ctx: JobContext) -> None:
     _attach_recorder(session, recorder, spec)
     _tell_stt_when_agent_speaks(session, comps.stt)
 
-    await ctx.connect()
+    # Audio only: the agent listens to the caller; subscribing to video would decode the
+    # hosted avatar's frames (and a caller's camera) in every job process for nothing.
+    await ctx.connect(auto_subscribe=AutoSubscribe.AUDIO_ONLY)
     await ctx.room.local_participant.set_attributes(
         {SESSION_ATTR: session_id, WORKER_ATTR: worker_id})
     avatar_name = "none"

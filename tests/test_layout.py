@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("config", "engines", "store", "live", "tasks", "web", "cli", "bench")
+PACKAGES = ("config", "engines", "store", "live", "tasks", "web", "cli", "bench", "fakes")
 
 
 def import_graph(packages: tuple[str, ...] = (*PACKAGES, "tests")) -> dict[str, dict[str, list[str]]]:
@@ -105,3 +105,10 @@ def test_the_cycle_finder_finds_cycles() -> None:
 def test_benchmarks_import_nothing_from_tests() -> None:
     graph = import_graph((*PACKAGES, "tests"))
     assert "tests" not in graph["bench"], sorted(set(graph["bench"]["tests"]))
+
+
+def test_the_wire_fakes_stand_apart() -> None:
+    """fakes/ (vendors' wire protocols, for tests and benchmarks) plays the vendor, never the
+    product: it may read the configuration's names, nothing else of ours."""
+    graph = import_graph((*PACKAGES, "tests"))
+    assert set(graph["fakes"]) <= {"config"}, {k: sorted(set(v)) for k, v in graph["fakes"].items()}

@@ -17,6 +17,7 @@ from config.settings import Settings, load_settings
 from engines.llama import LlamaEngine, agent_options, get_llama, llama_available, llama_params
 from engines.model_paths import smollm2_path
 from engines.store import process_models
+from fakes.openai_server import OpenAIFake
 from store.db import session_scope
 from store.models import Summary, TranscriptLine
 from tasks.app import AvatarCelery
@@ -37,7 +38,6 @@ from tasks.summaries import (
     supported,
     transcript_text,
 )
-from tests.fakes.openai_server import OpenAIFake
 from tests.tasks.conftest import WorkerProcess, wait_for
 from tests.tasks.helpers import new_session
 

@@ -18,11 +18,11 @@ import live.providers.openai_llm
 import live.providers.tavus  # noqa: F401  (registers the providers)
 from config import catalog
 from config.settings import load_settings
+from fakes.assemblyai_server import AssemblyAIFake
+from fakes.cartesia_server import CartesiaFake
+from fakes.openai_server import OpenAIFake
+from fakes.tavus_server import TavusFake
 from live.providers.registry import ProviderContext
-from tests.fakes.assemblyai_server import AssemblyAIFake
-from tests.fakes.cartesia_server import CartesiaFake
-from tests.fakes.openai_server import OpenAIFake
-from tests.fakes.tavus_server import TavusFake
 
 VENDOR_ENV = (
     *catalog.vendor_keys(),

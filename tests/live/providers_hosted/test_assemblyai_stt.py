@@ -11,10 +11,10 @@ from livekit.agents import APIConnectOptions, stt
 from pydantic import SecretStr
 
 from config.settings import STTSettings
+from fakes.assemblyai_server import AssemblyAIFake
 from live.providers.fallback import build_stt_with_fallback
 from live.providers.registry import ProviderContext, create
-from tests.fakes.assemblyai_server import AssemblyAIFake
-from tests.fakes.stubs import ScriptedSTT
+from tests.stubs import ScriptedSTT
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ from livekit.agents.testing import fake_job_context
 from pydantic import SecretStr
 
 from config.settings import AvatarSettings, load_settings
+from fakes.tavus_server import TavusFake
 from live.providers.fallback import start_avatar_with_fallback
 from live.providers.registry import ProviderContext, create
-from tests.fakes.tavus_server import TavusFake
 
 pytestmark = pytest.mark.integration
 

@@ -21,6 +21,8 @@ from livekit.agents.testing import fake_job_context
 from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.room_io import RoomOptions
 
+from fakes.avatar_worker import FakeAvatarWorker
+from fakes.tavus_server import TavusFake
 from live.providers.fallback import (
     ActiveAvatar,
     AvatarLost,
@@ -29,8 +31,6 @@ from live.providers.fallback import (
 )
 from live.providers.registry import ProviderContext, create
 from tests.conftest import LiveKitServer
-from tests.fakes.avatar_worker import FakeAvatarWorker
-from tests.fakes.tavus_server import TavusFake
 from tests.live.providers_hosted.test_tavus_room import AGENT, AVATAR, tavus_settings, token_for
 
 pytestmark = pytest.mark.integration

@@ -26,13 +26,13 @@ from livekit.agents.voice.room_io import ATTRIBUTE_PUBLISH_ON_BEHALF
 
 from config import catalog
 from config.settings import Settings, load_settings
+from fakes.anam_server import AnamFake
+from fakes.avatar_worker import FakeAvatarWorker
+from fakes.bey_server import BeyFake
 from live.providers.fallback import start_avatar_with_fallback
 from live.providers.registry import ProviderContext, create
 from live.providers.tavus import HostedAvatar
 from tests.conftest import LiveKitServer
-from tests.fakes.anam_server import AnamFake
-from tests.fakes.avatar_worker import FakeAvatarWorker
-from tests.fakes.bey_server import BeyFake
 from tests.live.providers_hosted.test_tavus_room import Joined, token_for, video_track_future
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ from livekit.agents import APIConnectOptions, tts
 from pydantic import SecretStr
 
 from config.settings import TTSSettings
+from fakes.cartesia_server import CartesiaFake
 from live.providers.fallback import build_tts_with_fallback
 from live.providers.registry import ProviderContext, create
-from tests.fakes.cartesia_server import CartesiaFake
-from tests.fakes.stubs import ToneTTS
+from tests.stubs import ToneTTS
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ from pydantic import SecretStr
 from config.policy import llm_base_url
 from config.session import SessionSpec
 from config.settings import LLMSettings
+from fakes.openai_server import OpenAIFake
 from live.pipeline import slot_options
 from live.providers.registry import ProviderContext, create
-from tests.fakes.openai_server import OpenAIFake
 
 from .test_openai_llm import collect
 

@@ -13,7 +13,7 @@ from live.providers.assemblyai import AssemblyAIOptions
 from live.providers.openai_llm import PLACEHOLDER_KEY, OpenAIOptions
 from live.providers.registry import ProviderContext, ProviderError, create, entry
 from live.providers.tavus import HostedAvatar
-from tests.fakes.stubs import EchoLLM, ScriptedSTT, ToneTTS
+from tests.stubs import EchoLLM, ScriptedSTT, ToneTTS
 
 pytestmark = pytest.mark.unit
 

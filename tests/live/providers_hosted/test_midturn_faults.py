@@ -30,16 +30,16 @@ from livekit.agents.voice.run_result import RunResult
 from pydantic import SecretStr
 
 from config.settings import LLMSettings, STTSettings, TTSSettings
+from fakes.assemblyai_server import AssemblyAIFake
+from fakes.cartesia_server import CartesiaFake
+from fakes.openai_server import OpenAIFake
 from live.providers.fallback import (
     build_llm_with_fallback,
     build_stt_with_fallback,
     build_tts_with_fallback,
 )
 from live.providers.registry import ProviderContext, create
-from tests.fakes.assemblyai_server import AssemblyAIFake
-from tests.fakes.cartesia_server import CartesiaFake
-from tests.fakes.openai_server import OpenAIFake
-from tests.fakes.stubs import EchoLLM, ToneTTS
+from tests.stubs import EchoLLM, ToneTTS
 from tests.waiting import wait_event, wait_for
 
 pytestmark = pytest.mark.integration

@@ -15,10 +15,10 @@ from livekit.agents.voice.run_result import RunResult
 from pydantic import SecretStr
 
 from config.settings import LLMSettings
+from fakes.openai_server import OpenAIFake
 from live.providers.fallback import build_llm_with_fallback
 from live.providers.registry import ProviderContext, create
-from tests.fakes.openai_server import OpenAIFake
-from tests.fakes.stubs import EchoLLM
+from tests.stubs import EchoLLM
 
 pytestmark = pytest.mark.integration
 

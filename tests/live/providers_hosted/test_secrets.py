@@ -18,10 +18,10 @@ from livekit.agents import APIConnectOptions, APIStatusError, llm, stt, tts
 from pydantic import SecretStr
 
 from config.settings import LLMSettings, STTSettings, TTSSettings
+from fakes.assemblyai_server import AssemblyAIFake
+from fakes.cartesia_server import CartesiaFake
+from fakes.openai_server import OpenAIFake
 from live.providers.registry import ProviderContext, create
-from tests.fakes.assemblyai_server import AssemblyAIFake
-from tests.fakes.cartesia_server import CartesiaFake
-from tests.fakes.openai_server import OpenAIFake
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from livekit.agents import AgentSession, APIConnectionError, APIStatusError, API
 from livekit.agents.job import JobContext
 from livekit.agents.testing import fake_job_context
 
+from fakes.tavus_server import TavusFake
 from live.providers.tavus import HostedAvatar, LiveKitCredentials, TavusOptions, build_avatar
-from tests.fakes.tavus_server import TavusFake
 
 pytestmark = pytest.mark.integration
 

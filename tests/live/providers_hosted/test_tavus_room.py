@@ -7,9 +7,11 @@ Runs inside ``scripts/netns-run`` (the ``livekit_server`` fixture skips elsewher
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -20,17 +22,18 @@ from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.room_io import ATTRIBUTE_PUBLISH_ON_BEHALF
 
 from config.settings import Settings, load_settings
+from fakes.avatar_worker import FakeAvatarWorker
+from fakes.tavus_server import TavusFake
 from live.providers.fallback import start_avatar_with_fallback
 from live.providers.registry import ProviderContext, create
 from live.providers.tavus import HostedAvatar
 from tests.conftest import LiveKitServer
-from tests.fakes.avatar_worker import FakeAvatarWorker, RendererAvatarWorker
-from tests.fakes.tavus_server import TavusFake
 
 pytestmark = pytest.mark.integration
 
 AGENT = "agent-1"
 AVATAR = "tavus-avatar-agent"  # the plugin's default avatar identity
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,6 +99,42 @@ def video_track_future(room: rtc.Room, identity: str) -> asyncio.Future[rtc.Remo
 
     room.on("track_subscribed", on_subscribed)
     return fut
+
+
+@dataclass
+class RendererAvatarWorker:
+    """The same vendor-worker role played by our own renderer (``live.avatar.runner``)."""
+
+    url: str
+    token: str
+    width: int = 320
+    height: int = 240
+    fps: int = 15
+    joined: asyncio.Event = field(default_factory=asyncio.Event)
+    error: BaseException | None = None
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _run(self) -> None:
+        from live.avatar.options import LocalAvatarOptions
+        from live.avatar.runner import run_avatar_participant
+
+        opts = LocalAvatarOptions(
+            mode="participant", width=self.width, height=self.height, fps=self.fps
+        )
+        try:
+            await run_avatar_participant(self.url, self.token, options=opts, ready=self.joined)
+        except Exception as err:  # surfaced to the test through .error
+            self.error = err
+            logger.exception("renderer avatar worker failed")
 
 
 async def test_avatar_joins_the_room_and_publishes_video(

@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import jwt
 import numpy as np
@@ -42,6 +43,7 @@ class PulseVideoGenerator(VideoGenerator):
         self._resampler: rtc.AudioResampler | None = None
         self.audio_frames_in = 0
         self.audio_started = asyncio.Event()  # the agent's speech reached the avatar
+        self._frames_by_shade: dict[int, rtc.VideoFrame] = {}
 
     async def push_audio(self, frame: rtc.AudioFrame | AudioSegmentEnd) -> None:
         if isinstance(frame, AudioSegmentEnd):
@@ -66,10 +68,16 @@ class PulseVideoGenerator(VideoGenerator):
             self._queue.get_nowait()
 
     def _face(self, level: float) -> rtc.VideoFrame:
-        shade = int(60 + 180 * min(1.0, level))
-        data = np.full((self._height, self._width, 4), shade, dtype=np.uint8)
-        data[..., 3] = 255
-        return rtc.VideoFrame(self._width, self._height, rtc.VideoBufferType.RGBA, data.tobytes())
+        # 16 shades, each frame made once: many fake avatars in one process stay cheap
+        shade = int(60 + 180 * round(min(1.0, level) * 15) / 15)
+        frame = self._frames_by_shade.get(shade)
+        if frame is None:
+            data = np.full((self._height, self._width, 4), shade, dtype=np.uint8)
+            data[..., 3] = 255
+            frame = rtc.VideoFrame(self._width, self._height, rtc.VideoBufferType.RGBA,
+                                   data.tobytes())
+            self._frames_by_shade[shade] = frame
+        return frame
 
     def __aiter__(self) -> AsyncIterator[rtc.VideoFrame | rtc.AudioFrame | AudioSegmentEnd]:
         return self._frames()
@@ -89,6 +97,33 @@ class PulseVideoGenerator(VideoGenerator):
             level = float(np.abs(samples).mean()) / 8000.0 if len(samples) else 0.0
             yield self._face(level)
             yield item
+
+
+class FullRateAvatarRunner(AvatarRunner):
+    """LiveKit's runner, publishing its video at the frame rate asked for.
+
+    ``AvatarRunner`` publishes with the SDK's default encoding, which caps small videos at
+    15 fps (LiveKit's presets below 360p); a vendor's avatar sends its full rate.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        opts: AvatarOptions = kwargs["options"]
+        self._encoding = rtc.VideoEncoding(
+            max_bitrate=max(150_000, int(opts.video_width * opts.video_height * opts.video_fps / 4)),
+            max_framerate=opts.video_fps)
+
+    async def _publish_track(self) -> None:  # LiveKit's, with the video encoding set
+        async with self._lock:
+            await self._room_connected_fut
+            audio = rtc.LocalAudioTrack.create_audio_track("avatar_audio", self._audio_source)
+            self._audio_publication = await self._room.local_participant.publish_track(
+                audio, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+            await self._audio_publication.wait_for_subscription()
+            video = rtc.LocalVideoTrack.create_video_track("avatar_video", self._video_source)
+            self._video_publication = await self._room.local_participant.publish_track(
+                video, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA,
+                                               video_encoding=self._encoding))
 
 
 @dataclass
@@ -136,7 +171,7 @@ class FakeAvatarWorker:
             self.generator = PulseVideoGenerator(
                 width=self.width, height=self.height, fps=self.fps, sample_rate=self.sample_rate
             )
-            runner = AvatarRunner(
+            runner = FullRateAvatarRunner(
                 room,
                 audio_recv=DataStreamAudioReceiver(room, sender_identity=agent_identity),
                 video_gen=self.generator,
@@ -160,39 +195,3 @@ class FakeAvatarWorker:
             if runner is not None:
                 await runner.aclose()
             await room.disconnect()
-
-
-@dataclass
-class RendererAvatarWorker:
-    """The same vendor-worker role played by our own renderer (``live.avatar.runner``)."""
-
-    url: str
-    token: str
-    width: int = 320
-    height: int = 240
-    fps: int = 15
-    joined: asyncio.Event = field(default_factory=asyncio.Event)
-    error: BaseException | None = None
-    _task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-
-    async def _run(self) -> None:
-        from live.avatar.options import LocalAvatarOptions
-        from live.avatar.runner import run_avatar_participant
-
-        opts = LocalAvatarOptions(
-            mode="participant", width=self.width, height=self.height, fps=self.fps
-        )
-        try:
-            await run_avatar_participant(self.url, self.token, options=opts, ready=self.joined)
-        except Exception as err:  # surfaced to the test through .error
-            self.error = err
-            logger.exception("renderer avatar worker failed")

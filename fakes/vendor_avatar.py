@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.fakes._server import LoopbackServer
-from tests.fakes.avatar_worker import FakeAvatarWorker
-from tests.fakes.tavus_server import AvatarWorker
+from fakes._server import LoopbackServer
+from fakes.avatar_worker import FakeAvatarWorker
+from fakes.tavus_server import AvatarWorker
 
 
 @dataclass

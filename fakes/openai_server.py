@@ -8,10 +8,13 @@ Failure modes: ``fail_status`` (answer every request with that status),
 ``close_after_chunks`` (drop the connection mid-stream) and ``stall_after_chunks`` (send that
 many chunks, then keep the connection open and silent). Both mid-stream modes apply to the
 next ``fail_requests`` requests only (``None``: all of them), so a recovery probe can succeed.
+A vendor's pace (for benchmarks): the first chunk ``first_token_s`` after the request, then
+``tokens_per_s`` chunks a second (each word is one chunk), on a fixed schedule.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -20,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes._server import LoopbackServer
+from fakes._server import LoopbackServer
 
 MODEL = "fake-gpt"
 
@@ -39,6 +42,8 @@ class OpenAIFake(LoopbackServer):
     close_after_chunks: int | None = None
     stall_after_chunks: int | None = None
     fail_requests: int | None = None
+    first_token_s: float = 0.0
+    tokens_per_s: float | None = None
     requests: list[OpenAIRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -132,7 +137,11 @@ class OpenAIFake(LoopbackServer):
             self.fail_requests -= 1
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        t0 = time.monotonic()
         for i, piece in enumerate(pieces):
+            due = self.first_token_s + (i / self.tokens_per_s if self.tokens_per_s else 0.0)
+            if due > 0:  # on a schedule from the request: a slow write does not add up
+                await asyncio.sleep(max(0.0, t0 + due - time.monotonic()))
             if close_after is not None and i >= close_after:
                 assert request.transport is not None
                 request.transport.close()  # the stream breaks off mid-answer

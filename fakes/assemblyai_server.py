@@ -13,6 +13,11 @@ audio arrived, mid-utterance, before any final turn) and ``stall_after_audio_byt
 reading audio but never answer again). The mid-stream modes hit the first ``fail_sockets``
 sockets (``None``: all); with ``refuse_after_drop`` the server stays down after a drop (503
 to every new socket), as a crashed vendor does.
+
+With ``final_after_silence_s`` set (benchmarks), turns follow the speech instead of the byte
+count, as the real service's end-of-turn model does: a partial once ``SPEECH_S`` of speech was
+heard, and the final ``final_after_silence_s`` of received silence after the speech ended
+(the audio arrives in real time, so that is also its delay in wall time).
 """
 
 from __future__ import annotations
@@ -23,9 +28,18 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from aiohttp import WSMsgType, web
 
-from tests.fakes._server import LoopbackServer
+from fakes._server import LoopbackServer
+
+SPEECH_RMS = 300.0  # int16 RMS of a 50 ms chunk above which it counts as speech
+SPEECH_S = 0.3  # speech heard before the partial transcript
+
+
+def _rms(pcm: bytes) -> float:
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float32)
+    return float(np.sqrt(np.mean(samples**2))) if samples.size else 0.0
 
 
 @dataclass
@@ -48,6 +62,7 @@ class AssemblyAIFake(LoopbackServer):
     stall_after_audio_bytes: int | None = None
     fail_sockets: int | None = None
     refuse_after_drop: bool = False
+    final_after_silence_s: float | None = None
     dropped: bool = False
     sessions: list[AssemblyAISession] = field(default_factory=list)
 
@@ -110,6 +125,7 @@ class AssemblyAIFake(LoopbackServer):
         close_after = self.close_after_audio_bytes if faulty else None
         stall_after = self.stall_after_audio_bytes if faulty else None
         pending = 0
+        speech = silence = 0  # bytes of the current utterance's speech, and of quiet after it
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
                 session.audio_bytes += len(msg.data)
@@ -121,6 +137,22 @@ class AssemblyAIFake(LoopbackServer):
                 if stall_after is not None and session.audio_bytes >= stall_after:
                     self.stalled.set()
                     continue  # reads on, answers nothing
+                if self.final_after_silence_s is not None:
+                    bps = 2 * sample_rate
+                    if _rms(msg.data) > SPEECH_RMS:
+                        before, speech, silence = speech, speech + len(msg.data), 0
+                        if before < SPEECH_S * bps <= speech:
+                            order = session.turns_sent
+                            await ws.send_json(self._turn(order, sample_rate, final=False))
+                    elif speech:
+                        silence += len(msg.data)
+                        if silence >= self.final_after_silence_s * bps:
+                            if speech >= SPEECH_S * bps:
+                                order = session.turns_sent
+                                await ws.send_json(self._turn(order, sample_rate, final=True))
+                                session.turns_sent += 1
+                            speech = silence = 0
+                    continue
                 if pending >= self.turn_audio_bytes:
                     pending -= self.turn_audio_bytes
                     order = session.turns_sent

@@ -14,10 +14,13 @@ Failure modes: ``reject_status`` (refuse the handshake), ``close_on_request`` (d
 when a request arrives), ``close_after_chunks`` (drop the socket after sending that many audio
 chunks on it, mid-sentence) and ``stall_after_chunks`` (send that many, then stay silent with
 the socket open). The mid-stream modes hit the first ``fail_sockets`` sockets (``None``: all).
+A vendor's pace (for benchmarks): a context's first audio ``first_byte_s`` after its first
+request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
@@ -27,7 +30,7 @@ from typing import Any
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from tests.fakes._server import LoopbackServer
+from fakes._server import LoopbackServer
 
 CHUNK_SECONDS = 0.1
 
@@ -48,6 +51,7 @@ class CartesiaFake(LoopbackServer):
     close_after_chunks: int | None = None
     stall_after_chunks: int | None = None
     fail_sockets: int | None = None
+    first_byte_s: float = 0.0
     audio_chunks_sent: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
     handshakes: list[dict[str, str]] = field(default_factory=list)
@@ -90,6 +94,7 @@ class CartesiaFake(LoopbackServer):
             self.fail_sockets -= 1
         budget = [0]  # audio chunks sent on this socket
         cancelled: set[str] = set()
+        begun: set[str] = set()  # contexts whose first audio went out
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
@@ -107,6 +112,10 @@ class CartesiaFake(LoopbackServer):
             text = req.get("transcript", "")
             rate = int(req["output_format"]["sample_rate"])
             if text.strip():
+                if ctx not in begun:
+                    begun.add(ctx)
+                    if self.first_byte_s > 0:
+                        await asyncio.sleep(self.first_byte_s)
                 cut = await self._speak(
                     ws,
                     ctx,

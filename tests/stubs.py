@@ -22,7 +22,7 @@ from livekit.agents import (
 from livekit.agents.llm.tool_context import Tool, ToolChoice
 from livekit.agents.utils import AudioBuffer
 
-from tests.fakes.cartesia_server import tone
+from fakes.cartesia_server import tone
 
 
 class ScriptedSTT(stt.STT):

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.vendor_avatar import VendorAvatarFake
+from fakes.vendor_avatar import VendorAvatarFake
 
 
 @dataclass

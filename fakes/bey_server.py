@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.vendor_avatar import VendorAvatarFake
+from fakes.vendor_avatar import VendorAvatarFake
 
 
 @dataclass

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from tests.fakes._server import LoopbackServer
-from tests.fakes.avatar_worker import FakeAvatarWorker
+from fakes._server import LoopbackServer
+from fakes.avatar_worker import FakeAvatarWorker
 
 
 class AvatarWorker(Protocol):
