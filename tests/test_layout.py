@@ -7,6 +7,7 @@ import that closes a loop between packages fails here, naming the files.
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 from collections import defaultdict
 from pathlib import Path
@@ -19,23 +20,29 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("config", "store", "live", "tasks", "web", "cli", "bench")
 
 
+@functools.cache
+def imported_modules(path: Path) -> tuple[str, ...]:
+    """Every module one file imports by absolute name (parsed once per run: the tests below
+    each walk the whole source)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    modules: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.append(node.module)
+    return tuple(modules)
+
+
 def import_graph(packages: tuple[str, ...] = (*PACKAGES, "tests")) -> dict[str, dict[str, list[str]]]:
     """package -> imported package -> the files that import it."""
     graph: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for pkg in packages:
         for path in sorted((ROOT / pkg).rglob("*.py")):
-            tree = ast.parse(path.read_text(), filename=str(path))
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Import):
-                    modules = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    modules = [node.module]
-                else:
-                    continue
-                for module in modules:
-                    top = module.split(".")[0]
-                    if top in packages and top != pkg:
-                        graph[pkg][top].append(str(path.relative_to(ROOT)))
+            for module in imported_modules(path):
+                top = module.split(".")[0]
+                if top in packages and top != pkg:
+                    graph[pkg][top].append(str(path.relative_to(ROOT)))
     return graph
 
 
