@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -97,7 +99,12 @@ def test_a_sigkilled_supervisor_leaves_no_child() -> None:
     try:
         assert proc.stdout is not None
         child = psutil.Process(int(proc.stdout.readline()))
-        assert child.is_running()
+        # setpriv sets the parent-death signal, then execs the service: kill the supervisor
+        # after that (on a loaded machine the pid printed can still be setpriv's, unarmed).
+        deadline = time.monotonic() + 20
+        while child.name() != "sleep":
+            assert time.monotonic() < deadline, f"the service never started: {child.cmdline()}"
+            threading.Event().wait(0.02)  # polling interval of a deadline loop
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         _gone, alive = psutil.wait_procs([child], timeout=10)
