@@ -11,8 +11,8 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import select
 
-from live.recorder import SessionRecorder, checkpoints, session_usage, usage_rows, vendor_of
 import store.db as store_db
+from live.recorder import SessionRecorder, checkpoints, session_usage, usage_rows, vendor_of
 from store.db import session_scope
 from store.models import AgentSessionRecord, SessionStatus, TranscriptLine, TurnMetric, UsageRecord
 
