@@ -39,9 +39,12 @@ lock:
 	{ sed -n '1,4p' requirements/models.lock; cat requirements/models.lock.tmp; } > requirements/models.lock.new
 	rm requirements/models.lock.tmp && mv requirements/models.lock.new requirements/models.lock
 
-# No servers, no models: about a minute and a half on two cores.
+# No LiveKit server, Celery worker, browser or speech/LLM model (each pytest worker starts a
+# Valkey; the avatar tests speak one clip with the small Piper voice), on every core
+# (pytest-xdist, -n auto): about 35 s on two cores. `make test` stays in one process: its
+# real-time tests (lip-sync through a room) measure timing and fail when two run at once.
 test-fast:
-	.venv/bin/pytest -q -m "not integration and not browser and not slow"
+	.venv/bin/pytest -q -n auto -m "not integration and not browser and not slow"
 
 bench: setup
 	scripts/netns-run .venv/bin/python -m bench.speech

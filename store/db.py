@@ -18,25 +18,32 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# How long a SQLite write waits for another writer's lock before it fails (read per connection).
+SQLITE_BUSY_TIMEOUT_SECONDS = 10.0
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute(f"PRAGMA busy_timeout={round(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
 
-@lru_cache(maxsize=8)
 def get_engine(url: str, echo: bool = False) -> Engine:
-    """One engine per URL per process."""
+    """One engine per URL per process (`get_engine(url)` and `get_engine(url, False)` alike:
+    lru_cache alone keys those two calls apart)."""
+    return _engine(url, echo)
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str, echo: bool) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, echo=echo, connect_args={"timeout": 10})
+        engine = create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5)

@@ -7,6 +7,7 @@ import that closes a loop between packages fails here, naming the files.
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 from collections import defaultdict
 from pathlib import Path
@@ -19,26 +20,30 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("config", "engines", "store", "live", "tasks", "web", "cli", "bench", "fakes")
 
 
+@functools.cache
+def imported_modules(path: Path) -> tuple[str, ...]:
+    """Every module one file imports by absolute name (parsed once per run: the tests below
+    each walk the whole source)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    modules: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.append(node.module)
+    return tuple(modules)
+
+
 def import_graph(packages: tuple[str, ...] = (*PACKAGES, "tests")) -> dict[str, dict[str, list[str]]]:
     """package -> imported package -> the files that import it."""
     graph: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for pkg in packages:
         for path in sorted((ROOT / pkg).rglob("*.py")):
-            for top in imported_modules(path):
+            for module in imported_modules(path):
+                top = module.split(".")[0]
                 if top in packages and top != pkg:
                     graph[pkg][top].append(str(path.relative_to(ROOT)))
     return graph
-
-
-def imported_modules(path: Path) -> set[str]:
-    """The top-level modules a file imports (function-level imports included)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module.split(".")[0])
-    return found
 
 
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
@@ -92,7 +97,7 @@ def test_the_engines_depend_on_the_settings_alone() -> None:
     livekit = [
         str(path.relative_to(ROOT))
         for path in sorted((ROOT / "engines").rglob("*.py"))
-        if "livekit" in imported_modules(path)
+        if "livekit" in {m.split(".")[0] for m in imported_modules(path)}
     ]
     assert not livekit, livekit
 

@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -59,11 +61,15 @@ def test_stop_kills_what_ignores_sigterm_and_its_whole_group() -> None:
         sup.start([ProcSpec("web", stubborn, dict(os.environ)),
                    ProcSpec("valkey", ["sleep", "600"], dict(os.environ))])
         leader = psutil.Process(sup.procs["web"].pid)
+        # The shell runs `bash -c ...` in its place (exec), so the leader is that bash; its
+        # backgrounded `sleep` is the member of the group that the leader does not stop.
         deadline = time.monotonic() + 20
-        while len(leader.children(recursive=True)) < 2 and time.monotonic() < deadline:
+        while not any(p.name() == "sleep" for p in leader.children(recursive=True)):
+            assert time.monotonic() < deadline, "the grandchild never started"
             time.sleep(0.05)  # polling a deadline loop: the grandchild is being started
         family = [leader, *leader.children(recursive=True),
                   psutil.Process(sup.procs["valkey"].pid)]
+        assert len(family) >= 3, [p.cmdline() for p in family]
         sup.stop(app_grace=1.0, service_grace=1.0)
         gone, alive = psutil.wait_procs(family, timeout=5)
         assert not alive, [p.cmdline() for p in alive]
@@ -93,7 +99,12 @@ def test_a_sigkilled_supervisor_leaves_no_child() -> None:
     try:
         assert proc.stdout is not None
         child = psutil.Process(int(proc.stdout.readline()))
-        assert child.is_running()
+        # setpriv sets the parent-death signal, then execs the service: kill the supervisor
+        # after that (on a loaded machine the pid printed can still be setpriv's, unarmed).
+        deadline = time.monotonic() + 20
+        while child.name() != "sleep":
+            assert time.monotonic() < deadline, f"the service never started: {child.cmdline()}"
+            threading.Event().wait(0.02)  # polling interval of a deadline loop
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         _gone, alive = psutil.wait_procs([child], timeout=10)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import select
 
+import store.db as store_db
 from live.recorder import SessionRecorder, checkpoints, session_usage, usage_rows, vendor_of
 from store.db import session_scope
 from store.models import AgentSessionRecord, SessionStatus, TranscriptLine, TurnMetric, UsageRecord
@@ -124,10 +125,15 @@ def _lines(db_url: str, session_id: str) -> list[str]:
 
 @pytest.mark.sqlite_only
 def test_locked_database_loses_no_line_and_keeps_their_order(
-    db_url: str, session_id: str, caplog: pytest.LogCaptureFixture
+    db_url: str, session_id: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The store is unavailable for about 10 s (SQLite locked by another writer): every line
-    said meanwhile is written, in order, once it is back; usage is not lost either."""
+    """The store is unavailable (SQLite locked by another writer): every line said meanwhile
+    is written, in order, once it is back; usage is not lost either."""
+    # A write gives up after the busy timeout: 0.5 s rather than 10 s, or the test waits 10 s
+    # for the first refusal. The engine's pooled connections are dropped to take it up.
+    monkeypatch.setattr(store_db, "SQLITE_BUSY_TIMEOUT_SECONDS", 0.5)
+    store_db.get_engine(db_url).dispose()
     rec = SessionRecorder(db_url, session_id)
     said = [f"item-{i:03d}" for i in range(60)]
     with WriteLock(db_url) as lock:

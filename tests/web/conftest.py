@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.security import generate_password_hash
 from werkzeug.test import TestResponse
 
 from config.settings import Settings, load_settings
 from store.db import session_scope
 from store.models import (
+    AdminUser,
     AgentSessionRecord,
     SessionCost,
     SessionStatus,
@@ -32,7 +34,7 @@ from store.models import (
 )
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET
 from web import create_app
-from web.auth import create_admin, create_api_token
+from web.auth import create_api_token
 from web.backend import Backend
 
 ADMIN_EMAIL = "ops@example.com"
@@ -86,10 +88,18 @@ def make_app(settings: Settings, calls: Calls) -> Callable[..., Flask]:
     return _make
 
 
+@pytest.fixture(scope="session")
+def admin_password_hash() -> str:
+    """The operator's password hashed once per test process, as `create_admin` hashes it
+    (scrypt, about 0.15 s a hash by design); logins still check it the real way."""
+    return generate_password_hash(ADMIN_PASSWORD)
+
+
 @pytest.fixture
-def app(make_app: Callable[..., Flask], settings: Settings) -> Flask:
+def app(make_app: Callable[..., Flask], settings: Settings, admin_password_hash: str) -> Flask:
+    """The app with one operator (`create_admin` itself: tests/web/test_auth.py)."""
     with session_scope(settings.db.url) as db:
-        create_admin(db, ADMIN_EMAIL, ADMIN_PASSWORD)
+        db.add(AdminUser(email=ADMIN_EMAIL, password_hash=admin_password_hash))
     return make_app()
 
 
