@@ -129,7 +129,12 @@ async def dispatch_counts(url: str, key: str, secret: str, rooms: list[str]) -> 
 
     async with api.LiveKitAPI(url, key, secret) as lk:
         counts = {}
+        # a room nobody joined closes after LiveKit's empty timeout: those are not asked about
+        # (LiveKit answers 503 after 3 s for each)
+        open_rooms = {r.name for r in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms}
         for room in rooms:
+            if room not in open_rooms:
+                continue
             try:
                 counts[room] = len(await lk.agent_dispatch.list_dispatch(room_name=room))
             except api.TwirpError:  # no such room: the launch never reached LiveKit
@@ -307,6 +312,7 @@ def summarize(r: LayoutResult, window: float) -> dict[str, Any]:
         "provisioned_exactly_once": once,
         "provisioned_twice": sum(1 for d in r.provisioned_dispatches.values() if len(d) > 1),
         "rooms_dispatched_again": sum(1 for c in counts if c > 1),
+        "rooms_still_open": len(counts),
         "failed": r.failed,
         "provision_p50": pct(r.provision_seconds, 50),
         "provision_p95": pct(r.provision_seconds, 95),

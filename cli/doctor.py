@@ -39,6 +39,11 @@ def checks(settings: Settings) -> list[Check]:
     from cli.services import find_livekit_server, find_valkey_server, port_open
 
     out: list[Check] = [Check("configuration", True, "loaded; secrets masked")]
+    out.append(Check(
+        "session cap",
+        True,
+        f"{settings.limits.max_concurrent_sessions} per live worker ({settings.session_cap_reason})",
+    ))
     public = public_default_secrets(settings, flower=True)
     local = is_local_only(settings)
     out.append(

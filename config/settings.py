@@ -15,7 +15,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -26,6 +34,7 @@ from pydantic_settings import (
 )
 
 from config import catalog
+from config.capacity import default_cap
 from config.catalog import AvatarName, LLMName, STTName, TTSName
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -349,7 +358,20 @@ class WebSettings(BaseModel):
 
 class LimitsSettings(BaseModel):
     max_concurrent_sessions: int = Field(
-        default=2, ge=1, le=1000, description="Hard cap of sessions per live worker."
+        default=2, ge=1, le=1000,
+        description=(
+            "Hard cap of sessions per live worker. Unset: what bench.load measured for the "
+            "providers' profile, scaled to this machine's cores and memory (config/capacity.py)."
+        ),
+    )
+    job_executor: Literal["process", "thread"] = Field(
+        default="process",
+        description=(
+            "How the live worker runs each session: 'process' (LiveKit's default on Linux: a "
+            "process per session, with its own copy of the models and the WebRTC stack; a "
+            "crash ends one session) or 'thread' (every session in the worker's process, "
+            "sharing the models; measured side by side in bench/results/load-*.md)."
+        ),
     )
     max_session_minutes: float = Field(
         default=30.0, gt=0, description="A session ends after this many minutes."
@@ -522,6 +544,8 @@ class Settings(BaseSettings):
         case_sensitive=False,
     )
 
+    _cap_reason: str = PrivateAttr(default="")
+
     livekit: LiveKitSettings = Field(default_factory=LiveKitSettings, description="LiveKit.")
     stt: STTSettings = Field(default_factory=STTSettings, description="Speech-to-text slot.")
     llm: LLMSettings = Field(default_factory=LLMSettings, description="Language model slot.")
@@ -569,6 +593,23 @@ class Settings(BaseSettings):
             else:
                 raise ConfigError(f"AVATAR_CONFIG_FILE: expected a .toml or .yaml file, got {cfg!r}")
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _session_cap(self) -> Settings:
+        """Unset, the session cap is the one measured for this profile, on this machine."""
+        if "max_concurrent_sessions" in self.limits.model_fields_set:
+            self._cap_reason = "set by LIMITS__MAX_CONCURRENT_SESSIONS"
+            return self
+        cap = default_cap(self.stt.provider, self.llm.provider, self.tts.provider,
+                          self.avatar.provider)
+        object.__setattr__(self.limits, "max_concurrent_sessions", cap.sessions)
+        self._cap_reason = cap.why
+        return self
+
+    @property
+    def session_cap_reason(self) -> str:
+        """Where the session cap comes from (logged by the worker, shown by `avatar doctor`)."""
+        return self._cap_reason
 
     @model_validator(mode="after")
     def _vendor_keys(self) -> Settings:

@@ -20,6 +20,7 @@ from livekit.agents import (
     AgentSession,
     AutoSubscribe,
     JobContext,
+    JobExecutorType,
     JobProcess,
     JobRequest,
     cli,
@@ -95,8 +96,9 @@ def prewarm(proc: JobProcess) -> None:
     # The pool starts a replacement process whenever a session takes an idle one; its model
     # loading must not take CPU from the sessions already talking. The session raises its
     # priority back when it starts (where the OS allows it).
-    _lower_priority()
     settings = _settings()
+    if settings.limits.job_executor == "process":
+        _lower_priority()
     install_secret_mask(settings.secret_values())
     ctx = process_models(settings)
     load_local_models(ctx)
@@ -111,6 +113,11 @@ def prewarm(proc: JobProcess) -> None:
 
 def build_server(settings: Settings) -> AgentServer:
     admission: Admission | None = None
+    if settings.limits.job_executor == "thread":
+        # LiveKit plugins register on the main thread only, and here jobs run on others
+        from livekit.plugins import silero  # noqa: F401  (the VAD, imported lazily elsewhere)
+
+        import live.providers  # noqa: F401  (every provider module, their plugins too)
 
     def running_ids() -> list[str]:
         return [j.job.id for j in server.active_jobs]
@@ -140,6 +147,8 @@ def build_server(settings: Settings) -> AgentServer:
         # LiveKit's threshold would answer "unavailable" before on_request runs (and can
         # over-accept, livekit/agents#4884); the Admission cap is the one exact gate.
         load_threshold=math.inf,
+        job_executor_type=(JobExecutorType.THREAD if settings.limits.job_executor == "thread"
+                           else JobExecutorType.PROCESS),
         num_idle_processes=min(2, settings.limits.max_concurrent_sessions),
         host="127.0.0.1",
         port=int(os.environ.get("LIVE_HEALTH_PORT", "8081")),
@@ -152,6 +161,8 @@ def build_server(settings: Settings) -> AgentServer:
         log_level=settings.logging.level,
     )
     admission = Admission(settings.limits.max_concurrent_sessions, running_ids)
+    logger.info("session cap %d (%s)", settings.limits.max_concurrent_sessions,
+                settings.session_cap_reason)
     _report_lost_jobs(server, settings)
     server.rtc_session(
         entrypoint,
@@ -288,8 +299,9 @@ def room_options(spec: SessionSpec) -> room_io.RoomOptions:
 
 
 async def entrypoint(ctx: JobContext) -> None:
-    _restore_priority()
     settings = _settings()
+    if settings.limits.job_executor == "process":
+        _restore_priority()
     raw, resume_from = split_resume(ctx.job.metadata or "")
     try:
         spec = parse_spec(raw)
