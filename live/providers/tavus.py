@@ -119,7 +119,8 @@ class HostedAvatar(AvatarSession):
         self._secrets = (*secrets, livekit.api_secret)
         self._started = False
         # the plugin session reports join and playback metrics; pass them on from here too
-        session.on("metrics_collected", lambda m: self.emit("metrics_collected", m))
+        if isinstance(session, AvatarSession):
+            session.on("metrics_collected", lambda m: self.emit("metrics_collected", m))
 
     @property
     def provider(self) -> str:
