@@ -57,6 +57,16 @@ def running_per_worker(cluster: Cluster) -> Counter[str]:
         return Counter(worker_of(r) for r in rows)
 
 
+def node_records(cluster: Cluster) -> dict[bytes, bytes]:
+    """LiveKit's record of each node in the shared Valkey (its stats, rooms counted, are
+    rewritten every few seconds): what its node selector reads to place a new room."""
+    client = redis.Redis.from_url(cluster.livekit_redis_url)
+    try:
+        return dict(client.hgetall("nodes"))
+    finally:
+        client.close()
+
+
 def room_nodes(cluster: Cluster, rooms: list[str]) -> dict[str, str]:
     """Which node hosts each room: LiveKit's own map in the shared Valkey."""
     client = redis.Redis.from_url(cluster.livekit_redis_url)
@@ -91,6 +101,12 @@ async def test_sessions_spread_over_both_nodes_and_workers_and_the_cap_holds(
             sids.append(data["session"]["id"])
             await asyncio.to_thread(wait_for, lambda s=sids[-1]: record(cluster, s).status
                                     == "active", 120, f"session {i} to start")
+            # the next room is placed by the nodes' room counts: once the node that has this
+            # one has written its stats again, the count includes it
+            node = room_nodes(cluster, [rooms[-1]])[rooms[-1]].encode()
+            seen = node_records(cluster).get(node)
+            await asyncio.to_thread(wait_for, lambda n=node, b=seen: node_records(cluster).get(n)
+                                    not in (None, b), 30, "the node's stats to count the room")
         per_worker = running_per_worker(cluster)
         assert per_worker == {w: CLUSTER_CAP for w in WORKERS}, per_worker
         nodes = room_nodes(cluster, rooms)

@@ -36,7 +36,7 @@ BACKLOG = 8  # finished calls queued before the launch
 def procfile_workers(
     livekit_server: LiveKitServer, valkey_url: str, tmp_path: Path
 ) -> Iterator[tuple[str, str, dict[str, Path]]]:
-    redis_url = valkey_url.rsplit("/", 1)[0] + "/12"  # this test's own database
+    redis_url = valkey_url.rsplit("/", 1)[0] + "/4"  # its own database (the cluster fixture, session-wide, has 12 and 13)
     db_url = f"sqlite:///{tmp_path / 'procfile.db'}"
     upgrade_db(db_url)
     env = stack_env(livekit_server, redis_url, db_url, tmp_path)
