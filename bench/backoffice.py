@@ -35,7 +35,6 @@ import platform
 import re
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -235,8 +234,6 @@ def run_layout(layout: str, args: argparse.Namespace, work: Path) -> LayoutResul
         t0 = time.monotonic()
         for sid in batch_ids:  # what the live worker sends when a call ends
             sender.send_task("tasks.maintenance.finalize_session", args=(sid,), queue="batch")
-        launches: list[Launch] = []
-        lock = threading.Lock()
         step = args.window / max(1, args.launches)
         with ThreadPoolExecutor(max_workers=16) as pool:
             futures = []
@@ -246,10 +243,7 @@ def run_layout(layout: str, args: argparse.Namespace, work: Path) -> LayoutResul
                     time.sleep(delay)
                 room = f"bo-{layout}-{i:03d}-{uuid.uuid4().hex[:6]}"
                 futures.append(pool.submit(post_session, base, token, i, room))
-            for f in futures:
-                launch = f.result()
-                with lock:
-                    launches.append(launch)
+            launches = [f.result() for f in futures]
         window_end = time.monotonic()
         result.batch_done_in_window = batch_done(db_url, batch_ids)
         ids = [x.session_id for x in launches if x.session_id]
