@@ -39,6 +39,15 @@ def with_knowledge(chat_ctx: llm.ChatContext, knowledge: KnowledgeBase) -> llm.C
     return ctx
 
 
+async def _marking_first(stream: AsyncIterable[Any], mark: str) -> AsyncIterator[Any]:
+    first = True
+    async for chunk in stream:
+        if first:
+            first = False
+            logger.debug(mark)
+        yield chunk
+
+
 class AvatarAgent(Agent):
     """A voice agent shown as a face. Tools can be added here as `@function_tool` methods."""
 
@@ -63,9 +72,12 @@ class AvatarAgent(Agent):
         tools: list[llm.Tool],
         model_settings: ModelSettings,
     ) -> AsyncIterator[llm.ChatChunk | str | Any]:
+        logger.debug("reply LLM started")  # marks for latency traces (bench.turns.trace)
         if self.knowledge is not None:
             chat_ctx = with_knowledge(chat_ctx, self.knowledge)
-        stream: AsyncIterable[Any] = Agent.default.llm_node(self, chat_ctx, tools, model_settings)
+        stream: AsyncIterable[Any] = _marking_first(
+            Agent.default.llm_node(self, chat_ctx, tools, model_settings), "reply LLM first text"
+        )
         if not self.guard:
             async for chunk in stream:
                 yield chunk

@@ -7,9 +7,11 @@ set and the held-out set, reported apart) to the embedded LLM at temperature 0, 
 text into ``LocalTTS`` as the agent does, and plays the audio out on a simulated clock from
 its first frame: a stall is time the player had nothing to play.
 
-Both ways of cutting the text run on the same LLM text, alternating per question:
-``lead 1`` (only the first phrase is cut short) and ``lead 8`` (phrases until eight words,
-what ships). ``--hog N`` keeps N busy processes running, a machine that is not idle.
+Ways of cutting the text run on the same LLM text, alternating per question (``CUTS``):
+the first phrase at its first clause of three words or sentence end (before), or sooner, at
+a one-word clause ("Sure,") or before a joining word after four words (what ships); phrases
+go on until eight words either way. ``--hog N`` keeps N busy processes running, a machine
+that is not idle.
 
     .venv/bin/python -m bench.turns.flow                 # idle machine
     .venv/bin/python -m bench.turns.flow --hog 2 --label busy
@@ -50,7 +52,7 @@ STALL_S = 0.15  # a silence shorter than this reads as a pause between phrases
 class Reply:
     question: str
     group: str
-    lead: int
+    lead: str
     text: str = ""
     first_audio_s: float = 0.0  # from the request to the first audio frame
     audio_s: float = 0.0
@@ -126,13 +128,20 @@ def _summary(rows: list[Reply]) -> dict[str, Any]:
     }
 
 
+CUTS: dict[str, dict[str, int]] = {  # name -> LocalTTS options
+    "first clause of 3 words (before)": {"lead_words": 8, "first_clause_words": 3,
+                                         "first_join_words": 0},
+    "first cut early (default)": {"lead_words": 8},
+}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
     ctx = process_models(settings)
     model = LocalLLM(engine=get_llama(ctx, settings.llm.model))
     voice = settings.tts.voice if settings.tts.provider == "local" else None
     piper = get_piper(ctx, voice or "joe-us")
-    leads = [1, 8]
+    leads = list(CUTS)
     questions = [(q, "working") for q in COMPLETE[: args.limit]]
     questions += [(q, "held-out") for q in FINAL_COMPLETE[: args.limit]]
     await _llm_text(model, "Hello.")  # load the model before timing anything
@@ -142,12 +151,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         order = leads if i % 2 == 0 else leads[::-1]
         for lead in order:
             reply = Reply(question, group, lead, text="".join(p for _, p in pieces))
-            await _speak(LocalTTS(engine=piper, lead_words=lead), pieces, reply)
+            await _speak(LocalTTS(engine=piper, **CUTS[lead]), pieces, reply)
             rows.append(reply)
-            print(f"lead {lead} {group:8} first {reply.first_audio_s:.2f} s  stalls "
+            print(f"{lead[:12]} {group:8} first {reply.first_audio_s:.2f} s  stalls "
                   f"{reply.stalls}  {question[:50]!r}", flush=True)
     summary = {
-        f"lead {lead} / {group}": _summary([r for r in rows if r.lead == lead and r.group == group])
+        f"{lead} / {group}": _summary([r for r in rows if r.lead == lead and r.group == group])
         for lead in leads for group in ("working", "held-out")
     }
     return {"summary": summary, "replies": [asdict(r) for r in rows]}

@@ -23,13 +23,17 @@ from typing import Any
 
 MARKS = {  # worker log message -> column
     "received user preflight transcript": "preflight",
+    "reply LLM started": "llm",
+    "reply LLM first text": "llm_first",
+    "TTS piece queued": "tts_in",
+    "TTS first audio": "tts_out",
     "local transcript": "final",
     "user turn committed": "committed",
     "using preemptive generation": "used",
     "reply audio to the face": "to_face",
     "reply audio playing": "playing",
 }
-COLUMNS = ["preflight", "final", "committed", "used", "to_face", "playing", "heard"]
+COLUMNS = ["preflight", "llm", "llm_first", "tts_in", "tts_out", "final", "committed", "used", "to_face", "playing", "heard"]
 
 
 def _events(log: Path) -> list[tuple[float, str]]:

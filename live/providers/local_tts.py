@@ -149,58 +149,18 @@ def _push_rest(emitter: tts.AudioEmitter, words: SentenceWords, position: float)
         emitter.push_timed_transcript(TimedString(text="".join(rest), start_time=position))
 
 
-class LocalTTS(tts.TTS):
-    """Piper voice ``joe-us`` (en_US, medium), streamed per sentence, with phoneme timings."""
-
-    def __init__(
-        self,
-        *,
-        engine: PiperEngine,
-        on_alignment: AlignmentCallback | None = None,
-        sentence_tokenizer: tokenize.SentenceTokenizer | None = None,
-        lead_words: int = 8,
-    ) -> None:
-        """``lead_words``: the reply's first words go out phrase by phrase (``LeadPhrases``);
-        1 cuts only the first phrase."""
-        super().__init__(
-            capabilities=tts.TTSCapabilities(streaming=True, aligned_transcript=True),
-            sample_rate=engine.sample_rate,
-            num_channels=1,
-        )
-        self._engine = engine
-        self.on_alignment = on_alignment
-        self._lead_words = max(1, lead_words)
-        self._tokenizer = sentence_tokenizer or tokenize.blingfire.SentenceTokenizer(
-            retain_format=True
-        )
-
-    @property
-    def model(self) -> str:
-        return f"piper-{self._engine.voice_name}"
-
-    @property
-    def provider(self) -> str:
-        return "local"
-
-    def synthesize(
-        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
-    ) -> tts.ChunkedStream:
-        return _PiperChunkedStream(tts=self, input_text=text, conn_options=conn_options)
-
-    def stream(
-        self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
-    ) -> tts.SynthesizeStream:
-        return _PiperSynthesizeStream(tts=self, conn_options=conn_options)
-
-
 class LeadPhrases:
     """The reply's first words, cut at sentence ends and clause marks until it is well ahead.
 
     The reply's first audio waits for its first synthesized piece; a whole first sentence
     ("The story of a lighthouse keeper is one that has been passed down for generations.")
-    costs the small LLM half a second more than its first clause. So the first pieces end at
-    a ``.!?`` (any length: "Hi!" goes at once) or at ``,;:`` after ``MIN_CLAUSE_WORDS``
-    words. Cutting only the first piece left the speech to run dry after a short one ("This."
+    costs the small LLM half a second more than its first clause. So the pieces end at a
+    ``.!?`` (any length: "Hi!" goes at once) or at ``,;:`` after ``MIN_CLAUSE_WORDS`` words.
+    The first piece is cut sooner still, since the caller waits on it and nothing plays
+    before it: at a clause mark after ``first_clause_words`` ("Sure," "No,"), or, in a
+    sentence with no mark yet, before a joining word ("and", "because", "to"...) once
+    ``first_join_words`` words precede it ("The sky looks blue | because air...").
+    Cutting only the first piece left the speech to run dry after a short one ("This."
     plays for half a second while the LLM still writes the next sentence: a second of silence
     inside the reply on a busy machine), so phrases go on until ``lead_words`` words have
     gone, by when the LLM is ahead of the speech; then the sentence tokenizer takes the rest.
@@ -210,12 +170,24 @@ class LeadPhrases:
 
     MIN_CLAUSE_WORDS = 3
     LEAD_WORDS = 8
+    FIRST_CLAUSE_WORDS = 1
+    FIRST_JOIN_WORDS = 4
+    JOIN_WORDS = frozenset(
+        "and but or so because to of in at on for with from about than that which who when "
+        "where while if as since until".split()
+    )
     _END = re.compile(r"[.!?…]+[\"')\]]*(\s+)")
     _CLAUSE = re.compile(r"[,;:—–]+(\s+)")
+    _WORD = re.compile(r"\s([A-Za-z]+)(?=\s)")
 
-    def __init__(self, lead_words: int = LEAD_WORDS) -> None:
+    def __init__(self, lead_words: int = LEAD_WORDS, *,
+                 first_clause_words: int = FIRST_CLAUSE_WORDS,
+                 first_join_words: int = FIRST_JOIN_WORDS) -> None:
+        """``first_join_words`` 0: the first piece is never cut without a mark."""
         self.done = False
         self._lead = lead_words
+        self._first_clause = max(1, first_clause_words)
+        self._first_join = first_join_words
         self._words = 0
         self._buf = ""
 
@@ -243,13 +215,68 @@ class LeadPhrases:
         return rest
 
     def _cut(self) -> int | None:
+        first = self._words == 0
         for m in self._END.finditer(self._buf):
             if self._buf[: m.start()].strip():
                 return m.end()
+        min_words = self._first_clause if first else self.MIN_CLAUSE_WORDS
         for m in self._CLAUSE.finditer(self._buf):
-            if len(self._buf[: m.start()].split()) >= self.MIN_CLAUSE_WORDS:
+            if len(self._buf[: m.start()].split()) >= min_words:
                 return m.end()
+        if first and self._first_join > 0:
+            for m in self._WORD.finditer(self._buf):
+                if (m.group(1).lower() in self.JOIN_WORDS
+                        and len(self._buf[: m.start()].split()) >= self._first_join):
+                    return m.start(1)  # the space stays with the first piece
         return None
+
+
+class LocalTTS(tts.TTS):
+    """Piper voice ``joe-us`` (en_US, medium), streamed per sentence, with phoneme timings."""
+
+    def __init__(
+        self,
+        *,
+        engine: PiperEngine,
+        on_alignment: AlignmentCallback | None = None,
+        sentence_tokenizer: tokenize.SentenceTokenizer | None = None,
+        lead_words: int = 8,
+        first_clause_words: int = LeadPhrases.FIRST_CLAUSE_WORDS,
+        first_join_words: int = LeadPhrases.FIRST_JOIN_WORDS,
+    ) -> None:
+        """``lead_words``: the reply's first words go out phrase by phrase (``LeadPhrases``);
+        1 cuts only the first phrase. ``first_*``: how early the first phrase is cut."""
+        super().__init__(
+            capabilities=tts.TTSCapabilities(streaming=True, aligned_transcript=True),
+            sample_rate=engine.sample_rate,
+            num_channels=1,
+        )
+        self._engine = engine
+        self.on_alignment = on_alignment
+        self._lead_words = max(1, lead_words)
+        self._first_cut = {"first_clause_words": first_clause_words,
+                           "first_join_words": first_join_words}
+        self._tokenizer = sentence_tokenizer or tokenize.blingfire.SentenceTokenizer(
+            retain_format=True
+        )
+
+    @property
+    def model(self) -> str:
+        return f"piper-{self._engine.voice_name}"
+
+    @property
+    def provider(self) -> str:
+        return "local"
+
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> tts.ChunkedStream:
+        return _PiperChunkedStream(tts=self, input_text=text, conn_options=conn_options)
+
+    def stream(
+        self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> tts.SynthesizeStream:
+        return _PiperSynthesizeStream(tts=self, conn_options=conn_options)
 
 
 class _PiperChunkedStream(tts.ChunkedStream):
@@ -294,7 +321,7 @@ class _PiperSynthesizeStream(tts.SynthesizeStream):
         )
         output_emitter.start_segment(segment_id=utils.shortuuid())
         sentences = self._piper._tokenizer.stream()
-        lead = LeadPhrases(self._piper._lead_words)
+        lead = LeadPhrases(self._piper._lead_words, **self._piper._first_cut)
         phrase_q: asyncio.Queue[str | None] = asyncio.Queue()  # None: the lead is over
 
         def take(phrases: list[str], rest: str) -> None:
@@ -334,7 +361,10 @@ class _PiperSynthesizeStream(tts.SynthesizeStream):
                     return
                 self._mark_started()
                 words = SentenceWords(token)
+                logger.debug("TTS piece queued", extra={"chars": len(text)})
                 async for chunk in _piper_chunks(engine, text, clock):
+                    if not position:
+                        logger.debug("TTS first audio")  # a mark for latency traces
                     position = timeline.at(position)
                     _push_words(output_emitter, words, chunk, engine.sample_rate, position)
                     _notify(self._piper.on_alignment, chunk, engine.sample_rate)

@@ -121,17 +121,21 @@ async def test_piper_word_timings_cut_the_speech_between_words(
 @pytest.mark.parametrize(("pieces", "phrase", "rest"), [
     (["Hi", "!", " I", "'m", " Ava", "."], "Hi! ", "I"),  # a short sentence goes at once
     (["The", " story", " of", " a", " keeper", ",", " long", " ago", "."], "The story of a keeper, ", "long"),
-    (["Sure", ",", " I", " can", " help", ".", " What"], "Sure, I can help. ", "What"),  # "Sure," too short
+    (["Sure", ",", " I", " can", " help", ".", " What"], "Sure, ", "I"),  # one word is enough first
+    # no mark yet: before a joining word once four words are out
+    (["The", " sky", " looks", " blue", " at", " night", " because"], "The sky looks blue ", "at night"),
+    (["I", " want", " to", " go", " to", " the", " shop", "."], "I want to go ", "to the"),
+    (["Hi", " there", " and", " welcome", "."], "Hi there and welcome. ", ""),  # too few words
     (["It costs $3.50", " today", ".", " Ok"], "It costs $3.50 today. ", "Ok"),  # no cut inside a number
 ])
 def test_the_first_phrase_ends_at_the_first_sentence_end_or_clause(
     pieces: list[str], phrase: str, rest: str
 ) -> None:
     lead = LeadPhrases(lead_words=1)
-    for piece in pieces:
+    for piece in pieces + [" "]:
         got, after = lead.push(piece)
         if got:
-            assert (got, after) == ([phrase], rest) and lead.done
+            assert (got, after.strip()) == ([phrase], rest) and lead.done
             return
     pytest.fail("no phrase cut")
 
@@ -149,6 +153,15 @@ def test_phrases_go_on_until_the_lead_then_the_rest_goes_to_sentences() -> None:
         rest += after
     assert "".join(phrases) + rest == text + " "  # every word once, in order
     assert phrases == ["This. ", "The sky is blue, ", "because air scatters blue light more. "]
+
+
+@pytest.mark.unit
+def test_the_first_phrase_is_cut_later_with_the_early_cuts_off() -> None:
+    lead = LeadPhrases(lead_words=1, first_clause_words=3, first_join_words=0)
+    got: list[str] = []
+    for word in "Sure, I can help you with that. Ok".split(" "):
+        got += lead.push(word + " ")[0]
+    assert got == ["Sure, I can help you with that. "]
     assert lead.done
 
 
