@@ -99,6 +99,8 @@ _STT_ANSWERS = frozenset({
     stt.SpeechEventType.FINAL_TRANSCRIPT,
     stt.SpeechEventType.END_OF_SPEECH,
 })
+# What shows the STT has finished an utterance (interims alone do not: it may stall after).
+_STT_FINALS = frozenset({stt.SpeechEventType.FINAL_TRANSCRIPT, stt.SpeechEventType.END_OF_SPEECH})
 
 
 class _WrappedSTT(stt.STT):
@@ -154,6 +156,8 @@ class _StallGuard(_WrappedSTT):
     def _on_user_state(self, ev: UserStateChangedEvent) -> None:
         if ev.new_state == "speaking":
             self._speech_began = ev.created_at
+            for stream in list(self._streams):
+                stream.speech_started()
             return
         began, self._speech_began = self._speech_began, None
         if ev.old_state != "speaking" or began is None:
@@ -184,7 +188,8 @@ class _GuardedStream(stt.RecognizeStream):
         super().__init__(stt=guard, conn_options=conn_options)
         self._guard = guard
         self._inner = inner
-        self.speech_ended: Callable[[], None] = lambda: None  # the caller stopped speaking
+        self.speech_started: Callable[[], None] = lambda: None  # the session's VAD says
+        self.speech_ended: Callable[[], None] = lambda: None
 
     async def _run(self) -> None:
         inner = self._inner
@@ -192,11 +197,21 @@ class _GuardedStream(stt.RecognizeStream):
         changed = asyncio.Event()
         loop = asyncio.get_running_loop()
 
+        finished = False  # the STT ended the caller's utterance (a final) since it began
+
+        def speech_started() -> None:
+            nonlocal finished
+            finished = False
+
         def speech_ended() -> None:
             nonlocal deadline
-            if deadline is None:
+            # the VAD knows the end only after its closing silence: a quick vendor may have
+            # sent its final already (then it is alive), else it has ``stall`` from now on
+            if deadline is None and not finished:
                 deadline = loop.time() + self._guard._stall
                 changed.set()
+
+        self.speech_started = speech_started
 
         self.speech_ended = speech_ended
 
@@ -209,9 +224,11 @@ class _GuardedStream(stt.RecognizeStream):
             inner.end_input()
 
         async def forward_events() -> None:
-            nonlocal deadline
+            nonlocal deadline, finished
             async for ev in inner:
                 self._event_ch.send_nowait(ev)
+                if ev.type in _STT_FINALS:
+                    finished = True
                 if ev.type in _STT_ANSWERS and deadline is not None:
                     deadline = None
                     changed.set()

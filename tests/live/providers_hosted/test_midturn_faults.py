@@ -477,3 +477,44 @@ async def test_a_short_sound_is_not_speech_that_needs_words(
             await adapter.aclose()
         assert states[:2] == ["speaking", "listening"], states  # the VAD did hear it
         assert changes == [] and not backup.sessions
+
+
+async def test_a_vendor_that_answers_before_the_vad_has_heard_the_end_is_not_stalled(
+    ctx: ProviderContext, http_ctx: None
+) -> None:
+    """A quick vendor sends its final transcript as the caller stops, before the session's
+    VAD has waited out its closing silence: it answered, so it is alive (the load benchmark's
+    fake, 150 ms after the speech, was switched away from in every session before)."""
+    question = spoken("When do you open tomorrow morning?", ctx)
+    question_bytes = len(question) * 320 * 2
+    async with AssemblyAIFake(
+        transcript="when do you open tomorrow morning", turn_audio_bytes=question_bytes + 320 * 2
+    ) as vendor, AssemblyAIFake() as backup:
+        primary = create("stt", "assemblyai", stt_options(vendor), ctx)
+        secondary = create("stt", "assemblyai", stt_options(backup), ctx)
+        adapter = build_stt_with_fallback(primary, secondary, attempt_timeout=5.0,
+                                          retry_interval=30.0, stall_seconds=0.5)
+        changes: list[bool] = []
+        adapter.on("stt_availability_changed", lambda ev: changes.append(ev.available))
+        session, mic = listening_session(adapter, ctx)
+        states: list[str] = []
+        session.on("user_state_changed", lambda ev: states.append(ev.new_state))
+        finals: list[str] = []
+        session.on("user_input_transcribed",
+                   lambda ev: finals.append(ev.transcript) if ev.is_final else None)
+        await session.start(Agent(instructions="Be brief."))
+        feeder = asyncio.create_task(talk(mic, quiet(0.3) + question))
+        try:
+            # the vendor's answer, then 2 s of quiet (four times the stall time)
+            await asyncio.to_thread(
+                wait_for,
+                lambda: sum(s.audio_bytes for s in vendor.sessions)
+                >= question_bytes + 2.3 * 16000 * 2,
+                30, "the vendor to receive the question and the quiet after it")
+        finally:
+            feeder.cancel()
+            await session.aclose()
+            await adapter.aclose()
+        assert states[:2] == ["speaking", "listening"], states
+        assert finals and finals[0] == "when do you open tomorrow morning"
+        assert changes == [] and not backup.sessions
