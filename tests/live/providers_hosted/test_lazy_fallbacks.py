@@ -223,3 +223,22 @@ async def test_stt_failing_mid_utterance_the_unloaded_local_model_hears_all_of_i
     assert "open" in words and "tomorrow" in words, texts  # from its first words on
     assert local_models(ctx) == ["local.stt.tiny.en"]
     assert load_threads and all(t != threading.get_ident() for _, t in load_threads)
+
+
+async def test_a_hosted_stt_that_cannot_be_built_gives_way_to_the_local_one_loaded_off_the_loop(
+    load_threads: list[tuple[str, int]],
+) -> None:
+    """No AssemblyAI key: the session starts on the local STT, loaded in a thread before the
+    session talks to it (and it is the real one, which the worker tells when the agent
+    speaks)."""
+    from live.providers.local_stt import LocalSTT
+
+    settings = hosted(stt={"api_key": None})
+    ctx = ProviderContext(settings=settings)
+    comps = build_components(settings, SessionSpec(), ctx, get_vad(ctx))
+    assert comps.stt_name == "local" and not lazy.is_loaded(comps.stt)
+    assert local_models(ctx) == []
+    comps = await load_fallbacks(comps)
+    assert isinstance(comps.stt, LocalSTT)
+    assert local_models(ctx) == ["local.stt.tiny.en"]
+    assert load_threads and all(t != threading.get_ident() for _, t in load_threads)
