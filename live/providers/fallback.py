@@ -196,7 +196,6 @@ class _GuardedStream(stt.RecognizeStream):
         deadline: float | None = None  # loop time by which the STT must have said something
         changed = asyncio.Event()
         loop = asyncio.get_running_loop()
-
         finished = False  # the STT ended the caller's utterance (a final) since it began
 
         def speech_started() -> None:
@@ -211,9 +210,7 @@ class _GuardedStream(stt.RecognizeStream):
                 deadline = loop.time() + self._guard._stall
                 changed.set()
 
-        self.speech_started = speech_started
-
-        self.speech_ended = speech_ended
+        self.speech_started, self.speech_ended = speech_started, speech_ended
 
         async def forward_input() -> None:
             async for data in self._input_ch:

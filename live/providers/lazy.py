@@ -2,7 +2,7 @@
 
 A hosted STT, LLM or TTS is backed by a local one (``*__FALLBACK=local``). Loading Whisper,
 SmolLM2 and Piper into every job process for an outage that may never come cost a hosted
-session about 280 MiB and a sixth of a core (bench/results/load-limits.md, item 2). Here the
+session about 280 MiB and a fifth of a core (bench/results/load-limits.md, item 2). Here the
 fallback slot holds a stand-in with the local provider's capabilities, sample rate and name;
 the first time the fallback adapter turns to it, its models load through the process's
 ``ModelStore`` in a worker thread (the event loop goes on serving the session meanwhile), the
@@ -27,13 +27,14 @@ from livekit.agents import NOT_GIVEN, APIConnectionError, APIConnectOptions, llm
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NotGivenOr
 
 from config.catalog import LLM_MODELS, PIPER_VOICES, WHISPER_MODELS, Slot
-from live.providers.local.prewarm import load_models
+from engines import EngineError
+from live.providers.local.prewarm import LAZY_FALLBACKS, load_models
 from live.providers.registry import ProviderContext, ProviderError, create
 
 logger = logging.getLogger(__name__)
 
-# What the local providers are (``live.providers.local_*``; tests/live/test_lazy_fallback.py
-# compares each with the real object): the adapters read it when they are built.
+# What the local providers are (``live.providers.local_*``; tests/live/providers_hosted/
+# test_lazy_fallbacks.py compares each with the real object): the adapters read it when built.
 _STT_CAPABILITIES = stt.STTCapabilities(
     streaming=True, interim_results=True, aligned_transcript=False, offline_recognize=True
 )
@@ -42,12 +43,6 @@ _LABELS = {
     "stt": "live.providers.local_stt.LocalSTT",
     "llm": "live.providers.local_llm.LocalLLM",
     "tts": "live.providers.local_tts.LocalTTS",
-}
-# Providers that can wait (their description above is known without loading them).
-DEFERRABLE: dict[Slot, frozenset[str]] = {
-    "stt": frozenset({"local"}),
-    "llm": frozenset({"local"}),
-    "tts": frozenset({"local"}),
 }
 
 T = TypeVar("T")
@@ -111,7 +106,7 @@ def deferred(kind: Slot, name: str, options: Any, ctx: ProviderContext) -> Any |
 
     :raise ProviderError: the provider is not installed (as ``create`` would say).
     """
-    if name not in DEFERRABLE.get(kind, frozenset()):
+    if name not in LAZY_FALLBACKS.get(kind, frozenset()):
         return None
     _check_installed(kind, name)
     if kind == "stt":
@@ -120,7 +115,10 @@ def deferred(kind: Slot, name: str, options: Any, ctx: ProviderContext) -> Any |
     if kind == "llm":
         return DeferredLLM(_Loader(kind, name, options, ctx), model=_model(options, LLM_MODELS))
     voice = options.voice if options.provider == "local" else PIPER_VOICES[0]
-    return DeferredTTS(_Loader(kind, name, options, ctx), voice=voice)
+    try:
+        return DeferredTTS(_Loader(kind, name, options, ctx), voice=voice)
+    except EngineError as err:  # an unknown voice, its files missing
+        raise ProviderError(str(err)) from err
 
 
 def _model(options: Any, models: tuple[str, ...]) -> str:

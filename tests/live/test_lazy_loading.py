@@ -82,3 +82,18 @@ def test_a_provider_that_is_not_installed_is_reported_when_the_session_is_built(
     settings = load_settings(_env_file=None)
     with pytest.raises(ProviderError, match="needs the module 'xllamacpp'"):
         lazy.deferred("llm", "local", settings.llm, ModelStore(settings))
+
+
+@pytest.mark.parametrize(("fallback", "preload", "loaded"), [
+    ("local", False, ["cartesia"]),  # Piper waits for its first use
+    ("local", True, ["cartesia", "local"]),  # LIMITS__PRELOAD_FALLBACKS: as before
+    ("espeak", False, ["cartesia", "espeak"]),  # no stand-in for espeak-ng (small): loaded
+])
+def test_what_the_prewarm_loads_for_a_hosted_voice(
+    fallback: str, preload: bool, loaded: list[str]
+) -> None:
+    from live.providers.local.prewarm import _preloaded
+
+    settings = load_settings(_env_file=None, tts={"provider": "cartesia", "fallback": fallback},
+                             limits={"preload_fallbacks": preload})
+    assert _preloaded(ModelStore(settings), "tts") == loaded

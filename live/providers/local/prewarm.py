@@ -18,17 +18,13 @@ from live.providers.registry import ProviderContext
 
 logger = logging.getLogger(__name__)
 
-# Providers whose models live in this process (``load_models`` knows what each needs).
-LOCAL_PROVIDERS: dict[Slot, frozenset[str]] = {
+# Fallbacks whose models can wait for their first use (``live.providers.lazy`` has a stand-in
+# for each); any other fallback (espeak-ng, small) is still loaded here.
+LAZY_FALLBACKS: dict[Slot, frozenset[str]] = {
     "stt": frozenset({"local"}),
     "llm": frozenset({"local"}),
-    "tts": frozenset({"local", "espeak"}),
+    "tts": frozenset({"local"}),
 }
-
-
-def loads_models(kind: Slot, name: str | None) -> bool:
-    """Does provider ``name`` of slot ``kind`` run on a model loaded in this process?"""
-    return name in LOCAL_PROVIDERS.get(kind, frozenset())
 
 
 def load_models(kind: Slot, name: str, options: Any, ctx: ProviderContext) -> None:
@@ -55,7 +51,8 @@ def load_models(kind: Slot, name: str, options: Any, ctx: ProviderContext) -> No
 def _preloaded(ctx: ProviderContext, kind: Slot) -> list[str]:
     group = getattr(ctx.settings, kind)
     names = [group.provider]
-    if ctx.settings.limits.preload_fallbacks and group.fallback:
+    lazy = group.fallback in LAZY_FALLBACKS.get(kind, frozenset())
+    if group.fallback and (ctx.settings.limits.preload_fallbacks or not lazy):
         names.append(group.fallback)
     return names
 
