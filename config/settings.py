@@ -373,6 +373,14 @@ class LimitsSettings(BaseModel):
             "sharing the models; measured side by side in bench/results/load-*.md)."
         ),
     )
+    preload_fallbacks: bool = Field(
+        default=False,
+        description=(
+            "Load the local fallback models (behind a hosted STT, LLM or TTS) in every job "
+            "process at start, instead of when a hosted provider first fails (then about 0.5 "
+            "to 2 s more in that turn, README 'Fallbacks'); costs about 280 MiB per process."
+        ),
+    )
     max_session_minutes: float = Field(
         default=30.0, gt=0, description="A session ends after this many minutes."
     )

@@ -27,12 +27,23 @@ class ModelStore:
     settings: Settings
     shared: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _building: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
 
     def cached(self, key: str, build: Callable[[], T]) -> T:
-        """Build once per process (thread-safe), then reuse."""
+        """Build once per process (thread-safe), then reuse.
+
+        One lock per model: a fallback model loading in a thread (``live.providers.lazy``)
+        never holds up an event loop asking for a model that is already there.
+        """
+        if key in self.shared:
+            return self.shared[key]  # type: ignore[no-any-return]
         with self._lock:
+            lock = self._building.setdefault(key, threading.Lock())
+        with lock:
             if key not in self.shared:
-                self.shared[key] = build()
+                value = build()
+                with self._lock:
+                    self.shared[key] = value
             return self.shared[key]  # type: ignore[no-any-return]
 
 

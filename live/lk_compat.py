@@ -16,7 +16,10 @@ Not here, but tested in the same file: ``live/providers/fallback.py`` subclasses
 fallback adapters (``FallbackLLMStream._try_generate``, ``FallbackSynthesizeStream.
 _try_synthesize``, ``_pushed_tokens``, ``_try_recovery``, the adapters' ``_status`` and member
 lists) to answer within the turn a hosted provider failed in; LiveKit's own adapters drop the
-rest of that turn. Removed by: upstream fallback adapters that resume mid-stream.
+rest of that turn. Removed by: upstream fallback adapters that resume mid-stream. The TTS
+streams' ``_try_synthesize`` (``FallbackChunkedStream``'s too) is also where a local fallback
+voice not loaded yet is loaded, in a thread, before the adapter asks it to speak
+(``live/providers/lazy.py``).
 """
 
 from __future__ import annotations

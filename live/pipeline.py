@@ -48,13 +48,26 @@ class Components:
     avatar_chain: list[tuple[str, Any]]  # (provider name, options), tried in order
 
 
+def _fallback(kind: Kind, name: str, ctx: ProviderContext) -> Any:
+    """The fallback provider; a local one loads its models when first used (``lazy``)
+    unless ``LIMITS__PRELOAD_FALLBACKS`` had the prewarm load them."""
+    options = getattr(ctx.settings, kind)
+    if not ctx.settings.limits.preload_fallbacks:
+        from live.providers.lazy import deferred
+
+        stand_in = deferred(kind, name, options, ctx)
+        if stand_in is not None:
+            return stand_in
+    return create(kind, name, options, ctx)
+
+
 def _with_fallback(kind: Kind, primary_name: str, opts: Any, ctx: ProviderContext, vad: Any) -> Any:
     primary: Any = create(kind, primary_name, opts, ctx)  # its class is checked by the adapter
     fallback_name = getattr(opts, "fallback", None)
     if not entry(kind, primary_name).hosted or not fallback_name or fallback_name == primary_name:
         return primary
     try:
-        secondary: Any = create(kind, fallback_name, getattr(ctx.settings, kind), ctx)
+        secondary: Any = _fallback(kind, fallback_name, ctx)
     except ProviderError as err:
         logger.warning("no %s fallback: %s", kind, err)
         return primary
@@ -67,8 +80,24 @@ def _with_fallback(kind: Kind, primary_name: str, opts: Any, ctx: ProviderContex
     return fb.build_tts_with_fallback(primary, secondary)
 
 
+async def load_fallbacks(comps: Components) -> Components:
+    """Load, in a thread, a local provider that stands alone because the hosted one could not
+    be built, and put the real one in its place (the session talks to it from the start).
+    Fallbacks behind a working hosted provider stay unloaded until it fails."""
+    from live.providers.lazy import resolved
+
+    comps.stt = await resolved(comps.stt)
+    comps.llm = await resolved(comps.llm)
+    comps.tts = await resolved(comps.tts)
+    return comps
+
+
 def build_components(settings: Settings, spec: SessionSpec, ctx: ProviderContext, vad: Any) -> Components:
     """Build STT, LLM and TTS; a hosted provider that cannot even be built falls back now.
+
+    Runs on the session's event loop: a local fallback the prewarm did not load is a
+    stand-in here (``live.providers.lazy``), and ``load_fallbacks`` loads the ones in use
+    from the start.
 
     :raise SpecError: the spec asks for something the operator's settings do not allow.
     """
@@ -87,7 +116,8 @@ def build_components(settings: Settings, spec: SessionSpec, ctx: ProviderContext
             if not fallback or fallback == name:
                 raise
             logger.error("%s provider %r unavailable, using %r: %s", kind, name, fallback, err)
-            built[kind] = (fallback, create(kind, fallback, getattr(settings, kind), ctx))
+            # a local one not loaded yet is a stand-in here: ``load_fallbacks`` loads it
+            built[kind] = (fallback, _fallback(kind, fallback, ctx))
 
     avatar_opts = slot_options(settings.avatar, spec.avatar)
     if avatar_opts.provider == "local" and spec.avatar.avatar_id:

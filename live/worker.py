@@ -34,7 +34,7 @@ from engines.store import process_models
 from live.admission import Admission
 from live.agent import AvatarAgent
 from live.lifecycle import SessionLifecycle
-from live.pipeline import Components, build_components
+from live.pipeline import Components, build_components, load_fallbacks
 from live.recorder import SessionRecorder, checkpoints, session_usage, usage_rows
 from store.models import SessionStatus, utcnow
 from store.resume import (
@@ -339,7 +339,7 @@ async def entrypoint(ctx: JobContext) -> None:
 
     vad = turn.get_vad(pctx)
     try:
-        comps: Components = build_components(settings, spec, pctx, vad)
+        comps: Components = await load_fallbacks(build_components(settings, spec, pctx, vad))
     except Exception as err:
         logger.error("job failed: cannot build providers: %s", err)
         recorder.set_status(SessionStatus.FAILED, error=str(err)[:2000], ended_at=utcnow())
@@ -359,6 +359,7 @@ async def entrypoint(ctx: JobContext) -> None:
     ctx.proc.userdata["agent_session"] = session
     _attach_recorder(session, recorder, spec)
     _tell_stt_when_agent_speaks(session, comps.stt)
+    _follow_session(session, comps.stt)
 
     # Audio only: the agent listens to the caller; subscribing to video would decode the
     # hosted avatar's frames (and a caller's camera) in every job process for nothing.
@@ -456,6 +457,15 @@ def _tell_stt_when_agent_speaks(session: AgentSession[Any], stt: Any) -> None:
     @session.on("agent_state_changed")
     def _on_state(ev: Any) -> None:
         stt.agent_speaking = ev.new_state == "speaking"
+
+
+def _follow_session(session: AgentSession[Any], stt: Any) -> None:
+    """A hosted STT with a fallback learns from the session's own VAD when the caller has
+    stopped speaking, to tell a stalled vendor from a quiet caller (no second VAD runs)."""
+    from live.providers.fallback import STTFallback
+
+    if isinstance(stt, STTFallback):
+        stt.follow(session)
 
 
 def _link_resume_to_stt(avatar: Any, stt: Any) -> None:

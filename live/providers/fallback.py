@@ -42,6 +42,7 @@ from livekit.agents import (
     APIConnectOptions,
     APIError,
     CloseEvent,
+    UserStateChangedEvent,
     llm,
     stt,
     tts,
@@ -58,9 +59,13 @@ from livekit.agents.stt.fallback_adapter import FallbackRecognizeStream
 from livekit.agents.tts.fallback_adapter import (
     DEFAULT_FALLBACK_API_CONNECT_OPTIONS as DEFAULT_FALLBACK_TTS_OPTIONS,
 )
-from livekit.agents.tts.fallback_adapter import AvailabilityChangedEvent, FallbackSynthesizeStream
+from livekit.agents.tts.fallback_adapter import (
+    AvailabilityChangedEvent,
+    FallbackChunkedStream,
+    FallbackSynthesizeStream,
+)
 from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT, NotGivenOr, TimedString
-from livekit.agents.vad import VAD, VADEventType
+from livekit.agents.vad import VAD
 from livekit.agents.voice.avatar import DataStreamAudioOutput
 from livekit.agents.voice.io import AudioOutput
 from livekit.agents.voice.room_io import ATTRIBUTE_PUBLISH_ON_BEHALF, AudioOutputOptions
@@ -73,6 +78,7 @@ from live.lk_compat import (
     room_audio_publication,
     silence_clear_buffer,
 )
+from live.providers.lazy import ensure_loaded
 from live.providers.registry import ProviderError
 
 logger = logging.getLogger(__name__)
@@ -80,9 +86,9 @@ logger = logging.getLogger(__name__)
 NO_AVATAR = "none"
 # How much of the caller's latest audio an STT taking over mid-utterance is given again.
 REPLAY_SECONDS = 15.0
-# A streaming STT that says nothing this long after the VAD heard the caller stop speaking
-# (at least STALL_MIN_SPEECH_SECONDS of speech: a click or a cough may rightly get no words)
-# has stalled with its connection open; the adapter then switches as on a failure.
+# A streaming STT that says nothing this long after the session's VAD heard the caller stop
+# speaking (at least STALL_MIN_SPEECH_SECONDS of speech: a click or a cough may rightly get no
+# words) has stalled with its connection open; the adapter then switches as on a failure.
 STALL_SECONDS = 4.0
 STALL_MIN_SPEECH_SECONDS = 0.4
 # What shows the STT is alive after the caller stopped (usage reports come from the plugin's
@@ -93,6 +99,8 @@ _STT_ANSWERS = frozenset({
     stt.SpeechEventType.FINAL_TRANSCRIPT,
     stt.SpeechEventType.END_OF_SPEECH,
 })
+# What shows the STT has finished an utterance (interims alone do not: it may stall after).
+_STT_FINALS = frozenset({stt.SpeechEventType.FINAL_TRANSCRIPT, stt.SpeechEventType.END_OF_SPEECH})
 
 
 class _WrappedSTT(stt.STT):
@@ -122,18 +130,43 @@ class _WrappedSTT(stt.STT):
 
 
 class _StallGuard(_WrappedSTT):
-    """A streaming STT watched by a VAD: a stream that gives no transcript ``stall_seconds``
-    after the caller stopped speaking fails with ``APIConnectionError``.
+    """A streaming STT that fails with ``APIConnectionError`` when it gives no transcript
+    ``stall_seconds`` after the caller stopped speaking.
 
     A vendor that keeps its socket open and stops answering raises nothing, and streaming
-    STTs are quiet while the caller is, so silence alone proves nothing; the VAD's view of
-    the same audio tells a stall from a quiet caller.
+    STTs are quiet while the caller is, so silence alone proves nothing; the session's own
+    VAD tells a stall from a quiet caller. Its view arrives as the session's public
+    ``user_state_changed`` events (``follow``), so no second VAD runs on the caller's audio.
     """
 
-    def __init__(self, inner: stt.STT, vad: VAD, stall_seconds: float) -> None:
+    def __init__(self, inner: stt.STT, stall_seconds: float) -> None:
         super().__init__(inner)
-        self._vad = vad
         self._stall = stall_seconds
+        self._session: AgentSession | None = None
+        self._streams: set[_GuardedStream] = set()
+        self._speech_began: float | None = None
+
+    def follow(self, session: AgentSession) -> None:
+        """Take the caller's speech from ``session``'s VAD (until then nothing is a stall)."""
+        if self._session is not None:
+            self._session.off("user_state_changed", self._on_user_state)
+        self._session = session
+        session.on("user_state_changed", self._on_user_state)
+
+    def _on_user_state(self, ev: UserStateChangedEvent) -> None:
+        if ev.new_state == "speaking":
+            self._speech_began = ev.created_at
+            for stream in list(self._streams):
+                stream.speech_started()
+            return
+        began, self._speech_began = self._speech_began, None
+        if ev.old_state != "speaking" or began is None:
+            return
+        # LiveKit dates both events by the VAD's own reckoning (the start of the speech, the
+        # end of it before the closing silence): their distance is how long the caller spoke
+        if ev.created_at - began >= STALL_MIN_SPEECH_SECONDS:
+            for stream in list(self._streams):
+                stream.speech_ended()
 
     def stream(
         self,
@@ -155,12 +188,29 @@ class _GuardedStream(stt.RecognizeStream):
         super().__init__(stt=guard, conn_options=conn_options)
         self._guard = guard
         self._inner = inner
+        self.speech_started: Callable[[], None] = lambda: None  # the session's VAD says
+        self.speech_ended: Callable[[], None] = lambda: None
 
     async def _run(self) -> None:
-        inner, vad = self._inner, self._guard._vad.stream()
+        inner = self._inner
         deadline: float | None = None  # loop time by which the STT must have said something
         changed = asyncio.Event()
         loop = asyncio.get_running_loop()
+        finished = False  # the STT ended the caller's utterance (a final) since it began
+
+        def speech_started() -> None:
+            nonlocal finished
+            finished = False
+
+        def speech_ended() -> None:
+            nonlocal deadline
+            # the VAD knows the end only after its closing silence: a quick vendor may have
+            # sent its final already (then it is alive), else it has ``stall`` from now on
+            if deadline is None and not finished:
+                deadline = loop.time() + self._guard._stall
+                changed.set()
+
+        self.speech_started, self.speech_ended = speech_started, speech_ended
 
         async def forward_input() -> None:
             async for data in self._input_ch:
@@ -168,24 +218,16 @@ class _GuardedStream(stt.RecognizeStream):
                     inner.flush()
                     continue
                 inner.push_frame(data)
-                vad.push_frame(data)
             inner.end_input()
-            vad.end_input()
 
         async def forward_events() -> None:
-            nonlocal deadline
+            nonlocal deadline, finished
             async for ev in inner:
                 self._event_ch.send_nowait(ev)
+                if ev.type in _STT_FINALS:
+                    finished = True
                 if ev.type in _STT_ANSWERS and deadline is not None:
                     deadline = None
-                    changed.set()
-
-        async def watch_speech() -> None:
-            nonlocal deadline
-            async for ev in vad:
-                if (ev.type == VADEventType.END_OF_SPEECH and deadline is None
-                        and ev.speech_duration >= STALL_MIN_SPEECH_SECONDS):
-                    deadline = loop.time() + self._guard._stall
                     changed.set()
 
         async def watchdog() -> None:
@@ -202,17 +244,17 @@ class _GuardedStream(stt.RecognizeStream):
                     )
 
         tasks = [asyncio.create_task(forward_input(), name="stt-guard-input"),
-                 asyncio.create_task(forward_events(), name="stt-guard-events"),
-                 asyncio.create_task(watch_speech(), name="stt-guard-vad")]
+                 asyncio.create_task(forward_events(), name="stt-guard-events")]
         guard = asyncio.create_task(watchdog(), name="stt-guard-watchdog")
+        self._guard._streams.add(self)
         try:
             done, _ = await asyncio.wait([tasks[1], guard], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # the inner stream's error, or the stall
         finally:
+            self._guard._streams.discard(self)
             await utils.aio.cancel_and_wait(*tasks, guard)
             await inner.aclose()
-            await vad.aclose()
 
 
 def build_stt_with_fallback(
@@ -229,9 +271,9 @@ def build_stt_with_fallback(
     """Streaming STT that switches to ``fallback`` when ``primary`` fails, even mid-utterance.
 
     The adapter is streaming; a non-streaming member (e.g. a local Whisper) is wrapped in
-    ``stt.StreamAdapter``, which needs the session's VAD to cut utterances. With a VAD, a
-    streaming primary that stops answering (``stall_seconds`` after the caller stopped
-    speaking) counts as failed too.
+    ``stt.StreamAdapter``, which needs the session's VAD to cut utterances. Once the adapter
+    follows its session (``STTFallback.follow``), a streaming primary that stops answering
+    (``stall_seconds`` after the caller stopped speaking) counts as failed too.
     """
     batch_only = [s.label for s in (primary, fallback) if not s.capabilities.streaming]
     if batch_only and vad is None:
@@ -353,12 +395,19 @@ class STTFallback(stt.FallbackAdapter):
         )
         self._replay_seconds = replay_seconds
         # the adapter's members (StreamAdapter-wrapped where needed): the first watched for a
-        # stall when a VAD can tell (a StreamAdapter-wrapped one answers each VAD utterance
-        # with one request, timed by attempt_timeout), the others replay the utterance
+        # stall once the session's VAD can tell (a StreamAdapter-wrapped one answers each VAD
+        # utterance with one request, timed by attempt_timeout), the others replay the
+        # utterance
         first = self._stt_instances[0]
-        if vad is not None and stall_seconds > 0 and stt_instances[0].capabilities.streaming:
-            first = _StallGuard(first, vad, stall_seconds)
+        self._guard: _StallGuard | None = None
+        if stall_seconds > 0 and stt_instances[0].capabilities.streaming:
+            first = self._guard = _StallGuard(first, stall_seconds)
         self._stt_instances = [first, *(_ReplayOnSwitch(s) for s in self._stt_instances[1:])]
+
+    def follow(self, session: AgentSession) -> None:
+        """Watch the primary for a stall with ``session``'s VAD (its ``user_state_changed``)."""
+        if self._guard is not None:
+            self._guard.follow(session)
 
     def stream(
         self,
@@ -581,6 +630,20 @@ class TTSFallback(tts.FallbackAdapter):
         opts = dataclasses.replace(conn_options, timeout=self._attempt_timeout)
         return _TTSFallbackStream(tts=self, conn_options=opts)
 
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_FALLBACK_TTS_OPTIONS
+    ) -> FallbackChunkedStream:
+        return _TTSFallbackChunkedStream(tts=self, input_text=text, conn_options=conn_options)
+
+
+class _TTSFallbackChunkedStream(FallbackChunkedStream):
+    async def _try_synthesize(
+        self, *, tts: tts.TTS, recovering: bool = False
+    ) -> AsyncGenerator[tts.SynthesizedAudio, None]:
+        await ensure_loaded(tts)  # a local voice not loaded yet: in a thread
+        async for audio in super()._try_synthesize(tts=tts, recovering=recovering):
+            yield audio
+
 
 class _TTSFallbackStream(FallbackSynthesizeStream):
     async def _try_synthesize(  # type: ignore[override]
@@ -591,6 +654,7 @@ class _TTSFallbackStream(FallbackSynthesizeStream):
         conn_options: APIConnectOptions,
         recovering: bool = False,
     ) -> AsyncGenerator[tts.SynthesizedAudio, None]:
+        await ensure_loaded(tts)  # a local voice not loaded yet: in a thread, the loop goes on
         inner = super()._try_synthesize(
             tts=tts, input_ch=input_ch, conn_options=conn_options, recovering=recovering
         )
@@ -656,6 +720,7 @@ class _TTSFallbackStream(FallbackSynthesizeStream):
     ) -> AsyncGenerator[tts.SynthesizedAudio, None]:
         """``voice`` says ``text``, resampled to the failed voice's ``rate`` (the adapter's
         caller resamples from there), its word timings moved after what was already heard."""
+        await ensure_loaded(voice)
         ch = utils.aio.Chan[str | tts.SynthesizeStream._FlushSentinel]()
         ch.send_nowait(text)
         ch.close()

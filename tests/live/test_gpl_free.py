@@ -70,11 +70,25 @@ def test_hosted_speech_with_no_local_fallback_never_loads_piper_or_espeak() -> N
     assert out.stdout.split() == ["AssemblyAISTT", "LLM", "TTS"]
 
 
-def test_a_local_fallback_does_load_them() -> None:
-    """The check above can fail: with the default local TTS fallback, Piper is needed."""
+def test_a_local_fallback_is_only_loaded_when_used() -> None:
+    """With the default local TTS fallback the worker starts without Piper too (it loads
+    when the hosted voice first fails); this install lacks it, which the session's build
+    says at once, and the session goes on without that fallback."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STT__", "LLM__", "TTS__"))}
     env.update({**HOSTED, "TTS__FALLBACK": "local"}, PYTHONPATH=str(PROJECT_ROOT),
                HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=PROJECT_ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["AssemblyAISTT", "LLM", "TTS"]
+    assert "no tts fallback" in out.stderr and "needs the module 'piper'" in out.stderr
+
+
+def test_a_preloaded_local_fallback_does_load_them() -> None:
+    """The check above can fail: with LIMITS__PRELOAD_FALLBACKS the prewarm loads Piper."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STT__", "LLM__", "TTS__"))}
+    env.update({**HOSTED, "TTS__FALLBACK": "local", "LIMITS__PRELOAD_FALLBACKS": "true"},
+               PYTHONPATH=str(PROJECT_ROOT), HF_HUB_OFFLINE="1")
     out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=PROJECT_ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0

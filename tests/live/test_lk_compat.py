@@ -334,6 +334,8 @@ async def test_agent_server_can_send_its_status_now() -> None:
      {"self", "llm", "check_recovery"}),
     ("livekit.agents.tts.fallback_adapter", "FallbackSynthesizeStream", "_try_synthesize",
      {"self", "tts", "input_ch", "conn_options", "recovering"}),
+    ("livekit.agents.tts.fallback_adapter", "FallbackChunkedStream", "_try_synthesize",
+     {"self", "tts", "recovering"}),
 ])
 def test_fallback_streams_keep_the_hooks_our_fallbacks_override(
     module: str, cls: str, method: str, expected: set[str]

@@ -1,4 +1,4 @@
-"""Load every local model the settings may use, once per worker process."""
+"""Load the local models the settings' primary providers use, once per worker process."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ctypes
 import logging
 from typing import Any
 
-from config.catalog import LLM_MODELS, PIPER_VOICES, WHISPER_MODELS
+from config.catalog import LLM_MODELS, PIPER_VOICES, WHISPER_MODELS, Slot
 from config.session import DEFAULT_INSTRUCTIONS
 from engines.espeak import get_espeak
 from engines.llama import get_llama
@@ -18,16 +18,53 @@ from live.providers.registry import ProviderContext
 
 logger = logging.getLogger(__name__)
 
+# Fallbacks whose models can wait for their first use (``live.providers.lazy`` has a stand-in
+# for each); any other fallback (espeak-ng, small) is still loaded here.
+LAZY_FALLBACKS: dict[Slot, frozenset[str]] = {
+    "stt": frozenset({"local"}),
+    "llm": frozenset({"local"}),
+    "tts": frozenset({"local"}),
+}
 
-def _uses_local(group: Any, local_names: tuple[str, ...] = ("local",)) -> bool:
-    return group.provider in local_names or getattr(group, "fallback", None) in local_names
+
+def load_models(kind: Slot, name: str, options: Any, ctx: ProviderContext) -> None:
+    """Load what provider ``name`` needs into ``ctx``, as its factory will ask for it.
+
+    ``options`` is what the factory receives: a fallback gets the slot's settings group,
+    whose model names the hosted primary's, so the local default is loaded (as the factories
+    in ``local_stt``/``local_llm``/``local_tts`` choose). Blocking: call it from prewarm or a
+    thread, never from an event loop.
+    """
+    own = getattr(options, "provider", None) == name
+    if kind == "stt" and name == "local":
+        model = options.model if own and options.model in WHISPER_MODELS else WHISPER_MODELS[0]
+        get_whisper(ctx, model)
+        get_vad(ctx)  # the local STT cuts utterances with it
+    elif kind == "llm" and name == "local":
+        get_llama(ctx, options.model if own and options.model in LLM_MODELS else LLM_MODELS[0])
+    elif kind == "tts" and name == "local":
+        get_piper(ctx, options.voice if own and options.voice in PIPER_VOICES else PIPER_VOICES[0])
+    elif kind == "tts" and name == "espeak":
+        get_espeak(ctx)
+
+
+def _preloaded(ctx: ProviderContext, kind: Slot) -> list[str]:
+    group = getattr(ctx.settings, kind)
+    names = [group.provider]
+    lazy = group.fallback in LAZY_FALLBACKS.get(kind, frozenset())
+    if group.fallback and (ctx.settings.limits.preload_fallbacks or not lazy):
+        names.append(group.fallback)
+    return names
 
 
 def prewarm(ctx: ProviderContext) -> None:
-    """Load every local model the settings may use, once per worker process.
+    """Load the local models the primary providers use, once per worker process.
 
     Meant for the LiveKit job process's ``setup_fnc``: afterwards factories find the models
-    in ``ctx.shared`` and sessions start without load time.
+    in ``ctx.shared`` and sessions start without load time. A local *fallback* behind a hosted
+    provider is loaded when it is first needed (``live.providers.lazy``, in a thread), unless
+    ``LIMITS__PRELOAD_FALLBACKS`` asks for it here: a hosted deployment's job processes then
+    hold no model they may never use (about 280 MiB each, bench/results/load-limits.md).
     """
     s = ctx.settings
     tune_malloc()
@@ -38,11 +75,13 @@ def prewarm(ctx: ProviderContext) -> None:
         from live.providers.smart_turn import SmartTurnModel
 
         ctx.cached("local.eot.smart-turn", SmartTurnModel)
-    if _uses_local(s.stt):
-        model = s.stt.model if s.stt.provider == "local" else "tiny.en"
-        get_whisper(ctx, model if model in WHISPER_MODELS else "tiny.en")
-    if _uses_local(s.llm):
-        model = s.llm.model if s.llm.model in LLM_MODELS else LLM_MODELS[0]
+    kinds: tuple[Slot, ...] = ("stt", "llm", "tts")
+    for kind in kinds:
+        for name in _preloaded(ctx, kind):
+            load_models(kind, name, getattr(s, kind), ctx)
+    if "local" in _preloaded(ctx, "llm"):
+        own = s.llm.provider == "local" and s.llm.model in LLM_MODELS
+        model = s.llm.model if own else LLM_MODELS[0]
         engine = get_llama(ctx, model)
         ctx.cached(
             f"local.llm.{model}.warm",
@@ -50,11 +89,6 @@ def prewarm(ctx: ProviderContext) -> None:
                 system_prompt(DEFAULT_INSTRUCTIONS), persona_examples(DEFAULT_INSTRUCTIONS)
             ),
         )
-    if _uses_local(s.tts):
-        voice = s.tts.voice if s.tts.voice in PIPER_VOICES else PIPER_VOICES[0]
-        get_piper(ctx, voice)
-    if "espeak" in (s.tts.provider, s.tts.fallback):
-        get_espeak(ctx)
     _release_free_memory()
     logger.info("local models loaded", extra={"models": sorted(ctx.shared)})
 
