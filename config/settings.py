@@ -445,6 +445,15 @@ class LimitsSettings(BaseModel):
             "heard (with the local STT the resume also waits for its transcript)."
         ),
     )
+    vad_min_silence: float = Field(
+        default=0.3, ge=0.25, le=2.0,
+        description=(
+            "Silence after which the session's VAD says the caller stopped (seconds): a reply "
+            "paused for a backchannel resumes from there (after FALSE_INTERRUPTION_TIMEOUT, "
+            "once no words were heard). Turn ends count from the end of speech, so this does "
+            "not move them; the local STT cuts utterances with a VAD of its own (0.55 s)."
+        ),
+    )
     echo_guard_seconds: float = Field(
         default=3.0,
         ge=0.0,

@@ -394,6 +394,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
             early_decided = False  # the caller's words are out (or speech ended)
             over_agent = False  # this utterance began while the agent was speaking
             heard: list[Any] | None = None  # its record for words_since
+            early_verdict = False  # "no words" told from the speculative transcript
 
             def send_early(task: asyncio.Task[Transcript | None], number: int) -> None:
                 """Words over the agent: pass them on at once, unless only a backchannel or a
@@ -434,13 +435,21 @@ class _LocalSpeechStream(stt.RecognizeStream):
             def send_preflight(task: asyncio.Task[Transcript | None], number: int) -> None:
                 """The speculative transcript, as LiveKit's preflight: the session starts the
                 reply (LLM, first TTS sentence) now and keeps it if the final says the same."""
+                nonlocal early_verdict
                 if task.cancelled() or task.exception() is not None:
                     return  # drop() retrieves the error
                 result = task.result()
+                if number == utterance and task is speculation and over_agent and (
+                    result is None or not result.text or is_backchannel(result.text)
+                    or result.confidence < EARLY_MIN_CONFIDENCE
+                ):
+                    # no reply is started for a backchannel over the agent, and a paused
+                    # reply need not wait for the final to go on (undone if the caller
+                    # goes on speaking)
+                    early_verdict = True
+                    local._utterance_heard(heard, words=False)
+                    return
                 if number == utterance and task is speculation and result is not None and result.text:
-                    if over_agent and (is_backchannel(result.text)
-                                       or result.confidence < EARLY_MIN_CONFIDENCE):
-                        return  # no reply is started for a backchannel over the agent
                     send(
                         stt.SpeechEvent(
                             type=stt.SpeechEventType.PREFLIGHT_TRANSCRIPT,
@@ -457,6 +466,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         "over_agent": over_agent, "agent_speaking": local.agent_speaking,
                         "began_s_ago": round(time.monotonic() - began, 3)})
                     heard = local._utterance_began(began)
+                    early_verdict = False
                     early_marks = list(EARLY_INTERIM_MARKS)
                     early_decided = False
                     speech = _Utterance()
@@ -474,6 +484,8 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         local.speculation_misses += 1
                         drop(speculation)
                         speculation = None
+                        if early_verdict and heard is not None:
+                            early_verdict, heard[1] = False, None  # not decided after all
                     last_silence = silence
                     if speculation is None and silence >= SPECULATE_AFTER_SECONDS:
                         drop(interim)  # the final matters more than a caption

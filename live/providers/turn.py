@@ -225,7 +225,7 @@ def turn_handling(
     limits = settings.limits
     pause = can_pause and limits.interruption_pause
     return {
-        "vad": get_vad(ctx),
+        "vad": get_vad(ctx, limits.vad_min_silence),
         "aec_warmup_duration": limits.echo_guard_seconds or None,
         "turn_handling": {
             "turn_detection": turn_detector(settings, ctx),

@@ -13,15 +13,23 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def get_vad(ctx: ProviderContext) -> lk_vad.VAD:
-    """Silero VAD (its ONNX ships in the plugin), loaded once per process."""
+STT_MIN_SILENCE = 0.55  # the local STT's utterances: a hesitation stays one utterance
+
+
+def get_vad(ctx: ProviderContext, min_silence: float = STT_MIN_SILENCE) -> lk_vad.VAD:
+    """Silero VAD (its ONNX ships in the plugin), loaded once per process and silence rule.
+
+    The session's VAD (``LIMITS__VAD_MIN_SILENCE``, shorter) says sooner that a backchannel
+    is over, so a paused reply resumes sooner; the local STT keeps 0.55 s so that a short
+    pause does not cut an utterance in two."""
 
     def build() -> lk_vad.VAD:
         from livekit.plugins import silero
 
-        return silero.VAD.load(min_silence_duration=0.55)
+        return silero.VAD.load(min_silence_duration=min_silence)
 
-    return ctx.cached("local.vad.silero", build)
+    key = "local.vad.silero" if min_silence == STT_MIN_SILENCE else f"local.vad.silero.{min_silence}"
+    return ctx.cached(key, build)
 
 
 def init_turn_detector(ctx: ProviderContext) -> bool:

@@ -330,6 +330,69 @@ async def test_while_the_agent_speaks_a_backchannel_is_not_passed_on(
     assert finals and "okay" in finals[0].lower()
 
 
+async def _verdict_against_end_of_speech(stt: LocalSTT, pcm: bytes, rate: int) -> tuple[
+    bool | None, float, float
+]:
+    """(words_since's verdict, when it came, when the STT said the speech ended): monotonic."""
+    stream = stt.stream()
+    frames = split_frames(resample(pcm, rate, 48000), ms=10)
+    verdict: asyncio.Task[tuple[bool | None, float]] | None = None
+    ended = 0.0
+
+    async def feed() -> None:
+        start = time.monotonic()
+        for i, frame in enumerate(frames):
+            stream.push_frame(frame)
+            await asyncio.sleep(max(0.0, start + (i + 1) * 0.01 - time.monotonic()))
+        stream.end_input()
+
+    async def decide() -> tuple[bool | None, float]:
+        words = await stt.words_since(0.0, 30.0)
+        return words, time.monotonic()
+
+    feeder = asyncio.create_task(feed())
+    async for ev in stream:
+        if ev.type == SpeechEventType.START_OF_SPEECH and verdict is None:
+            verdict = asyncio.create_task(decide())
+        elif ev.type == SpeechEventType.END_OF_SPEECH and not ended:
+            ended = time.monotonic()
+    await feeder
+    await stream.aclose()
+    assert verdict is not None and ended
+    words, at = await verdict
+    return words, at, ended
+
+
+async def test_a_backchannel_is_known_before_the_end_of_speech_is(
+    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
+) -> None:
+    """A reply paused for "okay" goes on once the speculative transcript (0.2 s into the
+    quiet) heard no words, not after the STT's full silence rule and a second transcription."""
+    sr = piper.sample_rate
+    stt = _vad_stt(local_ctx, whisper)
+    stt.agent_speaking = True
+    pcm = silence(0.3, sr) + piper_pcm(piper, "Okay.") + silence(1.0, sr)
+    words, decided, ended = await asyncio.wait_for(_verdict_against_end_of_speech(stt, pcm, sr), 60)
+    assert words is False
+    assert decided < ended
+
+
+async def test_a_backchannel_the_caller_goes_on_from_is_words_after_all(
+    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
+) -> None:
+    """"Okay... stop, I have a question": the early "no words" is taken back when the caller
+    goes on within the silence rule, and the verdict is the words."""
+    sr = piper.sample_rate
+    stt = _vad_stt(local_ctx, whisper)
+    stt.agent_speaking = True
+    pcm = (silence(0.3, sr) + piper_pcm(piper, "Okay.") + silence(0.4, sr)
+           + piper_pcm(piper, "Stop, I have a question about my bill.") + silence(1.0, sr))
+    events = await asyncio.wait_for(_paced_events(stt, pcm, sr), timeout=60)
+    finals = [e.alternatives[0].text for e in events if e.type == SpeechEventType.FINAL_TRANSCRIPT]
+    assert finals and "question" in finals[-1].lower()
+    assert await stt.words_since(0.0, 1.0) is True
+
+
 async def test_while_the_agent_speaks_the_first_words_come_early(
     local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
