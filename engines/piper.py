@@ -203,6 +203,10 @@ class PiperEngine:
         options.enable_cpu_mem_arena = False
         options.intra_op_num_threads = CPU_THREADS
         options.inter_op_num_threads = 1
+        # no busy-waiting between ops: the LLM writes the rest of the reply on the same cores
+        # while the first phrase is voiced (as LiveKit's Silero session does)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
 
         def session(path: Path) -> Any:
             return onnxruntime.InferenceSession(
