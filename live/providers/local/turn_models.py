@@ -19,9 +19,9 @@ STT_MIN_SILENCE = 0.55  # the local STT's utterances: a hesitation stays one utt
 def get_vad(ctx: ProviderContext, min_silence: float = STT_MIN_SILENCE) -> lk_vad.VAD:
     """Silero VAD (its ONNX ships in the plugin), loaded once per process and silence rule.
 
-    The session's VAD (``LIMITS__VAD_MIN_SILENCE``, shorter) says sooner that a backchannel
-    is over, so a paused reply resumes sooner; the local STT keeps 0.55 s so that a short
-    pause does not cut an utterance in two."""
+    The session's VAD (``LIMITS__VAD_MIN_SILENCE``) says when a backchannel is over, and a
+    paused reply resumes from there; by default it is the local STT's (0.55 s, so that a
+    short pause does not cut an utterance in two), one model for both."""
 
     def build() -> lk_vad.VAD:
         from livekit.plugins import silero

@@ -132,7 +132,7 @@ def test_the_first_phrase_ends_at_the_first_sentence_end_or_clause(
     pieces: list[str], phrase: str, rest: str
 ) -> None:
     lead = LeadPhrases(lead_words=1)
-    for piece in pieces + [" "]:
+    for piece in [*pieces, " "]:
         got, after = lead.push(piece)
         if got:
             assert (got, after.strip()) == ([phrase], rest) and lead.done
