@@ -363,6 +363,9 @@ def test_celery_child_sigkilled_mid_task_runs_it_again_with_one_effect(
         lock.release()
     wait_for(lambda: get_session(settings, sid).billed_at, timeout=90,
              what="the task to run again")
+    # Celery logs "succeeded" once the task has returned, a moment after its write
+    wait_for(lambda: f"account_usage[{sent.id}] succeeded" in worker.log_text(), timeout=30,
+             what="the worker to log the task's success")
     log = worker.log_text()
     assert "WorkerLostError" in log
     assert log.count(f"account_usage[{sent.id}] received") == 2  # lost, then delivered again
@@ -414,6 +417,9 @@ def test_whole_celery_worker_sigkilled_mid_task_another_restores_it_with_one_eff
                               name="second")
         wait_for(lambda: get_session(settings, sid).billed_at, timeout=90,
                  what="another worker to restore and run the task")
+        # Celery logs "succeeded" once the task has returned, a moment after its write
+        wait_for(lambda: f"account_usage[{sent.id}] succeeded" in second.log_text(),
+                 timeout=30, what="the second worker to log the task's success")
         log = second.log_text()
         assert log.count(f"account_usage[{sent.id}] received") == 1
         assert log.count(f"account_usage[{sent.id}] succeeded") == 1
