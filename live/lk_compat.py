@@ -198,17 +198,6 @@ def replace_runner_synchronizer(runner: AvatarRunner, sync: Any) -> None:
     runner._av_sync = sync
 
 
-def rewind_runner_playback(runner: AvatarRunner, seconds: float) -> None:
-    """Take ``seconds`` off the runner's count of the reply's audio played so far.
-
-    Why: the runner counts every audio frame it pushes as played, and reports that count as
-    the playback position on an interruption (the words kept in the transcript). Sound a
-    pause takes back from the source's queue is pushed again on resume, so it would count
-    twice. Removed by: a runner that counts played (not pushed) audio.
-    """
-    runner._playback_position = max(0.0, runner._playback_position - seconds)
-
-
 # sha256 of ``inspect.getsource(AvatarRunner._publish_track)`` as read at 1.8.9:
 # ``publish_runner_tracks`` repeats its steps, so a change upstream must be read again.
 UPSTREAM_PUBLISH_TRACK_SHA256 = "15530e37b69376c8ce2502e0a28641395b31631a0b6cee0bea9d337f792f8d34"

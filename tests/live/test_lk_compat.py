@@ -401,20 +401,3 @@ async def test_a_self_published_avatar_closes_without_removing_the_agent() -> No
         "AvatarSession._on_connection_state_changed", "still attached after detaching"
     )
     await session.aclose()
-
-
-async def test_runner_playback_position_counts_pushed_audio_and_can_be_rewound() -> None:
-    forward = inspect.getsource(AvatarRunner._forward_video)
-    assert "self._playback_position += frame.duration" in forward, changed(
-        "AvatarRunner._playback_position", "no longer counts the audio pushed"
-    )
-    assert "playback_position=self._playback_position" in inspect.getsource(
-        AvatarRunner._on_clear_buffer
-    ), changed("AvatarRunner._on_clear_buffer", "no longer reports the count on interruption")
-    runner = _runner()
-    runner._playback_position = 1.5
-    lk_compat.rewind_runner_playback(runner, 0.2)
-    assert runner._playback_position == pytest.approx(1.3)
-    lk_compat.rewind_runner_playback(runner, 5.0)
-    assert runner._playback_position == 0.0
-    await _close_unstarted(runner, runner.av_sync)
