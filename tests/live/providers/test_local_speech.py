@@ -288,19 +288,20 @@ async def test_speculative_transcript_goes_out_as_preflight_before_the_end_of_sp
     assert stt.speculation_hits == 1
 
 
+async def _feed_in_real_time(stream: lk_stt.RecognizeStream, pcm: bytes, rate: int) -> None:
+    """Push the audio in 10 ms frames at the pace a room delivers it, then end the input."""
+    frames = split_frames(resample(pcm, rate, 48000), ms=10)
+    start = time.monotonic()
+    for i, frame in enumerate(frames):
+        stream.push_frame(frame)
+        await asyncio.sleep(max(0.0, start + (i + 1) * 0.01 - time.monotonic()))
+    stream.end_input()
+
+
 async def _paced_events(stt: LocalSTT, pcm: bytes, rate: int) -> list[lk_stt.SpeechEvent]:
     """Every event of one utterance, the audio pushed in real time as a room delivers it."""
     stream = stt.stream()
-    frames = split_frames(resample(pcm, rate, 48000), ms=10)
-
-    async def feed() -> None:
-        start = time.monotonic()
-        for i, frame in enumerate(frames):
-            stream.push_frame(frame)
-            await asyncio.sleep(max(0.0, start + (i + 1) * 0.01 - time.monotonic()))
-        stream.end_input()
-
-    feeder = asyncio.create_task(feed())
+    feeder = asyncio.create_task(_feed_in_real_time(stream, pcm, rate))
     events = [ev async for ev in stream]
     await feeder
     await stream.aclose()
@@ -335,22 +336,14 @@ async def _verdict_against_end_of_speech(stt: LocalSTT, pcm: bytes, rate: int) -
 ]:
     """(words_since's verdict, when it came, when the STT said the speech ended): monotonic."""
     stream = stt.stream()
-    frames = split_frames(resample(pcm, rate, 48000), ms=10)
     verdict: asyncio.Task[tuple[bool | None, float]] | None = None
     ended = 0.0
-
-    async def feed() -> None:
-        start = time.monotonic()
-        for i, frame in enumerate(frames):
-            stream.push_frame(frame)
-            await asyncio.sleep(max(0.0, start + (i + 1) * 0.01 - time.monotonic()))
-        stream.end_input()
 
     async def decide() -> tuple[bool | None, float]:
         words = await stt.words_since(0.0, 30.0)
         return words, time.monotonic()
 
-    feeder = asyncio.create_task(feed())
+    feeder = asyncio.create_task(_feed_in_real_time(stream, pcm, rate))
     async for ev in stream:
         if ev.type == SpeechEventType.START_OF_SPEECH and verdict is None:
             verdict = asyncio.create_task(decide())
