@@ -390,19 +390,28 @@ class LimitsSettings(BaseModel):
     caller_grace_seconds: float = Field(
         default=5.0, ge=0, description="How long the agent stays after the caller leaves."
     )
-    turn_detector: Literal["vad", "transcript", "v1-mini", "smart-turn"] = Field(
-        default="vad",
+    turn_detector: Literal["vad", "transcript", "lm", "v1-mini", "smart-turn"] = Field(
+        default="lm",
         description=(
             "End of turn: 'vad' (silence of ENDPOINTING_MIN_DELAY), 'transcript' (a turn whose "
-            "transcript trails off waits ENDPOINTING_MAX_DELAY), 'v1-mini' (LiveKit's local "
-            "audio model) or 'smart-turn' (pipecat's Smart Turn v3). Chosen by bench.turns."
+            "transcript trails off waits ENDPOINTING_MAX_DELAY), 'lm' (the same when the local "
+            "SmolLM2 finds the words unlikely to end there, below TURN_LM_THRESHOLD), 'v1-mini' "
+            "(LiveKit's local audio model) or 'smart-turn' (pipecat's Smart Turn v3). Chosen by "
+            "bench.turns."
+        ),
+    )
+    turn_lm_threshold: float = Field(
+        default=0.003, gt=0, lt=1,
+        description=(
+            "With TURN_DETECTOR=lm: below this P(end of turn) the turn waits "
+            "ENDPOINTING_MAX_DELAY instead of ENDPOINTING_MIN_DELAY."
         ),
     )
     endpointing_min_delay: float = Field(
-        default=0.9, ge=0, description="Silence before a turn may end (seconds)."
+        default=0.8, ge=0, description="Silence before a turn may end (seconds)."
     )
     endpointing_max_delay: float = Field(
-        default=1.5,
+        default=1.3,
         ge=0,
         description="Silence after which a turn always ends, when the detector says it goes on (seconds).",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,14 @@ class LlamaOptions:
     # llama.cpp's host-RAM prompt cache across requests (its default: 8 GiB); 0 turns it off
     cache_ram_mib: int = 32
     cache_idle_slots: bool = True  # an idle slot's KV state moves to that cache (default)
+    batch: int = 512  # prompt tokens per step; the compute buffers grow with it
+
+
+def turn_options() -> LlamaOptions:
+    """The end-of-turn scorer's: one short prompt at a time on one thread, no prompt cache
+    (its slot keeps the shared prompt head), beside the agent's engine so a reply never waits."""
+    return LlamaOptions(use="turn", parallel=1, ctx_per_slot=256, threads=1, cache_ram_mib=0,
+                        cache_idle_slots=False, batch=64)
 
 
 def agent_options(settings: Settings) -> LlamaOptions:
@@ -49,8 +58,8 @@ def llama_params(path: Path, options: LlamaOptions) -> Any:
     p.model.path = str(path)
     p.n_parallel = options.parallel
     p.n_ctx = options.ctx_per_slot * options.parallel
-    p.n_batch = 512
-    p.n_ubatch = 512
+    p.n_batch = options.batch
+    p.n_ubatch = options.batch
     p.cpuparams.n_threads = options.threads
     p.cpuparams_batch.n_threads = options.threads
     # its threads sleep rather than poll between graph runs: Piper voices the reply's first
@@ -90,6 +99,21 @@ class LlamaEngine:
     def chat_sync(self, request: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = self._server.handle_chat_completions(dict(request, stream=False))
         return out
+
+    def next_token_probs_sync(self, prompt: str, top: int = 40) -> dict[str, float]:
+        """The ``top`` likeliest next tokens after a raw ``prompt`` and their probabilities."""
+        out = self._server.handle_completions(
+            {"prompt": prompt, "n_predict": 1, "n_probs": top, "temperature": 0.0,
+             "cache_prompt": True}
+        )
+        try:
+            tops = out["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise EngineError(f"llama.cpp returned no token probabilities: {str(out)[:200]}") from exc
+        probs: dict[str, float] = {}
+        for t in tops:
+            probs[t["token"]] = probs.get(t["token"], 0.0) + math.exp(t["logprob"])
+        return probs
 
     def warm_prefix(self, system: str, examples: Sequence[dict[str, str]] = ()) -> bool:
         """Evaluate the persona prompt (and its example turns) once so the first turn reuses

@@ -7,7 +7,8 @@ utterance into speech segments; every gap is a *pause* where a turn could end. A
 - ``smart``: Smart Turn v3's P(complete) on the last 8 s of audio;
 - ``mini``: LiveKit's ``v1-mini`` P(complete) on the last 1.2 s (the native model in
   ``livekit-local-inference``);
-- ``text``: Whisper tiny.en's transcript of the turn so far (the local STT's speculative final).
+- ``text``: Whisper tiny.en's transcript of the turn so far (the local STT's speculative final);
+- ``lm``: SmolLM2's P(end) on that transcript (``live.providers.turn_lm``).
 
 Whole utterances are also transcribed with tiny.en and base (short window) for the word error
 rate. Results are cached in ``var/corpus/turns/features.json``.
@@ -39,6 +40,7 @@ class Pause:
     mini: float = 0.0
     text: str = ""
     text_ms: float = 0.0  # Whisper time for the speculative transcript
+    lm: float = -1.0  # SmolLM2's P(end) on ``text``; -1 until scored
 
 
 @dataclass
@@ -150,7 +152,23 @@ def compute(*, force: bool = False) -> dict[str, Features]:
             if n % 20 == 0:
                 print(f"features: {n}/{len(todo)}", flush=True)
         CACHE.write_text(json.dumps([asdict(cache[i]) for i in rendered if i in cache]))
+    if _score_lm([cache[i] for i in rendered if i in cache]):
+        CACHE.write_text(json.dumps([asdict(cache[i]) for i in rendered if i in cache]))
     return {i: cache[i] for i in rendered}
+
+
+def _score_lm(feats: list[Features]) -> bool:
+    """Score the transcripts the cache has no language-model score for yet."""
+    todo = [p for f in feats for p in f.pauses if p.lm < 0]
+    if not todo:
+        return False
+    from engines.llama import load_llama, turn_options
+    from live.providers.turn_lm import score_sync
+
+    engine = load_llama("smollm2-135m", turn_options())
+    for p in todo:
+        p.lm = round(score_sync(engine, p.text), 4)
+    return True
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ own VAD mode), so ``AgentSession`` runs the endpointing as it always does:
   because the robotic and data-driven voices confuse their prosody cues.
 - ``transcript``: :class:`TranscriptTurnDetector` reads the transcript so far; one that trails
   off ("My phone number is ...", "I'd like to order") waits ``ENDPOINTING_MAX_DELAY``.
+- ``lm``: the same, and SmolLM2 also holds words unlikely to end a turn ("Can you tell me")
+  (:class:`live.providers.turn_lm.LanguageModelTurnDetector`).
 - ``v1-mini``: LiveKit's local audio model (``livekit-local-inference``, offline).
 - ``smart-turn``: pipecat's Smart Turn v3 (:class:`SmartTurnDetector`).
 
@@ -194,11 +196,23 @@ def get_smart_turn(ctx: ProviderContext) -> Any:
     return ctx.cached("local.eot.smart-turn", SmartTurnModel)
 
 
+def get_turn_llama(ctx: ProviderContext) -> Any:
+    """SmolLM2 on an engine of its own for end-of-turn scores, loaded once per process."""
+    from config.catalog import LLM_MODELS
+    from engines.llama import get_llama, turn_options
+
+    return get_llama(ctx, LLM_MODELS[0], turn_options())
+
+
 def turn_detector(settings: Settings, ctx: ProviderContext) -> Any:
     """The configured detector, or ``"vad"`` (LiveKit's silence rule)."""
     kind = settings.limits.turn_detector
     if kind == "transcript":
         return TranscriptTurnDetector()
+    if kind == "lm":
+        from live.providers.turn_lm import LanguageModelTurnDetector
+
+        return LanguageModelTurnDetector(get_turn_llama(ctx), settings.limits.turn_lm_threshold)
     if kind == "smart-turn":
         return SmartTurnDetector(get_smart_turn(ctx))
     if kind == "v1-mini":

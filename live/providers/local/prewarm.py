@@ -71,6 +71,12 @@ def prewarm(ctx: ProviderContext) -> None:
     get_vad(ctx)
     if s.limits.turn_detector == "v1-mini":
         init_turn_detector(ctx)
+    elif s.limits.turn_detector == "lm":
+        from live.providers.turn import get_turn_llama
+        from live.providers.turn_lm import score_sync
+
+        scorer = get_turn_llama(ctx)
+        ctx.cached("local.eot.lm.warm", lambda: score_sync(scorer, "Hello there"))  # pages in
     elif s.limits.turn_detector == "smart-turn":
         from live.providers.smart_turn import SmartTurnModel
 

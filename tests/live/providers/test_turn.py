@@ -32,6 +32,7 @@ def test_turn_handling_is_offline_and_configurable(local_ctx: ProviderContext) -
     from livekit.agents.inference.eot import TurnDetector
 
     from live.providers.turn import SmartTurnDetector, TranscriptTurnDetector
+    from live.providers.turn_lm import LanguageModelTurnDetector
 
     def handling(**limits: object) -> dict:
         settings = load_settings(_env_file=None, var_dir=local_ctx.settings.var_dir, limits=limits)
@@ -39,8 +40,9 @@ def test_turn_handling_is_offline_and_configurable(local_ctx: ProviderContext) -
 
     default = handling()
     th = default["turn_handling"]
-    assert th["turn_detection"] == "vad"  # the measured default (bench/results/turns-endpoint.md)
-    assert th["endpointing"] == {"min_delay": 0.9, "max_delay": 1.5}
+    # the measured default (bench/results/turns-endpoint.md, "In the room's terms")
+    assert isinstance(th["turn_detection"], LanguageModelTurnDetector)
+    assert th["endpointing"] == {"min_delay": 0.8, "max_delay": 1.3}
     assert th["preemptive_generation"] == {"enabled": True, "preemptive_tts": True}
     assert th["interruption"]["resume_false_interruption"] is False
     assert th["interruption"]["min_words"] == 1  # a backchannel alone does not stop the agent
@@ -54,6 +56,7 @@ def test_turn_handling_is_offline_and_configurable(local_ctx: ProviderContext) -
     th = handling(endpointing_min_delay=0.4, endpointing_max_delay=2.0, preemptive_tts=False)
     assert th["turn_handling"]["endpointing"] == {"min_delay": 0.4, "max_delay": 2.0}
     assert th["turn_handling"]["preemptive_generation"]["preemptive_tts"] is False
+    assert handling(turn_detector="vad")["turn_handling"]["turn_detection"] == "vad"
     assert isinstance(handling(turn_detector="transcript")["turn_handling"]["turn_detection"],
                       TranscriptTurnDetector)
     assert isinstance(handling(turn_detector="smart-turn")["turn_handling"]["turn_detection"],

@@ -1,0 +1,94 @@
+"""Would a reader expect the caller to stop here? A small language model's answer.
+
+LiveKit's own text turn detector scores P(end of message) with a fine-tuned SmolLM2; its
+weights come from a model hub this deployment does not reach. The SmolLM2-135M-Instruct the
+local agent already ships scores the same question without fine-tuning: after the caller's
+words so far (closing marks removed, since Whisper adds them to fragments too), how likely is
+the next token a sentence end or the end of the message? "Can you tell me" and "I'd like to
+book" score near 0; "What time is it" and "Please repeat that" well above. Measured on the
+turn-taking corpus in ``bench.turns.endpoint`` (candidates "language model").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from livekit.agents.language import LanguageCode
+from livekit.agents.llm import ChatContext
+
+from live.providers.turn_text import text_completeness
+
+if TYPE_CHECKING:
+    from engines.llama import LlamaEngine
+
+logger = logging.getLogger(__name__)
+
+PROMPT_HEAD = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+END_TOKENS = frozenset({".", "?", "!", "<|im_end|>"})
+# A score normally takes 20-50 ms; one that is late (a busy machine) must not hold the turn:
+# the turn then ends as the silence rule alone would end it.
+SCORE_TIMEOUT = 0.3
+_CLOSING = ".?!,;:…-–— \"'"
+
+
+def end_prompt(text: str) -> str:
+    """The model's input for the caller's words so far."""
+    return PROMPT_HEAD + text.strip().strip('"').strip().rstrip(_CLOSING)
+
+
+def end_probability(probs: dict[str, float]) -> float:
+    """P(the turn ends here): the next token closes the sentence or the message."""
+    return min(1.0, sum(p for tok, p in probs.items() if tok.strip() in END_TOKENS))
+
+
+def score_sync(engine: LlamaEngine, text: str) -> float:
+    """P(end) for ``text``; a transcript that trails off by the rule scores 0 at once."""
+    if not text.strip():
+        return 1.0
+    if text_completeness(text) == "incomplete":
+        return 0.0
+    return end_probability(engine.next_token_probs_sync(end_prompt(text)))
+
+
+class LanguageModelTurnDetector:
+    """End of turn from the words by SmolLM2: LiveKit's text turn-detector contract.
+
+    ``AgentSession`` calls ``predict_end_of_turn`` with the conversation; below
+    ``threshold`` the turn waits the endpointing's max delay, otherwise its min delay. Works
+    with any STT; the model runs on its own small engine, so a reply never waits for it.
+    """
+
+    def __init__(self, engine: LlamaEngine, threshold: float, timeout: float = SCORE_TIMEOUT) -> None:
+        self._engine = engine
+        self._threshold = threshold
+        self._timeout = timeout
+
+    @property
+    def model(self) -> str:
+        return f"{self._engine.model_name}-end-of-turn"
+
+    @property
+    def provider(self) -> str:
+        return "local"
+
+    async def unlikely_threshold(self, language: LanguageCode | None) -> float | None:
+        return self._threshold
+
+    async def supports_language(self, language: LanguageCode | None) -> bool:
+        return language is None or str(language).lower().startswith("en")
+
+    async def predict_end_of_turn(self, chat_ctx: ChatContext, *, timeout: float | None = None) -> float:
+        for item in reversed(chat_ctx.items):
+            if getattr(item, "role", None) == "user":
+                text = item.text_content or ""  # type: ignore[union-attr]
+                try:
+                    return await asyncio.wait_for(
+                        self._engine.executor.run(score_sync, self._engine, text), self._timeout
+                    )
+                except TimeoutError:
+                    logger.warning("end-of-turn score late: the silence rule ends the turn",
+                                   extra={"timeout": self._timeout})
+                    return 1.0
+        return 1.0

@@ -1,0 +1,79 @@
+"""SmolLM2's end-of-turn score as a LiveKit text turn detector, with the real model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from livekit.agents.llm import ChatContext
+
+from config.settings import load_settings
+from engines.llama import get_llama
+from live.providers.registry import ProviderContext
+from live.providers.turn import get_turn_llama, turn_handling
+from live.providers.turn_lm import LanguageModelTurnDetector, end_probability, end_prompt
+
+pytestmark = pytest.mark.slow
+
+THRESHOLD = 0.01
+
+
+def _ctx(user_text: str) -> ChatContext:
+    c = ChatContext()
+    c.add_message(role="assistant", content="Hello, how can I help?")
+    c.add_message(role="user", content=user_text)
+    return c
+
+
+def test_prompt_drops_the_closing_marks_whisper_adds_to_fragments() -> None:
+    assert end_prompt(' "Can you tell me?" ').endswith("user\nCan you tell me")
+    assert end_prompt("My phone number is...").endswith("user\nMy phone number is")
+    assert end_probability({".": 0.2, " ?": 0.1, "<|im_end|>": 0.05, " a": 0.6}) == pytest.approx(0.35)
+
+
+@pytest.mark.parametrize(
+    "fragment", ["Can you tell me?", "I'd like to book.", "Do you have", "I would like to order.",
+                 "My phone number is..."],
+)
+async def test_words_that_go_on_wait_the_max_delay(local_ctx: ProviderContext, fragment: str) -> None:
+    det = LanguageModelTurnDetector(get_turn_llama(local_ctx), THRESHOLD)
+    assert await det.predict_end_of_turn(_ctx(fragment)) < THRESHOLD
+
+
+@pytest.mark.parametrize(
+    "turn", ["What time is it?", "My name is Daniel Fischer.", "I need some help with my order."],
+)
+async def test_finished_turns_end_after_the_min_delay(local_ctx: ProviderContext, turn: str) -> None:
+    det = LanguageModelTurnDetector(get_turn_llama(local_ctx), THRESHOLD)
+    assert await det.predict_end_of_turn(_ctx(turn)) >= THRESHOLD
+
+
+async def test_configured_through_turn_handling_on_an_engine_of_its_own(local_ctx: ProviderContext) -> None:
+    settings = load_settings(_env_file=None, var_dir=local_ctx.settings.var_dir,
+                             limits={"turn_detector": "lm", "turn_lm_threshold": 0.2})
+    det = turn_handling(settings, local_ctx)["turn_handling"]["turn_detection"]
+    assert isinstance(det, LanguageModelTurnDetector)
+    assert await det.unlikely_threshold(None) == 0.2
+    assert await det.supports_language(None) and not await det.supports_language("de")  # type: ignore[arg-type]
+    # the reply's engine is not the scorer's: a score never takes a reply's slot
+    assert get_turn_llama(local_ctx) is not get_llama(local_ctx, "smollm2-135m")
+    assert get_turn_llama(local_ctx).parallel == 1
+
+
+async def test_a_late_score_never_holds_the_turn(local_ctx: ProviderContext) -> None:
+    engine = get_turn_llama(local_ctx)
+    started, release = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        started.set()
+        release.wait(10.0)
+
+    blocker = asyncio.ensure_future(engine.executor.run(busy))  # the scorer's only thread
+    assert await asyncio.to_thread(started.wait, 10.0)
+    try:
+        det = LanguageModelTurnDetector(engine, THRESHOLD, timeout=0.05)
+        assert await det.predict_end_of_turn(_ctx("Can you tell me?")) == 1.0  # silence rule
+    finally:
+        release.set()
+        await blocker
