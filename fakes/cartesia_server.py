@@ -14,6 +14,8 @@ Failure modes: ``reject_status`` (refuse the handshake), ``close_on_request`` (d
 when a request arrives), ``close_after_chunks`` (drop the socket after sending that many audio
 chunks on it, mid-sentence) and ``stall_after_chunks`` (send that many, then stay silent with
 the socket open). The mid-stream modes hit the first ``fail_sockets`` sockets (``None``: all).
+Word timestamps come after a request's audio, or with ``timestamps_as_spoken`` as the live
+service sends them for longer texts: each word's right after the chunk its audio starts in.
 A vendor's pace (for benchmarks): a context's first audio ``first_byte_s`` after its first
 request.
 """
@@ -51,6 +53,7 @@ class CartesiaFake(LoopbackServer):
     close_after_chunks: int | None = None
     stall_after_chunks: int | None = None
     fail_sockets: int | None = None
+    timestamps_as_spoken: bool = False
     first_byte_s: float = 0.0
     audio_chunks_sent: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -147,6 +150,9 @@ class CartesiaFake(LoopbackServer):
         """Send one sentence; True when the socket was cut (or stalled) on purpose."""
         pcm = tone(len(text.strip()) * self.seconds_per_char, rate)
         step = int(CHUNK_SECONDS * rate) * 2
+        words = text.split()
+        per = len(pcm) / 2 / rate / max(1, len(words))
+        told = 0  # words whose timestamps went out
         for i in range(0, len(pcm), step):
             if faulty and self.close_after_chunks is not None and sent[0] >= self.close_after_chunks:
                 await ws.close(code=1011, message=b"internal error")
@@ -166,20 +172,33 @@ class CartesiaFake(LoopbackServer):
                     "context_id": ctx,
                 }
             )
+            if timestamps and self.timestamps_as_spoken:
+                sent_s = (i + step) / 2 / rate
+                upto = told
+                while upto < len(words) and upto * per < sent_s:
+                    upto += 1
+                await self._timestamps(ws, ctx, words, per, told, upto)
+                told = upto
         if timestamps:
-            words = text.split()
-            per = len(pcm) / 2 / rate / max(1, len(words))
-            await ws.send_json(
-                {
-                    "type": "timestamps",
-                    "done": False,
-                    "status_code": 206,
-                    "context_id": ctx,
-                    "word_timestamps": {
-                        "words": words,
-                        "start": [i * per for i in range(len(words))],
-                        "end": [(i + 1) * per for i in range(len(words))],
-                    },
-                }
-            )
+            await self._timestamps(ws, ctx, words, per, told, len(words))
         return False
+
+    async def _timestamps(
+        self, ws: web.WebSocketResponse, ctx: str, words: list[str], per: float, lo: int, hi: int
+    ) -> None:
+        """Word timestamps of ``words[lo:hi]`` (seconds from the start of the request)."""
+        if hi <= lo:
+            return
+        await ws.send_json(
+            {
+                "type": "timestamps",
+                "done": False,
+                "status_code": 206,
+                "context_id": ctx,
+                "word_timestamps": {
+                    "words": words[lo:hi],
+                    "start": [i * per for i in range(lo, hi)],
+                    "end": [(i + 1) * per for i in range(lo, hi)],
+                },
+            }
+        )

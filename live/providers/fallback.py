@@ -610,7 +610,9 @@ class TTSFallback(tts.FallbackAdapter):
     LiveKit's adapter drops the rest of the segment then ("already synthesized of audio,
     ignoring the current segment"). Here the next voice says what was not heard yet: from the
     sentence that was cut, judged by the word timings the failed voice sent (Cartesia sends
-    them); a voice that sends none is repeated from the start of the segment.
+    them); a voice that sends none is repeated from the start of the segment. The session's
+    transcript, made of the voices' word timings, holds the answer once: the words of the cut
+    sentence the failed voice had said are not timed again when the next voice repeats them.
     """
 
     def __init__(
@@ -664,13 +666,13 @@ class _TTSFallbackStream(FallbackSynthesizeStream):
             return
         heard = 0.0  # seconds of this voice the caller got
         words = 0  # words the voice reported as spoken (timed transcript)
+        last = ""  # the last of them, as the transcript has it
         try:
             async for audio in inner:
                 heard += audio.frame.samples_per_channel / audio.frame.sample_rate
-                words += sum(
-                    len(str(t).split())
-                    for t in audio.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT) or ()
-                )
+                for t in audio.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT) or ():
+                    words += len(str(t).split())
+                    last = str(t) or last
                 yield audio
             return
         except Exception:
@@ -679,7 +681,11 @@ class _TTSFallbackStream(FallbackSynthesizeStream):
         # the input is still arriving from the LLM: the rest of the text is needed first
         async for _ in input_ch:
             pass
-        rest = unspoken_text("".join(self._pushed_tokens), words)
+        text = "".join(self._pushed_tokens)
+        rest = unspoken_text(text, words)
+        # words of the cut sentence the failed voice already said (and captioned): the next
+        # voice says them again, the transcript keeps them once
+        said_again = max(0, words - (len(text.split()) - len(rest.split())))
         self._mark_failed(tts)
         logger.warning(
             "tts %s failed mid-speech after %.1f s; %s says the rest",
@@ -690,7 +696,11 @@ class _TTSFallbackStream(FallbackSynthesizeStream):
         )
         if not rest:
             return
-        async for audio in self._continue_with(nxt, rest, tts.sample_rate, conn_options, heard):
+        # voices space their words differently (" We" from Cartesia, "We " from Piper)
+        space = bool(last) and not last[-1].isspace()
+        async for audio in self._continue_with(
+            nxt, rest, tts.sample_rate, conn_options, heard, said_again, space
+        ):
             yield audio
 
     def _next_voice(self, failed: tts.TTS) -> tts.TTS | None:
@@ -717,9 +727,13 @@ class _TTSFallbackStream(FallbackSynthesizeStream):
         rate: int,
         conn_options: APIConnectOptions,
         offset: float,
+        said_again: int = 0,
+        space: bool = False,
     ) -> AsyncGenerator[tts.SynthesizedAudio, None]:
         """``voice`` says ``text``, resampled to the failed voice's ``rate`` (the adapter's
-        caller resamples from there), its word timings moved after what was already heard."""
+        caller resamples from there), its word timings moved after what was already heard,
+        without its first ``said_again`` words (already in the transcript) and, if ``space``,
+        a space before its first word (the transcript so far ends in a word)."""
         await ensure_loaded(voice)
         ch = utils.aio.Chan[str | tts.SynthesizeStream._FlushSentinel]()
         ch.send_nowait(text)
@@ -730,20 +744,62 @@ class _TTSFallbackStream(FallbackSynthesizeStream):
             else None
         )
         request_id = utils.shortuuid()
+        # The session's transcript is made of the word timings the frames carry. A resampler
+        # may hold a whole small frame back (no output for it yet): its words then ride on
+        # the next frame out, never dropped with it.
+        words: list[Any] = []
+
+        def carry(frame: rtc.AudioFrame) -> tts.SynthesizedAudio:
+            nonlocal words
+            if words:
+                frame.userdata[USERDATA_TIMED_TRANSCRIPT] = words
+                words = []
+            return tts.SynthesizedAudio(frame=frame, request_id=request_id)
+
         async for audio in super()._try_synthesize(
             tts=voice, input_ch=ch, conn_options=conn_options, recovering=False
         ):
-            timed = audio.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT)
+            timed = audio.frame.userdata.pop(USERDATA_TIMED_TRANSCRIPT, None) or []
+            timed, said_again = _drop_words(timed, said_again)
+            if space and timed and str(timed[0]).strip():
+                space = False
+                if not str(timed[0])[0].isspace():
+                    timed[0] = _retext(timed[0], " " + str(timed[0]))
+            words += [_shift(t, offset) for t in timed]
             frames = resampler.push(audio.frame) if resampler is not None else [audio.frame]
             if resampler is not None and audio.is_final:
                 frames += resampler.flush()
-            for i, frame in enumerate(frames):
-                if timed and i == 0:
-                    frame.userdata[USERDATA_TIMED_TRANSCRIPT] = [_shift(t, offset) for t in timed]
-                yield tts.SynthesizedAudio(frame=frame, request_id=request_id)
+            for frame in frames:
+                yield carry(frame)
         if resampler is not None:
             for frame in resampler.flush():
-                yield tts.SynthesizedAudio(frame=frame, request_id=request_id)
+                yield carry(frame)
+        if words:  # words after the last audio: a 10 ms silence carries them, as LiveKit's does
+            n = rate // 100
+            yield carry(rtc.AudioFrame(b"\0\0" * n * voice.num_channels, rate, voice.num_channels, n))
+
+
+def _drop_words(timed: list[Any], n: int) -> tuple[list[Any], int]:
+    """``timed`` without its first ``n`` words; the words still to drop after it."""
+    out: list[Any] = []
+    for t in timed:
+        s = str(t)
+        count = len(s.split())
+        if n == 0:
+            out.append(t)
+        elif count <= n:  # spaces between dropped words go with them
+            n -= count
+        else:
+            out.append(_retext(t, re.sub(rf"^\s*(?:\S+\s+){{{n}}}", "", s)))
+            n = 0
+    return out, n
+
+
+def _retext(word: Any, text: str) -> Any:
+    """``text`` with the timing of ``word``."""
+    if isinstance(word, TimedString):
+        return TimedString(text, start_time=word.start_time, end_time=word.end_time)
+    return text
 
 
 def _shift(word: Any, offset: float) -> Any:

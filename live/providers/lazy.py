@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from livekit.agents import NOT_GIVEN, APIConnectionError, APIConnectOptions, llm, stt, tts, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NotGivenOr
@@ -146,34 +146,43 @@ def _check_installed(kind: Slot, name: str) -> None:
 
 async def ensure_loaded(provider: Any) -> None:
     """Load ``provider`` if it is a stand-in still waiting (off the event loop)."""
-    if isinstance(provider, DeferredSTT | DeferredLLM | DeferredTTS):
+    if isinstance(provider, _StandIn):
         await provider.load()
 
 
 def is_loaded(provider: Any) -> bool:
     """False for a stand-in whose model has not been loaded yet."""
-    if isinstance(provider, DeferredSTT | DeferredLLM | DeferredTTS):
+    if isinstance(provider, _StandIn):
         return provider._loader.value is not None
     return True
 
 
 async def resolved(provider: Any) -> Any:
     """``provider`` itself, or for a stand-in the real provider, loaded in a thread."""
-    if isinstance(provider, DeferredSTT | DeferredLLM | DeferredTTS):
+    if isinstance(provider, _StandIn):
         return await provider.load()
     return provider
 
 
-# --- STT ------------------------------------------------------------------------------------
+class _Closeable(Protocol):
+    async def aclose(self) -> None: ...
 
 
-class DeferredSTT(stt.STT):
-    """The local STT before its model is loaded; its streams load it, then relay it."""
+P = TypeVar("P", bound=_Closeable)
 
-    def __init__(self, loader: _Loader[stt.STT], *, model: str) -> None:
-        super().__init__(capabilities=_STT_CAPABILITIES)
+
+class _StandIn(Generic[P]):
+    """What the stand-ins share: the local provider's label, model and provider name, a
+    ``load`` that builds the real one, and ``aclose`` that closes it if it was built.
+
+    Comes first among the bases: its ``__init__`` passes the rest on to LiveKit's class, then
+    sets the label (LiveKit's sets its own, from the class name).
+    """
+
+    def __init__(self, loader: _Loader[P], *, model: str, **base: Any) -> None:
+        super().__init__(**base)
         self._loader = loader
-        self._label = _LABELS["stt"]
+        self._label = _LABELS[loader.kind]
         self._model = model
 
     @property
@@ -184,8 +193,22 @@ class DeferredSTT(stt.STT):
     def provider(self) -> str:
         return "local"
 
-    async def load(self) -> stt.STT:
+    async def load(self) -> P:
         return await self._loader.load()
+
+    async def aclose(self) -> None:
+        if self._loader.value is not None:
+            await self._loader.value.aclose()
+
+
+# --- STT ------------------------------------------------------------------------------------
+
+
+class DeferredSTT(_StandIn[stt.STT], stt.STT):
+    """The local STT before its model is loaded; its streams load it, then relay it."""
+
+    def __init__(self, loader: _Loader[stt.STT], *, model: str) -> None:
+        super().__init__(loader, model=model, capabilities=_STT_CAPABILITIES)
 
     async def _recognize_impl(
         self,
@@ -204,10 +227,6 @@ class DeferredSTT(stt.STT):
         conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
     ) -> stt.RecognizeStream:
         return _DeferredRecognizeStream(stt=self, language=language, conn_options=conn_options)
-
-    async def aclose(self) -> None:
-        if self._loader.value is not None:
-            await self._loader.value.aclose()
 
 
 class _DeferredRecognizeStream(stt.RecognizeStream):
@@ -246,25 +265,11 @@ class _DeferredRecognizeStream(stt.RecognizeStream):
 # --- LLM ------------------------------------------------------------------------------------
 
 
-class DeferredLLM(llm.LLM):
+class DeferredLLM(_StandIn[llm.LLM], llm.LLM):
     """The local LLM before its model is loaded; its streams load it, then relay it."""
 
     def __init__(self, loader: _Loader[llm.LLM], *, model: str) -> None:
-        super().__init__()
-        self._loader = loader
-        self._label = _LABELS["llm"]
-        self._model = model
-
-    @property
-    def model(self) -> str:
-        return self._model
-
-    @property
-    def provider(self) -> str:
-        return "local"
-
-    async def load(self) -> llm.LLM:
-        return await self._loader.load()
+        super().__init__(loader, model=model)
 
     def chat(
         self,
@@ -289,10 +294,6 @@ class DeferredLLM(llm.LLM):
         return _DeferredLLMStream(
             self, open_real, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options
         )
-
-    async def aclose(self) -> None:
-        if self._loader.value is not None:
-            await self._loader.value.aclose()
 
 
 class _DeferredLLMStream(llm.LLMStream):
@@ -328,7 +329,7 @@ def _piper_sample_rate(voice: str) -> int:
         return int(json.load(f)["audio"]["sample_rate"])
 
 
-class DeferredTTS(tts.TTS):
+class DeferredTTS(_StandIn[tts.TTS], tts.TTS):
     """The local voice before it is loaded.
 
     Audio frames carry segment and word-timing details a relay would have to rebuild, so
@@ -339,23 +340,17 @@ class DeferredTTS(tts.TTS):
 
     def __init__(self, loader: _Loader[tts.TTS], *, voice: str) -> None:
         super().__init__(
-            capabilities=_TTS_CAPABILITIES, sample_rate=_piper_sample_rate(voice), num_channels=1
+            loader,
+            model=f"piper-{voice}",
+            capabilities=_TTS_CAPABILITIES,
+            sample_rate=_piper_sample_rate(voice),
+            num_channels=1,
         )
-        self._loader = loader
-        self._label = _LABELS["tts"]
         self._voice = voice
         self._relaying = False
 
-    @property
-    def model(self) -> str:
-        return f"piper-{self._voice}"
-
-    @property
-    def provider(self) -> str:
-        return "local"
-
     async def load(self) -> tts.TTS:
-        real = await self._loader.load()
+        real = await super().load()
         if real.sample_rate != self.sample_rate:  # the adapter resamples by our rate
             raise APIConnectionError(
                 f"local voice {self._voice!r}: {real.sample_rate} Hz, announced "
@@ -388,7 +383,3 @@ class DeferredTTS(tts.TTS):
 
     def prewarm(self) -> None:
         pass  # nothing to warm before the model is there
-
-    async def aclose(self) -> None:
-        if self._loader.value is not None:
-            await self._loader.value.aclose()
