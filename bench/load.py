@@ -44,14 +44,6 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROFILES = ("hosted", "hosted-speech-local-face", "local")
-# One clause each: the AssemblyAI fake ends a turn on silence, and a comma's pause is not one.
-QUESTIONS = [
-    "Hello what is your name?",
-    "What can you help me with today?",
-    "Tell me something nice about the ocean.",
-    "Thank you that was lovely.",
-    "What else should I know?",
-]
 # The fake LLM's answer: the first sentence is what the TTS must have before its first audio.
 REPLY = "Sure, I can help you with that. Here is a short answer, and then I will listen again."
 FIRST_SENTENCE_TOKENS = len("Sure, I can help you with that.".split())
@@ -437,13 +429,24 @@ def _print_step(profile: str, s: dict[str, Any]) -> None:
 
 
 def _questions(work: Path, turns: int) -> list[Path]:
-    from cli.call import SAMPLE_RATE, synthesize, write_wav
+    """Questions from the turn-taking corpus, a different voice each turn (none is the agent's
+    own: a caller speaking with the agent's voice measures the agent, not its callers)."""
+    from bench.turns.corpus import build, load_manifest
 
+    rendered = build()
+    by_voice: dict[str, list[Path]] = {}
+    for it in load_manifest():
+        # one clause each: the AssemblyAI fake ends a turn on silence, and a comma's pause is one
+        if (it.kind == "complete" and it.split == "dev" and it.condition == "clean"
+                and it.text.endswith("?") and "," not in it.text):
+            by_voice.setdefault(it.voice, []).append(Path(rendered[it.id].path).resolve())
+    voices = sorted(by_voice)
+    if not voices:
+        raise RuntimeError("the turn-taking corpus has no clean questions: python -m bench.turns.corpus")
     out = []
     for i in range(turns):
-        path = work / f"q{i}.wav"
-        write_wav(path, synthesize(QUESTIONS[i % len(QUESTIONS)]), SAMPLE_RATE)
-        out.append(path)
+        clips = by_voice[voices[i % len(voices)]]
+        out.append(clips[(i // len(voices)) % len(clips)])
     return out
 
 

@@ -346,7 +346,8 @@ async def entrypoint(ctx: JobContext) -> None:
         recorder.close()
         ctx.shutdown(reason="provider error")
         return
-    turn_kwargs = turn.turn_handling(settings, pctx, can_pause=_output_can_pause(comps))
+    turn_kwargs = turn.turn_handling(settings, pctx, can_pause=_output_can_pause(comps),
+                                     stt=comps.stt)
 
     session: AgentSession[Any] = AgentSession(
         stt=comps.stt,

@@ -216,6 +216,17 @@ class LocalSTT(stt.STT):
                 return None
         return any(u[1] for u in relevant())
 
+    async def final_of_pending(self, timeout: float) -> bool | None:
+        """If speech is still being transcribed, wait for it: True when it had words (its
+        final transcript is then on its way to the session), False when nothing was pending
+        or it had none, None after ``timeout`` s. The session ends a turn on the transcript
+        it has; a pause inside a sentence splits it in two utterances, and the second's
+        final can come after the session's delay ran out (Whisper retrying a short window)."""
+        pending = [u[0] for u in self._heard if u[1] is None]
+        if not pending:
+            return False
+        return await self.words_since(min(pending) + VERDICT_LOOKBACK_S, timeout)
+
     def _utterance_began(self, began: float) -> list[Any]:
         record: list[Any] = [began, None]
         self._heard.append(record)

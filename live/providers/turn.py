@@ -34,7 +34,7 @@ from livekit.agents.voice.turn import TurnDetectionEvent
 from config.settings import Settings
 from live.providers.local.turn_models import get_vad, init_turn_detector
 from live.providers.registry import ProviderContext
-from live.providers.turn_text import text_completeness
+from live.providers.turn_text import PendingSpeech, text_completeness, words_still_coming
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ class TranscriptTurnDetector:
     def provider(self) -> str:
         return "local"
 
+    def __init__(self, stt: PendingSpeech | None = None) -> None:
+        self._stt = stt
+
     async def unlikely_threshold(self, language: LanguageCode | None) -> float | None:
         return 0.5
 
@@ -61,6 +64,8 @@ class TranscriptTurnDetector:
         return language is None or str(language).lower().startswith("en")
 
     async def predict_end_of_turn(self, chat_ctx: ChatContext, *, timeout: float | None = None) -> float:
+        if await words_still_coming(self._stt):
+            return 0.0
         for item in reversed(chat_ctx.items):
             if getattr(item, "role", None) == "user":
                 text = item.text_content or ""  # type: ignore[union-attr]
@@ -204,15 +209,18 @@ def get_turn_llama(ctx: ProviderContext) -> Any:
     return get_llama(ctx, LLM_MODELS[0], turn_options())
 
 
-def turn_detector(settings: Settings, ctx: ProviderContext) -> Any:
-    """The configured detector, or ``"vad"`` (LiveKit's silence rule)."""
+def turn_detector(settings: Settings, ctx: ProviderContext, stt: Any = None) -> Any:
+    """The configured detector, or ``"vad"`` (LiveKit's silence rule). ``stt``: the session's;
+    a local one tells the text detectors when speech is still being transcribed."""
     kind = settings.limits.turn_detector
+    pending: PendingSpeech | None = stt if hasattr(stt, "final_of_pending") else None
     if kind == "transcript":
-        return TranscriptTurnDetector()
+        return TranscriptTurnDetector(pending)
     if kind == "lm":
         from live.providers.turn_lm import LanguageModelTurnDetector
 
-        return LanguageModelTurnDetector(get_turn_llama(ctx), settings.limits.turn_lm_threshold)
+        return LanguageModelTurnDetector(get_turn_llama(ctx), settings.limits.turn_lm_threshold,
+                                         stt=pending)
     if kind == "smart-turn":
         return SmartTurnDetector(get_smart_turn(ctx))
     if kind == "v1-mini":
@@ -225,7 +233,7 @@ def turn_detector(settings: Settings, ctx: ProviderContext) -> Any:
 
 
 def turn_handling(
-    settings: Settings, ctx: ProviderContext, *, can_pause: bool = False
+    settings: Settings, ctx: ProviderContext, *, can_pause: bool = False, stt: Any = None
 ) -> dict[str, Any]:
     """``AgentSession`` keyword arguments for VAD, end of turn, preemption and interruptions.
 
@@ -242,7 +250,7 @@ def turn_handling(
         "vad": get_vad(ctx, limits.vad_min_silence),
         "aec_warmup_duration": limits.echo_guard_seconds or None,
         "turn_handling": {
-            "turn_detection": turn_detector(settings, ctx),
+            "turn_detection": turn_detector(settings, ctx, stt),
             "endpointing": {
                 "min_delay": limits.endpointing_min_delay,
                 "max_delay": limits.endpointing_max_delay,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from livekit.agents.language import LanguageCode
 from livekit.agents.llm import ChatContext
 
-from live.providers.turn_text import text_completeness
+from live.providers.turn_text import PendingSpeech, text_completeness, words_still_coming
 
 if TYPE_CHECKING:
     from engines.llama import LlamaEngine
@@ -60,10 +60,12 @@ class LanguageModelTurnDetector:
     with any STT; the model runs on its own small engine, so a reply never waits for it.
     """
 
-    def __init__(self, engine: LlamaEngine, threshold: float, timeout: float = SCORE_TIMEOUT) -> None:
+    def __init__(self, engine: LlamaEngine, threshold: float, timeout: float = SCORE_TIMEOUT,
+                 stt: PendingSpeech | None = None) -> None:
         self._engine = engine
         self._threshold = threshold
         self._timeout = timeout
+        self._stt = stt
 
     @property
     def model(self) -> str:
@@ -80,6 +82,8 @@ class LanguageModelTurnDetector:
         return language is None or str(language).lower().startswith("en")
 
     async def predict_end_of_turn(self, chat_ctx: ChatContext, *, timeout: float | None = None) -> float:
+        if await words_still_coming(self._stt):
+            return 0.0
         for item in reversed(chat_ctx.items):
             if getattr(item, "role", None) == "user":
                 text = item.text_content or ""  # type: ignore[union-attr]

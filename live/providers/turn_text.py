@@ -9,8 +9,9 @@ holds on robotic voices where the prosody models do not.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import Literal
+from typing import Literal, Protocol
 
 Completeness = Literal["complete", "unsure", "incomplete"]
 
@@ -41,3 +42,29 @@ def text_completeness(text: str) -> Completeness:
     if _FINAL.search(t):
         return "complete"
     return "unsure"  # no closing mark: Whisper often leaves it off short turns
+
+
+class PendingSpeech(Protocol):
+    """An STT that tells whether speech it has not finished transcribing had words."""
+
+    async def final_of_pending(self, timeout: float) -> bool | None: ...
+
+
+# How long a prediction waits for the transcript of speech still being transcribed, and then
+# for the session to receive it (which cancels the prediction and asks again with the words).
+PENDING_WAIT_S = 2.0
+DELIVERY_WAIT_S = 0.5
+
+
+async def words_still_coming(stt: PendingSpeech | None) -> bool:
+    """True when the caller said more than the transcript so far holds: the turn must not end
+    on these words. Waits (bounded) for that speech's transcript; the session then predicts
+    again on the whole turn and cancels this prediction."""
+    if stt is None:
+        return False
+    if not await stt.final_of_pending(PENDING_WAIT_S):
+        return False
+    # the final is sent: the session cancels this prediction when it reads it; this bound
+    # only matters if it never does
+    await asyncio.sleep(DELIVERY_WAIT_S)
+    return True

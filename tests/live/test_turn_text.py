@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from livekit.agents.llm import ChatContext
 
+from live.providers.local_stt import LocalSTT
 from live.providers.turn import TranscriptTurnDetector
 from live.providers.turn_text import text_completeness
 
@@ -68,3 +72,40 @@ def test_hums_however_spelled_are_backchannels(text: str) -> None:
     from live.providers.local_stt import is_backchannel
 
     assert is_backchannel(text)
+
+
+def _local_stt() -> LocalSTT:
+    return LocalSTT(engine=None)  # type: ignore[arg-type]  # bookkeeping only, no model
+
+
+async def test_stt_tells_whether_speech_still_being_transcribed_had_words() -> None:
+    stt = _local_stt()
+    assert await stt.final_of_pending(0.01) is False  # nothing pending: no wait
+    first = stt._utterance_began(time.monotonic())
+    stt._utterance_heard(first, words=True)
+    assert await stt.final_of_pending(0.01) is False  # the first part's final is out
+    second = stt._utterance_began(time.monotonic())
+    assert await stt.final_of_pending(0.01) is None  # still transcribing after the timeout
+    waiting = asyncio.ensure_future(stt.final_of_pending(10.0))
+    asyncio.get_running_loop().call_soon(stt._utterance_heard, second, True)
+    assert await waiting is True
+    third = stt._utterance_began(time.monotonic())
+    waiting = asyncio.ensure_future(stt.final_of_pending(10.0))
+    asyncio.get_running_loop().call_soon(stt._utterance_heard, third, False)  # a cough
+    assert await waiting is False
+
+
+async def test_a_turn_does_not_end_on_words_while_more_are_being_transcribed() -> None:
+    """'The address is...' + pause + 'twelve Garden Street': the second part's transcript is
+    late; the detector holds the turn instead of ending it on the first part's words."""
+    stt = _local_stt()
+    det = TranscriptTurnDetector(stt)
+    threshold = await det.unlikely_threshold(None)
+    assert threshold is not None
+    c = ChatContext()
+    c.add_message(role="user", content="What time is it?")  # reads as a finished sentence
+    assert await det.predict_end_of_turn(c) >= threshold
+    more = stt._utterance_began(time.monotonic())
+    waiting = asyncio.ensure_future(det.predict_end_of_turn(c))
+    asyncio.get_running_loop().call_soon(stt._utterance_heard, more, True)
+    assert await waiting < threshold
