@@ -459,6 +459,11 @@ def _tell_stt_when_agent_speaks(session: AgentSession[Any], stt: Any) -> None:
     def _on_state(ev: Any) -> None:
         stt.agent_speaking = ev.new_state == "speaking"
 
+    @session.on("user_input_transcribed")
+    def _on_transcribed(ev: Any) -> None:
+        if ev.is_final:
+            stt.final_received()  # a turn detector waiting for it may let go
+
 
 def _follow_session(session: AgentSession[Any], stt: Any) -> None:
     """A hosted STT with a fallback learns from the session's own VAD when the caller has

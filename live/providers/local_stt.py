@@ -176,6 +176,11 @@ class LocalSTT(stt.STT):
         self._heard: deque[list[Any]] = deque(maxlen=16)
         self._decided = asyncio.Event()
         self._decided.set()
+        # finals the streams sent, and finals the session said it received (the session's
+        # owner calls final_received on its "user_input_transcribed" events)
+        self._finals_sent = 0
+        self._finals_received = 0
+        self._received = asyncio.Event()
 
     @property
     def agent_speaking(self) -> bool:
@@ -215,6 +220,24 @@ class LocalSTT(stt.STT):
             except TimeoutError:
                 return None
         return any(u[1] for u in relevant())
+
+    def final_received(self) -> None:
+        """The session received a final transcript (its ``user_input_transcribed`` event)."""
+        self._finals_received += 1
+        self._received.set()
+
+    async def finals_delivered(self, timeout: float) -> bool:
+        """Wait until the session has received every final sent so far (False on timeout).
+        The session receives a final before it asks the turn detector again."""
+        sent = self._finals_sent
+        deadline = time.monotonic() + timeout
+        while self._finals_received < sent:
+            self._received.clear()
+            try:
+                await asyncio.wait_for(self._received.wait(), max(deadline - time.monotonic(), 0.0))
+            except TimeoutError:
+                return False
+        return True
 
     async def final_of_pending(self, timeout: float) -> bool | None:
         """If speech is still being transcribed, wait for it: True when it had words (its
@@ -584,6 +607,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                             "lk.pii.text": result.text,
                         },
                     )
+                    local._finals_sent += 1
                     local._utterance_heard(heard, words=True)
                     send(
                         stt.SpeechEvent(

@@ -9,7 +9,6 @@ holds on robotic voices where the prosody models do not.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Literal, Protocol
 
@@ -45,26 +44,29 @@ def text_completeness(text: str) -> Completeness:
 
 
 class PendingSpeech(Protocol):
-    """An STT that tells whether speech it has not finished transcribing had words."""
+    """An STT that tells whether speech it has not finished transcribing had words, and
+    whether the session has received the finals it sent."""
 
     async def final_of_pending(self, timeout: float) -> bool | None: ...
 
+    async def finals_delivered(self, timeout: float) -> bool: ...
+
 
 # How long a prediction waits for the transcript of speech still being transcribed, and then
-# for the session to receive it (which cancels the prediction and asks again with the words).
+# for the session to receive it.
 PENDING_WAIT_S = 2.0
 DELIVERY_WAIT_S = 0.5
 
 
 async def words_still_coming(stt: PendingSpeech | None) -> bool:
     """True when the caller said more than the transcript so far holds: the turn must not end
-    on these words. Waits (bounded) for that speech's transcript; the session then predicts
-    again on the whole turn and cancels this prediction."""
+    on these words. Waits (bounded) for that speech's transcript to reach the session: on
+    receiving it the session cancels this prediction and predicts again on the whole turn."""
     if stt is None:
         return False
     if not await stt.final_of_pending(PENDING_WAIT_S):
         return False
-    # the final is sent: the session cancels this prediction when it reads it; this bound
-    # only matters if it never does
-    await asyncio.sleep(DELIVERY_WAIT_S)
+    # the session cancels this prediction as it receives the final (it then predicts again
+    # on the whole turn); if it does not, the turn waits the max delay
+    await stt.finals_delivered(DELIVERY_WAIT_S)
     return True

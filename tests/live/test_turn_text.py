@@ -106,6 +106,11 @@ async def test_a_turn_does_not_end_on_words_while_more_are_being_transcribed() -
     c.add_message(role="user", content="What time is it?")  # reads as a finished sentence
     assert await det.predict_end_of_turn(c) >= threshold
     more = stt._utterance_began(time.monotonic())
+    stt._finals_sent += 1  # its final, as the stream sends it
     waiting = asyncio.ensure_future(det.predict_end_of_turn(c))
     asyncio.get_running_loop().call_soon(stt._utterance_heard, more, True)
+    # then it waits for the session to receive that final (which would cancel it)
+    await asyncio.wait({waiting}, timeout=0.1)
+    assert not waiting.done()
+    stt.final_received()
     assert await waiting < threshold
