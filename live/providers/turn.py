@@ -1,16 +1,17 @@
 """Voice activity and end of turn, offline, chosen by measurement (``bench.turns``).
 
-``LIMITS__TURN_DETECTOR`` picks one of four, each a LiveKit Agents turn detector (or LiveKit's
+``LIMITS__TURN_DETECTOR`` picks one of five, each a LiveKit Agents turn detector (or LiveKit's
 own VAD mode), so ``AgentSession`` runs the endpointing as it always does:
 
 - ``vad``: the turn ends after ``ENDPOINTING_MIN_DELAY`` of silence. On the turn-taking
-  corpus (12 voices that are not the agent's, 32 mid-sentence hesitations of 0.3-0.9 s) this
-  was the best trade-off: the audio models below cut more hesitations short at every delay,
-  because the robotic and data-driven voices confuse their prosody cues.
+  corpus (12 voices that are not the agent's, 32 mid-sentence hesitations of 0.3-0.9 s) the
+  audio models below cut more hesitations short than silence alone at every delay, because
+  the robotic and data-driven voices confuse their prosody cues.
 - ``transcript``: :class:`TranscriptTurnDetector` reads the transcript so far; one that trails
   off ("My phone number is ...", "I'd like to order") waits ``ENDPOINTING_MAX_DELAY``.
-- ``lm``: the same, and SmolLM2 also holds words unlikely to end a turn ("Can you tell me")
-  (:class:`live.providers.turn_lm.LanguageModelTurnDetector`).
+- ``lm`` (the default): the same, and SmolLM2 also holds words unlikely to end a turn ("Can
+  you tell me") (:class:`live.providers.turn_lm.LanguageModelTurnDetector`). Both text
+  detectors also hold a turn while the local STT is still transcribing speech that followed.
 - ``v1-mini``: LiveKit's local audio model (``livekit-local-inference``, offline).
 - ``smart-turn``: pipecat's Smart Turn v3 (:class:`SmartTurnDetector`).
 

@@ -5,7 +5,7 @@ weights come from a model hub this deployment does not reach. The SmolLM2-135M-I
 local agent already ships scores the same question without fine-tuning: after the caller's
 words so far (closing marks removed, since Whisper adds them to fragments too), how likely is
 the next token a sentence end or the end of the message? "Can you tell me" and "I'd like to
-book" score near 0; "What time is it" and "Please repeat that" well above. Measured on the
+book" score near 0; "What time is it" (0.08) and "My name is Daniel Fischer" (0.46) well above. Measured on the
 turn-taking corpus in ``bench.turns.endpoint`` (candidates "language model").
 """
 
@@ -57,7 +57,8 @@ class LanguageModelTurnDetector:
 
     ``AgentSession`` calls ``predict_end_of_turn`` with the conversation; below
     ``threshold`` the turn waits the endpointing's max delay, otherwise its min delay. Works
-    with any STT; the model runs on its own small engine, so a reply never waits for it.
+    with any STT; the model runs on a small engine of its own, beside the agent's (a score in
+    a slot of the agent's engine waited behind whole replies).
     """
 
     def __init__(self, engine: LlamaEngine, threshold: float, timeout: float = SCORE_TIMEOUT,
