@@ -433,7 +433,7 @@ class LimitsSettings(BaseModel):
         ),
     )
     interruption_min_speech: float = Field(
-        default=0.12, ge=0.05, le=5.0,
+        default=0.2, ge=0.05, le=5.0,
         description=(
             "Seconds of caller speech over the agent that pause it (or, where it cannot "
             "pause, stop it once the words above are heard)."

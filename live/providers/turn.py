@@ -10,8 +10,9 @@ own VAD mode), so ``AgentSession`` runs the endpointing as it always does:
 - ``transcript``: :class:`TranscriptTurnDetector` reads the transcript so far; one that trails
   off ("My phone number is ...", "I'd like to order") waits ``ENDPOINTING_MAX_DELAY``.
 - ``lm`` (the default): the same, and SmolLM2 also holds words unlikely to end a turn ("Can
-  you tell me") (:class:`live.providers.turn_lm.LanguageModelTurnDetector`). Both text
-  detectors also hold a turn while the local STT is still transcribing speech that followed.
+  you tell me") (:class:`live.providers.turn_lm.LanguageModelTurnDetector`), with the local
+  STT; with a hosted STT it is ``transcript`` (no local model is loaded). Both text detectors
+  also hold a turn while the local STT is still transcribing speech that followed.
 - ``v1-mini``: LiveKit's local audio model (``livekit-local-inference``, offline).
 - ``smart-turn``: pipecat's Smart Turn v3 (:class:`SmartTurnDetector`).
 
@@ -215,7 +216,8 @@ def turn_detector(settings: Settings, ctx: ProviderContext, stt: Any = None) -> 
     a local one tells the text detectors when speech is still being transcribed."""
     kind = settings.limits.turn_detector
     pending: PendingSpeech | None = stt if hasattr(stt, "final_of_pending") else None
-    if kind == "transcript":
+    if kind == "transcript" or (kind == "lm" and pending is None):
+        # with a hosted STT, "lm" reads the words by the rule alone: no local model is loaded
         return TranscriptTurnDetector(pending)
     if kind == "lm":
         from live.providers.turn_lm import LanguageModelTurnDetector

@@ -71,7 +71,7 @@ def prewarm(ctx: ProviderContext) -> None:
     get_vad(ctx)
     if s.limits.turn_detector == "v1-mini":
         init_turn_detector(ctx)
-    elif s.limits.turn_detector == "lm":
+    elif s.limits.turn_detector == "lm" and s.stt.provider == "local":
         from live.providers.turn import get_turn_llama
         from live.providers.turn_lm import score_sync
 

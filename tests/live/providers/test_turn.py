@@ -31,12 +31,15 @@ pytestmark = pytest.mark.slow
 def test_turn_handling_is_offline_and_configurable(local_ctx: ProviderContext) -> None:
     from livekit.agents.inference.eot import TurnDetector
 
+    from live.providers.local_stt import LocalSTT
     from live.providers.turn import SmartTurnDetector, TranscriptTurnDetector
     from live.providers.turn_lm import LanguageModelTurnDetector
 
+    local_stt = LocalSTT(engine=None)  # type: ignore[arg-type]  # only its bookkeeping is used
+
     def handling(**limits: object) -> dict:
         settings = load_settings(_env_file=None, var_dir=local_ctx.settings.var_dir, limits=limits)
-        return turn_handling(settings, local_ctx)
+        return turn_handling(settings, local_ctx, stt=local_stt)
 
     default = handling()
     th = default["turn_handling"]

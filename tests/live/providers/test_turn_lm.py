@@ -10,8 +10,9 @@ from livekit.agents.llm import ChatContext
 
 from config.settings import load_settings
 from engines.llama import get_llama
+from live.providers.local_stt import LocalSTT
 from live.providers.registry import ProviderContext
-from live.providers.turn import get_turn_llama, turn_handling
+from live.providers.turn import TranscriptTurnDetector, get_turn_llama, turn_handling
 from live.providers.turn_lm import LanguageModelTurnDetector, end_probability, end_prompt
 
 pytestmark = pytest.mark.slow
@@ -52,8 +53,12 @@ async def test_finished_turns_end_after_the_min_delay(local_ctx: ProviderContext
 async def test_configured_through_turn_handling_on_an_engine_of_its_own(local_ctx: ProviderContext) -> None:
     settings = load_settings(_env_file=None, var_dir=local_ctx.settings.var_dir,
                              limits={"turn_detector": "lm", "turn_lm_threshold": 0.2})
-    det = turn_handling(settings, local_ctx)["turn_handling"]["turn_detection"]
+    local_stt = LocalSTT(engine=None)  # type: ignore[arg-type]  # only its bookkeeping is used
+    det = turn_handling(settings, local_ctx, stt=local_stt)["turn_handling"]["turn_detection"]
     assert isinstance(det, LanguageModelTurnDetector)
+    # a hosted STT: the transcript rule alone, no local model
+    hosted = turn_handling(settings, local_ctx, stt=object())["turn_handling"]["turn_detection"]
+    assert isinstance(hosted, TranscriptTurnDetector)
     assert await det.unlikely_threshold(None) == 0.2
     assert await det.supports_language(None) and not await det.supports_language("de")  # type: ignore[arg-type]
     # the reply's engine is not the scorer's: a score never takes a reply's slot
