@@ -36,7 +36,12 @@ from livekit.agents.voice.turn import TurnDetectionEvent
 from config.settings import Settings
 from live.providers.local.turn_models import get_vad, init_turn_detector
 from live.providers.registry import ProviderContext
-from live.providers.turn_text import PendingSpeech, text_completeness, words_still_coming
+from live.providers.turn_text import (
+    PendingSpeech,
+    last_user_text,
+    text_completeness,
+    words_still_coming,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +73,8 @@ class TranscriptTurnDetector:
     async def predict_end_of_turn(self, chat_ctx: ChatContext, *, timeout: float | None = None) -> float:
         if await words_still_coming(self._stt):
             return 0.0
-        for item in reversed(chat_ctx.items):
-            if getattr(item, "role", None) == "user":
-                text = item.text_content or ""  # type: ignore[union-attr]
-                return 0.0 if text_completeness(text) == "incomplete" else 1.0
-        return 1.0
+        text = last_user_text(chat_ctx)
+        return 0.0 if text is not None and text_completeness(text) == "incomplete" else 1.0
 
 
 class _SmartTurnStream:

@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING
 from livekit.agents.language import LanguageCode
 from livekit.agents.llm import ChatContext
 
-from live.providers.turn_text import PendingSpeech, text_completeness, words_still_coming
+from live.providers.turn_text import (
+    PendingSpeech,
+    last_user_text,
+    text_completeness,
+    words_still_coming,
+)
 
 if TYPE_CHECKING:
     from engines.llama import LlamaEngine
@@ -85,15 +90,14 @@ class LanguageModelTurnDetector:
     async def predict_end_of_turn(self, chat_ctx: ChatContext, *, timeout: float | None = None) -> float:
         if await words_still_coming(self._stt):
             return 0.0
-        for item in reversed(chat_ctx.items):
-            if getattr(item, "role", None) == "user":
-                text = item.text_content or ""  # type: ignore[union-attr]
-                try:
-                    return await asyncio.wait_for(
-                        self._engine.executor.run(score_sync, self._engine, text), self._timeout
-                    )
-                except TimeoutError:
-                    logger.warning("end-of-turn score late: the silence rule ends the turn",
-                                   extra={"timeout": self._timeout})
-                    return 1.0
-        return 1.0
+        text = last_user_text(chat_ctx)
+        if text is None:
+            return 1.0
+        try:
+            return await asyncio.wait_for(
+                self._engine.executor.run(score_sync, self._engine, text), self._timeout
+            )
+        except TimeoutError:
+            logger.warning("end-of-turn score late: the silence rule ends the turn",
+                           extra={"timeout": self._timeout})
+            return 1.0

@@ -10,7 +10,7 @@ holds on robotic voices where the prosody models do not.
 from __future__ import annotations
 
 import re
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Completeness = Literal["complete", "unsure", "incomplete"]
 
@@ -70,3 +70,11 @@ async def words_still_coming(stt: PendingSpeech | None) -> bool:
     # on the whole turn); if it does not, the turn waits the max delay
     await stt.finals_delivered(DELIVERY_WAIT_S)
     return True
+
+
+def last_user_text(chat_ctx: Any) -> str | None:
+    """The caller's transcript so far: the last user message LiveKit hands a turn detector."""
+    for item in reversed(chat_ctx.items):
+        if getattr(item, "role", None) == "user":
+            return item.text_content or ""  # type: ignore[no-any-return]
+    return None
