@@ -53,6 +53,7 @@ class Received:
     video: list[tuple[float, float]] = field(default_factory=list)  # (t, mouth dark share)
     tracks: set[int] = field(default_factory=set)
     both: asyncio.Event = field(default_factory=asyncio.Event)
+    seen: asyncio.Event = field(default_factory=asyncio.Event)  # first video frame decoded
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     attributes: dict[str, str] = field(default_factory=dict)
 
@@ -84,6 +85,7 @@ class Received:
             if (f.width, f.height) != (W, H):  # a lower simulcast layer: compare at full size
                 img = np.asarray(cv2.resize(img, (W, H)), dtype=np.uint8)
             self.video.append((time.monotonic(), dark_fraction(img, self.box)))
+            self.seen.set()
 
     async def aclose(self) -> None:
         for t in self.tasks:
@@ -167,8 +169,11 @@ async def exercise(
     out.on("playback_finished", on_finished)
     started: list[float] = []
     out.on("playback_started", lambda _ev: started.append(time.monotonic()))
-    # the avatar publishes with its first (idle) frame; speech then plays through it
+    # the avatar publishes with its first (idle) frame; speech then plays through it.
+    # Subscribed is not yet seen: on a busy machine the first frame was decoded 0.6 s
+    # after the subscription, and speech played to a face not yet on screen (r 0.39).
     await wait_event(rx.both, "the avatar's audio and video tracks")
+    await wait_event(rx.seen, "the avatar's first video frame at the subscriber")
     t0 = time.monotonic()
     await play(out, clip)
     await wait_event(got_finished, "playback finished", clip.duration + 15)
