@@ -155,6 +155,16 @@ class STTSettings(BaseModel):
             "is idle (0 turns interims off)."
         ),
     )
+    speculate_after: float = Field(
+        default=0.1,
+        ge=0.05,
+        le=0.5,
+        description=(
+            "Local Whisper: seconds of quiet after which the utterance so far is transcribed "
+            "and sent as LiveKit's preflight transcript (the reply starts on it); dropped if "
+            "the caller goes on."
+        ),
+    )
 
 
 class LLMSettings(BaseModel):

@@ -4,7 +4,7 @@ Whisper is not a streaming model. Given a VAD, :class:`LocalSTT` streams anyway,
 ``stt.StreamAdapter`` does (the VAD cuts the caller's speech into utterances, one final
 transcript each), plus two things the adapter cannot do:
 
-- **speculative finals**: when the caller has been quiet for ``SPECULATE_AFTER_SECONDS`` the
+- **speculative finals**: when the caller has been quiet for ``speculate_after`` seconds the
   utterance so far is transcribed at once, while the VAD is still waiting out its silence
   rule; if the caller stays quiet, that transcript is the final one, so Whisper's time is
   mostly hidden in the silence the VAD needed anyway. If the caller speaks again, it is
@@ -55,8 +55,10 @@ from live.providers.registry import ProviderContext, register
 logger = logging.getLogger(__name__)
 
 # Quiet long enough to guess the caller is done: transcribe now, confirm at the VAD's end of
-# speech (0.55 s of silence by default), so ~0.3 s of Whisper's time overlaps the wait.
-SPECULATE_AFTER_SECONDS = 0.2
+# speech (0.55 s of silence by default), so Whisper's time overlaps the wait. Through the room,
+# 0.1 s against 0.2 s side by side: heard p50 1.20 against 1.28 s, the same hesitations cut
+# (bench/results/turns-call-spec010.md, -spec020.md); ``STT__SPECULATE_AFTER`` sets it.
+SPECULATE_AFTER_SECONDS = 0.1
 # While the agent speaks, the caller's first words are transcribed this far into their speech
 # (and again at the later marks while nothing decisive was heard), so the session can tell
 # "stop" (interrupts) from "mm-hm" (does not) within about half a second.
@@ -146,6 +148,7 @@ class LocalSTT(stt.STT):
         window_seconds: float = DEFAULT_WINDOW_SECONDS,
         vad: lk_vad.VAD | None = None,
         interim_seconds: float = 0.0,
+        speculate_after: float = SPECULATE_AFTER_SECONDS,
     ) -> None:
         super().__init__(
             capabilities=stt.STTCapabilities(
@@ -160,6 +163,7 @@ class LocalSTT(stt.STT):
         self._window_seconds = window_seconds
         self._vad = vad
         self._interim_seconds = interim_seconds
+        self._speculate_after = speculate_after
         self.speculation_hits = 0  # finals that came from a speculative transcript
         self.speculation_misses = 0  # speculative transcripts dropped: the caller went on
         # Set by the session's owner while the agent's voice plays: then the caller's first
@@ -521,7 +525,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         if early_verdict and heard is not None:
                             early_verdict, heard[1] = False, None  # not decided after all
                     last_silence = silence
-                    if speculation is None and silence >= SPECULATE_AFTER_SECONDS:
+                    if speculation is None and silence >= local._speculate_after:
                         drop(interim)  # the final matters more than a caption
                         interim = None
                         speculation = start(speech.audio())
@@ -643,4 +647,5 @@ def create_local_stt(options: STTSettings, ctx: ProviderContext) -> Any:
         window_seconds=options.window_seconds,
         vad=get_vad(ctx),
         interim_seconds=options.interim_seconds,
+        speculate_after=options.speculate_after,
     )

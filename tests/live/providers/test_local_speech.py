@@ -288,14 +288,17 @@ async def test_speculative_transcript_goes_out_as_preflight_before_the_end_of_sp
     assert stt.speculation_hits == 1
 
 
-async def _feed_in_real_time(stream: lk_stt.RecognizeStream, pcm: bytes, rate: int) -> None:
+async def _feed_in_real_time(
+    stream: lk_stt.RecognizeStream, pcm: bytes, rate: int, *, end: bool = True
+) -> None:
     """Push the audio in 10 ms frames at the pace a room delivers it, then end the input."""
     frames = split_frames(resample(pcm, rate, 48000), ms=10)
     start = time.monotonic()
     for i, frame in enumerate(frames):
         stream.push_frame(frame)
         await asyncio.sleep(max(0.0, start + (i + 1) * 0.01 - time.monotonic()))
-    stream.end_input()
+    if end:
+        stream.end_input()
 
 
 async def _paced_events(stt: LocalSTT, pcm: bytes, rate: int) -> list[lk_stt.SpeechEvent]:
@@ -331,43 +334,54 @@ async def test_while_the_agent_speaks_a_backchannel_is_not_passed_on(
     assert finals and "okay" in finals[0].lower()
 
 
-async def _verdict_against_end_of_speech(stt: LocalSTT, pcm: bytes, rate: int) -> tuple[
-    bool | None, float, float
-]:
-    """(words_since's verdict, when it came, when the STT said the speech ended): monotonic."""
+async def _verdict_against_end_of_speech(
+    stt: LocalSTT, head: bytes, tail: bytes, rate: int
+) -> tuple[bool | None, bool]:
+    """(words_since's verdict, whether the STT had said the speech ended by then).
+
+    ``head`` (the speech and a little quiet) goes in at a room's pace; the rest of the quiet
+    waits for the verdict. So Whisper's speed on a busy machine decides nothing here: the
+    question is only whether the verdict needs the STT's full silence rule.
+    """
     stream = stt.stream()
-    verdict: asyncio.Task[tuple[bool | None, float]] | None = None
-    ended = 0.0
+    verdict: asyncio.Task[bool | None] | None = None
+    ended = asyncio.Event()
+    started = asyncio.Event()
 
-    async def decide() -> tuple[bool | None, float]:
-        words = await stt.words_since(0.0, 30.0)
-        return words, time.monotonic()
+    async def read() -> None:
+        nonlocal verdict
+        async for ev in stream:
+            if ev.type == SpeechEventType.START_OF_SPEECH and verdict is None:
+                verdict = asyncio.create_task(stt.words_since(0.0, 30.0))
+                started.set()
+            elif ev.type == SpeechEventType.END_OF_SPEECH:
+                ended.set()
 
-    feeder = asyncio.create_task(_feed_in_real_time(stream, pcm, rate))
-    async for ev in stream:
-        if ev.type == SpeechEventType.START_OF_SPEECH and verdict is None:
-            verdict = asyncio.create_task(decide())
-        elif ev.type == SpeechEventType.END_OF_SPEECH and not ended:
-            ended = time.monotonic()
-    await feeder
+    reader = asyncio.create_task(read())
+    await _feed_in_real_time(stream, head, rate, end=False)
+    await asyncio.wait_for(started.wait(), 10)
+    assert verdict is not None
+    words = await asyncio.wait_for(verdict, 30)
+    ended_first = ended.is_set()
+    await _feed_in_real_time(stream, tail, rate)
+    await reader
     await stream.aclose()
-    assert verdict is not None and ended
-    words, at = await verdict
-    return words, at, ended
+    return words, ended_first
 
 
 async def test_a_backchannel_is_known_before_the_end_of_speech_is(
     local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
-    """A reply paused for "okay" goes on once the speculative transcript (0.2 s into the
+    """A reply paused for "okay" goes on once the speculative transcript (0.1 s into the
     quiet) heard no words, not after the STT's full silence rule and a second transcription."""
     sr = piper.sample_rate
     stt = _vad_stt(local_ctx, whisper)
     stt.agent_speaking = True
-    pcm = silence(0.3, sr) + piper_pcm(piper, "Okay.") + silence(1.0, sr)
-    words, decided, ended = await asyncio.wait_for(_verdict_against_end_of_speech(stt, pcm, sr), 60)
+    head = silence(0.3, sr) + piper_pcm(piper, "Okay.") + silence(0.3, sr)
+    words, ended_first = await asyncio.wait_for(
+        _verdict_against_end_of_speech(stt, head, silence(0.7, sr), sr), 60)
     assert words is False
-    assert decided < ended
+    assert not ended_first  # told from the speculative transcript, in the quiet before the end
 
 
 async def test_a_backchannel_the_caller_goes_on_from_is_words_after_all(
