@@ -6,7 +6,8 @@ A hosted provider's local fallback loads when the provider first fails
 (``live.providers.lazy``), in a thread, during that turn. Each run starts a fresh Python
 process with the worker's imports (``live.providers``, as the forkserver preloads them) and
 times ``load_models`` for one slot, exactly what that first use runs (the engine's own
-imports included), plus the resident memory it adds. Prints a Markdown table
+imports included), plus the resident memory it adds. ``avatar``: the local face's portrait
+pack, which a hosted face's fallback loads the same way (``live.worker.avatar_factories``). Prints a Markdown table
 (median and max over the runs).
 """
 
@@ -18,7 +19,7 @@ import statistics
 import subprocess
 import sys
 
-SLOTS = ("stt", "llm", "tts")
+SLOTS = ("stt", "llm", "tts", "avatar")
 
 _CHILD = r"""
 import json, os, sys, time
@@ -35,7 +36,11 @@ ctx = ProviderContext(settings=settings)
 proc = psutil.Process()
 rss = proc.memory_info().rss
 started = time.perf_counter()
-load_models(kind, "local", group, ctx)
+if kind == "avatar":  # the local face's portrait pack (live.worker.avatar_factories)
+    from live.providers.local_avatar import load_portrait
+    load_portrait(group, ctx)
+else:
+    load_models(kind, "local", group, ctx)
 seconds = time.perf_counter() - started
 print(json.dumps({"seconds": seconds, "rss_mib": (proc.memory_info().rss - rss) / 2**20,
                   "models": sorted(k for k in ctx.shared if not k.startswith("local.vad"))}))

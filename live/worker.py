@@ -30,7 +30,7 @@ from livekit.agents import (
 from config.policy import enforce_spec, session_limits
 from config.session import SessionSpec, SpecError, parse_spec
 from config.settings import Settings, get_settings
-from engines.store import process_models
+from engines.store import ModelStore, process_models
 from live.admission import Admission
 from live.agent import AvatarAgent
 from live.lifecycle import SessionLifecycle
@@ -102,10 +102,6 @@ def prewarm(proc: JobProcess) -> None:
     install_secret_mask(settings.secret_values())
     ctx = process_models(settings)
     load_local_models(ctx)
-    if "local" in (settings.avatar.provider, settings.avatar.fallback):
-        from live.providers.local_avatar import load_portrait
-
-        load_portrait(settings.avatar, ctx)
     from live.backoffice import sender
 
     sender(settings)  # Celery imported and built now, not on the session's event loop
@@ -370,19 +366,10 @@ async def entrypoint(ctx: JobContext) -> None:
     avatar_name = "none"
     avatar_started = time.time()
     if comps.avatar_chain:
-        from live.providers import create
         from live.providers.fallback import start_avatar_with_fallback
 
         built: dict[str, Any] = {}
-
-        def factory(name: str, opts: Any) -> Any:
-            def build() -> Any:
-                built[name] = create("avatar", name, opts, pctx)
-                return built[name]
-
-            return build
-
-        chain = [(name, factory(name, opts)) for name, opts in comps.avatar_chain]
+        chain = avatar_factories(comps.avatar_chain, pctx, built)
 
         def _avatar_lost(_lost: Any) -> None:
             ctx.proc.userdata["avatar_lost_at"] = time.time()  # stop metering avatar time
@@ -445,6 +432,31 @@ def _output_can_pause(comps: Components) -> bool:
         return True
     name, opts = comps.avatar_chain[0]
     return name == "local" and getattr(opts, "local_mode", "in-process") == "in-process"
+
+
+def avatar_factories(
+    chain: list[tuple[str, Any]], pctx: ModelStore, built: dict[str, Any]
+) -> list[tuple[str, Any]]:
+    """``start_avatar_with_fallback``'s chain: each entry builds its avatar into ``built``.
+
+    The local face's portrait pack is loaded in a thread first: as a hosted avatar's
+    fallback it is not preloaded (``live.providers.local.prewarm``), and loading it on the
+    event loop would stall the session's audio right when the hosted face has just failed.
+    """
+    from live.providers import create
+
+    def factory(name: str, opts: Any) -> Any:
+        async def build() -> Any:
+            if name == "local":
+                from live.providers.local_avatar import load_portrait
+
+                await asyncio.to_thread(load_portrait, opts, pctx)
+            built[name] = create("avatar", name, opts, pctx)
+            return built[name]
+
+        return build
+
+    return [(name, factory(name, opts)) for name, opts in chain]
 
 
 def _tell_stt_when_agent_speaks(session: AgentSession[Any], stt: Any) -> None:

@@ -815,8 +815,9 @@ class Avatar(Protocol):
     async def start(self, agent_session: AgentSession, *, room: rtc.Room) -> None: ...
 
 
-# Builds an avatar (or raises ProviderError); returning None means "no avatar".
-AvatarFactory = Callable[[], Avatar | None]
+# Builds an avatar (or raises ProviderError); returning None means "no avatar". A factory may
+# be a coroutine function: one that loads a model (the local face's portrait) off the loop.
+AvatarFactory = Callable[[], Avatar | Awaitable[Avatar | None] | None]
 
 
 def _describe(err: BaseException) -> str:
@@ -898,7 +899,8 @@ async def start_avatar_with_fallback(
         tail = _audio_tail(agent_session)
         avatar: Any = None
         try:
-            avatar = factory()
+            built = factory()
+            avatar = await built if inspect.isawaitable(built) else built
             if avatar is None:
                 active = name
                 break

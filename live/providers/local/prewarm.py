@@ -62,7 +62,8 @@ def prewarm(ctx: ProviderContext) -> None:
 
     Meant for the LiveKit job process's ``setup_fnc``: afterwards factories find the models
     in ``ctx.shared`` and sessions start without load time. A local *fallback* behind a hosted
-    provider is loaded when it is first needed (``live.providers.lazy``, in a thread), unless
+    provider is loaded when it is first needed (``live.providers.lazy``, in a thread; the
+    local face's portrait in ``live.worker.avatar_factories``), unless
     ``LIMITS__PRELOAD_FALLBACKS`` asks for it here: a hosted deployment's job processes then
     hold no model they may never use (about 280 MiB each, bench/results/load-limits.md).
     """
@@ -95,6 +96,12 @@ def prewarm(ctx: ProviderContext) -> None:
                 system_prompt(DEFAULT_INSTRUCTIONS), persona_examples(DEFAULT_INSTRUCTIONS)
             ),
         )
+    if s.avatar.provider == "local" or (
+        s.avatar.fallback == "local" and s.limits.preload_fallbacks
+    ):
+        from live.providers.local_avatar import load_portrait
+
+        load_portrait(s.avatar, ctx)  # a fallback's loads in a thread if it is ever needed
     _release_free_memory()
     logger.info("local models loaded", extra={"models": sorted(ctx.shared)})
 

@@ -96,6 +96,49 @@ def test_the_hosted_prewarm_loads_no_fallback_model_unless_asked() -> None:
         "local.tts.piper.joe-us"]
 
 
+def portrait_loaded(ctx: ProviderContext) -> bool:
+    return any(k.startswith("avatar.local.pack:") for k in ctx.shared)
+
+
+async def test_a_hosted_avatars_local_fallback_loads_its_portrait_in_a_thread_when_needed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Behind a hosted face, the local one's portrait pack is not in every job process; when
+    the hosted face fails, it loads off the event loop (the session's audio goes on)."""
+    from live import worker
+    from live.avatar import LocalAvatarSession
+    from live.providers import local_avatar
+
+    settings = hosted(avatar={"provider": "tavus", "api_key": SecretStr("k"), "fallback": "local"})
+    ctx = ProviderContext(settings=settings)
+    prewarm(ctx)
+    assert not portrait_loaded(ctx)
+
+    threads: list[int] = []
+    real = local_avatar.load_portrait
+
+    def observed(options: Any, pctx: ProviderContext) -> Any:
+        threads.append(threading.get_ident())
+        return real(options, pctx)
+
+    monkeypatch.setattr(local_avatar, "load_portrait", observed)
+    built: dict[str, Any] = {}
+    [(name, build)] = worker.avatar_factories([("local", settings.avatar)], ctx, built)
+    avatar = await build()
+    assert name == "local" and isinstance(avatar, LocalAvatarSession) and built["local"] is avatar
+    assert portrait_loaded(ctx)
+    assert threads and threads[0] != threading.get_ident()  # loaded in a thread, not the loop
+
+    eager = ProviderContext(settings=settings.model_copy(
+        update={"limits": settings.limits.model_copy(update={"preload_fallbacks": True})}))
+    prewarm(eager)
+    assert portrait_loaded(eager)
+    local_face = ProviderContext(settings=settings.model_copy(
+        update={"avatar": settings.avatar.model_copy(update={"provider": "local"})}))
+    prewarm(local_face)
+    assert portrait_loaded(local_face)  # the chosen face is always ready at the first call
+
+
 @pytest.mark.parametrize("kind", ["stt", "llm", "tts"])
 async def test_a_stand_in_is_what_the_real_local_provider_will_be(kind: Any) -> None:
     """The adapters size themselves on the stand-in (capabilities, sample rate, channels);
