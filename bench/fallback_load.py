@@ -7,8 +7,8 @@ A hosted provider's local fallback loads when the provider first fails
 process with the worker's imports (``live.providers``, as the forkserver preloads them) and
 times ``load_models`` for one slot, exactly what that first use runs (the engine's own
 imports included), plus the resident memory it adds. ``avatar``: the local face's portrait
-pack, which a hosted face's fallback loads the same way (``live.worker.avatar_factories``). Prints a Markdown table
-(median and max over the runs).
+pack, which a hosted face's fallback loads the same way (``live.worker.avatar_factories``).
+Prints a Markdown table (median and max over the runs).
 """
 
 from __future__ import annotations

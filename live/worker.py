@@ -30,11 +30,12 @@ from livekit.agents import (
 from config.policy import enforce_spec, session_limits
 from config.session import SessionSpec, SpecError, parse_spec
 from config.settings import Settings, get_settings
-from engines.store import ModelStore, process_models
+from engines.store import process_models
 from live.admission import Admission
 from live.agent import AvatarAgent
 from live.lifecycle import SessionLifecycle
 from live.pipeline import Components, build_components, load_fallbacks
+from live.providers.registry import ProviderContext
 from live.recorder import SessionRecorder, checkpoints, session_usage, usage_rows
 from store.models import SessionStatus, utcnow
 from store.resume import (
@@ -435,7 +436,7 @@ def _output_can_pause(comps: Components) -> bool:
 
 
 def avatar_factories(
-    chain: list[tuple[str, Any]], pctx: ModelStore, built: dict[str, Any]
+    chain: list[tuple[str, Any]], pctx: ProviderContext, built: dict[str, Any]
 ) -> list[tuple[str, Any]]:
     """``start_avatar_with_fallback``'s chain: each entry builds its avatar into ``built``.
 
