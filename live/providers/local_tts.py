@@ -84,10 +84,21 @@ async def _piper_chunks(
     long step would slip in ahead of ours while our queued audio runs out.
     """
     it = engine.iter_sync(text)
-    step = engine.executor.submit(next, it, None, deadline=clock.deadline())
+    floor = clock.deadline()
+
+    def queue_step() -> asyncio.Future[SpeechChunk | None]:
+        # Never earlier than the step queued before it: both advance one iterator, and once
+        # the first chunk starts the clock, its real deadline can fall before the pre-start
+        # estimate. A model thread slow to take its next step would then run the later step
+        # first, and the sentence would end a chunk early (the chunk lost, its timings kept).
+        nonlocal floor
+        floor = max(floor, clock.deadline())
+        return engine.executor.submit(next, it, None, deadline=floor)
+
+    step = queue_step()
     try:
         while True:
-            following = engine.executor.submit(next, it, None, deadline=clock.deadline())
+            following = queue_step()
             chunk = await step
             step = following
             if chunk is None:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -13,7 +18,7 @@ from livekit.agents.llm import ChatContext
 from engines import EngineError, model_paths
 from engines.executors import DeadlineExecutor
 from engines.llama import LlamaOptions, load_llama
-from engines.piper import SpeechChunk, soft_limit
+from engines.piper import PiperEngine, SpeechChunk, soft_limit
 from engines.whisper import load_whisper, repeats_itself, short_window_result_ok
 from live.providers import local_llm, local_stt, local_tts, registry, turn
 from live.providers.local.prompt import PERSONA_RULES
@@ -136,6 +141,54 @@ async def test_the_model_thread_runs_the_step_with_the_earliest_deadline_first()
     await asyncio.gather(blocker, *steps)
     assert order == ["first", "second", "late"]  # and the cancelled step never ran
     assert executor.submit_sync(lambda: "sync") == "sync"
+
+
+class LateModelThread:
+    """A DeadlineExecutor whose thread takes its next step only after the stream woken by
+    the last result has run on: a model thread that gets the CPU back late (a loaded box)."""
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[float, int, Callable[..., Any], tuple[Any, ...], Any]] = []
+        self._order = itertools.count()
+        self._idle = True
+
+    def submit(self, fn: Callable[..., Any], *args: Any, deadline: float = 0.0) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        heapq.heappush(self._queue, (deadline, next(self._order), fn, args, future))
+        if self._idle:
+            self._idle = False
+            loop.call_soon(self._take)
+        return future
+
+    def _take(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            _, _, fn, args, future = heapq.heappop(self._queue)
+            if future.cancelled():
+                continue
+            future.set_result(fn(*args))
+            loop.call_soon(loop.call_soon, self._take)
+            return
+        self._idle = True
+
+
+async def test_a_sentence_keeps_every_chunk_in_order_when_the_model_thread_is_late() -> None:
+    # Under load the first reply's "Hello there," lost its second chunk: once the first
+    # chunk started the playback clock, the step queued after it had an earlier deadline
+    # than the one queued before, ran first, and took the chunk the earlier one was for.
+    sentences = [
+        [SpeechChunk(bytes([n]) * 200, 100, ()) for n in range(first, first + 4)]
+        for first in (1, 11)
+    ]
+    feed = iter(sentences)
+    engine = SimpleNamespace(
+        iter_sync=lambda text: iter(next(feed)), executor=LateModelThread(), sample_rate=1000
+    )
+    clock = local_tts.PlaybackClock()  # one reply: its sentences share the clock
+    for expected in sentences:
+        got = [c async for c in local_tts._piper_chunks(cast(PiperEngine, engine), "x", clock)]
+        assert got == expected
 
 
 def test_the_local_llm_drops_emojis_and_markdown_marks_from_what_it_streams() -> None:
