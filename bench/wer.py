@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from difflib import SequenceMatcher
 
 _NON_WORD = re.compile(r"[^a-z0-9' ]+")
 
@@ -27,3 +28,28 @@ def wer(reference: str, hypothesis: str) -> float:
     """Word error rate: word-level edit distance divided by the reference length."""
     edits, n = edit_counts(reference, hypothesis)
     return edits / max(1, n)
+
+
+def cut_alignment(stored: str, heard: str, min_run: int = 4) -> tuple[int, int | None]:
+    """Where a cut reply's text ends against what a listener heard of it, letter by letter.
+
+    Why letters: Whisper on a clip that ends mid-word respells what it heard ("the slide
+    house keepers" for "the story of a lighthouse keeper"): the words differ, the letters
+    run on together. Returns (the longest shared run of letters, stored words that begin
+    past the last run of at least ``min_run`` letters; None when nothing lines up).
+    """
+    words = normalize(stored)
+    a = "".join(words)
+    b = "".join(normalize(heard))
+    if not a or not b:
+        return 0, None
+    blocks = [m for m in SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks()
+              if m.size >= min_run]
+    if not blocks:
+        return 0, None
+    end = blocks[-1].a + blocks[-1].size
+    starts, pos = [], 0
+    for w in words:
+        starts.append(pos)
+        pos += len(w)
+    return max(m.size for m in blocks), sum(1 for s in starts if s >= end)

@@ -85,6 +85,9 @@ class InterruptionResult(BaseModel):
     # the longest quiet in the avatar's sound in the 4 s after the caller spoke over it: a
     # pause the agent resumed from (a backchannel) shows here, and not as a stop
     longest_gap_s: float | None = None
+    # the avatar's sound came back after its first quiet of STOP_QUIET_S (a paused reply going
+    # on, or a new reply), seconds from the caller's first sound; None: quiet to the window's end
+    resumed_s: float | None = None
     caption_text: str = ""  # the agent's captions for the interrupted reply
     caption_end_lag_s: float | None = None  # its last captioned word, against the sound's end
     heard_text: str = ""  # what the caller heard of it (transcribed), for comparison
@@ -135,6 +138,9 @@ class CallResult(BaseModel):
             it = self.interruption
             stop = f"{it.stop_latency_s * 1000:.0f} ms" if it.stop_latency_s is not None else "did not stop"
             lines.append(f"interruption: spoke over the answer to {it.prompt!r}; avatar stopped after {stop}")
+            if it.longest_gap_s is not None:
+                back = f"{it.resumed_s * 1000:.0f} ms" if it.resumed_s is not None else "not within 4 s"
+                lines.append(f"        longest quiet {it.longest_gap_s * 1000:.0f} ms; its sound came back after {back}")
             lines.append(f"        heard: {it.heard_text!r}; captioned: {it.caption_text!r}")
         if self.error:
             lines.append(f"error: {self.error}")
@@ -627,7 +633,14 @@ async def _interrupt(
             # ended (or paused between sentences and ended), nothing was spoken over
             out.spoke_over = False
     stopped = _stopped_at(rec, over, STOP_QUIET_S, loud_at_since=True)
-    out.longest_gap_s = _longest_gap(rec, over, over + GAP_WINDOW_S)
+    # the quiet is measured whole, not as far as it had gone when it first counted as a stop
+    # (a pause for a backchannel that outlasts STOP_QUIET_S goes on, and may be resumed)
+    end = over + GAP_WINDOW_S
+    await _wait_until(lambda: time.monotonic() >= end + 0.1, GAP_WINDOW_S + 1)
+    out.longest_gap_s = _longest_gap(rec, over, end)
+    if stopped is not None and (back := _speech_after(rec, stopped + 0.02)) is not None \
+            and back <= end:
+        out.resumed_s = round(back - over, 3)
     await _interrupted_captions(rec, out, opts.identity, asked, over, stopped)
     heard = [pcm for t, pcm in rec.audio if start - 0.1 <= t <= (stopped or over) + 0.1]
     if heard:

@@ -31,7 +31,7 @@ from sqlalchemy import select
 from bench.stack import embedded_stack, require_netns, wait_room_empty, wait_session_ended
 from bench.turns.corpus import RATE, Item, build, load_manifest, read_wav, write_wav
 from bench.wer import normalize
-from cli.call import STOP_QUIET_S, CallOptions, run_call
+from cli.call import GAP_WINDOW_S, STOP_QUIET_S, CallOptions, run_call
 from config.session import SessionSpec
 from store.db import session_scope
 from store.models import TranscriptLine, TurnMetric
@@ -168,6 +168,7 @@ def main() -> None:
                 "spoke_over": bool(itr and itr.spoke_over),
                 "stop_s": itr.stop_latency_s if itr else None,
                 "longest_gap_s": itr.longest_gap_s if itr else None,
+                "resumed_s": itr.resumed_s if itr else None,
                 "reply_cut": replies[0].interrupted if replies else None,
                 "stored_reply": replies[0].text if replies else None,
                 "heard_reply": itr.heard_text if itr else None,
@@ -266,6 +267,10 @@ def summarize_over(rows: list[dict[str, Any]]) -> dict[str, Any]:
         # reply), instead of being passed over ("reply cut" is no measure for them: the
         # caller hangs up while the resumed answer still plays, which also cuts it)
         "backchannels_taken_as_turn": sum(1 for r in bcs if r.get("user_turns")),
+        # the reply went on after it: no long quiet, or the sound came back within the window
+        # (and no new turn); else the backchannel dropped the reply
+        "backchannels_went_on": sum(1 for r in bcs if not r.get("user_turns") and (
+            r["stop_s"] is None or r["stop_s"] > STOPPED_WITHIN_S or r.get("resumed_s") is not None)),
         "backchannel_longest_gap_p50": _q([r["longest_gap_s"] for r in bcs if r.get("longest_gap_s") is not None], 50),
         "backchannel_longest_gap_p95": _q([r["longest_gap_s"] for r in bcs if r.get("longest_gap_s") is not None], 95),
         "not_spoken_over": sum(1 for r in rows if not r["spoke_over"]),
@@ -317,22 +322,25 @@ def render_md(out: dict[str, Any]) -> str:
             f"- Interruptions whose reply the stored transcript shows cut: "
             f"{o.get('interruptions_that_cut_the_reply', '?')} of {o['interruptions']}.",
             f"- Backchannels: {o.get('backchannels_taken_as_turn', '?')} of {o['backchannels']} taken as a turn "
-            f"of the caller's (stored transcript: a user line and a new reply); {o['backchannels_that_stopped_it']} "
+            f"of the caller's (stored transcript: a user line and a new reply); after "
+            f"{o.get('backchannels_went_on', '?')} the reply went on (its sound came back within "
+            f"{GAP_WINDOW_S:.0f} s, or never went quiet for {STOP_QUIET_S} s); {o['backchannels_that_stopped_it']} "
             f"left {STOP_QUIET_S} s of quiet within {STOPPED_WITHIN_S:.1f} s (the pause it resumed from counts "
-            f"when that long); the longest quiet in the 4 s after one (the pause, or a gap between sentences): "
-            f"p50 {o.get('backchannel_longest_gap_p50')} s, p95 {o.get('backchannel_longest_gap_p95')} s.",
+            f"when that long); the longest quiet in the {GAP_WINDOW_S:.0f} s after one, measured whole (the "
+            f"pause, or a gap between sentences): p50 {o.get('backchannel_longest_gap_p50')} s, "
+            f"p95 {o.get('backchannel_longest_gap_p95')} s.",
             f"- Calls where the answer ended before the caller could speak over it: {o['not_spoken_over']}.",
             f"- Interrupted replies, stored transcript against what the caller heard (Whisper on the received "
             f"sound, which may drop a word at a clip's edge): words stored past the last word heard "
             f"{o.get('words_past')}, heard words missing at the end {o.get('words_missing')}.", "",
-            "| Item | voice | said | stop after (s) | longest quiet (s) | reply cut | taken as a turn "
-            "| stored past heard (words) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| Item | voice | said | stop after (s) | longest quiet (s) | sound back after (s) | reply cut "
+            "| taken as a turn | stored past heard (words) |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in out["spoken_over"]:
             lines.append(f"| {r['id']} | {r['voice']} | {r['said']} | "
                          f"{r['stop_s'] if r['spoke_over'] else 'answer over'} | "
-                         f"{r.get('longest_gap_s')} | {r.get('reply_cut')} | "
+                         f"{r.get('longest_gap_s')} | {r.get('resumed_s')} | {r.get('reply_cut')} | "
                          f"{'; '.join(r.get('user_turns') or []) or 'no'} | "
                          f"{r.get('words_past', '') if r['kind'] == 'interruption' else ''} |")
         lines.append("")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from difflib import SequenceMatcher
 
 import pytest
 from livekit import api
 from sqlalchemy import select
 
+from bench.wer import cut_alignment
 from cli.call import CallOptions, run_call
 from store.db import session_scope
 from store.models import (
@@ -28,7 +28,6 @@ from store.models import (
 )
 from tests.conftest import Stack
 from tests.e2e.voices import other_voice_wav
-from tests.live.providers.speech import normalize
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -171,13 +170,14 @@ async def test_speaking_over_the_avatar_stops_it(stack: Stack, artifacts_dir) ->
     stored = cut[0].text  # the answer spoken over (a reply to the interruption may follow)
     assert stored.strip() and it.heard_text.strip(), result.render()
     # the stored reply ends where the caller stopped hearing it: lined up with what Whisper
-    # tiny heard (which, on a clip cut abruptly, may add words at the end: "I'll remember that
-    # story. We tried to remove it." for "I'll try to remember that story, but"), it runs at
-    # most two words past the last word heard, and the two share a run of words
-    a, b = normalize(stored), normalize(it.heard_text)
-    blocks = [m for m in SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks() if m.size]
-    assert blocks and max(m.size for m in blocks) >= 2, (stored, it.heard_text)
-    assert len(a) - (blocks[-1].a + blocks[-1].size) <= 2, (stored, it.heard_text)
+    # tiny heard, letter by letter (on a clip cut mid-word it respells the end: "The slide
+    # house keepers." for "The story of a lighthouse keeper", and may add words: "I'll
+    # remember that story. We tried to remove it." for "I'll try to remember that story,
+    # but"), the two share a run of at least 8 letters and the stored reply runs at most
+    # two words past the last run they share
+    shared, words_past = cut_alignment(stored, it.heard_text)
+    assert shared >= 8 and words_past is not None and words_past <= 2, (
+        stored, it.heard_text, shared, words_past)
     # How close, over 12 voices: bench.turns.call --phases interruptions compares them (the
     # stored reply ran 0 words past what the caller heard in 9 of 12, 1 word in 3).
 
@@ -210,10 +210,14 @@ async def test_a_backchannel_over_the_avatar_does_not_cut_its_answer(stack: Stac
             break
     assert it.spoke_over, "the answer was over each time before the caller spoke: nothing was tested"
     assert len(user) == 1, f"the backchannel was taken as a turn: {user}"  # the request only
-    # it went on talking: no 1.2 s of quiet began within 2.5 s of the caller's "Yeah" (a stop
-    # would; the pause it resumed from is shorter). The stored answer may still end cut,
-    # when the caller hangs up before it is over.
-    assert it.stop_latency_s is None or it.stop_latency_s > 2.5, (result.render(), agent)
+    # it went on talking: the sound came back after the pause (within 4 s of the caller's
+    # "Yeah"; a reply dropped for it stays quiet), or the answer was heard to its end. How long
+    # the pause lasts is measured in bench.turns.call, not here.
+    went_on = (it.stop_latency_s is None or it.resumed_s is not None
+               or (bool(agent) and not agent[-1][1]))
+    if not went_on:
+        (artifacts_dir / "live.log").write_text(stack.log_text("live"))
+    assert went_on, (result.render(), agent, f"worker log: {artifacts_dir / 'live.log'}")
 
 
 @pytest.mark.parametrize(

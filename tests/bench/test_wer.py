@@ -1,0 +1,33 @@
+"""The scoring the interruption test and benchmarks judge a cut reply by."""
+
+from __future__ import annotations
+
+from bench.wer import cut_alignment, wer
+
+
+def test_a_respelled_cut_word_still_lines_up_with_the_stored_reply() -> None:
+    # Whisper tiny on a clip that ended inside "keeper" (seen in CI)
+    assert cut_alignment("The story of a lighthouse keeper", "The slide house keepers.") == (11, 0)
+
+
+def test_words_added_at_the_clip_end_do_not_count_against_the_stored_reply() -> None:
+    shared, past = cut_alignment("I'll try to remember that story, but",
+                                 "I'll remember that story. We tried to remove it.")
+    assert shared >= 8 and past is not None and past <= 1
+
+
+def test_a_stored_reply_that_runs_on_past_what_was_heard_is_caught() -> None:
+    stored = ("Once upon a time there was a lighthouse keeper named Tom who lived alone by the "
+              "sea and every night he lit the lamp")
+    shared, past = cut_alignment(stored, "Once upon a time there was a light")
+    assert shared >= 8 and past is not None and past > 10
+
+
+def test_nothing_in_common_lines_up_nowhere() -> None:
+    assert cut_alignment("The story of a lighthouse keeper", "Thank you.") == (0, None)
+    assert cut_alignment("", "anything") == (0, None)
+
+
+def test_word_error_rate_counts_words_not_punctuation() -> None:
+    assert wer("Hello, there!", "hello there") == 0.0
+    assert wer("a b c d", "a x c") == 0.5
