@@ -57,9 +57,11 @@ __all__ = [
     "datastream_destination",
     "detach_self_published_avatar",
     "drop_queued_streams",
+    "keep_played_words",
     "new_room_audio_output",
     "on_job_process_closed",
     "pending_playback_count",
+    "played_text",
     "publish_runner_tracks",
     "replace_runner_synchronizer",
     "report_load_now",
@@ -196,6 +198,81 @@ def replace_runner_synchronizer(runner: AvatarRunner, sync: Any) -> None:
     stock._stopped = True
     stock._capture_video_task.cancel()
     runner._av_sync = sync
+
+
+def rewind_runner_playback(runner: AvatarRunner, seconds: float) -> None:
+    """Take ``seconds`` off the runner's count of the reply's audio played so far.
+
+    Why: the runner counts every audio frame it pushes as played, and reports that count as
+    the playback position on an interruption (the words kept in the transcript, see
+    ``keep_played_words``). Sound a pause takes back from the source's queue is pushed again
+    on resume, so it would count twice; sound an interruption drops from that queue never
+    played. Removed by: a runner that counts played (not pushed) audio.
+    """
+    runner._playback_position = max(0.0, runner._playback_position - seconds)
+
+
+def played_text(text: str, timed_chars: Callable[[float], float], position: float) -> str:
+    """The reply's words whose sound played by ``position`` seconds of its audio.
+
+    ``timed_chars(t)``: how many characters of ``text`` the voice's word timings put before
+    audio time ``t``. A word cut while it played is kept when most of it was heard.
+    """
+    n = max(0.0, min(float(len(text)), timed_chars(position)))
+    cut = int(n)
+    if 0 < cut < len(text) and not text[cut - 1].isspace() and not text[cut].isspace():
+        start = cut
+        while start > 0 and not text[start - 1].isspace():
+            start -= 1
+        end = cut
+        while end < len(text) and not text[end].isspace():
+            end += 1
+        cut = end if (n - start) >= (end - start) / 2 else start
+    return text[:cut].rstrip()
+
+
+def keep_played_words(output: AudioOutput | None) -> bool:
+    """An interrupted reply keeps the words its sound played, not the words its captions reached.
+
+    Why: LiveKit's transcript synchronizer (``_SyncedAudioOutput``, RoomIO's audio output when
+    transcriptions are synchronised) stores for an interrupted reply the text its captions
+    had reached, paced by the wall clock since playback started; it ignores the playback
+    position the output reports. When the sound runs behind that clock (a busy machine, a
+    pause that took queued sound back) the stored reply, and the LLM's memory of it, held
+    words the caller never heard. With the voice's word timings (TTS-aligned transcripts) the
+    position says which words played. Returns False when ``output`` is no synchronised output
+    (nothing to do). Removed by: upstream cutting the synchronized transcript at the reported
+    playback position.
+    """
+    from livekit.agents.voice.transcription.synchronizer import _SyncedAudioOutput
+
+    if not isinstance(output, _SyncedAudioOutput):
+        return False
+    synced = output
+    original = synced.on_playback_finished
+
+    def on_playback_finished(*, playback_position: float, interrupted: bool,
+                             synchronized_transcript: str | None = None) -> None:
+        sync = synced._synchronizer
+        impl = sync._impl
+        timed = impl._audio_data.annotated_rate
+        # a position of 0 may be an avatar worker that does not count: keep LiveKit's text
+        if interrupted and playback_position > 0 and sync.enabled and not impl.closed \
+                and timed is not None and timed.timestamps:
+            # the timings cover the words synthesised so far (the text may run on past them)
+            timed_total = timed.speak_integrals[-1] + sum(len(t) for t in timed._text_buffer)
+
+            def timed_chars(t: float, timed: Any = timed, total: float = timed_total) -> float:
+                return min(float(timed.accumulate_to(t)), total)
+
+            impl._text_data.forwarded_text = played_text(
+                impl._text_data.pushed_text, timed_chars, playback_position
+            )
+        original(playback_position=playback_position, interrupted=interrupted,
+                 synchronized_transcript=synchronized_transcript)
+
+    synced.on_playback_finished = on_playback_finished  # type: ignore[method-assign]
+    return True
 
 
 # sha256 of ``inspect.getsource(AvatarRunner._publish_track)`` as read at 1.8.9:

@@ -393,6 +393,10 @@ async def entrypoint(ctx: JobContext) -> None:
         room_options=room_options(spec),
         record=False,
     )
+    from live.lk_compat import keep_played_words
+
+    # an interrupted reply is stored (and remembered) as far as its sound played
+    keep_played_words(session.output.audio)
     recorder.set_status(
         SessionStatus.ACTIVE,
         **({} if resume_from else {"started_at": utcnow()}),

@@ -150,6 +150,7 @@ class FaceVideoGenerator(VideoGenerator):
         self._closing_frames = 0
         self._frame_index = 0
         self._paused = False
+        self._took_back = 0  # pauses that took sound back from the synchronizer
         self._resumed = asyncio.Event()
         # Frames that the mouth trails the audio it was computed from. 0: each frame shows its
         # own chunk; the publisher (live.avatar.publish) sends the frame when that chunk
@@ -219,12 +220,24 @@ class FaceVideoGenerator(VideoGenerator):
 
     def pause(self) -> None:
         """Hold the speech where it is (the caller may be interrupting): the face goes idle
-        and the mouth closes; audio already handed to the publisher (at most its queue,
-        ``live.avatar.publish.AUDIO_QUEUE_MS``) still plays. ``resume`` goes on from here."""
+        and the mouth closes. Sound already handed to the publisher but not played comes
+        back (a synchronizer with ``take_back``), else it plays out (at most the queue,
+        ``live.avatar.publish.AUDIO_QUEUE_MS``). ``resume`` goes on from here."""
         if not self._paused:
             self._paused = True
             self._resumed.clear()
             self._closing_frames = 2
+            take_back = getattr(self._av_sync, "take_back", None)
+            if take_back is not None:
+                back: npt.NDArray[np.int16] = take_back()
+                self._took_back += 1
+                if pad := (-back.size) % self._spf:
+                    # part of a chunk had played: whole chunks keep frames and sound paired
+                    back = np.concatenate([np.zeros(pad, np.int16), back])
+                if back.size:
+                    self._buf = np.concatenate([back, self._buf]) if self._buf.size else back
+                    self._played = max(0, self._played - back.size)
+                    self._delayed.clear()
 
     def resume(self) -> None:
         if self._paused:
@@ -245,6 +258,10 @@ class FaceVideoGenerator(VideoGenerator):
         self._resampler = None
         self._closing_frames = 2
         self.resume()  # the held speech is gone; the session pauses the next one if need be
+        if (take_back := getattr(self._av_sync, "take_back", None)) is not None:
+            # now, not in the task below: the runner reports the playback position (the words
+            # the reply keeps) as soon as this returns, and sound dropped unplayed is no part
+            take_back()
         if self._av_sync is not None:
             return asyncio.ensure_future(self._av_sync.clear_queue())
         return None
@@ -359,6 +376,8 @@ class FaceVideoGenerator(VideoGenerator):
                 continue
             if self._buf.size >= self._spf:
                 chunk, self._buf = self._buf[: self._spf], self._buf[self._spf:]
+                rest_size = self._buf.size
+                took_back = self._took_back
                 if self._closing_frames:
                     self._closing_frames = 0
                 self._delayed.append(self._mouth_target(chunk))
@@ -371,6 +390,13 @@ class FaceVideoGenerator(VideoGenerator):
                 self._played += chunk.size
                 self._emit(True, mouth, rms, ms)
                 yield vf
+                if self._took_back != took_back:
+                    # paused meanwhile and the sound before this chunk came back: it goes
+                    # after that sound (the frame was dropped with it)
+                    head = self._buf.size - rest_size  # the sound given back
+                    self._buf = np.concatenate([self._buf[:head], chunk, self._buf[head:]])
+                    self._played = max(0, self._played - chunk.size)
+                    continue
                 yield rtc.AudioFrame(chunk.tobytes(), self._sr, 1, chunk.size)
                 next_idle = loop.time() + frame_s
                 continue

@@ -22,14 +22,17 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 
+import numpy as np
+import numpy.typing as npt
 from livekit import rtc
 from livekit.agents.voice.avatar import AvatarOptions, AvatarRunner
 
 from live.lk_compat import (
     publish_runner_tracks,
     replace_runner_synchronizer,
+    rewind_runner_playback,
     runner_audio_receiver,
     runner_media_sources,
     runner_queue_kwargs,
@@ -78,6 +81,10 @@ class AudioClockSynchronizer:
         self._audio_end = 0.0  # monotonic time the audio queued so far ends playing
         self._last_due = 0.0
         self._closed = False
+        self._queued: deque[tuple[float, rtc.AudioFrame]] = deque()  # (start, chunk) not played
+        self._in_flight: rtc.AudioFrame | None = None  # waiting for room in the source's queue
+        self._epoch = 0  # take_back calls so far
+        self.on_take_back: Callable[[float], None] | None = None  # seconds given back
         self._task = asyncio.create_task(self._capture_video(), name="avatar-video-pacing")
 
     async def push(self, frame: rtc.VideoFrame | rtc.AudioFrame,
@@ -85,7 +92,16 @@ class AudioClockSynchronizer:
         now = time.monotonic()
         if isinstance(frame, rtc.AudioFrame):
             held, self._held = self._held, None  # this chunk's frame: not idle
-            await self._audio.capture_frame(frame)
+            epoch, self._in_flight = self._epoch, frame
+            try:
+                await self._audio.capture_frame(frame)
+            finally:
+                self._in_flight = None
+            if epoch != self._epoch:
+                # taken back while it waited for room: its sound is in what was given back
+                self._audio.clear_queue()
+                self._audio_end = time.monotonic()
+                return
             # The source takes a chunk once its queue has room: the chunk then starts after
             # at most the queue less itself. When the source plays out slower than real time
             # (a loaded machine) that bound, not the running sum, says when.
@@ -94,6 +110,9 @@ class AudioClockSynchronizer:
             start = max(done, min(start, done + self._queue_s - frame.duration))
             self._audio_end = start + frame.duration
             self.last_audio_start = start
+            while self._queued and self._queued[0][0] + self._queued[0][1].duration <= now:
+                self._queued.popleft()  # played out
+            self._queued.append((start, frame))
             if held is not None:
                 self._schedule(held, start - self.lead)
             return
@@ -113,8 +132,38 @@ class AudioClockSynchronizer:
         self._audio.clear_queue()
         self._audio_end = time.monotonic()
         self._due.clear()
+        self._queued.clear()
         self._held = None
         self._last_due = 0.0
+
+    def take_back(self) -> npt.NDArray[np.int16]:
+        """Stop the sound at once: empty the source's queue and return what has not played
+        (mono int16, in order). Frames due with that sound are dropped too: the generator
+        renders them again when it goes on."""
+        now = time.monotonic()
+        self._epoch += 1
+        parts: list[npt.NDArray[np.int16]] = []
+        for start, frame in self._queued:
+            if start + frame.duration <= now:
+                continue
+            data = np.frombuffer(frame.data, np.int16)
+            if start < now:  # playing now: what is left of it, to the 10 ms the source plays by
+                step = frame.sample_rate // 100
+                data = data[int((now - start) * 100) * step:]
+            parts.append(data)
+        if self._in_flight is not None:
+            parts.append(np.frombuffer(self._in_flight.data, np.int16))
+        self._queued.clear()
+        self._audio.clear_queue()
+        self._audio_end = now
+        self._held = None
+        while self._due and self._due[-1][0] > now:
+            self._due.pop()
+        self._last_due = self._due[-1][0] if self._due else 0.0
+        back = np.concatenate(parts) if parts else np.zeros(0, np.int16)
+        if back.size and self.on_take_back is not None:
+            self.on_take_back(back.size / self._audio.sample_rate)
+        return back
 
     async def wait_for_playout(self) -> None:
         await self._audio.wait_for_playout()
@@ -168,6 +217,8 @@ class FaceAvatarRunner(AvatarRunner):
             queue_ms=AUDIO_QUEUE_MS,
         )
         replace_runner_synchronizer(self, self._clock_sync)  # before anything was pushed
+        # sound given back on a pause is pushed again on resume: count it once
+        self._clock_sync.on_take_back = lambda seconds: rewind_runner_playback(self, seconds)
         # "playback started" when the first chunk leaves, not when it is queued: the agent
         # times word-by-word captions (and the reply kept on interruption) from it
         recv = runner_audio_receiver(self)

@@ -401,3 +401,76 @@ async def test_a_self_published_avatar_closes_without_removing_the_agent() -> No
         "AvatarSession._on_connection_state_changed", "still attached after detaching"
     )
     await session.aclose()
+
+
+async def test_runner_playback_position_counts_pushed_audio_and_can_be_rewound() -> None:
+    forward = inspect.getsource(AvatarRunner._forward_video)
+    assert "self._playback_position += frame.duration" in forward, changed(
+        "AvatarRunner._playback_position", "no longer counts the audio pushed"
+    )
+    assert "playback_position=self._playback_position" in inspect.getsource(
+        AvatarRunner._on_clear_buffer
+    ), changed("AvatarRunner._on_clear_buffer", "no longer reports the count on interruption")
+    on_clear = inspect.getsource(AvatarRunner._on_clear_buffer)
+    assert 0 <= on_clear.find("self._video_gen.clear_buffer()") < on_clear.find(
+        "notify_playback_finished"
+    ), changed("AvatarRunner._on_clear_buffer", "no longer clears the generator before reporting")
+    runner = _runner()
+    runner._playback_position = 1.5
+    lk_compat.rewind_runner_playback(runner, 0.2)
+    assert runner._playback_position == pytest.approx(1.3)
+    lk_compat.rewind_runner_playback(runner, 5.0)
+    assert runner._playback_position == 0.0
+    await _close_unstarted(runner, runner.av_sync)
+
+
+def test_played_text_keeps_the_words_whose_sound_played() -> None:
+    text = "Once upon a time, there lived a keeper."
+    # a character a tenth of a second: the timings the function is handed
+    def at(t: float) -> float:
+        return t * 10
+
+    assert lk_compat.played_text(text, at, 0.0) == ""
+    assert lk_compat.played_text(text, at, 0.5) == "Once"  # "Once " is 5 characters
+    assert lk_compat.played_text(text, at, 0.6) == "Once"  # "u" of "upon": not heard yet
+    assert lk_compat.played_text(text, at, 0.8) == "Once upon"  # most of "upon" played
+    assert lk_compat.played_text(text, at, 100.0) == text  # played to the end
+
+
+async def test_an_interrupted_reply_keeps_the_words_its_sound_played() -> None:
+    from livekit.agents.types import TimedString
+    from livekit.agents.voice.io import TextOutput
+    from livekit.agents.voice.transcription.synchronizer import TranscriptSynchronizer
+
+    class _Captions(TextOutput):
+        def __init__(self) -> None:
+            super().__init__(label="captions", next_in_chain=None)
+
+        async def capture_text(self, text: str) -> None:
+            pass
+
+        def flush(self) -> None:
+            pass
+
+    sink = _Sink()
+    sync = TranscriptSynchronizer(next_in_chain_audio=sink, next_in_chain_text=_Captions())
+    out = sync.audio_output
+    assert lk_compat.keep_played_words(out)
+    assert not lk_compat.keep_played_words(sink)  # not a synchronised output: left alone
+    # a reply of five words, 0.4 s each, as a voice times them; 2 s of its sound pushed
+    words = ["The ", "story ", "of ", "a ", "lighthouse."]
+    for i, w in enumerate(words):
+        await sync.text_output.capture_text(TimedString(w, start_time=0.4 * i, end_time=0.4 * i + 0.35))
+    sync.text_output.flush()
+    for _ in range(20):
+        await out.capture_frame(rtc.AudioFrame(bytes(3200), 16000, 1, 1600))
+    out.flush()
+    sink.on_playback_started(created_at=asyncio.get_running_loop().time())
+    # interrupted after 1.0 s of sound played (the captions' wall clock says nearly nothing yet)
+    sink.on_playback_finished(playback_position=1.0, interrupted=True)
+    ev = await asyncio.wait_for(out.wait_for_playout(), 5)
+    assert ev.synchronized_transcript == "The story of", changed(
+        "_SyncedAudioOutput / _SegmentSynchronizerImpl",
+        f"the interrupted reply kept {ev.synchronized_transcript!r}, not the words played by 1.0 s",
+    )
+    await sync.aclose()

@@ -333,3 +333,132 @@ async def test_an_interruption_while_paused_drops_the_speech_and_unpauses(
     heard = np.concatenate(out)[: short.size].astype(np.int32)
     assert int(np.abs(heard - short).max()) <= 4  # the new reply, from its start
     await gen.aclose()
+
+
+class _RecordingSource:
+    """An ``rtc.AudioSource`` that remembers what was handed to it."""
+
+    def __init__(self, source: rtc.AudioSource) -> None:
+        self.source = source
+        self.sample_rate = source.sample_rate
+        self.captured: list[npt.NDArray[np.int16]] = []
+        self.resumed = False
+        self.before_resume = 0  # frames captured before the resume
+
+    async def capture_frame(self, frame: rtc.AudioFrame) -> None:
+        await self.source.capture_frame(frame)
+        self.captured.append(np.frombuffer(frame.data, np.int16).copy())
+        if not self.resumed:
+            self.before_resume = len(self.captured)
+
+    def clear_queue(self) -> None:
+        self.source.clear_queue()
+
+    async def wait_for_playout(self) -> None:
+        await self.source.wait_for_playout()
+
+
+async def test_pause_takes_the_queued_sound_back_and_resume_plays_it_once(
+    renderer: FaceRenderer, speech_clip: SpeechClip
+) -> None:
+    """The agent goes quiet when paused, not a publisher's queue later, and the sound that
+    was queued but not heard is what plays on resume: nothing lost, nothing twice."""
+    from live.avatar.publish import AUDIO_QUEUE_MS, AudioClockSynchronizer
+
+    reference = await speak(renderer, speech_clip, aligned=False)
+    source = rtc.AudioSource(SR, 1, queue_size_ms=AUDIO_QUEUE_MS)
+    video = rtc.VideoSource(W, H)
+    recording = _RecordingSource(source)
+    sync = AudioClockSynchronizer(audio_source=recording, video_source=video)  # type: ignore[arg-type]
+    given_back: list[int] = []
+    take_back = sync.take_back
+
+    def record_take_back() -> npt.NDArray[np.int16]:
+        back = take_back()
+        given_back.append(back.size)
+        return back
+
+    sync.take_back = record_take_back  # type: ignore[method-assign]
+    run = Run()
+    gen = make_gen(renderer, run)
+    gen.set_av_sync(sync)
+    await feed(gen, speech_clip, aligned=False)
+    ended = asyncio.Event()
+    idle_while_paused = asyncio.Event()
+    paused_frames = 0
+
+    async def pump() -> None:  # what AvatarRunner does with the generator's output
+        nonlocal paused_frames
+        async for item in gen:
+            if isinstance(item, AudioSegmentEnd):
+                ended.set()
+                return
+            await sync.push(item)
+            if gen.paused and isinstance(item, rtc.VideoFrame):
+                paused_frames += 1
+                if paused_frames >= 5:
+                    idle_while_paused.set()
+
+    pumping = asyncio.create_task(pump())
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while sum(c.size for c in recording.captured) < SR // 2 or source.queued_duration < 0.03:
+            assert loop.time() < deadline, "the speech never filled the publisher's queue"
+            await asyncio.sleep(0.01)
+        gen.pause()
+        captured_at_pause = len(recording.captured)
+        assert source.queued_duration == 0.0  # quiet now, not after the queue
+        assert given_back and given_back[0] > 0
+        await asyncio.wait_for(idle_while_paused.wait(), 5)
+        captured_paused = len(recording.captured)
+        recording.resumed = True
+        gen.resume()
+        await asyncio.wait_for(ended.wait(), 30)
+    finally:
+        pumping.cancel()
+        await sync.aclose()
+        await gen.aclose()
+        await source.aclose()
+    # while paused, at most the chunk that was waiting for room went out (and was cleared)
+    assert captured_paused - captured_at_pause <= 1
+    before = np.concatenate(recording.captured[: recording.before_resume])
+    after = np.concatenate(recording.captured[recording.before_resume:])
+    # the part of a chunk that had played is made whole again with silence before the rest
+    pad = (-sum(given_back)) % (SR // FPS)
+    assert not after[:pad].any()
+    heard = np.concatenate([before[: before.size - sum(given_back)], after[pad:]])
+    plain = np.concatenate(reference.audio)
+    assert heard.size == plain.size  # (the resampler dithers: a unit or two apart)
+    assert int(np.abs(heard.astype(np.int32) - plain).max()) <= 4
+
+
+async def test_an_interruption_does_not_count_the_queued_sound_as_played(
+    renderer: FaceRenderer,
+) -> None:
+    """The runner reports the playback position (the words the reply keeps) as soon as the
+    generator's ``clear_buffer`` returns: sound still in the publisher's queue, dropped and
+    never heard, is taken off by then."""
+    from live.avatar.publish import AUDIO_QUEUE_MS, AudioClockSynchronizer
+
+    source = rtc.AudioSource(SR, 1, queue_size_ms=AUDIO_QUEUE_MS)
+    video = rtc.VideoSource(W, H)
+    sync = AudioClockSynchronizer(audio_source=source, video_source=video)
+    unplayed: list[float] = []
+    sync.on_take_back = unplayed.append
+    gen = make_gen(renderer, Run())
+    gen.set_av_sync(sync)
+    try:
+        chunk = rtc.AudioFrame(np.full(SR // 50, 1000, np.int16).tobytes(), SR, 1, SR // 50)
+        for _ in range(4):  # 80 ms: all of it fits the queue, none of it played yet
+            await sync.push(chunk)
+        assert source.queued_duration > 0.05
+        cleared = gen.clear_buffer()
+        assert unplayed and 0.05 < unplayed[0] <= 0.08 + 1e-6, unplayed  # before any await
+        assert source.queued_duration == 0.0
+        if cleared is not None:
+            await cleared
+    finally:
+        await sync.aclose()
+        await gen.aclose()
+        await source.aclose()
