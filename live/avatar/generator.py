@@ -151,6 +151,8 @@ class FaceVideoGenerator(VideoGenerator):
         self._frame_index = 0
         self._paused = False
         self._took_back = 0  # pauses that took sound back from the synchronizer
+        # a reply's audio is out and its end not yet: the runner has not reported it played
+        self._segment_open = False
         self._resumed = asyncio.Event()
         # Frames that the mouth trails the audio it was computed from. 0: each frame shows its
         # own chunk; the publisher (live.avatar.publish) sends the frame when that chunk
@@ -228,7 +230,9 @@ class FaceVideoGenerator(VideoGenerator):
             self._resumed.clear()
             self._closing_frames = 2
             take_back = getattr(self._av_sync, "take_back", None)
-            if take_back is not None:
+            # after the reply's end the runner has told the agent it played: nothing would
+            # resume a tail taken back now, so the last of the queue plays out
+            if take_back is not None and self._segment_open:
                 back: npt.NDArray[np.int16] = take_back()
                 self._took_back += 1
                 if pad := (-back.size) % self._spf:
@@ -250,6 +254,7 @@ class FaceVideoGenerator(VideoGenerator):
             self._queue.get_nowait()
         self._buf = np.zeros(0, np.int16)
         self._pushed = self._played = self._seg_pushed = 0
+        self._segment_open = False
         self._spans.clear()
         self._delayed.clear()
         with self._align_lock:
@@ -388,6 +393,7 @@ class FaceVideoGenerator(VideoGenerator):
                 energy = min(1.0, rms / 4000.0)
                 vf, ms = await self._render(self._frame_state(mouth, energy))
                 self._played += chunk.size
+                self._segment_open = True
                 self._emit(True, mouth, rms, ms)
                 yield vf
                 if self._took_back != took_back:
@@ -416,6 +422,7 @@ class FaceVideoGenerator(VideoGenerator):
             if isinstance(item, AudioSegmentEnd):
                 self._buf = np.zeros(0, np.int16)  # padding made it whole; drop any rest
                 self._delayed.clear()  # the segment's last few (usually silent) shapes
+                self._segment_open = False
                 yield item
                 continue
             self._buf = np.concatenate([self._buf, item]) if self._buf.size else item

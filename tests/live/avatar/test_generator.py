@@ -462,3 +462,41 @@ async def test_an_interruption_does_not_count_the_queued_sound_as_played(
         await sync.aclose()
         await gen.aclose()
         await source.aclose()
+
+
+async def test_a_pause_after_the_reply_ended_lets_its_last_sound_play(
+    renderer: FaceRenderer, speech_clip: SpeechClip
+) -> None:
+    """Once the reply's end has gone to the runner, the agent has been told it played and
+    nothing would resume it: a pause then (the caller's "yeah" on the last word) takes
+    nothing back, and the queued tail plays out."""
+    from live.avatar.publish import AUDIO_QUEUE_MS, AudioClockSynchronizer
+
+    source = rtc.AudioSource(SR, 1, queue_size_ms=AUDIO_QUEUE_MS)
+    sync = AudioClockSynchronizer(audio_source=source, video_source=rtc.VideoSource(W, H))
+    given_back: list[float] = []
+    sync.on_take_back = given_back.append
+    gen = make_gen(renderer, Run())
+    gen.set_av_sync(sync)
+    await feed(gen, speech_clip, aligned=False)
+    ended = asyncio.Event()
+
+    async def pump() -> None:
+        async for item in gen:
+            if isinstance(item, AudioSegmentEnd):
+                ended.set()
+                continue
+            await sync.push(item)
+
+    pumping = asyncio.create_task(pump())
+    try:
+        await asyncio.wait_for(ended.wait(), 30)
+        assert source.queued_duration > 0  # the tail is still queued
+        gen.pause()
+        assert given_back == [] and source.queued_duration > 0
+        gen.resume()
+    finally:
+        pumping.cancel()
+        await sync.aclose()
+        await gen.aclose()
+        await source.aclose()
