@@ -550,7 +550,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         # "stop" or "mm-hm"? (not dropped by the speculation: it decides sooner)
                         while early_marks and ev.speech_duration >= early_marks[0]:
                             early_marks.pop(0)
-                        early = start(speech.audio())
+                        early = start(speech.audio(), full_retry=False)  # a hint only
                         early.add_done_callback(
                             lambda t, n=utterance: send_early(t, n)  # type: ignore[misc]
                         )

@@ -422,16 +422,12 @@ class _DoubtfulShortWindow:
 
 
 async def test_a_doubtful_guess_over_the_agent_lets_it_go_on_and_real_words_still_stop_it(
-    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine,
-    monkeypatch: pytest.MonkeyPatch,
+    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
-    """(The early decodes are off: they would hear the words first.) A paused reply waits for no second, full-window decode of what its short-window
+    """A paused reply waits for no second, full-window decode of what its short-window
     transcript could not make out (about a second on two busy cores: most of the pause after
     a hum): the verdict is "no words" before the end of speech. The final is still Whisper's
     best, so words said over the agent still reach the session and interrupt it."""
-    import live.providers.local_stt as local_stt
-
-    monkeypatch.setattr(local_stt, "EARLY_INTERIM_MARKS", ())
     sr = piper.sample_rate
     doubtful = _DoubtfulShortWindow(whisper)
     stt = LocalSTT(engine=doubtful, vad=get_vad(local_ctx), interim_seconds=0.0)  # type: ignore[arg-type]
