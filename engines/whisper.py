@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,6 @@ class Transcript:
     confidence: float
     segments: tuple[Segment, ...]
     window_seconds: float = 30.0  # encoder window the transcript was decoded on
-    # False: a short-window decode that looked wrong, returned as is (``full_retry=False``)
-    trusted: bool = True
 
 
 # Whisper reads 30 s windows; a short utterance padded to 30 s spends ~80% of its encoder time
@@ -147,23 +145,15 @@ class WhisperEngine:
         return int(self._model.encoded_frames)
 
     def transcribe_sync(
-        self, audio: np.ndarray, language: str | None, window_seconds: float = FULL_WINDOW_SECONDS,
-        full_retry: bool = True,
+        self, audio: np.ndarray, language: str | None, window_seconds: float = FULL_WINDOW_SECONDS
     ) -> Transcript:
-        """16 kHz mono float32 in, one final transcript out (greedy: cheapest on 2 cores).
-
-        ``full_retry=False``: a short-window result that looks wrong comes back marked
-        ``trusted=False`` instead of being decoded again on the full window (about a second
-        on two busy cores), for a caller that only needs to know whether to wait for words.
-        """
+        """16 kHz mono float32 in, one final transcript out (greedy: cheapest on 2 cores)."""
         duration = audio.size / WHISPER_SAMPLE_RATE
         if duration + WINDOW_MARGIN_SECONDS <= window_seconds < FULL_WINDOW_SECONDS:
             cap = int(10 + MAX_TOKENS_PER_SECOND * duration)
             short, trustworthy = self._decode(audio, language, window_seconds, cap)
             if trustworthy:
                 return short
-            if not full_retry:
-                return replace(short, trusted=False)
             self.full_window_retries += 1
             logger.debug(
                 "short-window transcript rejected; decoding on the full window",
@@ -240,14 +230,11 @@ class WhisperEngine:
         )
 
     async def transcribe(
-        self, audio: np.ndarray, language: str | None, window_seconds: float = FULL_WINDOW_SECONDS,
-        full_retry: bool = True,
+        self, audio: np.ndarray, language: str | None, window_seconds: float = FULL_WINDOW_SECONDS
     ) -> Transcript:
         self.busy += 1
         try:
-            return await self.executor.run(
-                self.transcribe_sync, audio, language, window_seconds, full_retry
-            )
+            return await self.executor.run(self.transcribe_sync, audio, language, window_seconds)
         finally:
             self.busy -= 1
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from livekit.agents.stt import SpeechEventType
 
 from engines.espeak import EspeakEngine
 from engines.piper import VOCODER_CHUNKS, PiperEngine
-from engines.whisper import Transcript, WhisperEngine
+from engines.whisper import WhisperEngine
 from live.alignment import PhonemeTiming
 from live.providers.local.turn_models import get_vad
 from live.providers.local_stt import LocalSTT, hum_guess, to_whisper_audio
@@ -399,49 +398,6 @@ async def test_a_backchannel_the_caller_goes_on_from_is_words_after_all(
     finals = [e.alternatives[0].text for e in events if e.type == SpeechEventType.FINAL_TRANSCRIPT]
     assert finals and "question" in finals[-1].lower()
     assert await stt.words_since(0.0, 1.0) is True
-
-
-class _DoubtfulShortWindow:
-    """The real Whisper engine, except that every short-window decode that may be given back
-    unchecked looks wrong (as a hum's does): what the STT does with such a guess."""
-
-    def __init__(self, engine: WhisperEngine) -> None:
-        self._engine = engine
-        self.full_window_decodes = 0
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._engine, name)
-
-    async def transcribe(self, audio: np.ndarray, language: str | None,
-                         window_seconds: float = 30.0, full_retry: bool = True) -> Transcript:
-        result = await self._engine.transcribe(audio, language, window_seconds, full_retry)
-        if not full_retry:
-            return replace(result, trusted=False)
-        self.full_window_decodes += window_seconds >= 30.0
-        return result
-
-
-async def test_a_doubtful_guess_over_the_agent_lets_it_go_on_and_real_words_still_stop_it(
-    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
-) -> None:
-    """A paused reply waits for no second, full-window decode of what its short-window
-    transcript could not make out (about a second on two busy cores: most of the pause after
-    a hum): the verdict is "no words" before the end of speech. The final is still Whisper's
-    best, so words said over the agent still reach the session and interrupt it."""
-    sr = piper.sample_rate
-    doubtful = _DoubtfulShortWindow(whisper)
-    stt = LocalSTT(engine=doubtful, vad=get_vad(local_ctx), interim_seconds=0.0)  # type: ignore[arg-type]
-    stt.agent_speaking = True
-    head = silence(0.3, sr) + piper_pcm(piper, "Stop, I have a question about my bill.") + silence(0.3, sr)
-    words, ended_first = await asyncio.wait_for(
-        _verdict_against_end_of_speech(stt, head, silence(0.7, sr), sr), 60)
-    assert words is False and not ended_first  # the doubtful guess decided, before the end
-    assert doubtful.full_window_decodes == 1  # the final, decoded again on the full window
-    stt = LocalSTT(engine=doubtful, vad=get_vad(local_ctx), interim_seconds=0.0)  # type: ignore[arg-type]
-    stt.agent_speaking = True
-    events = await asyncio.wait_for(_paced_events(stt, head + silence(0.7, sr), sr), timeout=60)
-    finals = [e.alternatives[0].text for e in events if e.type == SpeechEventType.FINAL_TRANSCRIPT]
-    assert finals and "question" in finals[-1].lower(), [e.alternatives for e in events]
 
 
 async def test_while_the_agent_speaks_the_first_words_come_early(
