@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 FINALIZE_TASK = "tasks.maintenance.finalize_session"
 BATCH_QUEUE = "batch"  # tasks.app.BATCH_QUEUE
+RESUME_TASK = "tasks.resume.resume_session"
+LIVE_QUEUE = "live"  # tasks.app.LIVE_QUEUE
 
 _lock = threading.Lock()
 _senders: dict[str, Celery] = {}
@@ -61,4 +63,18 @@ def request_finalize(settings: Settings, session_id: str) -> bool:
             "could not enqueue post-processing; reconciliation will bill the session",
             extra={"session_id": session_id},
         )
+        return False
+
+
+def request_resume(settings: Settings, session_id: str, worker_id: str) -> bool:
+    """Ask for the session to be dispatched again: this job lost its room (its LiveKit node
+    died), and no webhook will say so. False (logged) if the broker refused; never raises:
+    the session then stops beating and reconciliation ends it."""
+    try:
+        sender(settings).send_task(RESUME_TASK, args=(session_id, worker_id, True),
+                                   queue=LIVE_QUEUE)
+        return True
+    except Exception:
+        logger.exception("could not ask for a resume; the session will be ended",
+                         extra={"session_id": session_id})
         return False

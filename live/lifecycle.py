@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from livekit import rtc
@@ -39,6 +40,9 @@ class SessionLifecycle:
         self._grace_task: asyncio.Task[None] | None = None
         self._caller_seen = False
         self.end_reason = "ended"
+        # Whether the room connection itself is down (live.room_loss): callers vanish from
+        # the room then, but have not left.
+        self.room_down: Callable[[], bool] = lambda: False
 
     def start(self) -> None:
         s, room = self._session, self._ctx.room
@@ -47,6 +51,7 @@ class SessionLifecycle:
         s.on("conversation_item_added", self._touch)
         room.on("participant_connected", self._on_joined)
         room.on("participant_disconnected", self._on_left)
+        room.on("reconnected", lambda: self._on_left(None))  # nobody back: the grace again
         s.on("close", lambda ev: self._cancel_all())
         self._spawn(self._max_length())
         self._spawn(self._idle_watch())
@@ -102,6 +107,9 @@ class SessionLifecycle:
         # a caller who has not yet joined gets at least the idle timeout to arrive
         wait = max(self._grace_seconds, 0.0 if self._caller_seen else self._idle_seconds)
         await asyncio.sleep(wait)  # a timer, not synchronisation
+        self._grace_task = None
+        if self.room_down():
+            return  # the connection, not the caller: a reconnect arms the grace again
         if not self._callers():
             self._end("caller_left")
 

@@ -416,6 +416,15 @@ async def entrypoint(ctx: JobContext) -> None:
     )
     ctx.proc.userdata["lifecycle"] = lifecycle
     lifecycle.start()
+    from live.room_loss import RoomLossWatch
+
+    # The room's node may die: no webhook then, only this job sees it (live.room_loss).
+    watch = RoomLossWatch(
+        ctx.room, active=lambda: lifecycle.end_reason == "ended",
+        on_lost=lambda why: _hand_back(ctx, settings, session_id, worker_id, why))
+    lifecycle.room_down = lambda: watch.reconnecting
+    ctx.proc.userdata["room_loss"] = watch
+    watch.start()
     # Usage so far and a heartbeat every few seconds: a SIGKILLed worker loses only those.
     # After a resume, the earlier jobs' usage is the baseline this job counts on top of.
     ctx.proc.userdata["checkpoints"] = asyncio.create_task(checkpoints(recorder, lambda: plus_baseline(
@@ -426,6 +435,29 @@ async def entrypoint(ctx: JobContext) -> None:
         session.say(RESUME_LINE)
     elif spec.greeting:
         session.say(spec.greeting)
+
+
+async def _hand_back(
+    ctx: JobContext, settings: Settings, session_id: str, worker_id: str, why: str
+) -> None:
+    """The room is gone with its node: store the usage so far (the resumed job counts on top
+    of it, so it must be written before the resume), ask for the resume, leave the session
+    open. The heartbeat stops: if the resume cannot be asked for, reconciliation ends it."""
+    checkpoint_task: asyncio.Task[None] | None = ctx.proc.userdata.pop("checkpoints", None)
+    if checkpoint_task is not None:
+        checkpoint_task.cancel()
+    recorder: SessionRecorder | None = ctx.proc.userdata.get("recorder")
+    if recorder is not None:
+        recorder.set_usage(plus_baseline(
+            session_usage(ctx.proc.userdata.get("agent_session"), ctx.proc.userdata.get("avatar"),
+                          ctx.proc.userdata.get("avatar_lost_at")),
+            ctx.proc.userdata.get("usage_baseline")))
+        await asyncio.to_thread(recorder.flush, 10.0)
+    from live.backoffice import request_resume
+
+    await asyncio.to_thread(request_resume, settings, session_id, worker_id)
+    logger.info("session handed back for a resume", extra={"why": why})
+    ctx.shutdown(reason="room_lost")
 
 
 def _output_can_pause(comps: Components) -> bool:
@@ -556,6 +588,17 @@ def _attach_recorder(session: AgentSession[Any], recorder: SessionRecorder, spec
 
 async def on_session_end(ctx: JobContext) -> None:
     """Final usage, status, and the back office's post-processing, in that order."""
+    watch = ctx.proc.userdata.pop("room_loss", None)
+    if watch is not None and watch.lost_task is not None:
+        # The room was lost and the session handed back (_hand_back): never ended here.
+        try:
+            await asyncio.wait_for(asyncio.shield(watch.lost_task), 30.0)
+        except Exception:
+            logger.exception("handing the session back failed")
+        lost_recorder: SessionRecorder | None = ctx.proc.userdata.pop("recorder", None)
+        if lost_recorder is not None:
+            await asyncio.to_thread(lost_recorder.close)
+        return
     recorder: SessionRecorder | None = ctx.proc.userdata.pop("recorder", None)
     session: AgentSession[Any] | None = ctx.proc.userdata.pop("agent_session", None)
     lifecycle: SessionLifecycle | None = ctx.proc.userdata.pop("lifecycle", None)

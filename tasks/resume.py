@@ -8,6 +8,17 @@ caller: a new dispatch whose metadata is the session's spec marked ``resume_from
 that takes it (any worker with a free slot, on any node) claims the session from that marker
 and rebuilds the conversation from the stored transcript (see ``store.resume``).
 
+A LiveKit node that dies (SIGKILL, its machine gone) sends no webhook: its rooms' media and
+signalling are gone. The job then sees its room connection drop and not come back; it
+reports the loss itself (``room_lost=True``, see ``live.room_loss``). The room's node is dead,
+so LiveKit cannot tell who is in the room: the resume does not ask. It dispatches to the
+same room name; LiveKit places the room on a node it still considers alive and creates it
+there again. Until the dead node's stats are stale (5 s after its last update, 2 s apart:
+``selector.IsAvailable`` in livekit-server) LiveKit still routes the room to it, and the
+dispatch would wait on it (10 s, three times); so each attempt is cut short and repeated
+(:func:`_dispatch_when_routable`). The caller's SDK reconnects through the cluster's URL and
+lands in the room on the surviving node; the new job waits for the caller like any other.
+
 Once per loss: the session row is compare-and-set from the lost job to the marker, so a
 repeated webhook or task finds the session no longer held by the lost job and does nothing.
 """
@@ -18,17 +29,18 @@ import asyncio
 import json
 import logging
 import secrets
+import time
 from typing import Any
 
 from celery import shared_task
 from livekit import api
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from config.session import SessionSpec
 from config.settings import Settings
 from store.db import session_scope
-from store.models import AgentSessionRecord, SessionStatus
-from store.resume import RESUME_KEY, SESSION_ATTR, resume_metadata
+from store.models import AgentSessionRecord, SessionStatus, TranscriptLine
+from store.resume import RESUME_KEY, RESUME_LINE, SESSION_ATTR, resume_metadata
 from tasks.base import AvatarTask, TransientError
 from tasks.provisioning import classify_livekit_error, livekit_api
 
@@ -42,6 +54,10 @@ MAX_CHECKS = 15
 # A session whose jobs keep dying is not dispatched for ever: after this many resumes it is
 # left to reconciliation, which ends it (`worker_lost`) and closes the room.
 MAX_RESUMES = 3
+# After a node loss, one dispatch attempt is cut short after this long (LiveKit would hold it
+# while it still routes the room to the dead node), and attempts go on for this long.
+ATTEMPT_SECONDS = 1.5
+ROUTABLE_WITHIN_SECONDS = 25.0
 CALLER_KINDS = (api.ParticipantInfo.Kind.STANDARD, api.ParticipantInfo.Kind.SIP)
 AGENT_KIND = api.ParticipantInfo.Kind.AGENT
 
@@ -74,6 +90,32 @@ async def _dispatch(settings: Settings, room: str, metadata: str) -> str:
         created = await lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
             agent_name=settings.livekit.agent_name, room=room, metadata=metadata))
         return str(created.id)
+
+
+async def _dispatch_when_routable(settings: Settings, room: str, metadata: str) -> str:
+    """Dispatch into a room whose node may have just died: repeat short attempts until
+    LiveKit routes the room to a live node (it creates the room there again)."""
+    deadline = time.monotonic() + ROUTABLE_WITHIN_SECONDS
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return await asyncio.wait_for(_dispatch(settings, room, metadata), ATTEMPT_SECONDS)
+        except Exception as err:
+            if time.monotonic() >= deadline:
+                raise
+            logger.info("room not routable yet; dispatching again",
+                        extra={"room": room, "attempt": attempts, "error": type(err).__name__})
+            await asyncio.sleep(0.3)  # a pause between attempts, not synchronisation
+
+
+def _resumes_so_far(settings: Settings, session_id: str) -> int:
+    """How often the session was resumed: each resumed job says RESUME_LINE first (the
+    node-loss path cannot ask LiveKit for the room's dispatches: the room's node is gone)."""
+    with session_scope(settings.db.url) as db:
+        return int(db.scalar(select(func.count()).select_from(TranscriptLine).where(
+            TranscriptLine.session_id == session_id, TranscriptLine.speaker == "agent",
+            TranscriptLine.text == RESUME_LINE)) or 0)
 
 
 def _set_holder(settings: Settings, session_id: str, expected: str, new: str) -> bool:
@@ -173,9 +215,14 @@ def check_dispatch_task(
 
 
 def resume(
-    settings: Settings, session_id: str, lost_worker_id: str, app: Any = None
+    settings: Settings, session_id: str, lost_worker_id: str, app: Any = None,
+    room_lost: bool = False,
 ) -> dict[str, Any]:
-    """Dispatch the session again if its job is gone and its caller is still there."""
+    """Dispatch the session again if its job is gone and its caller is still there.
+
+    ``room_lost``: the job reported its room connection gone (the room's node died): the
+    room cannot be asked who is in it, the dispatch re-creates it on a live node.
+    """
     out: dict[str, Any] = {"session_id": session_id}
     with session_scope(settings.db.url) as db:
         rec = db.get(AgentSessionRecord, session_id)
@@ -186,14 +233,17 @@ def resume(
         room = rec.room
         spec_json = SessionSpec.model_validate(
             {**(rec.spec or {}), "session_id": session_id}).model_dump_json(exclude_none=False)
-    try:
-        callers, agents, resumes = asyncio.run(_room_state(settings, room, session_id))
-    except Exception as err:
-        raise classify_livekit_error(err) from None
-    if not callers:
-        return {**out, "action": "no_caller"}  # the room's end finalises it
-    if agents:
-        return {**out, "action": "agent_present"}
+    if room_lost:
+        resumes = _resumes_so_far(settings, session_id)
+    else:
+        try:
+            callers, agents, resumes = asyncio.run(_room_state(settings, room, session_id))
+        except Exception as err:
+            raise classify_livekit_error(err) from None
+        if not callers:
+            return {**out, "action": "no_caller"}  # the room's end finalises it
+        if agents:
+            return {**out, "action": "agent_present"}
     if resumes >= MAX_RESUMES:
         logger.warning("session lost its job too often; not dispatched again",
                        extra={"session_id": session_id, "resumes": resumes})
@@ -201,8 +251,10 @@ def resume(
     marker = f"resume:{secrets.token_hex(8)}"
     if not _set_holder(settings, session_id, lost_worker_id, marker):
         return {**out, "action": "not_held"}
+    metadata = resume_metadata(spec_json, marker)
     try:
-        dispatch_id = asyncio.run(_dispatch(settings, room, resume_metadata(spec_json, marker)))
+        dispatch_id = asyncio.run(_dispatch_when_routable(settings, room, metadata) if room_lost
+                                  else _dispatch(settings, room, metadata))
     except Exception as err:
         _set_holder(settings, session_id, marker, lost_worker_id)  # a retry starts afresh
         raise classify_livekit_error(err) from None
@@ -210,7 +262,7 @@ def resume(
         schedule_check(app, session_id, marker)  # a resume no worker takes is sent again
     logger.info("agent dispatched again after its job was lost",
                 extra={"session_id": session_id, "room": room, "dispatch_id": dispatch_id,
-                       "lost": lost_worker_id})
+                       "lost": lost_worker_id, "room_lost": room_lost})
     return {**out, "action": "dispatched", "dispatch_id": dispatch_id}
 
 
@@ -218,18 +270,22 @@ def resume(
     base=AvatarTask,
     bind=True,
     name="tasks.resume.resume_session",
-    soft_time_limit=20,
-    time_limit=40,
+    soft_time_limit=45,  # a node loss's dispatch may take up to ROUTABLE_WITHIN_SECONDS
+    time_limit=60,
     max_retries=3,
     retry_backoff_max=5,
 )
-def resume_session(self: AvatarTask, session_id: str, lost_worker_id: str) -> dict[str, Any]:
+def resume_session(
+    self: AvatarTask, session_id: str, lost_worker_id: str, room_lost: bool = False
+) -> dict[str, Any]:
     """Put an agent back into a session whose job is gone while its caller stays.
 
-    Safe to run twice: the session is taken from the lost job by compare-and-set before the
-    dispatch, so a second run finds it no longer held by that job and does nothing.
+    Sent by the webhook (the agent left) or by the job itself (``room_lost``: its room's
+    node is gone). Safe to run twice: the session is taken from the lost job by
+    compare-and-set before the dispatch, so a second run finds it no longer held by that
+    job and does nothing.
     """
     try:
-        return resume(self.settings, session_id, lost_worker_id, self.app)
+        return resume(self.settings, session_id, lost_worker_id, self.app, room_lost=room_lost)
     except TransientError:
         raise  # retried (autoretry_for)

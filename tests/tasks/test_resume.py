@@ -108,3 +108,62 @@ def test_dispatch_check_leaves_a_session_a_job_holds(settings: Settings) -> None
     assert check_dispatch(settings, active) == "taken"
     assert check_dispatch(settings, active, marker="resume:abc") == "taken"
     assert check_dispatch(settings, ended) == "taken"
+
+
+def test_a_lost_room_is_dispatched_again_once_without_asking_its_dead_node(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job reports its room lost (its node died): LiveKit cannot say who is in the room,
+    so the resume does not ask; it repeats short dispatch attempts until the room is
+    routable again, and takes the session from the lost job once."""
+    import asyncio
+
+    import tasks.resume as resume_mod
+
+    async def no_room_state(*_: object) -> tuple[int, int, int]:
+        raise AssertionError("the dead node's room is not asked")
+
+    attempts: list[str] = []
+
+    async def dispatch(_settings: Settings, room: str, metadata: str) -> str:
+        attempts.append(metadata)
+        if len(attempts) < 3:  # still routed to the dead node: LiveKit holds the request
+            await asyncio.sleep(10)
+        return "AD_1"
+
+    monkeypatch.setattr(resume_mod, "_room_state", no_room_state)
+    monkeypatch.setattr(resume_mod, "_dispatch", dispatch)
+    monkeypatch.setattr(resume_mod, "ATTEMPT_SECONDS", 0.05)
+    sid = new_session(settings, room="r7", status="active", worker_id="live-a:1:AJ_1")
+    out = resume_mod.resume(settings, sid, "live-a:1:AJ_1", room_lost=True)
+    assert out["action"] == "dispatched" and out["dispatch_id"] == "AD_1"
+    assert len(attempts) == 3
+    marker = get_session(settings, sid).worker_id
+    assert marker and marker.startswith("resume:")
+    assert split_resume(attempts[-1])[1] == marker
+    # a repeated report of the same loss finds the session no longer held by that job
+    assert resume_mod.resume(settings, sid, "live-a:1:AJ_1", room_lost=True)["action"] == "not_held"
+    assert len(attempts) == 3
+
+
+def test_a_session_whose_room_keeps_being_lost_is_given_up(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import UTC, datetime
+
+    import tasks.resume as resume_mod
+    from store.models import TranscriptLine
+    from store.resume import RESUME_LINE
+
+    async def dispatch(*_: object) -> str:
+        raise AssertionError("not dispatched again")
+
+    monkeypatch.setattr(resume_mod, "_dispatch", dispatch)
+    sid = new_session(settings, room="r8", status="active", worker_id="live-a:1:AJ_9")
+    with session_scope(settings.db.url) as db:
+        for i in range(resume_mod.MAX_RESUMES):
+            db.add(TranscriptLine(session_id=sid, item_id=f"it{i}", speaker="agent",
+                                  text=RESUME_LINE, started_at=datetime.now(UTC)))
+    out = resume_mod.resume(settings, sid, "live-a:1:AJ_9", room_lost=True)
+    assert out["action"] == "gave_up"
+    assert get_session(settings, sid).worker_id == "live-a:1:AJ_9"
