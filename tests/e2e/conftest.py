@@ -1,11 +1,15 @@
 """A LiveKit cluster on one machine: two livekit-server nodes in multi-node mode on the shared
 Valkey, the web process (API and webhooks), a Celery worker and two live workers, each worker
 registered with a different node. Started from the same commands `avatar up --cluster` runs.
+Web and Celery (and so the callers, who get the URL from the API) reach the nodes through one
+URL, a failover proxy, as a deployment's load balancer: a killed node leaves them a live one.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +21,7 @@ from cli.services import LiveKitServerConfig, free_port, start_livekit_server, s
 from config.settings import Settings, load_settings
 from store.db import session_scope, upgrade_db
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET, _spawn
+from tests.e2e.failover import FailoverProxy
 from tests.waiting import wait_for
 
 # Per live worker: two concurrent sessions (the exact cap the tests check across workers).
@@ -27,6 +32,7 @@ WORKERS = ("live-a", "live-b")
 @dataclass
 class Cluster:
     node_urls: list[str]
+    url: str  # the cluster's one URL (a failover proxy, as a load balancer): web and Celery
     redis_url: str  # the broker's database (Celery, rate limits)
     livekit_redis_url: str  # the nodes' shared state (room -> node map, agent dispatch)
     db_url: str
@@ -35,6 +41,8 @@ class Cluster:
     var_dir: Path
     logs: dict[str, Path]
     worker_pids: dict[str, int]  # each live worker's main process (its own process group)
+    node_cfgs: list[LiveKitServerConfig]
+    node_procs: list[subprocess.Popen[bytes]]  # replaced when a node is restarted
 
     def settings(self, node: int = 0) -> Settings:
         return load_settings(
@@ -49,6 +57,20 @@ class Cluster:
     def log_text(self, name: str) -> str:
         path = self.logs[name]
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill_node(self, node: int) -> None:
+        """SIGKILL a livekit-server node: no leave, no webhook, its rooms' media gone."""
+        proc = self.node_procs[node]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def restart_node(self, node: int) -> None:
+        """Start a killed node again on its ports (a test that kills one leaves the cluster
+        whole for the next); the worker registered with it reconnects on its own."""
+        if self.node_procs[node].poll() is None:
+            return
+        self.node_procs[node] = start_livekit_server(self.node_cfgs[node],
+                                                     log_path=self.logs[f"node{node}"])
 
 
 def _registered(text: str) -> bool:
@@ -69,6 +91,9 @@ def cluster(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     web_url = f"http://127.0.0.1:{web_port}"
     logs: dict[str, Path] = {}
     procs = []
+    node_procs: list[subprocess.Popen[bytes]] = []
+    node_cfgs: list[LiveKitServerConfig] = []
+    proxy: FailoverProxy | None = None
     try:
         node_urls = []
         for i in range(2):
@@ -76,14 +101,17 @@ def cluster(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 api_key=TEST_API_KEY, api_secret=TEST_API_SECRET,
                 webhook_urls=[f"{web_url}/webhooks/livekit"], redis_url=lk_redis)
             logs[f"node{i}"] = var / f"livekit{i}.log"
-            procs.append(start_livekit_server(cfg, log_path=logs[f"node{i}"]))
+            node_procs.append(start_livekit_server(cfg, log_path=logs[f"node{i}"]))
+            node_cfgs.append(cfg)
             node_urls.append(f"ws://127.0.0.1:{cfg.port}")
+        proxy = FailoverProxy([("127.0.0.1", c.port) for c in node_cfgs])
+        cluster_url = proxy.start()
         env = dict(os.environ)
         for k in list(env):
             if k.startswith(("LIVEKIT", "STT__", "LLM__", "TTS__", "AVATAR__", "LIMITS__", "WEB__")):
                 env.pop(k)
         env.update(
-            LIVEKIT_URL=node_urls[0], LIVEKIT_API_KEY=TEST_API_KEY,
+            LIVEKIT_URL=cluster_url, LIVEKIT_API_KEY=TEST_API_KEY,
             LIVEKIT_API_SECRET=TEST_API_SECRET, REDIS_URL=redis_url, DATABASE_URL=db_url,
             VAR_DIR=str(var), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
             LIMITS__MAX_CONCURRENT_SESSIONS=str(CLUSTER_CAP), LIMITS__CALLER_GRACE_SECONDS="1",
@@ -114,8 +142,8 @@ def cluster(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
         with session_scope(db_url) as db:
             token = create_api_token(db, "cluster-tests")
-        cl = Cluster(node_urls, redis_url, lk_redis, db_url, web_url, token, var, logs,
-                     worker_pids)
+        cl = Cluster(node_urls, cluster_url, redis_url, lk_redis, db_url, web_url, token, var, logs,
+                     worker_pids, node_cfgs, node_procs)
         for name in (*WORKERS, "celery", "web"):
             ready = {"celery": "ready.", "web": "Booting worker"}.get(name)
             wait_for(lambda n=name, r=ready: (r in cl.log_text(n)) if r else _registered(
@@ -124,3 +152,7 @@ def cluster(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     finally:
         for proc in reversed(procs):
             stop_process(proc, timeout=20)
+        for proc in node_procs:  # the list a restart updated
+            stop_process(proc, timeout=20)
+        if proxy is not None:
+            proxy.stop()
