@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 # A signal resume against a live node takes well under a second; a dead node refuses at once.
 LOST_AFTER_SECONDS = 2.0
+REJOIN_CHECK_SECONDS = 1.0
 
 # Ends that are not a loss: we left, the back office closed the room, or removed the agent.
 _NORMAL_ENDS = frozenset({
@@ -75,12 +76,16 @@ class RoomLossWatch:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        logger.info("room connection back", extra={
+            "after_s": round(time.monotonic() - (self._since or time.monotonic()), 2)})
+        self._check_rejoined()
+        # the new participant's info may reach the SDK just after `reconnected`: look again
+        asyncio.get_running_loop().call_later(REJOIN_CHECK_SECONDS, self._check_rejoined)
+
+    def _check_rejoined(self) -> None:
         sid = self._room.local_participant.sid
         if sid and self._sid and sid != self._sid:
             self._lost("full reconnect")
-        else:
-            logger.info("room connection back", extra={
-                "after_s": round(time.monotonic() - (self._since or time.monotonic()), 2)})
 
     def _on_disconnected(
         self, reason: rtc.DisconnectReason.ValueType = rtc.DisconnectReason.UNKNOWN_REASON

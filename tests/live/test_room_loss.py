@@ -61,7 +61,12 @@ async def test_a_connection_that_does_not_come_back_is_handed_back_once() -> Non
     assert lost == ["no reconnect"]
 
 
-async def test_a_full_reconnect_as_a_new_participant_is_a_loss() -> None:
+async def test_a_full_reconnect_as_a_new_participant_is_a_loss(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import live.room_loss
+
+    monkeypatch.setattr(live.room_loss, "REJOIN_CHECK_SECONDS", 0.01)
     room = FakeRoom()
     watch, lost = _watch(room)
     room.emit("reconnecting")
@@ -69,6 +74,14 @@ async def test_a_full_reconnect_as_a_new_participant_is_a_loss() -> None:
     room.emit("reconnected")
     await _settled(watch)
     assert lost == ["full reconnect"]
+    # the new participant's sid known only just after `reconnected`
+    late = FakeRoom()
+    watch2, lost2 = _watch(late)
+    late.emit("reconnecting")
+    late.emit("reconnected")
+    late.local_participant.sid = "PA_3"
+    await _settled(watch2)
+    assert lost2 == ["full reconnect"]
 
 
 @pytest.mark.parametrize("reason", [rtc.DisconnectReason.ROOM_DELETED,
