@@ -21,6 +21,9 @@ def test_the_name_and_queue_are_the_back_offices() -> None:
     assert backoffice.BATCH_QUEUE == BATCH_QUEUE
     route = app.amqp.router.route({}, backoffice.FINALIZE_TASK)
     assert route["queue"].name == BATCH_QUEUE
+    # a job that lost its room asks for its resume the same way
+    assert backoffice.RESUME_TASK in app.tasks
+    assert app.amqp.router.route({}, backoffice.RESUME_TASK)["queue"].name == backoffice.LIVE_QUEUE
 
 
 @pytest.mark.integration
