@@ -176,7 +176,8 @@ class LocalSTT(stt.STT):
         # that starts is still speech over the agent, however late this VAD reports it.
         self.agent_held: Callable[[], bool] | None = None
         self.backchannels_ignored = 0
-        # recent utterances: [began (monotonic), words heard? (None: not transcribed yet)]
+        # recent utterances: [began (monotonic), words heard? (None: not transcribed yet),
+        # words heard early (a hint: the final decides)]
         self._heard: deque[list[Any]] = deque(maxlen=16)
         self._decided = asyncio.Event()
         self._decided.set()
@@ -222,7 +223,8 @@ class LocalSTT(stt.STT):
             try:
                 await asyncio.wait_for(self._decided.wait(), max(left, 0.0))
             except TimeoutError:
-                return None
+                # the final is late (a busy Whisper): words heard early are the best guess
+                return True if any(u[2] for u in relevant()) else None
         return any(u[1] for u in relevant())
 
     def final_received(self) -> None:
@@ -255,9 +257,16 @@ class LocalSTT(stt.STT):
         return await self.words_since(min(pending) + VERDICT_LOOKBACK_S, timeout)
 
     def _utterance_began(self, began: float) -> list[Any]:
-        record: list[Any] = [began, None]
+        record: list[Any] = [began, None, False]
         self._heard.append(record)
         return record
+
+    @staticmethod
+    def _utterance_hinted(record: list[Any] | None) -> None:
+        """Words heard early, on part of the utterance: Whisper guesses words in a hum ("I'll
+        see" for "I see"), so only the final, on all of it, says whether words were said."""
+        if record is not None:
+            record[2] = True
 
     def _utterance_heard(self, record: list[Any] | None, words: bool) -> None:
         if record is not None and record[1] is None:
@@ -433,11 +442,12 @@ class _LocalSpeechStream(stt.RecognizeStream):
             over_agent = False  # this utterance began while the agent was speaking
             heard: list[Any] | None = None  # its record for words_since
             early_verdict = False  # "no words" told from the speculative transcript
+            words_shown = False  # an interim with words went out for this utterance
 
             def send_early(task: asyncio.Task[Transcript | None], number: int) -> None:
                 """Words over the agent: pass them on at once, unless only a backchannel or a
                 low-confidence guess was heard; then a later mark tries again."""
-                nonlocal early_decided
+                nonlocal early_decided, words_shown
                 if task.cancelled() or task.exception() is not None:
                     _consume(task)
                     return
@@ -446,8 +456,8 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     return
                 if is_backchannel(result.text) or result.confidence < EARLY_MIN_CONFIDENCE:
                     return
-                early_decided = True
-                local._utterance_heard(heard, words=True)
+                early_decided = words_shown = True
+                local._utterance_hinted(heard)
                 send(
                     stt.SpeechEvent(
                         type=stt.SpeechEventType.INTERIM_TRANSCRIPT,
@@ -456,6 +466,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                 )
 
             def send_interim(task: asyncio.Task[Transcript | None], number: int) -> None:
+                nonlocal words_shown
                 if task.cancelled() or task.exception() is not None:
                     _consume(task)
                     return
@@ -463,6 +474,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                 if number == utterance and speaking and result is not None and result.text:
                     if over_agent and is_backchannel(result.text):
                         return
+                    words_shown = True
                     send(
                         stt.SpeechEvent(
                             type=stt.SpeechEventType.INTERIM_TRANSCRIPT,
@@ -495,6 +507,18 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         )
                     )
 
+            def retract() -> None:
+                """The final found no turn in what an interim showed as words (Whisper's early
+                guess in a hum): an empty interim takes them back, or the session would keep
+                them and commit them as the caller's turn when the call ends."""
+                logger.debug("interim words taken back: the final heard no turn")
+                send(
+                    stt.SpeechEvent(
+                        type=stt.SpeechEventType.INTERIM_TRANSCRIPT,
+                        alternatives=[local.speech_data(None, self._language)],
+                    )
+                )
+
             async for ev in vad_stream:
                 if ev.type == lk_vad.VADEventType.START_OF_SPEECH:
                     speaking, utterance = True, utterance + 1
@@ -506,7 +530,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     heard = local._utterance_began(began)
                     early_verdict = False
                     early_marks = list(EARLY_INTERIM_MARKS)
-                    early_decided = False
+                    early_decided = words_shown = False
                     speech = _Utterance()
                     speech.push(ev.frames)
                     last_silence = since_interim = 0.0
@@ -588,6 +612,8 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     )
                     if result is None or not result.text:
                         local._utterance_heard(heard, words=False)
+                        if words_shown:
+                            retract()
                         continue
                     if over_agent and (
                         is_backchannel(result.text)
@@ -601,6 +627,8 @@ class _LocalSpeechStream(stt.RecognizeStream):
                             "lk.pii.text": result.text, "confidence": round(result.confidence, 2),
                             "voiced_s": round(voiced, 3)})
                         local._utterance_heard(heard, words=False)
+                        if words_shown:
+                            retract()
                         continue
                     logger.debug(
                         "local transcript",

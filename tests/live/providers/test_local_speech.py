@@ -7,6 +7,7 @@ rate is bounded rather than compared exactly, since synthesis is slightly random
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import time
 
@@ -17,7 +18,7 @@ from livekit.agents.stt import SpeechEventType
 
 from engines.espeak import EspeakEngine
 from engines.piper import VOCODER_CHUNKS, PiperEngine
-from engines.whisper import WhisperEngine
+from engines.whisper import Transcript, WhisperEngine
 from live.alignment import PhonemeTiming
 from live.providers.local.turn_models import get_vad
 from live.providers.local_stt import LocalSTT, hum_guess, to_whisper_audio
@@ -398,6 +399,64 @@ async def test_a_backchannel_the_caller_goes_on_from_is_words_after_all(
     finals = [e.alternatives[0].text for e in events if e.type == SpeechEventType.FINAL_TRANSCRIPT]
     assert finals and "question" in finals[-1].lower()
     assert await stt.words_since(0.0, 1.0) is True
+
+
+class _MishearsEarly:
+    """Whisper's timing, scripted words: the early transcriptions over the agent (on the
+    first second of speech) are a confident guess of words, "I'll see.", as Whisper tiny
+    heard espeak's "I see." in bench.turns.call; the later ones, on the whole utterance
+    (over two seconds here), hear the backchannel it was."""
+
+    def __init__(self, whisper: WhisperEngine) -> None:
+        self._whisper = whisper
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._whisper, name)
+
+    async def transcribe(self, audio: np.ndarray, language: str | None,
+                         window_seconds: float = 30.0) -> Transcript:
+        real = await self._whisper.transcribe(audio, language, window_seconds)
+        text = "I'll see." if audio.size < 1.5 * 16000 else "Yeah, okay."
+        return dataclasses.replace(real, text=text, confidence=0.9)
+
+
+async def test_early_words_the_final_finds_to_be_a_backchannel_are_taken_back(
+    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
+) -> None:
+    """The early guess went out as words (it may stop the agent sooner), but the final, on
+    the whole utterance, is a backchannel: the words are taken back with an empty interim
+    (else the session keeps them and commits them as the caller's turn when the call ends),
+    and the verdict a paused reply waits on is "no words", so it goes on at once instead
+    of waiting seconds for an interruption that never comes."""
+    sr = piper.sample_rate
+    pcm = silence(0.3, sr) + piper_pcm(piper, "Yeah, okay, that sounds good to me.") + silence(1.0, sr)
+    engine = _MishearsEarly(whisper)
+    stt = LocalSTT(engine=engine, vad=get_vad(local_ctx), interim_seconds=0.0)  # type: ignore[arg-type]
+    stt.agent_speaking = True
+    events = await asyncio.wait_for(_paced_events(stt, pcm, sr), timeout=60)
+    interims = [e.alternatives[0].text for e in events if e.type == SpeechEventType.INTERIM_TRANSCRIPT]
+    assert interims and interims[0] == "I'll see.", [(e.type, e.alternatives) for e in events]
+    assert SpeechEventType.FINAL_TRANSCRIPT not in [e.type for e in events]
+    assert interims[-1] == ""  # taken back, after the end of speech
+    kinds = [e.type for e in events]
+    assert len(kinds) - 1 - kinds[::-1].index(SpeechEventType.INTERIM_TRANSCRIPT) > kinds.index(
+        SpeechEventType.END_OF_SPEECH)
+    assert stt.backchannels_ignored == 1
+    assert await stt.words_since(0.0, 1.0) is False  # the paused reply goes on
+
+
+async def test_early_words_decide_when_the_final_is_late(
+    local_ctx: ProviderContext, whisper: WhisperEngine
+) -> None:
+    """While the final is still being decoded (a busy Whisper), the early words are the
+    verdict: the paused reply keeps waiting for the interruption rather than resuming."""
+    stt = _vad_stt(local_ctx, whisper)
+    record = stt._utterance_began(time.monotonic())
+    assert await stt.words_since(0.0, 0.05) is None
+    stt._utterance_hinted(record)
+    assert await stt.words_since(0.0, 0.05) is True
+    stt._utterance_heard(record, words=False)
+    assert await stt.words_since(0.0, 0.05) is False
 
 
 async def test_while_the_agent_speaks_the_first_words_come_early(

@@ -212,3 +212,84 @@ def test_unknown_local_models_are_rejected(tmp_path: Path) -> None:
         load_llama("llama-70b", LlamaOptions())
     with pytest.raises(EngineError, match="joe-us"):
         model_paths.piper_voice_paths("amy")
+
+
+class _EventsSTT:
+    """A streaming STT that sends a fixed list of events once audio flows."""
+
+    @staticmethod
+    def build(events: list[Any]) -> Any:
+        from livekit.agents import DEFAULT_API_CONNECT_OPTIONS
+        from livekit.agents import stt as lk_stt
+
+        class _Stream(lk_stt.RecognizeStream):
+            async def _run(self) -> None:
+                sent = False
+                async for _ in self._input_ch:
+                    if not sent:
+                        sent = True
+                        for ev in events:
+                            self._event_ch.send_nowait(ev)
+
+        class _STT(lk_stt.STT):
+            def __init__(self) -> None:
+                super().__init__(capabilities=lk_stt.STTCapabilities(
+                    streaming=True, interim_results=True))
+
+            async def _recognize_impl(self, *a: Any, **k: Any) -> Any:
+                raise NotImplementedError
+
+            def stream(self, **kwargs: Any) -> Any:
+                return _Stream(stt=self, conn_options=DEFAULT_API_CONNECT_OPTIONS)
+
+        return _STT()
+
+
+@pytest.mark.parametrize("taken_back", [True, False])
+async def test_interim_words_taken_back_are_no_turn_when_the_session_closes(taken_back: bool) -> None:
+    """LiveKit keeps the last interim transcript and, when the session closes, commits it as
+    the caller's turn. The local STT takes back early words the final found to be a
+    backchannel with an empty interim (``retract`` in local_stt): this holds LiveKit to that
+    (without it, "I'll see." becomes a line of the caller's)."""
+    from livekit import rtc
+    from livekit.agents import Agent, AgentSession
+    from livekit.agents import stt as lk_stt
+    from livekit.agents.voice.io import AudioInput
+
+    from tests.stubs import EchoLLM, ToneTTS
+
+    def interim(text: str) -> lk_stt.SpeechEvent:
+        return lk_stt.SpeechEvent(type=lk_stt.SpeechEventType.INTERIM_TRANSCRIPT,
+                                  alternatives=[lk_stt.SpeechData(language="en", text=text)])  # type: ignore[arg-type]
+
+    events = [lk_stt.SpeechEvent(type=lk_stt.SpeechEventType.START_OF_SPEECH),
+              interim("I'll see."),
+              lk_stt.SpeechEvent(type=lk_stt.SpeechEventType.END_OF_SPEECH)]
+    if taken_back:
+        events.append(interim(""))
+    seen = asyncio.Event()
+
+    class _Quiet(AudioInput):
+        def __init__(self) -> None:
+            super().__init__(label="quiet")
+
+        async def __anext__(self) -> rtc.AudioFrame:
+            await asyncio.sleep(0.01)  # a microphone's pace
+            return rtc.AudioFrame(b"\0\0" * 160, 16000, 1, 160)
+
+    session: AgentSession[Any] = AgentSession(
+        stt=_EventsSTT.build(events), llm=EchoLLM(), tts=ToneTTS(), turn_handling={
+            "turn_detection": "stt", "endpointing": {"min_delay": 60.0, "max_delay": 60.0}},
+        session_close_transcript_timeout=0.5)
+
+    @session.on("user_input_transcribed")
+    def _on(ev: Any) -> None:
+        if ev.transcript == ("" if taken_back else "I'll see."):
+            seen.set()
+
+    session.input.audio = _Quiet()
+    await session.start(Agent(instructions="Be brief."))
+    await asyncio.wait_for(seen.wait(), 10)
+    await session.aclose()
+    said = [m.text_content for m in session.history.messages() if m.role == "user"]
+    assert said == ([] if taken_back else ["I'll see."])
