@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ class Transcript:
     confidence: float
     segments: tuple[Segment, ...]
     window_seconds: float = 30.0  # encoder window the transcript was decoded on
+    # False: a short-window decode that looked wrong, returned as is (``full_retry=False``)
+    trusted: bool = True
 
 
 # Whisper reads 30 s windows; a short utterance padded to 30 s spends ~80% of its encoder time
@@ -145,15 +147,23 @@ class WhisperEngine:
         return int(self._model.encoded_frames)
 
     def transcribe_sync(
-        self, audio: np.ndarray, language: str | None, window_seconds: float = FULL_WINDOW_SECONDS
+        self, audio: np.ndarray, language: str | None, window_seconds: float = FULL_WINDOW_SECONDS,
+        full_retry: bool = True,
     ) -> Transcript:
-        """16 kHz mono float32 in, one final transcript out (greedy: cheapest on 2 cores)."""
+        """16 kHz mono float32 in, one final transcript out (greedy: cheapest on 2 cores).
+
+        ``full_retry=False``: a short-window result that looks wrong comes back marked
+        ``trusted=False`` instead of being decoded again on the full window (about a second
+        on two busy cores), for a caller that only needs to know whether to wait for words.
+        """
         duration = audio.size / WHISPER_SAMPLE_RATE
         if duration + WINDOW_MARGIN_SECONDS <= window_seconds < FULL_WINDOW_SECONDS:
             cap = int(10 + MAX_TOKENS_PER_SECOND * duration)
             short, trustworthy = self._decode(audio, language, window_seconds, cap)
             if trustworthy:
                 return short
+            if not full_retry:
+                return replace(short, trusted=False)
             self.full_window_retries += 1
             logger.debug(
                 "short-window transcript rejected; decoding on the full window",
@@ -230,11 +240,14 @@ class WhisperEngine:
         )
 
     async def transcribe(
-        self, audio: np.ndarray, language: str | None, window_seconds: float = FULL_WINDOW_SECONDS
+        self, audio: np.ndarray, language: str | None, window_seconds: float = FULL_WINDOW_SECONDS,
+        full_retry: bool = True,
     ) -> Transcript:
         self.busy += 1
         try:
-            return await self.executor.run(self.transcribe_sync, audio, language, window_seconds)
+            return await self.executor.run(
+                self.transcribe_sync, audio, language, window_seconds, full_retry
+            )
         finally:
             self.busy -= 1
 

@@ -299,12 +299,14 @@ class LocalSTT(stt.STT):
     def _language_code(self, language: NotGivenOr[str]) -> str:
         return language if isinstance(language, str) and language else self._language
 
-    async def transcribe(self, audio: np.ndarray, language: str) -> Transcript | None:
+    async def transcribe(self, audio: np.ndarray, language: str, *, full_retry: bool = True,
+                         window_seconds: float | None = None) -> Transcript | None:
         """16 kHz float audio -> transcript (None for under 100 ms of audio)."""
         if audio.size < MIN_AUDIO_SAMPLES:
             return None
         return await self._engine.transcribe(
-            audio, language[:2] if language else None, self._window_seconds
+            audio, language[:2] if language else None,
+            self._window_seconds if window_seconds is None else window_seconds, full_retry,
         )
 
     def speech_data(self, result: Transcript | None, language: str) -> stt.SpeechData:
@@ -415,8 +417,10 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     vad_stream.push_frame(data)
             vad_stream.end_input()
 
-        def start(audio: np.ndarray) -> asyncio.Task[Transcript | None]:
-            task = asyncio.create_task(local.transcribe(audio, self._language))
+        def start(audio: np.ndarray, *, full_retry: bool = True,
+                  window_seconds: float | None = None) -> asyncio.Task[Transcript | None]:
+            task = asyncio.create_task(local.transcribe(
+                audio, self._language, full_retry=full_retry, window_seconds=window_seconds))
             pending.add(task)
             task.add_done_callback(pending.discard)
             return task
@@ -454,7 +458,8 @@ class _LocalSpeechStream(stt.RecognizeStream):
                 result = task.result()
                 if number != utterance or not speaking or result is None or not result.text:
                     return
-                if is_backchannel(result.text) or result.confidence < EARLY_MIN_CONFIDENCE:
+                if (not result.trusted or is_backchannel(result.text)
+                        or result.confidence < EARLY_MIN_CONFIDENCE):
                     return
                 early_decided = words_shown = True
                 local._utterance_hinted(heard)
@@ -490,8 +495,8 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     return  # drop() retrieves the error
                 result = task.result()
                 if number == utterance and task is speculation and over_agent and (
-                    result is None or not result.text or is_backchannel(result.text)
-                    or result.confidence < EARLY_MIN_CONFIDENCE
+                    result is None or not result.text or not result.trusted
+                    or is_backchannel(result.text) or result.confidence < EARLY_MIN_CONFIDENCE
                 ):
                     # no reply is started for a backchannel over the agent, and a paused
                     # reply need not wait for the final to go on (undone if the caller
@@ -552,7 +557,10 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     if speculation is None and silence >= local._speculate_after:
                         drop(interim)  # the final matters more than a caption
                         interim = None
-                        speculation = start(speech.audio())
+                        # over the agent, the speculation decides whether a paused reply
+                        # goes on: a short-window result that looks wrong (a hum) says "no
+                        # words" at once; the final decodes it again on the full window
+                        speculation = start(speech.audio(), full_retry=not over_agent)
                         speculation.add_done_callback(
                             lambda t, n=utterance: send_preflight(t, n)  # type: ignore[misc]
                         )
@@ -602,6 +610,9 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     else:
                         final = start(speech.audio())
                     result = await final
+                    if result is not None and not result.trusted:
+                        # the speculation's short-window guess: the final is Whisper's best
+                        result = await start(speech.audio(), window_seconds=FULL_WINDOW_SECONDS)
                     request_id = utils.shortuuid()
                     send(
                         stt.SpeechEvent(

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import itertools
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -414,8 +415,8 @@ class _MishearsEarly:
         return getattr(self._whisper, name)
 
     async def transcribe(self, audio: np.ndarray, language: str | None,
-                         window_seconds: float = 30.0) -> Transcript:
-        real = await self._whisper.transcribe(audio, language, window_seconds)
+                         window_seconds: float = 30.0, full_retry: bool = True) -> Transcript:
+        real = await self._whisper.transcribe(audio, language, window_seconds, full_retry)
         text = "I'll see." if audio.size < 1.5 * 16000 else "Yeah, okay."
         return dataclasses.replace(real, text=text, confidence=0.9)
 
@@ -457,6 +458,53 @@ async def test_early_words_decide_when_the_final_is_late(
     assert await stt.words_since(0.0, 0.05) is True
     stt._utterance_heard(record, words=False)
     assert await stt.words_since(0.0, 0.05) is False
+
+
+class _DoubtfulShortWindow:
+    """The real Whisper engine, except that every short-window decode that may be given back
+    unchecked looks wrong (as a hum's does): what the STT does with such a guess."""
+
+    def __init__(self, engine: WhisperEngine) -> None:
+        self._engine = engine
+        self.full_window_decodes = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._engine, name)
+
+    async def transcribe(self, audio: np.ndarray, language: str | None,
+                         window_seconds: float = 30.0, full_retry: bool = True) -> Transcript:
+        result = await self._engine.transcribe(audio, language, window_seconds, full_retry)
+        if not full_retry:
+            return replace(result, trusted=False)
+        self.full_window_decodes += window_seconds >= 30.0
+        return result
+
+
+async def test_a_doubtful_guess_over_the_agent_lets_it_go_on_and_real_words_still_stop_it(
+    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """(The early decodes are off: they would hear the words first.) A paused reply waits for no second, full-window decode of what its short-window
+    transcript could not make out (about a second on two busy cores: most of the pause after
+    a hum): the verdict is "no words" before the end of speech. The final is still Whisper's
+    best, so words said over the agent still reach the session and interrupt it."""
+    import live.providers.local_stt as local_stt
+
+    monkeypatch.setattr(local_stt, "EARLY_INTERIM_MARKS", ())
+    sr = piper.sample_rate
+    doubtful = _DoubtfulShortWindow(whisper)
+    stt = LocalSTT(engine=doubtful, vad=get_vad(local_ctx), interim_seconds=0.0)  # type: ignore[arg-type]
+    stt.agent_speaking = True
+    head = silence(0.3, sr) + piper_pcm(piper, "Stop, I have a question about my bill.") + silence(0.3, sr)
+    words, ended_first = await asyncio.wait_for(
+        _verdict_against_end_of_speech(stt, head, silence(0.7, sr), sr), 60)
+    assert words is False and not ended_first  # the doubtful guess decided, before the end
+    assert doubtful.full_window_decodes == 1  # the final, decoded again on the full window
+    stt = LocalSTT(engine=doubtful, vad=get_vad(local_ctx), interim_seconds=0.0)  # type: ignore[arg-type]
+    stt.agent_speaking = True
+    events = await asyncio.wait_for(_paced_events(stt, head + silence(0.7, sr), sr), timeout=60)
+    finals = [e.alternatives[0].text for e in events if e.type == SpeechEventType.FINAL_TRANSCRIPT]
+    assert finals and "question" in finals[-1].lower(), [e.alternatives for e in events]
 
 
 async def test_while_the_agent_speaks_the_first_words_come_early(

@@ -19,7 +19,13 @@ from engines import EngineError, model_paths
 from engines.executors import DeadlineExecutor
 from engines.llama import LlamaOptions, load_llama
 from engines.piper import PiperEngine, SpeechChunk, soft_limit
-from engines.whisper import load_whisper, repeats_itself, short_window_result_ok
+from engines.whisper import (
+    Transcript,
+    WhisperEngine,
+    load_whisper,
+    repeats_itself,
+    short_window_result_ok,
+)
 from live.providers import local_llm, local_stt, local_tts, registry, turn
 from live.providers.local.prompt import PERSONA_RULES
 from tests.live.providers.speech import wer
@@ -293,3 +299,26 @@ async def test_interim_words_taken_back_are_no_turn_when_the_session_closes(take
     await session.aclose()
     said = [m.text_content for m in session.history.messages() if m.role == "user"]
     assert said == ([] if taken_back else ["I'll see."])
+
+
+def test_a_doubtful_short_window_decode_is_given_back_marked_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``full_retry=False``: a short-window result that looks wrong comes back as it is,
+    marked untrusted, with no second decode on the full window; by default it is decoded
+    again (the final transcript's accuracy is the full window's)."""
+    engine = object.__new__(WhisperEngine)
+    windows: list[float] = []
+
+    def decode(audio: object, language: object, window: float, cap: object) -> tuple[Transcript, bool]:
+        windows.append(window)
+        return Transcript("and then", "en", 0.0, 0.5, 0.3, (), window), window >= 30.0
+
+    monkeypatch.setattr(engine, "_decode", decode, raising=False)
+    engine.full_window_retries = 0
+    audio = np.zeros(16000, np.float32)
+    guess = engine.transcribe_sync(audio, "en", 10.0, full_retry=False)
+    assert (guess.trusted, windows) == (False, [10.0])
+    windows.clear()
+    final = engine.transcribe_sync(audio, "en", 10.0)
+    assert (final.trusted, windows) == (True, [10.0, 30.0])
