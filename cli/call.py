@@ -35,6 +35,10 @@ SPEECH_RMS = 300.0  # int16 RMS above which reply audio counts as speech
 REPLY_SILENCE_S = 1.5  # a reply is over after this much silence
 STOP_QUIET_S = 1.2  # the avatar counts as stopped after this much quiet
 GAP_WINDOW_S = 4.0  # after speaking over the avatar, quiet in its sound is looked for this long
+# Speaking over the answer stopped it if the avatar went quiet within this (the caller's own
+# measure runs about 1.1 s for an immediate stop: VAD, clearing, SFU, its jitter buffer); later,
+# the answer went on (or ended by itself: a gap between sentences on a busy machine).
+STOPPED_WITHIN_S = 2.5
 # a stop sooner than this after the caller's first sound was not caused by it (the agent
 # needs LIMITS__INTERRUPTION_MIN_SPEECH of it, 0.2 s at least, plus the way there and back)
 ANSWER_OVER_S = 0.15

@@ -31,7 +31,7 @@ from sqlalchemy import select
 from bench.stack import embedded_stack, require_netns, wait_room_empty, wait_session_ended
 from bench.turns.corpus import RATE, Item, build, load_manifest, read_wav, write_wav
 from bench.wer import normalize
-from cli.call import GAP_WINDOW_S, STOP_QUIET_S, CallOptions, run_call
+from cli.call import GAP_WINDOW_S, STOP_QUIET_S, STOPPED_WITHIN_S, CallOptions, run_call
 from config.session import SessionSpec
 from store.db import session_scope
 from store.models import TranscriptLine, TurnMetric
@@ -230,12 +230,6 @@ def summarize(rows: list[dict[str, Any]], cuts: list[dict[str, Any]], max_delay:
         "hesitation_cuts": sum(c["cuts"] for c in cuts),
         "hesitation_cut_rate": round(sum(c["cuts"] for c in cuts) / n_hes, 3) if n_hes else None,
     }
-
-
-# Speaking over the answer stopped it if the avatar went quiet within this (the caller's own
-# measure runs about 1.1 s for an immediate stop: VAD, clearing, SFU, its jitter buffer); later,
-# the answer went on (or ended by itself).
-STOPPED_WITHIN_S = 2.5
 
 
 def stored_against_heard(stored: str, heard: str) -> dict[str, int | None]:

@@ -15,7 +15,7 @@ from livekit import api
 from sqlalchemy import select
 
 from bench.wer import cut_alignment
-from cli.call import CallOptions, run_call
+from cli.call import STOPPED_WITHIN_S, CallOptions, run_call
 from store.db import session_scope
 from store.models import (
     AgentSessionRecord,
@@ -210,10 +210,12 @@ async def test_a_backchannel_over_the_avatar_does_not_cut_its_answer(stack: Stac
             break
     assert it.spoke_over, "the answer was over each time before the caller spoke: nothing was tested"
     assert len(user) == 1, f"the backchannel was taken as a turn: {user}"  # the request only
-    # it went on talking: the sound came back after the pause (within 4 s of the caller's
-    # "Yeah"; a reply dropped for it stays quiet), or the answer was heard to its end. How long
-    # the pause lasts is measured in bench.turns.call, not here.
-    went_on = (it.stop_latency_s is None or it.resumed_s is not None
+    # it went on talking: no stop soon after the caller's "Yeah" (a quiet that begins later is
+    # a gap between sentences, or the caller hanging up), or the sound came back after the
+    # pause (within 4 s; a reply dropped for it stays quiet), or the answer was heard to its
+    # end. How long the pause lasts is measured in bench.turns.call, not here.
+    stop = it.stop_latency_s
+    went_on = (stop is None or stop > STOPPED_WITHIN_S or it.resumed_s is not None
                or (bool(agent) and not agent[-1][1]))
     if not went_on:
         (artifacts_dir / "live.log").write_text(stack.log_text("live"))
