@@ -51,16 +51,20 @@ def piper_pcm(piper: PiperEngine, text: str) -> bytes:
 async def test_piper_speech_is_transcribed_by_whisper_tiny(
     piper: PiperEngine, whisper: WhisperEngine, sentence: str
 ) -> None:
-    frame = pcm_frame(piper_pcm(piper, sentence), piper.sample_rate)
-    event = await LocalSTT(engine=whisper).recognize(frame)
-    assert event.type == SpeechEventType.FINAL_TRANSCRIPT
-    data = event.alternatives[0]
-    # Piper's noise differs each run: two words of eleven were misheard once under load ("The
-    # wetter it is lovely"); a voice Whisper could not follow misses far more
-    assert wer(sentence, data.text) <= 0.2, data.text
-    assert data.language == "en"
-    assert 0.0 <= data.start_time < data.end_time <= frame.duration + 0.5
-    assert 0.0 < data.confidence <= 1.0
+    """Piper draws new noise each time it speaks, and now and then a draw Whisper tiny
+    mishears ("A lot of there" for "Hello there", "The wetter it is lovely" in clean-clone
+    runs): of three renditions, two must be heard with at most two words of eleven wrong."""
+    heard: list[str] = []
+    for _ in range(3):
+        frame = pcm_frame(piper_pcm(piper, sentence), piper.sample_rate)
+        event = await LocalSTT(engine=whisper).recognize(frame)
+        assert event.type == SpeechEventType.FINAL_TRANSCRIPT
+        data = event.alternatives[0]
+        heard.append(data.text)
+        assert data.language == "en"
+        assert 0.0 <= data.start_time < data.end_time <= frame.duration + 0.5
+        assert 0.0 < data.confidence <= 1.0
+    assert sum(wer(sentence, text) <= 0.2 for text in heard) >= 2, heard
 
 
 async def test_espeak_speech_is_understood_despite_the_robot_voice(
@@ -579,7 +583,11 @@ async def test_interim_transcripts_follow_a_long_utterance(
     stream = stt.stream()
     sr = piper.sample_rate
     text = f"{SENTENCES[1]} {SENTENCES[2]}"
-    _push(stream, silence(0.3, sr) + piper_pcm(piper, text), sr)  # still talking
+    # at a microphone's pace: pushed all at once, the VAD read the whole utterance before the
+    # first interim's decode ended, and a pause between the sentences (Piper's timing varies)
+    # dropped it for the speculative transcript, leaving no later chance for an interim
+    feeder = asyncio.create_task(
+        _feed_in_real_time(stream, silence(0.3, sr) + piper_pcm(piper, text), sr, end=False))
 
     async def first_interim() -> str:
         async for ev in stream:
@@ -589,6 +597,7 @@ async def test_interim_transcripts_follow_a_long_utterance(
 
     interim = await asyncio.wait_for(first_interim(), timeout=60)
     assert interim and set(normalize(interim)) & set(normalize(text))
+    await feeder
     _push(stream, silence(1.5, sr), sr)
     stream.end_input()
     events = await asyncio.wait_for(_events_until_final(stream), timeout=60)
