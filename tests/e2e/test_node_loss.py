@@ -29,7 +29,7 @@ from store.models import SessionCost
 from store.resume import RESUME_LINE
 from tests.e2e.conftest import WORKERS, Cluster
 from tests.e2e.test_cluster import launch, record
-from tests.e2e.test_resume import GREETING, Ears, _lines, _usage
+from tests.e2e.test_resume import GREETING, Ears, _lines, first_exchange
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -97,20 +97,7 @@ async def test_killed_node_session_resumes_on_the_surviving_node(cluster: Cluste
     killed_node: int | None = None
     registered = 0
     try:
-        first_agent = await ears.wait_for_new_voice(set(), 120)
-        await asyncio.to_thread(wait_for, lambda: ("agent", GREETING) in _lines(cluster, sid),
-                                60, "the greeting stored")
-        await caller.local_participant.send_text("My name is Sam.", topic="lk.chat")
-        await asyncio.to_thread(
-            wait_for, lambda: len(_lines(cluster, sid)) >= 3, 120,
-            "the caller's line and the agent's answer stored")
-        before = _lines(cluster, sid)
-        said = sum(len(text) for who, text in before if who == "agent")
-        await asyncio.to_thread(
-            wait_for, lambda: _usage(cluster, sid, "tts_characters") >= said, 30,
-            "the usage so far stored")
-        rec = record(cluster, sid)
-        assert rec.status == "active" and rec.worker_id
+        first_agent, before, rec = await first_exchange(cluster, sid, caller, ears)
         lost_worker = rec.worker_id.split(":")[0]
         started_at = rec.started_at
         host = await asyncio.to_thread(wait_for, lambda: _room_node(cluster, room), 10,

@@ -22,7 +22,7 @@ from livekit import rtc
 from sqlalchemy import select
 
 from store.db import session_scope
-from store.models import SessionCost, TranscriptLine, UsageRecord, WebhookEvent
+from store.models import AgentSessionRecord, SessionCost, TranscriptLine, UsageRecord, WebhookEvent
 from store.resume import RESUME_LINE
 from tests.e2e.conftest import WORKERS, Cluster
 from tests.e2e.test_cluster import launch, record
@@ -75,6 +75,29 @@ class Ears:
             t.cancel()
 
 
+async def first_exchange(
+    cluster: Cluster, sid: str, caller: rtc.Room, ears: Ears
+) -> tuple[str, list[tuple[str, str]], AgentSessionRecord]:
+    """The first job greets the caller, who types a line, and the agent answers; all of it is
+    stored, and its usage (checkpoints every 5 s). The first agent heard, the lines, the
+    session's record (active, held by that job)."""
+    first_agent = await ears.wait_for_new_voice(set(), 120)
+    await asyncio.to_thread(wait_for, lambda: ("agent", GREETING) in _lines(cluster, sid),
+                            60, "the greeting stored")
+    await caller.local_participant.send_text("My name is Sam.", topic="lk.chat")
+    await asyncio.to_thread(
+        wait_for, lambda: len(_lines(cluster, sid)) >= 3, 120,
+        "the caller's line and the agent's answer stored")
+    before = _lines(cluster, sid)
+    said = sum(len(text) for who, text in before if who == "agent")
+    await asyncio.to_thread(
+        wait_for, lambda: _usage(cluster, sid, "tts_characters") >= said, 30,
+        "the usage so far stored")
+    rec = record(cluster, sid)
+    assert rec.status == "active" and rec.worker_id
+    return first_agent, before, rec
+
+
 def _lines(cluster: Cluster, sid: str) -> list[tuple[str, str]]:
     with session_scope(cluster.db_url) as db:
         return [(r.speaker, r.text) for r in db.scalars(
@@ -107,22 +130,7 @@ async def _session_survives(cluster: Cluster, room: str, kill_whole_worker: bool
     ears = Ears(caller)
     await caller.connect(data["livekit_url"], data["token"])
     try:
-        # The first job greets the caller, who types a line; the agent answers. All of it is
-        # stored, and so is its usage (checkpoints every 5 s).
-        first_agent = await ears.wait_for_new_voice(set(), 120)
-        await asyncio.to_thread(wait_for, lambda: ("agent", GREETING) in _lines(cluster, sid),
-                                60, "the greeting stored")
-        await caller.local_participant.send_text("My name is Sam.", topic="lk.chat")
-        await asyncio.to_thread(
-            wait_for, lambda: len(_lines(cluster, sid)) >= 3, 120,
-            "the caller's line and the agent's answer stored")
-        before = _lines(cluster, sid)
-        said = sum(len(text) for who, text in before if who == "agent")
-        await asyncio.to_thread(
-            wait_for, lambda: _usage(cluster, sid, "tts_characters") >= said, 30,
-            "the usage so far stored")
-        rec = record(cluster, sid)
-        assert rec.status == "active" and rec.worker_id
+        first_agent, before, rec = await first_exchange(cluster, sid, caller, ears)
         lost_worker, job_pid = rec.worker_id.split(":")[0], int(rec.worker_id.split(":")[1])
         started_at = rec.started_at
 
