@@ -43,6 +43,8 @@ class Cluster:
     worker_pids: dict[str, int]  # each live worker's main process (its own process group)
     node_cfgs: list[LiveKitServerConfig]
     node_procs: list[subprocess.Popen[bytes]]  # replaced when a node is restarted
+    worker_procs: dict[str, subprocess.Popen[bytes]]  # replaced when a worker is restarted
+    worker_envs: dict[str, dict[str, str]]
 
     def settings(self, node: int = 0) -> Settings:
         return load_settings(
@@ -72,6 +74,18 @@ class Cluster:
         self.node_procs[node] = start_livekit_server(self.node_cfgs[node],
                                                      log_path=self.logs[f"node{node}"])
 
+    def restart_worker(self, name: str) -> None:
+        """Start a killed live worker again and wait until it has registered (a test that
+        kills one leaves both for the next, whatever order the tests run in)."""
+        if self.worker_procs[name].poll() is None:
+            return
+        registered = self.log_text(name).count("registered worker")
+        proc = _spawn([sys.executable, "-m", "live.worker", "start"], self.worker_envs[name],
+                      self.logs[name])
+        self.worker_procs[name], self.worker_pids[name] = proc, proc.pid
+        wait_for(lambda: self.log_text(name).count("registered worker") > registered, 240,
+                 f"{name} to register again")
+
 
 def _registered(text: str) -> bool:
     return "registered worker" in text
@@ -93,6 +107,8 @@ def cluster(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     procs = []
     node_procs: list[subprocess.Popen[bytes]] = []
     node_cfgs: list[LiveKitServerConfig] = []
+    worker_procs: dict[str, subprocess.Popen[bytes]] = {}
+    worker_envs: dict[str, dict[str, str]] = {}
     proxy: FailoverProxy | None = None
     try:
         node_urls = []
@@ -132,18 +148,17 @@ def cluster(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         worker_pids: dict[str, int] = {}
         for i, name in enumerate(WORKERS):
             logs[name] = var / f"{name}.log"
-            procs.append(_spawn(
-                [sys.executable, "-m", "live.worker", "start"],
-                {**env, "LIVEKIT_URL": node_urls[i], "HOSTNAME": name,
-                 "LIVE_HEALTH_PORT": str(free_port())},
-                logs[name]))
-            worker_pids[name] = procs[-1].pid
+            worker_envs[name] = {**env, "LIVEKIT_URL": node_urls[i], "HOSTNAME": name,
+                                 "LIVE_HEALTH_PORT": str(free_port())}
+            worker_procs[name] = _spawn([sys.executable, "-m", "live.worker", "start"],
+                                        worker_envs[name], logs[name])
+            worker_pids[name] = worker_procs[name].pid
         from web.auth import create_api_token
 
         with session_scope(db_url) as db:
             token = create_api_token(db, "cluster-tests")
         cl = Cluster(node_urls, cluster_url, redis_url, lk_redis, db_url, web_url, token, var, logs,
-                     worker_pids, node_cfgs, node_procs)
+                     worker_pids, node_cfgs, node_procs, worker_procs, worker_envs)
         for name in (*WORKERS, "celery", "web"):
             ready = {"celery": "ready.", "web": "Booting worker"}.get(name)
             wait_for(lambda n=name, r=ready: (r in cl.log_text(n)) if r else _registered(
@@ -151,6 +166,8 @@ def cluster(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield cl
     finally:
         for proc in reversed(procs):
+            stop_process(proc, timeout=20)
+        for proc in worker_procs.values():  # the dict a restart updated
             stop_process(proc, timeout=20)
         for proc in node_procs:  # the list a restart updated
             stop_process(proc, timeout=20)

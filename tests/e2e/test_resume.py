@@ -204,5 +204,8 @@ async def test_sigkilled_job_is_resumed_for_the_same_caller_with_its_transcript(
 
 
 async def test_sigkilled_worker_session_moves_to_the_other_worker(cluster: Cluster) -> None:
-    """Last in the module: the cluster has one live worker left afterwards."""
-    await _session_survives(cluster, "resume-worker", kill_whole_worker=True)
+    try:
+        await _session_survives(cluster, "resume-worker", kill_whole_worker=True)
+    finally:  # the killed worker starts again, so the cluster's later tests have both
+        for name in WORKERS:
+            await asyncio.to_thread(cluster.restart_worker, name)
