@@ -40,11 +40,15 @@ class Cluster:
     api_token: str
     var_dir: Path
     logs: dict[str, Path]
-    worker_pids: dict[str, int]  # each live worker's main process (its own process group)
     node_cfgs: list[LiveKitServerConfig]
     node_procs: list[subprocess.Popen[bytes]]  # replaced when a node is restarted
     worker_procs: dict[str, subprocess.Popen[bytes]]  # replaced when a worker is restarted
     worker_envs: dict[str, dict[str, str]]
+
+    @property
+    def worker_pids(self) -> dict[str, int]:
+        """Each live worker's main process (its own process group)."""
+        return {name: proc.pid for name, proc in self.worker_procs.items()}
 
     def settings(self, node: int = 0) -> Settings:
         return load_settings(
@@ -82,7 +86,7 @@ class Cluster:
         registered = self.log_text(name).count("registered worker")
         proc = _spawn([sys.executable, "-m", "live.worker", "start"], self.worker_envs[name],
                       self.logs[name])
-        self.worker_procs[name], self.worker_pids[name] = proc, proc.pid
+        self.worker_procs[name] = proc
         wait_for(lambda: self.log_text(name).count("registered worker") > registered, 240,
                  f"{name} to register again")
 
@@ -145,20 +149,18 @@ def cluster(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "live,batch",
              "--concurrency", "2", "--loglevel", "INFO", "-n", "cluster@%h"],
             env, logs["celery"]))
-        worker_pids: dict[str, int] = {}
         for i, name in enumerate(WORKERS):
             logs[name] = var / f"{name}.log"
             worker_envs[name] = {**env, "LIVEKIT_URL": node_urls[i], "HOSTNAME": name,
                                  "LIVE_HEALTH_PORT": str(free_port())}
             worker_procs[name] = _spawn([sys.executable, "-m", "live.worker", "start"],
                                         worker_envs[name], logs[name])
-            worker_pids[name] = worker_procs[name].pid
         from web.auth import create_api_token
 
         with session_scope(db_url) as db:
             token = create_api_token(db, "cluster-tests")
         cl = Cluster(node_urls, cluster_url, redis_url, lk_redis, db_url, web_url, token, var, logs,
-                     worker_pids, node_cfgs, node_procs, worker_procs, worker_envs)
+                     node_cfgs, node_procs, worker_procs, worker_envs)
         for name in (*WORKERS, "celery", "web"):
             ready = {"celery": "ready.", "web": "Booting worker"}.get(name)
             wait_for(lambda n=name, r=ready: (r in cl.log_text(n)) if r else _registered(
