@@ -187,6 +187,11 @@ async def test_speaking_over_the_avatar_stops_it(stack: Stack, artifacts_dir) ->
     # stored reply ran 0 words past what the caller heard in 9 of 12, 1 word in 3).
 
 
+# how long the caller of the backchannel test listens for the answer to go on: a bound for a
+# broken resume, not a timing goal
+BACK_WITHIN_S = 12.0
+
+
 async def test_a_backchannel_over_the_avatar_does_not_cut_its_answer(stack: Stack, artifacts_dir) -> None:  # type: ignore[no-untyped-def]
     """"Yeah." in another voice over the answer: the agent pauses for it and goes on, and
     the backchannel is no turn of the caller's. As above, a call whose answer was over
@@ -197,7 +202,7 @@ async def test_a_backchannel_over_the_avatar_does_not_cut_its_answer(stack: Stac
         result = await run_call(settings, CallOptions(
             room=None, utterances=[], out_dir=artifacts_dir / "call", reply_timeout=90,
             interrupt_prompt="Please tell me a long story about a lighthouse keeper and the sea.",
-            interrupt_after=1.0, interrupt_with=yeah,
+            interrupt_after=1.0, interrupt_with=yeah, gap_window=BACK_WITHIN_S,
         ))
         print(result.render())
         assert result.error is None, result.render() + "\n--- live log ---\n" + stack.log_text("live")[-6000:]
@@ -217,8 +222,9 @@ async def test_a_backchannel_over_the_avatar_does_not_cut_its_answer(stack: Stac
     assert len(user) == 1, f"the backchannel was taken as a turn: {user}"  # the request only
     # it went on talking: no stop soon after the caller's "Yeah" (a quiet that begins later is
     # a gap between sentences, or the caller hanging up), or the sound came back after the
-    # pause (within 4 s; a reply dropped for it stays quiet), or the answer was heard to its
-    # end. How long the pause lasts is measured in bench.turns.call, not here.
+    # pause (a reply dropped for it stays quiet), or the answer was heard to its end. How long
+    # the pause lasts is measured in bench.turns.call (over 4 s), not here: on a busy machine
+    # the backchannel's transcript, which the resume waits for, took 5.6 s to come.
     stop = it.stop_latency_s
     went_on = (stop is None or stop > STOPPED_WITHIN_S or it.resumed_s is not None
                or (bool(agent) and not agent[-1][1]))
