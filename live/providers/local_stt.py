@@ -591,6 +591,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         )
                     elif (
                         over_agent
+                        and speculation is None  # begun: it hears as much, and decides first
                         and not early_decided
                         and early_marks
                         and ev.speech_duration >= early_marks[0]

@@ -694,3 +694,32 @@ async def test_a_blip_after_the_speculative_transcript_does_not_decode_the_utter
     assert stt.speculation_hits == 1 and stt.speculation_misses == 0
     kept = [r for r in caplog.records if r.getMessage() == "speculative transcript kept over a blip"]
     assert kept, "the blip did not restart the VAD's silence count: nothing was tested"
+
+
+async def test_over_the_agent_no_early_transcript_starts_after_the_speculative_one(
+    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
+) -> None:
+    """"Yeah." over the agent: once the speculative transcript (the one that may end the
+    pause) has begun, no early one of the same speech is queued behind it. In the room each
+    backchannel was decoded three times; on a busy machine the third held Whisper for seconds."""
+    decodes: list[tuple[float, bool, float | None]] = []  # audio seconds, full_retry, window
+
+    class Counting(LocalSTT):
+        async def transcribe(self, audio: np.ndarray, language: str, *, full_retry: bool = True,
+                             window_seconds: float | None = None) -> Transcript | None:
+            decodes.append((audio.size / 16000, full_retry, window_seconds))
+            return await super().transcribe(audio, language, full_retry=full_retry,
+                                            window_seconds=window_seconds)
+
+    sr = piper.sample_rate
+    stt = Counting(engine=whisper, vad=get_vad(local_ctx))
+    stt.agent_speaking = True
+    # "Yeah" and quiet after it, at a room's pace
+    pcm = silence(0.3, sr) + piper_pcm(piper, "Yeah.") + silence(1.0, sr)
+    events = await asyncio.wait_for(_paced_events(stt, pcm, sr), timeout=60)
+    assert SpeechEventType.FINAL_TRANSCRIPT not in [e.type for e in events]
+    speculative = [i for i, (_, retry, _) in enumerate(decodes) if not retry]
+    assert speculative, f"no speculative transcript over the agent: {decodes}"
+    after = decodes[speculative[0] + 1 :]
+    # only the full-window decode of a short-window result that looked wrong may follow
+    assert all(window == 30.0 for _, _, window in after), decodes
