@@ -164,8 +164,11 @@ async def test_speaking_over_the_avatar_stops_it(stack: Stack, artifacts_dir) ->
             lines = db.scalars(select(TranscriptLine).where(TranscriptLine.session_id == sid)).all()
             cut = [ln for ln in lines if ln.speaker == "agent" and ln.interrupted]
         quiet_already = it.stop_latency_s is not None and it.stop_latency_s < 0.05
-        if not cut and (not it.spoke_over or quiet_already):
-            continue  # the answer was over before the caller spoke: nothing was tested
+        if not it.spoke_over or quiet_already:
+            # the answer was over, or in a pause, when the caller spoke: nothing was tested.
+            # In a pause it is still cut (stored as "Aye," after a lead phrase on a busy
+            # machine), but what the caller heard is then one word, too little to line up.
+            continue
         break
     assert cut, "the caller spoke over the answer, but it was never interrupted:\n" + result.render()
     # The avatar went quiet because it was interrupted (not because the answer ended: the
