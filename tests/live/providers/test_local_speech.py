@@ -12,6 +12,7 @@ import itertools
 import logging
 import time
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -654,6 +655,21 @@ def test_words_faster_than_speech_over_the_agent_are_a_hum(text: str, voiced: fl
     assert hum_guess(text, voiced) is hum
 
 
+class _CountingSTT(LocalSTT):
+    """The local STT, noting each decode it asks Whisper for: (audio seconds, full_retry,
+    window_seconds)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.decodes: list[tuple[float, bool, float | None]] = []
+
+    async def transcribe(self, audio: np.ndarray, language: str, *, full_retry: bool = True,
+                         window_seconds: float | None = None) -> Transcript | None:
+        self.decodes.append((audio.size / 16000, full_retry, window_seconds))
+        return await super().transcribe(audio, language, full_retry=full_retry,
+                                        window_seconds=window_seconds)
+
+
 def _blip(piper: PiperEngine, ms: int = 60) -> bytes:
     """The loudest ``ms`` of a spoken "ah": the kind of sound after a sentence (a breath, a
     word's release) that makes the VAD hear speech again, with no word in it."""
@@ -672,14 +688,7 @@ async def test_a_blip_after_the_speculative_transcript_does_not_decode_the_utter
     speculative transcript began; that transcript is the final, with no second decode of the
     whole utterance (which on a busy machine held a paused reply for seconds). Words after
     the quiet still replace it (the test above)."""
-    decodes: list[float] = []
-
-    class Counting(LocalSTT):
-        async def transcribe(self, audio: np.ndarray, language: str, **kw: object) -> Transcript | None:
-            decodes.append(audio.size / 16000)
-            return await super().transcribe(audio, language, **kw)  # type: ignore[arg-type]
-
-    stt = Counting(engine=whisper, vad=get_vad(local_ctx))
+    stt = _CountingSTT(engine=whisper, vad=get_vad(local_ctx))
     stream = stt.stream()
     sr = piper.sample_rate
     pcm = silence(0.5, sr) + _trimmed(piper_pcm(piper, SENTENCES[1])) + silence(0.3, sr)
@@ -689,7 +698,7 @@ async def test_a_blip_after_the_speculative_transcript_does_not_decode_the_utter
     stream.end_input()
     events = await asyncio.wait_for(_events_until_final(stream), timeout=60)
     await stream.aclose()
-    assert len(decodes) == 1, decodes  # seconds of audio decoded, each time
+    assert len(stt.decodes) == 1, stt.decodes
     assert wer(SENTENCES[1], events[-1].alternatives[0].text) <= 0.15
     assert stt.speculation_hits == 1 and stt.speculation_misses == 0
     kept = [r for r in caplog.records if r.getMessage() == "speculative transcript kept over a blip"]
@@ -702,22 +711,14 @@ async def test_over_the_agent_no_early_transcript_starts_after_the_speculative_o
     """"Yeah." over the agent: once the speculative transcript (the one that may end the
     pause) has begun, no early one of the same speech is queued behind it. In the room each
     backchannel was decoded three times; on a busy machine the third held Whisper for seconds."""
-    decodes: list[tuple[float, bool, float | None]] = []  # audio seconds, full_retry, window
-
-    class Counting(LocalSTT):
-        async def transcribe(self, audio: np.ndarray, language: str, *, full_retry: bool = True,
-                             window_seconds: float | None = None) -> Transcript | None:
-            decodes.append((audio.size / 16000, full_retry, window_seconds))
-            return await super().transcribe(audio, language, full_retry=full_retry,
-                                            window_seconds=window_seconds)
-
     sr = piper.sample_rate
-    stt = Counting(engine=whisper, vad=get_vad(local_ctx))
+    stt = _CountingSTT(engine=whisper, vad=get_vad(local_ctx))
     stt.agent_speaking = True
     # "Yeah" and quiet after it, at a room's pace
     pcm = silence(0.3, sr) + piper_pcm(piper, "Yeah.") + silence(1.0, sr)
     events = await asyncio.wait_for(_paced_events(stt, pcm, sr), timeout=60)
     assert SpeechEventType.FINAL_TRANSCRIPT not in [e.type for e in events]
+    decodes = stt.decodes
     speculative = [i for i, (_, retry, _) in enumerate(decodes) if not retry]
     assert speculative, f"no speculative transcript over the agent: {decodes}"
     after = decodes[speculative[0] + 1 :]
