@@ -59,14 +59,6 @@ logger = logging.getLogger(__name__)
 # 0.1 s against 0.2 s side by side: heard p50 1.20 against 1.28 s, the same hesitations cut
 # (bench/results/turns-call-spec010.md, -spec020.md); ``STT__SPECULATE_AFTER`` sets it.
 SPECULATE_AFTER_SECONDS = 0.1
-# Speech after a speculative transcript began (the VAD's silence count restarting) under this
-# much is a blip: a breath, a click, a word's trailing release. The transcript of the speech
-# before it stands, instead of Whisper decoding all of it again (on a busy machine one more
-# decode of a "Yeah." took seconds, and the paused reply waited for it). No word is this short.
-BLIP_SECONDS = 0.15
-# counted in VAD windows this sure of speech (Silero's own threshold to start speech): the
-# windows after a sound that only stay above its lower threshold to end speech are its tail
-VOICED_PROBABILITY = 0.5
 # While the agent speaks, the caller's first words are transcribed this far into their speech
 # (and again at the later marks while nothing decisive was heard), so the session can tell
 # "stop" (interrupts) from "mm-hm" (does not) within about half a second.
@@ -445,9 +437,6 @@ class _LocalSpeechStream(stt.RecognizeStream):
             speaking = False
             utterance = 0
             speculation: asyncio.Task[Transcript | None] | None = None
-            # a speculation the caller spoke after: kept while that speech is only a blip
-            stale: asyncio.Task[Transcript | None] | None = None
-            blip = 0.0  # seconds of speech since the stale speculation began
             interim: asyncio.Task[Transcript | None] | None = None
             last_silence = 0.0
             since_interim = 0.0
@@ -538,8 +527,6 @@ class _LocalSpeechStream(stt.RecognizeStream):
             async for ev in vad_stream:
                 if ev.type == lk_vad.VADEventType.START_OF_SPEECH:
                     speaking, utterance = True, utterance + 1
-                    drop(stale)
-                    stale = None
                     began = time.monotonic() - ev.speech_duration
                     over_agent = local.spoken_over(began)
                     logger.debug("caller speech began", extra={
@@ -560,26 +547,14 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     since_interim += sum(f.duration for f in ev.frames)
                     silence = ev.raw_accumulated_silence
                     if silence < last_silence and speculation is not None:
-                        # the VAD's silence count restarted: the caller may go on
-                        stale, speculation, blip = speculation, None, 0.0
+                        # the VAD's silence count restarted: the caller goes on
+                        local.speculation_misses += 1
+                        drop(speculation)
+                        speculation = None
                         if early_verdict and heard is not None:
                             early_verdict, heard[1] = False, None  # not decided after all
                     last_silence = silence
-                    if stale is not None and ev.probability >= VOICED_PROBABILITY:
-                        blip += sum(f.duration for f in ev.frames)
-                        if blip >= BLIP_SECONDS:  # more than a blip: the caller went on
-                            logger.debug("the caller went on after the speculative transcript")
-                            local.speculation_misses += 1
-                            drop(stale)
-                            stale = None
-                    if speculation is None and stale is not None and silence >= local._speculate_after:
-                        # quiet again after a blip: the transcript of the speech before it stands
-                        logger.debug("speculative transcript kept over a blip",
-                                     extra={"blip_s": round(blip, 3)})
-                        speculation, stale = stale, None
-                        if speculation.done():  # its verdict or preflight was taken back: again
-                            send_preflight(speculation, utterance)
-                    elif speculation is None and silence >= local._speculate_after:
+                    if speculation is None and silence >= local._speculate_after:
                         drop(interim)  # the final matters more than a caption
                         interim = None
                         # over the agent, the speculation decides whether a paused reply
@@ -630,9 +605,6 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     interim = None
                     # the END frames are the ones already pushed: the utterance is complete
                     final, speculation = speculation, None
-                    if final is None and stale is not None:  # ended on a blip
-                        final = stale
-                    stale = None
                     speculative = final is not None
                     if final is not None:
                         local.speculation_hits += 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import logging
 import time
 from dataclasses import replace
 from typing import Any
@@ -668,41 +667,6 @@ class _CountingSTT(LocalSTT):
         self.decodes.append((audio.size / 16000, full_retry, window_seconds))
         return await super().transcribe(audio, language, full_retry=full_retry,
                                         window_seconds=window_seconds)
-
-
-def _blip(piper: PiperEngine, ms: int = 60) -> bytes:
-    """The loudest ``ms`` of a spoken "ah": the kind of sound after a sentence (a breath, a
-    word's release) that makes the VAD hear speech again, with no word in it."""
-    samples = np.frombuffer(piper_pcm(piper, "Ah."), dtype=np.int16).astype(np.float32)
-    n = piper.sample_rate * ms // 1000
-    energy = np.convolve(samples**2, np.ones(n), mode="valid")
-    at = int(np.argmax(energy))
-    return samples[at : at + n].astype(np.int16).tobytes()
-
-
-async def test_a_blip_after_the_speculative_transcript_does_not_decode_the_utterance_again(
-    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A blip in the quiet after a sentence restarts the VAD's silence count after the
-    speculative transcript began; that transcript is the final, with no second decode of the
-    whole utterance (which on a busy machine held a paused reply for seconds). Words after
-    the quiet still replace it (the test above)."""
-    stt = _CountingSTT(engine=whisper, vad=get_vad(local_ctx))
-    stream = stt.stream()
-    sr = piper.sample_rate
-    pcm = silence(0.5, sr) + _trimmed(piper_pcm(piper, SENTENCES[1])) + silence(0.3, sr)
-    pcm += _blip(piper) + silence(1.5, sr)
-    caplog.set_level(logging.DEBUG, logger="live.providers.local_stt")
-    _push(stream, pcm, sr)
-    stream.end_input()
-    events = await asyncio.wait_for(_events_until_final(stream), timeout=60)
-    await stream.aclose()
-    assert len(stt.decodes) == 1, stt.decodes
-    assert wer(SENTENCES[1], events[-1].alternatives[0].text) <= 0.15
-    assert stt.speculation_hits == 1 and stt.speculation_misses == 0
-    kept = [r for r in caplog.records if r.getMessage() == "speculative transcript kept over a blip"]
-    assert kept, "the blip did not restart the VAD's silence count: nothing was tested"
 
 
 async def test_over_the_agent_no_early_transcript_starts_after_the_speculative_one(
