@@ -673,8 +673,9 @@ async def test_over_the_agent_no_early_transcript_starts_after_the_speculative_o
     local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
     """"Yeah." over the agent: once the speculative transcript (the one that may end the
-    pause) has begun, no early one of the same speech is queued behind it. In the room each
-    backchannel was decoded three times; on a busy machine the third held Whisper for seconds."""
+    pause) has begun, no early one of the same speech is queued behind it. In the room a
+    flite "Yeah." was decoded three times in 3 of 5 traced runs, the third an early one queued
+    behind the speculative one on the serial Whisper."""
     sr = piper.sample_rate
     stt = _CountingSTT(engine=whisper, vad=get_vad(local_ctx))
     stt.agent_speaking = True
