@@ -97,6 +97,7 @@ class InterruptionResult(BaseModel):
     caption_text: str = ""  # the agent's captions for the interrupted reply
     caption_end_lag_s: float | None = None  # its last captioned word, against the sound's end
     heard_text: str = ""  # what the caller heard of it (transcribed), for comparison
+    heard_wav: str | None = None  # that sound, kept when the call records
 
 
 class CallResult(BaseModel):
@@ -149,6 +150,8 @@ class CallResult(BaseModel):
                         else f"not within {it.gap_window_s:.0f} s")
                 lines.append(f"        longest quiet {it.longest_gap_s * 1000:.0f} ms; its sound came back after {back}")
             lines.append(f"        heard: {it.heard_text!r}; captioned: {it.caption_text!r}")
+            if it.heard_wav:
+                lines.append(f"        recorded: {it.heard_wav}")
         if self.error:
             lines.append(f"error: {self.error}")
         return "\n".join(lines)
@@ -612,7 +615,8 @@ def speech_onset(pcm: np.ndarray, rate: int = SAMPLE_RATE) -> float:
 
 
 async def _interrupt(
-    rec: _Recorder, opts: CallOptions, speech_q: asyncio.Queue[np.ndarray], spoken: asyncio.Event
+    rec: _Recorder, opts: CallOptions, speech_q: asyncio.Queue[np.ndarray], spoken: asyncio.Event,
+    heard_wav: Path | None = None,
 ) -> InterruptionResult:
     assert opts.interrupt_prompt
     out = InterruptionResult(prompt=str(opts.interrupt_prompt), gap_window_s=opts.gap_window)
@@ -654,7 +658,11 @@ async def _interrupt(
     await _interrupted_captions(rec, out, opts.identity, asked, over, stopped)
     heard = [pcm for t, pcm in rec.audio if start - 0.1 <= t <= (stopped or over) + 0.1]
     if heard:
-        out.heard_text = await asyncio.to_thread(transcribe, np.concatenate(heard), SAMPLE_RATE)
+        heard_pcm = np.concatenate(heard)
+        if heard_wav is not None:
+            write_wav(heard_wav, heard_pcm, SAMPLE_RATE)
+            out.heard_wav = str(heard_wav)
+        out.heard_text = await asyncio.to_thread(transcribe, heard_pcm, SAMPLE_RATE)
     return out
 
 
@@ -813,7 +821,10 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
                 result.video_fps_decoded = round(
                     (decoded - decoded_from[1]) / (time.monotonic() - decoded_from[0]), 2)
         if opts.interrupt_prompt and result.error is None:
-            result.interruption = await _interrupt(rec, opts, speech_q, spoken)
+            heard_wav = opts.out_dir / f"{room_name}-spoken-over.wav" if opts.record else None
+            if heard_wav is not None:
+                opts.out_dir.mkdir(parents=True, exist_ok=True)
+            result.interruption = await _interrupt(rec, opts, speech_q, spoken, heard_wav)
         result.captions = rec.caption_segments()
         arrivals = rec.video_arrivals
         if len(arrivals) > 1:

@@ -91,6 +91,11 @@ async def test_caller_gets_two_spoken_answers_with_video(stack: Stack, artifacts
     sid = result.session_id
     assert sid, "the agent publishes its session id as a participant attribute"
 
+    # The caller left: after the grace period the session ends and the back office runs.
+    # Only then is the whole transcript stored: the caller stops listening once a reply has
+    # been quiet for a while, and a reply stalled longer than that on a busy machine is
+    # still being played (and not yet a line) when the call returns.
+    await asyncio.to_thread(wait_for, lambda: _status(stack, sid) == "ended", 60, "session ended")
     with session_scope(stack.db_url) as db:
         lines = db.scalars(select(TranscriptLine).where(TranscriptLine.session_id == sid)
                            .order_by(TranscriptLine.started_at)).all()
@@ -116,9 +121,6 @@ async def test_caller_gets_two_spoken_answers_with_video(stack: Stack, artifacts
         assert len(ends) >= 2, ends
         bound = settings.limits.endpointing_max_delay - 0.05
         assert not [(e, tr) for e, tr in ends if e >= bound and (tr is None or tr < bound)], ends
-
-    # The caller left: after the grace period the session ends and the back office runs.
-    await asyncio.to_thread(wait_for, lambda: _status(stack, sid) == "ended", 60, "session ended")
 
     def finalised() -> bool:
         with session_scope(stack.db_url) as db:
@@ -168,6 +170,12 @@ async def test_speaking_over_the_avatar_stops_it(stack: Stack, artifacts_dir) ->
             # the answer was over, or in a pause, when the caller spoke: nothing was tested.
             # In a pause it is still cut (stored as "Aye," after a lead phrase on a busy
             # machine), but what the caller heard is then one word, too little to line up.
+            continue
+        if cut and not it.heard_text.strip():
+            # cut, but the caller's own Whisper made nothing of what it heard (once, in a CI
+            # run on a busy machine: stored "I'd love to talk", heard ''): the line-up below
+            # cannot be judged. The sound is kept (it.heard_wav) to tell why; a product whose
+            # reply never reaches the caller intelligibly fails all three calls.
             continue
         break
     assert cut, "the caller spoke over the answer, but it was never interrupted:\n" + result.render()
