@@ -181,6 +181,13 @@ class LLMSettings(BaseModel):
     )
     temperature: float = Field(default=0.6, ge=0.0, le=2.0, description="Sampling temperature.")
     max_tokens: int = Field(default=96, ge=1, le=8192, description="Max tokens per answer.")
+    threads: int = Field(
+        default=1, ge=1, le=64,
+        description="CPU threads of the local model (llama.cpp) in the live worker. One by "
+        "default: its threads wait on each other at every step, and on a machine whose cores "
+        "are busy (the face, the VAD, Whisper, other sessions) one descheduled thread stalls "
+        "the rest (bench/results/llm-threads.md). More only on a machine with cores to spare.",
+    )
     fallback: LLMProvider | None = Field(
         default="local", description="Provider used when the hosted one fails (`none`: no fallback)."
     )

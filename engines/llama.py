@@ -42,8 +42,9 @@ def turn_options() -> LlamaOptions:
 
 def agent_options(settings: Settings) -> LlamaOptions:
     """The live agent's: one slot per session (up to 4), a small prompt cache for the persona
-    prefix the sessions share."""
-    return LlamaOptions(parallel=max(1, min(4, settings.limits.max_concurrent_sessions)))
+    prefix the sessions share, ``llm.threads`` threads (one by default: see that setting)."""
+    return LlamaOptions(parallel=max(1, min(4, settings.limits.max_concurrent_sessions)),
+                        threads=settings.llm.threads)
 
 
 def llama_params(path: Path, options: LlamaOptions) -> Any:

@@ -322,3 +322,21 @@ def test_a_doubtful_short_window_decode_is_given_back_marked_when_asked(
     windows.clear()
     final = engine.transcribe_sync(audio, "en", 10.0)
     assert (final.trusted, windows) == (True, [10.0, 30.0])
+
+
+@pytest.mark.unit
+def test_the_live_agents_model_runs_on_the_configured_threads_one_by_default(tmp_path: Path) -> None:
+    """Two llama.cpp threads wait on each other at every step: beside two busy loops on two
+    cores, 20 tokens took 2.1 s at p50 (61 s at worst) on two threads and 0.83 s on one
+    (bench/results/llm-threads.md). The live agent's engine uses ``llm.threads``."""
+    pytest.importorskip("xllamacpp")
+    from config.settings import ConfigError, load_settings
+    from engines.llama import agent_options, llama_params
+
+    default = llama_params(tmp_path / "m.gguf", agent_options(load_settings(_env_file=None)))
+    assert default.cpuparams.n_threads == 1 and default.cpuparams_batch.n_threads == 1
+    two = load_settings(_env_file=None, llm={"threads": 2})
+    params = llama_params(tmp_path / "m.gguf", agent_options(two))
+    assert params.cpuparams.n_threads == 2 and params.cpuparams_batch.n_threads == 2
+    with pytest.raises(ConfigError, match="LLM__THREADS"):
+        load_settings(_env_file=None, llm={"threads": 0})
