@@ -822,8 +822,6 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
                     (decoded - decoded_from[1]) / (time.monotonic() - decoded_from[0]), 2)
         if opts.interrupt_prompt and result.error is None:
             heard_wav = opts.out_dir / f"{room_name}-spoken-over.wav" if opts.record else None
-            if heard_wav is not None:
-                opts.out_dir.mkdir(parents=True, exist_ok=True)
             result.interruption = await _interrupt(rec, opts, speech_q, spoken, heard_wav)
         result.captions = rec.caption_segments()
         arrivals = rec.video_arrivals
