@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 MARKS = {  # worker log message -> column
+    "speculative transcription started": "spec_in",
+    "speculative transcript ready": "spec_out",
+    "caller speech ended (VAD)": "vad_end",
     "received user preflight transcript": "preflight",
     "reply LLM started": "llm",
     "reply LLM first text": "llm_first",
@@ -33,7 +36,7 @@ MARKS = {  # worker log message -> column
     "reply audio to the face": "to_face",
     "reply audio playing": "playing",
 }
-COLUMNS = ["preflight", "llm", "llm_first", "tts_in", "tts_out", "final", "committed", "used", "to_face", "playing", "heard"]
+COLUMNS = ["spec_in", "spec_out", "vad_end", "preflight", "llm", "llm_first", "tts_in", "tts_out", "final", "committed", "used", "to_face", "playing", "heard"]
 
 
 def _events(log: Path) -> list[tuple[float, str]]:

@@ -406,6 +406,11 @@ class LocalLLMStream(llm.LLMStream):
                 )
             else:
                 emit(pending)
+        if self.timings:
+            t = self.timings
+            logger.debug("local LLM timings", extra={
+                k: t.get(k) for k in ("prompt_n", "cache_n", "prompt_ms", "predicted_n",
+                                      "predicted_ms")})
         if not usage_sent and self.timings:
             t = self.timings
             self._send_usage(

@@ -487,13 +487,18 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         )
                     )
 
-            def send_preflight(task: asyncio.Task[Transcript | None], number: int) -> None:
+            def send_preflight(task: asyncio.Task[Transcript | None], number: int,
+                               started: float) -> None:
                 """The speculative transcript, as LiveKit's preflight: the session starts the
                 reply (LLM, first TTS sentence) now and keeps it if the final says the same."""
                 nonlocal early_verdict
                 if task.cancelled() or task.exception() is not None:
                     return  # drop() retrieves the error
                 result = task.result()
+                logger.debug("speculative transcript ready", extra={
+                    "took_s": round(time.monotonic() - started, 3),
+                    # False: the VAD's end of speech came first, this is the final already
+                    "before_end_of_speech": number == utterance and task is speculation})
                 if number == utterance and task is speculation and over_agent and (
                     result is None or not result.text or not result.trusted
                     or is_backchannel(result.text) or result.confidence < EARLY_MIN_CONFIDENCE
@@ -561,8 +566,11 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         # goes on: a short-window result that looks wrong (a hum) says "no
                         # words" at once; the final decodes it again on the full window
                         speculation = start(speech.audio(), full_retry=not over_agent)
+                        logger.debug("speculative transcription started", extra={
+                            "silence_s": round(silence, 3), "speech_s": round(speech.seconds, 3)})
                         speculation.add_done_callback(
-                            lambda t, n=utterance: send_preflight(t, n)  # type: ignore[misc]
+                            lambda t, n=utterance, s0=time.monotonic(): send_preflight(  # type: ignore[misc]
+                                t, n, s0)
                         )
                     elif (
                         over_agent
@@ -595,6 +603,10 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     speaking = False
                     voiced = ev.speech_duration  # the VAD's speech, without padding or silence
                     speech_end_time = time.time() - ev.silence_duration - ev.inference_duration
+                    logger.debug("caller speech ended (VAD)", extra={
+                        "silence_s": round(ev.silence_duration, 3),
+                        "speculation": "none" if speculation is None else (
+                            "done" if speculation.done() else "running")})
                     send(
                         stt.SpeechEvent(
                             type=stt.SpeechEventType.END_OF_SPEECH,
