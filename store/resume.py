@@ -31,6 +31,8 @@ RESUME_LINE = "Sorry, I was cut off for a moment. I'm back with you."
 # participant_left webhook carries them when the agent is gone.
 SESSION_ATTR = "avatar.session_id"
 WORKER_ATTR = "avatar.worker_id"
+# What the back office writes as a session's holder while a resume is on its way to a job.
+RESUME_MARKER_PREFIX = "resume:"
 # Prior lines given to the LLM after a resume (the newest ones).
 HISTORY_LINES = 40
 

@@ -30,6 +30,7 @@ import json
 import logging
 import secrets
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import shared_task
@@ -40,7 +41,13 @@ from config.session import SessionSpec
 from config.settings import Settings
 from store.db import session_scope
 from store.models import AgentSessionRecord, SessionStatus, TranscriptLine
-from store.resume import RESUME_KEY, RESUME_LINE, SESSION_ATTR, resume_metadata
+from store.resume import (
+    RESUME_KEY,
+    RESUME_LINE,
+    RESUME_MARKER_PREFIX,
+    SESSION_ATTR,
+    resume_metadata,
+)
 from tasks.base import AvatarTask, TransientError
 from tasks.provisioning import classify_livekit_error, livekit_api
 
@@ -58,6 +65,14 @@ MAX_RESUMES = 3
 # while it still routes the room to the dead node), and attempts go on for this long.
 ATTEMPT_SECONDS = 1.5
 ROUTABLE_WITHIN_SECONDS = 25.0
+# A node and the worker running the session's job can die together (one machine). Nothing
+# reports the job's loss then, but the caller's SDK reconnects and the room is created again
+# on a live node: its webhook asks resume_if_holder_gone to look. The job's heartbeat
+# (live.recorder, every 5 s) not moving on for this long says it is gone ...
+HOLDER_SILENT_SECONDS = 11.0
+# ... looked at up to this many times (a job that still beats is alive: it reports the room's
+# loss itself, see live.room_loss).
+HOLDER_CHECKS = 3
 CALLER_KINDS = (api.ParticipantInfo.Kind.STANDARD, api.ParticipantInfo.Kind.SIP)
 AGENT_KIND = api.ParticipantInfo.Kind.AGENT
 
@@ -248,7 +263,7 @@ def resume(
         logger.warning("session lost its job too often; not dispatched again",
                        extra={"session_id": session_id, "resumes": resumes})
         return {**out, "action": "gave_up"}
-    marker = f"resume:{secrets.token_hex(8)}"
+    marker = f"{RESUME_MARKER_PREFIX}{secrets.token_hex(8)}"
     if not _set_holder(settings, session_id, lost_worker_id, marker):
         return {**out, "action": "not_held"}
     metadata = resume_metadata(spec_json, marker)
@@ -289,3 +304,73 @@ def resume_session(
         return resume(self.settings, session_id, lost_worker_id, self.app, room_lost=room_lost)
     except TransientError:
         raise  # retried (autoretry_for)
+
+
+def _beat_iso(beat: datetime | None) -> str | None:
+    if beat is None:
+        return None
+    return (beat if beat.tzinfo else beat.replace(tzinfo=UTC)).isoformat()
+
+
+def holder_silence_wait(beat_iso: str | None, now: datetime | None = None) -> float:
+    """Seconds until a holder whose last heartbeat was ``beat_iso`` counts as gone."""
+    if beat_iso is None:
+        return HOLDER_SILENT_SECONDS
+    beat = datetime.fromisoformat(beat_iso)
+    elapsed = ((now or datetime.now(UTC)) - beat).total_seconds()
+    return max(0.0, HOLDER_SILENT_SECONDS - elapsed)
+
+
+def schedule_holder_check(
+    app: Any, session_id: str, holder: str, beat: datetime | None, attempt: int = 1
+) -> Any:
+    """The signature that looks at the holder once its heartbeat would be stale if it died."""
+    beat_iso = _beat_iso(beat)
+    return app.signature("tasks.resume.resume_if_holder_gone",
+                         args=(session_id, holder, beat_iso, attempt),
+                         countdown=holder_silence_wait(beat_iso) + 0.5)
+
+
+def resume_if_gone(
+    settings: Settings, session_id: str, holder: str, beat_iso: str | None, app: Any = None,
+    attempt: int = 1,
+) -> dict[str, Any]:
+    """Resume the session if ``holder`` still holds it and its heartbeat stayed at
+    ``beat_iso`` for HOLDER_SILENT_SECONDS: its job is gone with the room's node."""
+    out: dict[str, Any] = {"session_id": session_id}
+    with session_scope(settings.db.url) as db:
+        rec = db.get(AgentSessionRecord, session_id)
+        if rec is None or rec.status != SessionStatus.ACTIVE:
+            return {**out, "action": "not_open"}
+        if rec.worker_id != holder:
+            return {**out, "action": "not_held"}
+        now_iso = _beat_iso(rec.heartbeat_at)
+    if now_iso != beat_iso:
+        return {**out, "action": "holder_alive"}  # it beat since the room was created again
+    wait = holder_silence_wait(beat_iso)
+    if wait > 0:
+        if app is not None and attempt < HOLDER_CHECKS:
+            app.signature("tasks.resume.resume_if_holder_gone",
+                          args=(session_id, holder, beat_iso, attempt + 1),
+                          countdown=wait + 0.5).apply_async()
+        return {**out, "action": "waiting", "wait_s": round(wait, 2)}
+    logger.warning("the session's job went silent with its room's node; resuming",
+                   extra={"session_id": session_id, "holder": holder, "last_beat": beat_iso})
+    return resume(settings, session_id, holder, app)
+
+
+@shared_task(
+    base=AvatarTask,
+    bind=True,
+    name="tasks.resume.resume_if_holder_gone",
+    soft_time_limit=45,
+    time_limit=60,
+    max_retries=3,
+    retry_backoff_max=5,
+)
+def resume_if_holder_gone(
+    self: AvatarTask, session_id: str, holder: str, beat_iso: str | None, attempt: int = 1
+) -> dict[str, Any]:
+    """The session's room was created again under it (its node died, the caller came back):
+    resume it once its job's heartbeat has gone quiet. Safe to run twice (compare-and-set)."""
+    return resume_if_gone(self.settings, session_id, holder, beat_iso, self.app, attempt)

@@ -32,9 +32,10 @@ from config.session import SessionSpec
 from config.settings import Settings
 from store.db import session_scope
 from store.models import AgentSessionRecord, SessionStatus, WebhookEvent, utcnow
-from store.resume import SESSION_ATTR, WORKER_ATTR
+from store.resume import RESUME_MARKER_PREFIX, SESSION_ATTR, WORKER_ATTR
 from tasks.base import ServiceError, enqueue_after_commit
 from tasks.provisioning import get_or_create_session
+from tasks.resume import schedule_holder_check
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +188,10 @@ def _act(
     if event.event in START_EVENTS and room.name:
         if event.event == "participant_joined" and event.participant.kind == AGENT_KIND:
             return WebhookOutcome(event.event, event_id, "ignored", room.name)
+        if room.sid:
+            recreated = _session_of_recreated_room(db, room.name, room.sid)
+            if recreated is not None:
+                return _recreated_room(db, app, event, event_id, recreated)
         spec = wants_agent(settings, room)
         if spec is None:
             return WebhookOutcome(event.event, event_id, "ignored", room.name)
@@ -208,6 +213,50 @@ def _open_session_for_room(db: Session, room_name: str, room_sid: str) -> AgentS
         )
         .order_by(AgentSessionRecord.created_at.desc())
     ).first()
+
+
+def _session_of_recreated_room(
+    db: Session, room_name: str, room_sid: str
+) -> AgentSessionRecord | None:
+    """An active session of this room name whose room was another one (another sid).
+
+    LiveKit never sends ``room_finished`` for the rooms of a node that died; when the caller's
+    SDK reconnects, the room is created again on a live node, with a new sid and no agent in
+    it. If the session's job died with the node (one machine running both), nothing else
+    reports the loss: this room's webhooks are the first sign of it.
+    """
+    return db.scalars(
+        select(AgentSessionRecord)
+        .where(
+            AgentSessionRecord.room == room_name,
+            AgentSessionRecord.status == SessionStatus.ACTIVE,
+            AgentSessionRecord.room_sid.is_not(None),
+            AgentSessionRecord.room_sid != room_sid,
+        )
+        .order_by(AgentSessionRecord.created_at.desc())
+    ).first()
+
+
+def _recreated_room(
+    db: Session, app: Celery, event: api.WebhookEvent, event_id: str, record: AgentSessionRecord
+) -> WebhookOutcome:
+    """The session's room was created again: the session follows the new room (no second
+    session for it), and its holder is looked at once its heartbeat would be stale if it died
+    with the node (:func:`tasks.resume.resume_if_holder_gone`). A job that is alive reports
+    the loss itself; a resume already on its way (a marker holds the session) is left alone.
+    """
+    room = event.room
+    holder = record.worker_id
+    logger.warning(
+        "a new room of an active session's name: its room was lost",
+        extra={"session_id": record.id, "room": room.name, "old_sid": record.room_sid,
+               "new_sid": room.sid, "holder": holder, "event": event.event},
+    )
+    record.room_sid = room.sid
+    if holder is None or holder.startswith(RESUME_MARKER_PREFIX):
+        return WebhookOutcome(event.event, event_id, "session_exists", room.name, record.id)
+    enqueue_after_commit(db, schedule_holder_check(app, record.id, holder, record.heartbeat_at))
+    return WebhookOutcome(event.event, event_id, "holder_check", room.name, record.id)
 
 
 def _start(

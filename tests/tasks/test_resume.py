@@ -6,6 +6,9 @@ decisions on the real store and broker.
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 import redis
 from livekit import api
@@ -167,3 +170,84 @@ def test_a_session_whose_room_keeps_being_lost_is_given_up(
     out = resume_mod.resume(settings, sid, "live-a:1:AJ_9", room_lost=True)
     assert out["action"] == "gave_up"
     assert get_session(settings, sid).worker_id == "live-a:1:AJ_9"
+
+
+def test_a_room_created_again_under_an_active_session_gets_its_holder_looked_at(
+    wh_settings: Settings, wh_app: AvatarCelery, queued: redis.Redis  # noqa: F811
+) -> None:
+    """A node and the job's worker died together: the caller's SDK comes back into a new room
+    of the same name (new sid). The session follows the new room (no second session, though
+    the name matches the rooms rule) and its holder is looked at once its heartbeat would be
+    stale; a resume already on its way is left alone."""
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.resume import HOLDER_SILENT_SECONDS
+
+    beat = datetime.now(UTC) - timedelta(seconds=3)
+    sid = new_session(wh_settings, room="agent-lost", room_sid="RM_old", status="active",
+                      worker_id="live-a:10:AJ_1", heartbeat_at=beat)
+    joined = room_event("participant_joined", "agent-lost", sid="RM_new", identity="caller")
+    out = deliver(wh_settings, wh_app, joined)
+    assert out["action"] == "holder_check" and out["session_id"] == sid
+    assert get_session(wh_settings, sid).room_sid == "RM_new"
+    [raw] = queued.lrange("live", 0, -1)
+    msg = json.loads(raw)
+    assert msg["headers"]["task"] == "tasks.resume.resume_if_holder_gone"
+    assert json.loads(base64.b64decode(msg["body"]))[0] == [sid, "live-a:10:AJ_1", beat.isoformat(), 1]
+    eta = datetime.fromisoformat(msg["headers"]["eta"])
+    assert abs((eta - beat).total_seconds() - (HOLDER_SILENT_SECONDS + 0.5)) < 1.0
+    # the new room's other events find the session; no webhook session is made for the room
+    again = deliver(wh_settings, wh_app, room_event("room_started", "agent-lost", sid="RM_new"))
+    assert again["action"] == "session_exists" and again["session_id"] == sid
+    assert len(queued.lrange("live", 0, -1)) == 1
+    with session_scope(wh_settings.db.url) as db:
+        assert db.query(AgentSessionRecord).filter_by(room="agent-lost").count() == 1
+
+    # held by a resume marker: a resume is on its way, nothing more is asked
+    marked = new_session(wh_settings, room="agent-lost2", room_sid="RM_a", status="active",
+                         worker_id="resume:0123abcd")
+    out = deliver(wh_settings, wh_app, room_event("participant_joined", "agent-lost2",
+                                                  sid="RM_b", identity="caller"))
+    assert out["action"] == "session_exists" and out["session_id"] == marked
+    assert get_session(wh_settings, marked).room_sid == "RM_b"
+    assert len(queued.lrange("live", 0, -1)) == 1
+
+
+def test_the_holder_of_a_recreated_room_is_resumed_only_once_silent(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that still beats is alive (it reports the loss itself); one whose heartbeat
+    stayed put for HOLDER_SILENT_SECONDS died with the node: the session is resumed, once."""
+    from datetime import UTC, datetime, timedelta
+
+    import tasks.resume as resume_mod
+
+    async def room_state(*_: object) -> tuple[int, int, int]:
+        return 1, 0, 0  # the caller is back, no agent of the session
+
+    dispatched: list[str] = []
+
+    async def dispatch(_settings: Settings, room: str, metadata: str) -> str:
+        dispatched.append(room)
+        return "AD_2"
+
+    monkeypatch.setattr(resume_mod, "_room_state", room_state)
+    monkeypatch.setattr(resume_mod, "_dispatch", dispatch)
+    now = datetime.now(UTC)
+    old, fresh = now - timedelta(seconds=30), now - timedelta(seconds=2)
+    holder = "live-a:1:AJ_5"
+
+    alive = new_session(settings, room="h1", status="active", worker_id=holder, heartbeat_at=fresh)
+    out = resume_mod.resume_if_gone(settings, alive, holder, old.isoformat())
+    assert out["action"] == "holder_alive"  # it beat after the new room's webhook saw it
+
+    young = new_session(settings, room="h2", status="active", worker_id=holder, heartbeat_at=fresh)
+    out = resume_mod.resume_if_gone(settings, young, holder, fresh.isoformat())
+    assert out["action"] == "waiting" and 0 < out["wait_s"] <= resume_mod.HOLDER_SILENT_SECONDS
+
+    gone = new_session(settings, room="h3", status="active", worker_id=holder, heartbeat_at=old)
+    out = resume_mod.resume_if_gone(settings, gone, holder, old.isoformat())
+    assert out["action"] == "dispatched" and dispatched == ["h3"]
+    assert (get_session(settings, gone).worker_id or "").startswith("resume:")
+    again = resume_mod.resume_if_gone(settings, gone, holder, old.isoformat())
+    assert again["action"] == "not_held" and dispatched == ["h3"]
