@@ -19,6 +19,12 @@ dispatch would wait on it (10 s, three times); so each attempt is cut short and 
 (:func:`_dispatch_when_routable`). The caller's SDK reconnects through the cluster's URL and
 lands in the room on the surviving node; the new job waits for the caller like any other.
 
+A node and the worker holding the session can die together (one machine). Then no job
+reports anything, but the caller's SDK comes back and LiveKit creates the room again: the
+webhook of the room of an active session starting again schedules
+:func:`resume_if_holder_gone`, which resumes the session once its job's heartbeat has been
+silent for HOLDER_SILENT_SECONDS.
+
 Once per loss: the session row is compare-and-set from the lost job to the marker, so a
 repeated webhook or task finds the session no longer held by the lost job and does nothing.
 """
@@ -46,6 +52,7 @@ from store.resume import (
     RESUME_LINE,
     RESUME_MARKER_PREFIX,
     SESSION_ATTR,
+    WORKER_ATTR,
     resume_metadata,
 )
 from tasks.base import AvatarTask, TransientError
@@ -77,8 +84,14 @@ CALLER_KINDS = (api.ParticipantInfo.Kind.STANDARD, api.ParticipantInfo.Kind.SIP)
 AGENT_KIND = api.ParticipantInfo.Kind.AGENT
 
 
-async def _room_state(settings: Settings, room: str, session_id: str) -> tuple[int, int, int]:
-    """Callers in the room, agents serving this session in it, resumes dispatched so far."""
+async def _room_state(
+    settings: Settings, room: str, session_id: str, lost_worker_id: str
+) -> tuple[int, int, int]:
+    """Callers in the room, agents serving this session in it, resumes dispatched so far.
+
+    The lost job's own agent does not count, and is removed if still listed: a cluster keeps
+    a dead node's participants in its room state when the room is created again elsewhere.
+    """
     async with livekit_api(settings) as lk:
         try:
             res = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
@@ -87,8 +100,19 @@ async def _room_state(settings: Settings, room: str, session_id: str) -> tuple[i
                 return 0, 0, 0
             raise
         callers = sum(1 for p in res.participants if p.kind in CALLER_KINDS)
-        agents = sum(1 for p in res.participants if p.kind == AGENT_KIND
-                     and p.attributes.get(SESSION_ATTR) == session_id)
+        ours = [p for p in res.participants
+                if p.kind == AGENT_KIND and p.attributes.get(SESSION_ATTR) == session_id]
+        agents = 0
+        for p in ours:
+            if p.attributes.get(WORKER_ATTR) != lost_worker_id:
+                agents += 1
+                continue
+            try:
+                await lk.room.remove_participant(
+                    api.RoomParticipantIdentity(room=room, identity=p.identity))
+            except api.TwirpError as err:
+                logger.info("the lost job's agent could not be removed from the room",
+                            extra={"room": room, "identity": p.identity, "code": err.code})
         resumes = 0
         for d in await lk.agent_dispatch.list_dispatch(room):
             try:
@@ -252,7 +276,8 @@ def resume(
         resumes = _resumes_so_far(settings, session_id)
     else:
         try:
-            callers, agents, resumes = asyncio.run(_room_state(settings, room, session_id))
+            callers, agents, resumes = asyncio.run(
+                _room_state(settings, room, session_id, lost_worker_id))
         except Exception as err:
             raise classify_livekit_error(err) from None
         if not callers:

@@ -189,7 +189,8 @@ def _act(
         if event.event == "participant_joined" and event.participant.kind == AGENT_KIND:
             return WebhookOutcome(event.event, event_id, "ignored", room.name)
         if room.sid:
-            recreated = _session_of_recreated_room(db, room.name, room.sid)
+            recreated = _session_of_recreated_room(
+                db, room.name, room.sid, started=event.event == "room_started")
             if recreated is not None:
                 return _recreated_room(db, app, event, event_id, recreated)
         spec = wants_agent(settings, room)
@@ -216,24 +217,24 @@ def _open_session_for_room(db: Session, room_name: str, room_sid: str) -> AgentS
 
 
 def _session_of_recreated_room(
-    db: Session, room_name: str, room_sid: str
+    db: Session, room_name: str, room_sid: str, *, started: bool
 ) -> AgentSessionRecord | None:
-    """An active session of this room name whose room was another one (another sid).
+    """An active session whose room was created again: ``room_started`` for its room (a
+    session becomes active in a room that exists), or an event of another room of its name.
 
     LiveKit never sends ``room_finished`` for the rooms of a node that died; when the caller's
-    SDK reconnects, the room is created again on a live node, with a new sid and no agent in
-    it. If the session's job died with the node (one machine running both), nothing else
-    reports the loss: this room's webhooks are the first sign of it.
+    SDK reconnects, the room is created again on a live node, with no agent in it (a cluster
+    keeps the room's sid in Redis; one server alone gives it a new one). If the session's job
+    died with the node (one machine running both), nothing else reports the loss: this room's
+    webhooks are the first sign of it.
     """
+    where = [AgentSessionRecord.room == room_name,
+             AgentSessionRecord.status == SessionStatus.ACTIVE]
+    if not started:
+        where += [AgentSessionRecord.room_sid.is_not(None),
+                  AgentSessionRecord.room_sid != room_sid]
     return db.scalars(
-        select(AgentSessionRecord)
-        .where(
-            AgentSessionRecord.room == room_name,
-            AgentSessionRecord.status == SessionStatus.ACTIVE,
-            AgentSessionRecord.room_sid.is_not(None),
-            AgentSessionRecord.room_sid != room_sid,
-        )
-        .order_by(AgentSessionRecord.created_at.desc())
+        select(AgentSessionRecord).where(*where).order_by(AgentSessionRecord.created_at.desc())
     ).first()
 
 
@@ -248,7 +249,7 @@ def _recreated_room(
     room = event.room
     holder = record.worker_id
     logger.warning(
-        "a new room of an active session's name: its room was lost",
+        "the room of an active session was created again: it was lost",
         extra={"session_id": record.id, "room": room.name, "old_sid": record.room_sid,
                "new_sid": room.sid, "holder": holder, "event": event.event},
     )

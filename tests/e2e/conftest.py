@@ -70,6 +70,12 @@ class Cluster:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
 
+    def kill_worker(self, name: str) -> None:
+        """SIGKILL a live worker with its job processes (its own process group)."""
+        proc = self.worker_procs[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
     def restart_node(self, node: int) -> None:
         """Start a killed node again on its ports (a test that kills one leaves the cluster
         whole for the next); the worker registered with it reconnects on its own."""

@@ -9,6 +9,9 @@ stale; a worker still registered takes the job, claims the session and rebuilds 
 conversation from the stored transcript. The caller's SDK reconnects through the cluster's
 URL into the room on the surviving node and hears the agent again. The transcript goes on
 under the same session, and usage is counted once.
+
+The second test kills the node and the worker holding the session together: nobody reports
+the job's loss, and the room started again on the surviving node is what sets the resume off.
 """
 
 from __future__ import annotations
@@ -181,3 +184,84 @@ async def test_killed_node_session_resumes_on_the_surviving_node(cluster: Cluste
     assert rec.started_at is not None and rec.ended_at is not None
     assert len(minutes) == 1
     assert abs(minutes[0] - (rec.ended_at - rec.started_at).total_seconds() / 60) < 0.02
+
+
+async def test_session_resumes_when_its_node_and_its_job_die_together(cluster: Cluster) -> None:
+    """One machine running the room's node and the worker holding the session dies: nothing
+    reports the job's loss (its node sends no webhook, the job is gone). The caller's SDK
+    comes back into a new room of the same name on the surviving node; its webhooks let the
+    back office look at the session's job, whose heartbeat has stopped, and resume it."""
+    ids = _node_ids(cluster)
+    room = "node-and-job-loss"
+    data = await asyncio.to_thread(launch, cluster, room=room, identity="caller-2",
+                                   greeting=GREETING, text_chat=True)
+    sid = data["session"]["id"]
+    caller = rtc.Room()
+    ears = Ears(caller)
+    await caller.connect(data["livekit_url"], data["token"])
+    killed_node: int | None = None
+    lost_worker: str | None = None
+    registered = 0
+    try:
+        first_agent, before, record_before = await first_exchange(cluster, sid, caller, ears)
+        lost_worker = (record_before.worker_id or "").split(":")[0]
+        started_at = record_before.started_at
+        host = await asyncio.to_thread(wait_for, lambda: _room_node(cluster, room), 10,
+                                       "the room's node")
+        killed_node = ids.index(str(host))
+        registered = _registrations(cluster, WORKERS[killed_node])
+        # worker i is registered with node i: the job's worker on the other node leaves no
+        # worker registered with a live node once both die, so it is started again (as an
+        # orchestrator would); on the same node, the other worker takes the session
+        same_machine = lost_worker == WORKERS[killed_node]
+
+        killed = time.monotonic()
+        cluster.kill_worker(lost_worker)
+        cluster.kill_node(killed_node)
+        if not same_machine:
+            await asyncio.to_thread(cluster.restart_worker, lost_worker)
+
+        second_agent = await ears.wait_for_new_voice({first_agent}, 150)
+        heard_after = ears.first_heard[second_agent] - killed
+        print(f"\nnode{killed_node} (hosting the room) and {lost_worker} (holding the session) "
+              f"SIGKILLed{'' if same_machine else ', the worker started again'}: "
+              f"agent heard again {heard_after:.2f} s after the kill")
+        if same_machine:
+            # the job's heartbeat (5 s apart) silent for 11 s, then the usual resume
+            assert heard_after <= HEARD_AGAIN_BOUND_S
+        checked = [line for line in cluster.log_text("celery").splitlines()
+                   if "resume_if_holder_gone" in line and sid in line
+                   and "'action': 'dispatched'" in line]
+        assert len(checked) == 1, "the holder check resumed the session once"
+
+        await asyncio.to_thread(
+            wait_for, lambda: ("agent", RESUME_LINE) in _lines(cluster, sid), 30,
+            "the resumed agent's line stored")
+        rec = record(cluster, sid)
+        assert rec.status == "active" and rec.started_at == started_at
+        assert rec.worker_id and rec.worker_id != record_before.worker_id
+        after = _lines(cluster, sid)
+        assert after[: len(before)] == before and after[len(before)] == ("agent", RESUME_LINE)
+        await caller.local_participant.send_text("What is my name?", topic="lk.chat")
+        await asyncio.to_thread(
+            wait_for, lambda: len(_lines(cluster, sid)) >= len(after) + 2, 120,
+            "the caller's next line and the resumed agent's answer stored")
+    finally:
+        ears.close()
+        await caller.disconnect()
+        if killed_node is not None:
+            cluster.restart_node(killed_node)
+        if lost_worker is not None:
+            await asyncio.to_thread(cluster.restart_worker, lost_worker)
+        if killed_node is not None:
+            await asyncio.to_thread(
+                wait_for, lambda: _registrations(cluster, WORKERS[killed_node]) > registered,
+                240, "the worker of the restarted node to register again")
+
+    await asyncio.to_thread(wait_for, lambda: record(cluster, sid).billed_at, 120,
+                            "the session ended and billed")
+    spoken = sum(len(text) for who, text in _lines(cluster, sid) if who == "agent")
+    with session_scope(cluster.db_url) as db:
+        billed = db.scalar(select(SessionCost.quantity).where(
+            SessionCost.session_id == sid, SessionCost.metric == "tts_characters"))
+    assert billed is not None and abs(billed - spoken) <= 4, (billed, spoken)
