@@ -198,10 +198,22 @@ def test_a_room_created_again_under_an_active_session_gets_its_holder_looked_at(
     assert abs((eta - beat).total_seconds() - (HOLDER_SILENT_SECONDS + 0.5)) < 1.0
     # the new room's other events find the session; no webhook session is made for the room
     again = deliver(wh_settings, wh_app, room_event("room_started", "agent-lost", sid="RM_new"))
-    assert again["action"] == "session_exists" and again["session_id"] == sid
-    assert len(queued.lrange("live", 0, -1)) == 1
+    assert again["action"] == "holder_check" and again["session_id"] == sid
+    assert len(queued.lrange("live", 0, -1)) == 2  # looked at twice: the first check decides
+    joined_again = room_event("participant_joined", "agent-lost", sid="RM_new", identity="c2")
+    assert deliver(wh_settings, wh_app, joined_again)["action"] == "session_exists"
     with session_scope(wh_settings.db.url) as db:
         assert db.query(AgentSessionRecord).filter_by(room="agent-lost").count() == 1
+
+    # a cluster keeps the room's sid: room_started for the room of an active session says
+    # the room was created again all the same
+    same = new_session(wh_settings, room="agent-lost3", room_sid="RM_same", status="active",
+                       worker_id="live-b:11:AJ_2", heartbeat_at=beat)
+    out = deliver(wh_settings, wh_app, room_event("room_started", "agent-lost3", sid="RM_same"))
+    assert out["action"] == "holder_check" and out["session_id"] == same
+    assert len(queued.lrange("live", 0, -1)) == 3
+    joined_same = room_event("participant_joined", "agent-lost3", sid="RM_same", identity="c")
+    assert deliver(wh_settings, wh_app, joined_same)["action"] == "session_exists"
 
     # held by a resume marker: a resume is on its way, nothing more is asked
     marked = new_session(wh_settings, room="agent-lost2", room_sid="RM_a", status="active",
@@ -210,7 +222,7 @@ def test_a_room_created_again_under_an_active_session_gets_its_holder_looked_at(
                                                   sid="RM_b", identity="caller"))
     assert out["action"] == "session_exists" and out["session_id"] == marked
     assert get_session(wh_settings, marked).room_sid == "RM_b"
-    assert len(queued.lrange("live", 0, -1)) == 1
+    assert len(queued.lrange("live", 0, -1)) == 3
 
 
 def test_the_holder_of_a_recreated_room_is_resumed_only_once_silent(
