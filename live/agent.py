@@ -21,21 +21,26 @@ logger = logging.getLogger(__name__)
 
 
 def with_knowledge(chat_ctx: llm.ChatContext, knowledge: KnowledgeBase) -> llm.ChatContext:
-    """A copy of ``chat_ctx`` with the best passages for the last user message placed just
-    before it (as a system note); unchanged when nothing matches."""
+    """A copy of ``chat_ctx`` with the best passages for each user message placed just before
+    it (as a system note); unchanged when nothing matches.
+
+    Every question keeps the passages it was answered from, not only the last: the request
+    of the next turn then starts with the whole of this one, which a prompt cache (llama.cpp's,
+    a hosted model's) does not compute again.
+    """
     items = chat_ctx.items
-    last = next(
-        (i for i in range(len(items) - 1, -1, -1) if getattr(items[i], "role", None) == "user"),
-        None,
-    )
-    if last is None:
-        return chat_ctx
-    hits = knowledge.search(items[last].text_content or "")  # type: ignore[union-attr]
-    if not hits:
+    notes: list[tuple[int, llm.ChatMessage]] = []
+    for i, item in enumerate(items):
+        if getattr(item, "role", None) != "user":
+            continue
+        hits = knowledge.search(item.text_content or "")  # type: ignore[union-attr]
+        if hits:
+            notes.append((i, llm.ChatMessage(role="system", content=[knowledge_message(hits)])))
+    if not notes:
         return chat_ctx
     ctx = chat_ctx.copy()
-    note = llm.ChatMessage(role="system", content=[knowledge_message(hits)])
-    ctx.items.insert(last, note)
+    for i, note in reversed(notes):
+        ctx.items.insert(i, note)
     return ctx
 
 

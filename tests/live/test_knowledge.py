@@ -88,3 +88,32 @@ def test_coverage_and_spoken_passages() -> None:
     assert coverage("How many hours are in a day?", "Opening hours: Monday") == 0.5
     assert spoken_passage("Croissant: a croissant costs 2 dollars.") == "A croissant costs 2 dollars."
     assert spoken_passage("Opening hours: Monday to Friday.") == "Opening hours: Monday to Friday."
+
+
+@pytest.mark.parametrize("steer", ["off", "facts", "grounded"])
+def test_each_turns_prompt_starts_with_the_whole_of_the_turn_before(steer: str) -> None:
+    """llama.cpp reuses the longest prompt prefix it has already computed: a question read
+    again without the facts it was asked with (or the knowledge found for it) made the model
+    read it, its reply and the new question again, 40 to 60 tokens instead of about 16."""
+    kb = KnowledgeBase(NOTES)
+    questions = ["Who is the owner?", "Are you open on Sundays?", "Tell me a joke.",
+                 "What is your name?", "How much does a croissant cost?"]
+    history = ChatContext.empty()
+    history.add_message(role="system", content=PERSONA)
+    before: list[dict[str, str]] | None = None
+    for n, question in enumerate(questions):
+        history.add_message(role="user", content=question)
+        msgs = to_messages(with_knowledge(history, kb), persona=True, max_chars=8000,
+                           steer=steer)  # type: ignore[arg-type]
+        assert msgs[-1]["content"].endswith(question)
+        if before is not None:
+            assert msgs[: len(before)] == before, n
+            assert msgs[len(before)] == {"role": "assistant", "content": f"Answer {n - 1}."}
+        if n == 0 and steer != "off":
+            assert "Marta Silva" in msgs[-1]["content"]  # the facts go with the question
+        history.add_message(role="assistant", content=f"Answer {n}.")
+        before = msgs
+    # the knowledge for an older question stays with it, none is put before an answer
+    final = to_messages(with_knowledge(history, kb), persona=True, max_chars=8000)
+    owner = next(m for m in final if m["role"] == "user" and m["content"].endswith("owner?"))
+    assert "Marta Silva" in owner["content"]
