@@ -116,6 +116,12 @@ class LlamaEngine:
             probs[t["token"]] = probs.get(t["token"], 0.0) + math.exp(t["logprob"])
         return probs
 
+    def read_ahead_sync(self, messages: Sequence[dict[str, str]]) -> bool:
+        """Evaluate a conversation into the prompt cache (one token generated, dropped): the
+        next request that begins with it evaluates only what follows."""
+        out = self.chat_sync({"messages": list(messages), "max_tokens": 1, "cache_prompt": True})
+        return "choices" in out
+
     def warm_prefix(self, system: str, examples: Sequence[dict[str, str]] = ()) -> bool:
         """Evaluate the persona prompt (and its example turns) once so the first turn reuses
         its KV cache."""

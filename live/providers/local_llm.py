@@ -258,6 +258,14 @@ class LocalLLM(llm.LLM):
         )
 
 
+_READ_AHEAD: set[asyncio.Task[bool]] = set()  # running read-aheads (a task needs a reference)
+
+
+def _read_ahead_done(task: asyncio.Task[bool]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("reading a verbatim answer ahead failed", exc_info=task.exception())
+
+
 class LocalLLMStream(llm.LLMStream):
     def __init__(
         self,
@@ -276,6 +284,8 @@ class LocalLLMStream(llm.LLMStream):
         """llama.cpp's timings of the last request (``prompt_n``, ``cache_n``, ...)."""
         self.finish_reason: str | None = None
         """llama.cpp's ``stop``/``length``, or ``sentences`` when we stopped at max_sentences."""
+        self.read_ahead: asyncio.Task[bool] | None = None
+        """After a verbatim answer: the model reading it into its prompt cache."""
 
     def _request(self) -> dict[str, Any]:
         max_chars = (self._engine.ctx_per_slot - self._opts.max_tokens - 64) * _CHARS_PER_TOKEN
@@ -307,6 +317,7 @@ class LocalLLMStream(llm.LLMStream):
                     delta=llm.ChoiceDelta(role="assistant", content=answer),
                 )
             )
+            self._read_ahead(answer)
             return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -439,6 +450,18 @@ class LocalLLMStream(llm.LLMStream):
             )
         if self.finish_reason is None and pieces == 0 and self.timings is None:
             raise APIConnectionError("local LLM returned nothing", retryable=False)
+
+    def _read_ahead(self, answer: str) -> None:
+        """A verbatim answer costs the model nothing, but the next turn's prompt begins with it
+        and the model has not read it (50 to 70 prompt tokens, 0.3 to 0.6 s on one thread,
+        after the caller's next question). It reads it now, while the answer is spoken."""
+        messages = [*self._request()["messages"], {"role": "assistant", "content": answer}]
+        task = asyncio.get_running_loop().create_task(
+            self._engine.executor.run(self._engine.read_ahead_sync, messages))
+        self.read_ahead = task
+        _READ_AHEAD.add(task)
+        task.add_done_callback(_READ_AHEAD.discard)
+        task.add_done_callback(_read_ahead_done)
 
     def _send_usage(self, request_id: str, *, prompt: int, cached: int, completion: int) -> None:
         self._event_ch.send_nowait(

@@ -144,3 +144,21 @@ async def test_agent_session_holds_a_conversation_with_the_local_llm(
         assert (msg.text_content or "").strip()
         llm_usage = [u for u in session.usage.model_usage if getattr(u, "provider", "") == "local"]
         assert llm_usage and llm_usage[0].input_tokens > 0 and llm_usage[0].output_tokens > 0
+
+
+async def test_a_verbatim_answer_is_read_ahead_so_the_next_turn_reads_only_its_question(
+    llama: LlamaEngine,
+) -> None:
+    """The persona's own answer costs the model nothing, but the next prompt begins with it:
+    read while it is spoken, the next turn evaluates only the new question (about 20 tokens
+    with its template and facts, instead of 50 to 70 with the answer)."""
+    llm = LocalLLM(engine=llama, temperature=0.0, max_tokens=40)
+    asked = "What is your name, and what can you help me with today?"
+    first = llm.chat(chat_ctx=chat(asked))
+    answer, _ = await collect(first)
+    assert first.finish_reason == "grounded" and first.read_ahead is not None
+    assert await asyncio.wait_for(first.read_ahead, 60)
+    second = llm.chat(chat_ctx=chat(asked, answer, "Why is the sea salty?"))
+    await collect(second)
+    assert second.timings is not None
+    assert second.timings["prompt_n"] <= 30, second.timings

@@ -1,0 +1,146 @@
+"""The local LLM over a conversation: prompt tokens evaluated and first token, turn by turn,
+this checkout against an earlier commit, interleaved.
+
+    .venv/bin/python -m bench.llm_turns --against b02e315 --rounds 2
+
+llama.cpp reuses the longest prompt prefix it has already evaluated, so a later turn costs
+what its prompt adds to the one before. Each round runs the same ten-question conversation
+(persona facts, verbatim answers and generated ones mixed) through ``LocalLLM`` at
+temperature 0 on one thread, once with this checkout's code and once with the other commit's
+(a git worktree, in a subprocess each, alternating so both meet the same machine load);
+between turns it waits 2 s, as the reply is spoken and the next question asked. Writes
+``bench/results/llm-turns.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+QUESTIONS = (
+    "Are you open today?",
+    "Can you recommend a good book for a long train ride?",
+    "Where are you based?",
+    "How do I boil an egg?",
+    "Who are you?",
+    "Why is the sea salty?",
+    "Tell me a joke.",
+    "What can you help me with?",
+    "Is it going to rain tomorrow?",
+    "What is your favourite colour?",
+)
+SPOKEN_S = 2.0
+
+
+async def conversation() -> list[dict[str, Any]]:
+    """One conversation with the code importable here; a row per generated later turn."""
+    from livekit.agents.llm import ChatContext
+
+    from config.catalog import LLM_MODELS
+    from config.session import DEFAULT_INSTRUCTIONS
+    from engines.llama import LlamaOptions, load_llama
+    from live.providers.local_llm import LocalLLM
+
+    llm = LocalLLM(engine=load_llama(LLM_MODELS[0], LlamaOptions(parallel=1, threads=1)),
+                   temperature=0.0)
+    ctx = ChatContext.empty()
+    ctx.add_message(role="system", content=DEFAULT_INSTRUCTIONS)
+    ctx.add_message(role="assistant", content="Hello! I'm Ava. How can I help you today?")
+    rows = []
+    for i, question in enumerate(QUESTIONS):
+        ctx.add_message(role="user", content=question)
+        started, first, text = time.perf_counter(), None, ""
+        stream = llm.chat(chat_ctx=ctx)
+        async for chunk in stream:
+            if chunk.delta and chunk.delta.content:
+                first = first if first is not None else time.perf_counter() - started
+                text += chunk.delta.content
+        if i > 0 and stream.timings:
+            rows.append({"question": question, "prompt_n": stream.timings.get("prompt_n"),
+                         "cache_n": stream.timings.get("cache_n"), "first_s": round(first or 0, 3)})
+        ctx.add_message(role="assistant", content=text)
+        await asyncio.sleep(SPOKEN_S)
+    return rows
+
+
+def _run(code_dir: Path) -> list[dict[str, Any]]:
+    env = {**os.environ, "PYTHONPATH": str(code_dir)}
+    out = subprocess.run([sys.executable, "-m", "bench.llm_turns", "--child"], cwd=code_dir,
+                         env=env, capture_output=True, text=True, timeout=600, check=True)
+    rows: list[dict[str, Any]] = json.loads(out.stdout.strip().splitlines()[-1])
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--against", default="", help="a commit to compare with (git worktree)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(asyncio.run(conversation())))
+        return
+    runs: dict[str, list[dict[str, Any]]] = {"this checkout": []}
+    with tempfile.TemporaryDirectory(prefix="llm-turns-") as tmp:
+        other = Path(tmp) / "other"
+        if args.against:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach",
+                            str(other), args.against], check=True)
+            # the bench's own file, so the other commit's code runs the same conversation
+            (other / "bench" / "llm_turns.py").write_text(Path(__file__).read_text())
+            runs[args.against] = []
+        try:
+            for _ in range(args.rounds):
+                if args.against:
+                    runs[args.against] += _run(other)
+                runs["this checkout"] += _run(ROOT)
+        finally:
+            if args.against:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                                str(other)], check=False)
+    summary = {
+        name: {"turns": len(rows),
+               "prompt_tokens_median": statistics.median(r["prompt_n"] for r in rows),
+               "prompt_tokens_max": max(r["prompt_n"] for r in rows),
+               "first_token_median_s": round(statistics.median(r["first_s"] for r in rows), 3),
+               "first_token_max_s": max(r["first_s"] for r in rows)}
+        for name, rows in runs.items() if rows
+    }
+    command = "python -m bench.llm_turns" + (f" --against {args.against}" if args.against else "") + \
+        f" --rounds {args.rounds}"
+    out = {"command": command, "when": datetime.now(UTC).isoformat(timespec="seconds"),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+           "load_average": [round(x, 2) for x in os.getloadavg()],
+           "summary": summary, "turns": runs}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "llm-turns.json").write_text(json.dumps(out, indent=1) + "\n")
+    lines = [
+        "# The local LLM over a conversation: prompt tokens and first token per later turn", "",
+        f"Command: `.venv/bin/{command}` ({out['when']}). Machine: {out['machine']}, load average "
+        f"{tuple(out['load_average'])}. SmolLM2-135M on one thread, temperature 0, {SPOKEN_S} s "
+        "between turns; generated later turns only (verbatim answers take no model time).", "",
+        "| Code | turns | prompt tokens evaluated p50 / max | first token p50 / max |",
+        "|---|---|---|---|",
+    ]
+    for name, s in summary.items():
+        lines.append(f"| {name} | {s['turns']} | {s['prompt_tokens_median']} / {s['prompt_tokens_max']}"
+                     f" | {s['first_token_median_s']} s / {s['first_token_max_s']} s |")
+    (RESULTS / "llm-turns.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
