@@ -332,9 +332,10 @@ def resume_session(
 
 
 def _beat_iso(beat: datetime | None) -> str | None:
+    """A heartbeat as UTC text (SQLite gives naive UTC, PostgreSQL the session's zone)."""
     if beat is None:
         return None
-    return (beat if beat.tzinfo else beat.replace(tzinfo=UTC)).isoformat()
+    return (beat.astimezone(UTC) if beat.tzinfo else beat.replace(tzinfo=UTC)).isoformat()
 
 
 def holder_silence_wait(beat_iso: str | None, now: datetime | None = None) -> float:
