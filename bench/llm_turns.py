@@ -4,8 +4,9 @@ this checkout against an earlier commit, interleaved.
     .venv/bin/python -m bench.llm_turns --against b02e315 --rounds 2
 
 llama.cpp reuses the longest prompt prefix it has already evaluated, so a later turn costs
-what its prompt adds to the one before. Each round runs the same ten-question conversation
-(persona facts, verbatim answers and generated ones mixed) through ``LocalLLM`` at
+what its prompt adds to the one before. Each round runs the same conversation (every fourth
+question of ``bench/evals/persona.yaml``, with its persona: verbatim answers and generated
+ones mixed) through ``LocalLLM`` at
 temperature 0 on one thread, once with this checkout's code and once with the other commit's
 (a git worktree, in a subprocess each, alternating so both meet the same machine load);
 between turns it waits 2 s, as the reply is spoken and the next question asked. Writes
@@ -30,37 +31,30 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-QUESTIONS = (
-    "Are you open today?",
-    "Can you recommend a good book for a long train ride?",
-    "Where are you based?",
-    "How do I boil an egg?",
-    "Who are you?",
-    "Why is the sea salty?",
-    "Tell me a joke.",
-    "What can you help me with?",
-    "Is it going to rain tomorrow?",
-    "What is your favourite colour?",
-)
+# bench/evals/persona.yaml, written for the persona eval before this bench: every fourth
+# question (names, role, facts, small talk, refusals), in its own persona's words
+EVAL = ROOT / "bench" / "evals" / "persona.yaml"
 SPOKEN_S = 2.0
 
 
 async def conversation() -> list[dict[str, Any]]:
     """One conversation with the code importable here; a row per generated later turn."""
+    import yaml
     from livekit.agents.llm import ChatContext
 
     from config.catalog import LLM_MODELS
-    from config.session import DEFAULT_INSTRUCTIONS
     from engines.llama import LlamaOptions, load_llama
     from live.providers.local_llm import LocalLLM
 
     llm = LocalLLM(engine=load_llama(LLM_MODELS[0], LlamaOptions(parallel=1, threads=1)),
                    temperature=0.0)
+    data = yaml.safe_load(EVAL.read_text())
+    questions = [q["q"] for q in data["questions"]][::4]
     ctx = ChatContext.empty()
-    ctx.add_message(role="system", content=DEFAULT_INSTRUCTIONS)
+    ctx.add_message(role="system", content=data["persona"]["instructions"])
     ctx.add_message(role="assistant", content="Hello! I'm Ava. How can I help you today?")
     rows = []
-    for i, question in enumerate(QUESTIONS):
+    for i, question in enumerate(questions):
         ctx.add_message(role="user", content=question)
         started, first, text = time.perf_counter(), None, ""
         stream = llm.chat(chat_ctx=ctx)

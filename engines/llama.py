@@ -125,18 +125,8 @@ class LlamaEngine:
     def warm_prefix(self, system: str, examples: Sequence[dict[str, str]] = ()) -> bool:
         """Evaluate the persona prompt (and its example turns) once so the first turn reuses
         its KV cache."""
-        out = self.chat_sync(
-            {
-                "messages": [
-                    {"role": "system", "content": system},
-                    *examples,
-                    {"role": "user", "content": "Hi"},
-                ],
-                "max_tokens": 1,
-                "cache_prompt": True,
-            }
-        )
-        return "choices" in out
+        return self.read_ahead_sync(
+            [{"role": "system", "content": system}, *examples, {"role": "user", "content": "Hi"}])
 
 
 def llama_available() -> bool:
