@@ -31,6 +31,8 @@ from tests.conftest import Stack
 from tests.e2e.voices import other_voice_wav
 from tests.waiting import wait_for
 
+COMMIT_SLACK_S = 0.1
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
@@ -114,17 +116,18 @@ async def test_caller_gets_two_spoken_answers_with_video(stack: Stack, artifacts
         assert sum(1 for t in turns if t.e2e_latency is not None) >= 2
         assert any(t.llm_ttft for t in turns) and any(t.tts_ttfb for t in turns)
         # each turn ended on the end-of-turn rule, none only because the max delay ran out.
-        # The rule scores the transcript once it is known (within SCORE_TIMEOUT): a turn whose
-        # transcript came so late (a busy machine's Whisper; the first call also meets the
-        # worker's idle processes loading their models) that its score could not be in before
-        # the max delay ends at the same time either way: only turns transcribed in time show
-        # whether the rule held them to the max delay.
+        # The rule scores the transcript once it is known (within SCORE_TIMEOUT, plus the hop
+        # to the model's thread and the commit: COMMIT_SLACK_S): a turn whose transcript came
+        # so late (a busy machine's Whisper; the first call also meets the worker's idle
+        # processes loading their models) that its score could not be in before the max delay
+        # ends at the same time either way: only turns transcribed in time show whether the
+        # rule held them to the max delay. (A CI pre-check: transcript 0.94 s, end 1.254 s.)
         ends = [(t.end_of_utterance_delay, t.transcription_delay) for t in turns
                 if t.end_of_utterance_delay is not None]
         assert len(ends) >= 2, ends
         bound = settings.limits.endpointing_max_delay - 0.05
         assert not [(e, tr) for e, tr in ends
-                    if e >= bound and (tr is None or tr + SCORE_TIMEOUT < bound)], ends
+                    if e >= bound and (tr is None or tr + SCORE_TIMEOUT + COMMIT_SLACK_S < bound)], ends
 
     def finalised() -> bool:
         with session_scope(stack.db_url) as db:
