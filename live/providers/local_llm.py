@@ -358,6 +358,7 @@ class LocalLLMStream(llm.LLMStream):
         soft_limit = max_tokens - max(8, max_tokens // 4)
         request_id = utils.shortuuid("local_")
         pieces = 0
+        tokens = 0  # every token counts toward the limit, spoken or not (markup, emoji...)
         sentences = 0
         pending = ""  # text held back near the token limit until a sentence ends
         usage_sent = False
@@ -400,10 +401,11 @@ class LocalLLMStream(llm.LLMStream):
             complete = False
             for choice in chunk.get("choices") or []:
                 content = (choice.get("delta") or {}).get("content")
+                tokens += 1 if content else 0
                 text = spoken_text(content or "")
                 if text:
                     pieces += 1
-                    if pieces < soft_limit and not pending:
+                    if tokens < soft_limit and not pending:
                         complete = emit(text)
                     else:
                         pending += text
