@@ -314,10 +314,12 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         lambda m: None
     )
     report: dict[str, Any] = {
-        "command": "python -m bench.brain " + " ".join(sys.argv[1:]),
+        "command": "".join(f"{k}={os.environ[k]} " for k in ("LLM__WEIGHTS",) if k in os.environ)
+        + ".venv/bin/python -m bench.brain " + " ".join(sys.argv[1:]),
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "llm": f"{settings.llm.provider}/{settings.llm.model}"
+        + (f" ({settings.llm.weights} weights, LLM__WEIGHTS)" if settings.llm.provider == "local" else "")
         + (" (custom base URL)" if settings.llm.base_url else ""),
         "temperature": settings.llm.temperature,
         "samples": args.samples,

@@ -1,14 +1,15 @@
-"""The live agent's local model by thread count, on an idle machine and beside busy loops.
+"""The live agent's local model by thread count and weights, idle and beside busy loops.
 
     .venv/bin/python -m bench.llm_threads --threads 1,2 --busy 0,1,2 --rounds 8
+    .venv/bin/python -m bench.llm_threads --threads 1 --weights q4_1,q4_0 --busy 0,1 --out llm-weights
 
 A live worker's cores are rarely free while the agent writes its reply: the face renders,
 the VAD and Whisper run, Piper voices the first phrase, other sessions do the same, and on
 a shared machine other programs take their share. ``--busy N`` starts N processes that spin
 on the CPU (as such a neighbour does) for that step. Each round asks every engine the same
-question in turn (thread counts interleaved, so a change of the machine's load hits both
-alike) and times the first token and the first 20 tokens of a streamed answer, with the
-persona prefix cached as in a call. Writes ``bench/results/llm-threads.{json,md}``.
+question in turn (variants interleaved, so a change of the machine's load hits both alike)
+and times the first token and the first 20 tokens of a streamed answer, with the persona
+prefix cached as in a call. Writes ``bench/results/<--out>.{json,md}`` (llm-threads).
 """
 
 from __future__ import annotations
@@ -74,11 +75,14 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--busy", default="0,1,2", help="busy loops beside, per step")
     parser.add_argument("--rounds", type=int, default=8, help="questions per engine and step")
+    parser.add_argument("--weights", default="q4_1", help="comma-separated: q4_1 (shipped), q4_0")
+    parser.add_argument("--out", default="llm-threads", help="result file stem in bench/results")
     args = parser.parse_args()
-    threads = [int(t) for t in args.threads.split(",")]
+    variants = [(int(t), w) for t in args.threads.split(",") for w in args.weights.split(",")]
     busy_steps = [int(b) for b in args.busy.split(",")]
     model = next(iter(LLM_MODELS))
-    engines = {t: load_llama(model, LlamaOptions(use=f"bench-{t}", threads=t)) for t in threads}
+    engines = {(t, w): load_llama(model, LlamaOptions(use=f"bench-{t}-{w}", threads=t, weights=w))
+               for t, w in variants}
     for engine in engines.values():
         engine.warm_prefix(DEFAULT_INSTRUCTIONS)
     load_before = os.getloadavg()
@@ -88,43 +92,46 @@ def main() -> None:
         for p in spinners:
             p.start()
         try:
-            times: dict[int, dict[str, list[float]]] = {t: {"first": [], "twenty": []} for t in threads}
+            times: dict[tuple[int, str], dict[str, list[float]]] = {
+                v: {"first": [], "twenty": []} for v in variants}
             for r in range(args.rounds):
-                for t, engine in engines.items():
+                for v, engine in engines.items():
                     first, twenty = _ask(engine, QUESTIONS[r % len(QUESTIONS)])
-                    times[t]["first"].append(first)
-                    times[t]["twenty"].append(twenty)
+                    times[v]["first"].append(first)
+                    times[v]["twenty"].append(twenty)
         finally:
             for p in spinners:
                 p.terminate()
                 p.join()
-        for t in threads:
-            f, w = times[t]["first"], times[t]["twenty"]
-            rows.append({"busy": busy, "threads": t, "rounds": args.rounds,
+        for t, weights in variants:
+            f, w = times[(t, weights)]["first"], times[(t, weights)]["twenty"]
+            rows.append({"busy": busy, "threads": t, "weights": weights, "rounds": args.rounds,
                          "first_p50": _pct(f, 0.5), "first_max": round(max(f), 3),
                          "twenty_p50": _pct(w, 0.5), "twenty_max": round(max(w), 3)})
     command = (".venv/bin/python -m bench.llm_threads "
-               f"--threads {args.threads} --busy {args.busy} --rounds {args.rounds}")
+               f"--threads {args.threads} --busy {args.busy} --rounds {args.rounds}"
+               + (f" --weights {args.weights}" if args.weights != "q4_1" else "")
+               + (f" --out {args.out}" if args.out != "llm-threads" else ""))
     meta = {"command": command, "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "load_before": [round(x, 2) for x in load_before], "model": model}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "llm-threads.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
     lines = [
-        "# The live agent's local model by thread count, idle and beside busy loops",
+        "# The live agent's local model by thread count and weights, idle and beside busy loops",
         "",
         f"Command: `{command}` ({meta['at']}). Machine: {meta['machine']}; load average "
         f"before {meta['load_before']}. Model {model}, persona prefix cached, greedy decoding.",
-        "Thread counts interleaved question by question; the busy loops spin on the CPU for "
-        "the whole step.",
+        "Variants interleaved question by question; the busy loops spin on the CPU for "
+        "the whole step. Weights: q4_1 as shipped, q4_0 made from it (engines.requant).",
         "",
-        "| busy loops | threads | first token p50 / max (s) | 20 tokens p50 / max (s) |",
-        "|---|---|---|---|",
+        "| busy loops | threads | weights | first token p50 / max (s) | 20 tokens p50 / max (s) |",
+        "|---|---|---|---|---|",
     ]
     for row in rows:
-        lines.append(f"| {row['busy']} | {row['threads']} | {row['first_p50']} / "
+        lines.append(f"| {row['busy']} | {row['threads']} | {row['weights']} | {row['first_p50']} / "
                      f"{row['first_max']} | {row['twenty_p50']} / {row['twenty_max']} |")
-    (RESULTS / "llm-threads.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

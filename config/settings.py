@@ -188,6 +188,15 @@ class LLMSettings(BaseModel):
         "are busy (the face, the VAD, Whisper, other sessions) one descheduled thread stalls "
         "the rest (bench/results/llm-threads.md). More only on a machine with cores to spare.",
     )
+    weights: Literal["q4_1", "q8_0", "q4_0"] = Field(
+        default="q8_0",
+        description="Quantization of the local model in the live worker: `q4_1` as shipped, or "
+        "`q8_0` / `q4_0` made from it once into the model cache (about 10 s, at `avatar setup`; "
+        "`AVATAR_MODEL_CACHE`, default ~/.cache/avatar-agent-service). llama.cpp reads a prompt "
+        "faster from both (first token 0.14 s and 0.09 s against 0.22 s on one idle thread); "
+        "`q8_0` answers as well as the shipped file, `q4_0` worse (persona eval 79% against 86%) "
+        "(bench/results/llm-weights.md, brain-weights-*-s4.md).",
+    )
     fallback: LLMProvider | None = Field(
         default="local", description="Provider used when the hosted one fails (`none`: no fallback)."
     )

