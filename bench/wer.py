@@ -30,13 +30,17 @@ def wer(reference: str, hypothesis: str) -> float:
     return edits / max(1, n)
 
 
-def cut_alignment(stored: str, heard: str, min_run: int = 4) -> tuple[int, int | None]:
+def cut_alignment(stored: str, heard: str, min_run: int = 4,
+                  max_respelled: int = 12) -> tuple[int, int | None]:
     """Where a cut reply's text ends against what a listener heard of it, letter by letter.
 
     Why letters: Whisper on a clip that ends mid-word respells what it heard ("the slide
-    house keepers" for "the story of a lighthouse keeper"): the words differ, the letters
-    run on together. Returns (the longest shared run of letters, stored words that begin
-    past the last run of at least ``min_run`` letters; None when nothing lines up).
+    house keepers" for "the story of a lighthouse keeper", "the stories to like" for "the
+    stories of a light-"): the words differ, the letters run on together. The heard letters
+    past the last shared run are taken as that many respelled stored letters, at most
+    ``max_respelled`` (a clip's end is a word or two; more is Whisper making things up).
+    Returns (the longest shared run of letters, stored words that begin past the last run of
+    at least ``min_run`` letters and its respelled tail; None when nothing lines up).
     """
     words = normalize(stored)
     a = "".join(words)
@@ -47,7 +51,9 @@ def cut_alignment(stored: str, heard: str, min_run: int = 4) -> tuple[int, int |
               if m.size >= min_run]
     if not blocks:
         return 0, None
-    end = blocks[-1].a + blocks[-1].size
+    last = blocks[-1]
+    respelled = min(max_respelled, len(b) - (last.b + last.size))
+    end = last.a + last.size + respelled
     starts, pos = [], 0
     for w in words:
         starts.append(pos)

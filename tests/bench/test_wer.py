@@ -10,6 +10,20 @@ def test_a_respelled_cut_word_still_lines_up_with_the_stored_reply() -> None:
     assert cut_alignment("The story of a lighthouse keeper", "The slide house keepers.") == (11, 0)
 
 
+def test_a_respelled_tail_counts_as_heard_letters() -> None:
+    # Whisper tiny on a clip that ended inside "lighthouse" (seen in CI): "of a light" heard
+    # as "to like"; the stored reply ends where the caller stopped hearing it
+    assert cut_alignment("The stories of a lighthouse", "the stories to like.") == (10, 0)
+
+
+def test_a_long_made_up_tail_does_not_excuse_a_reply_that_ran_on() -> None:
+    stored = ("Once upon a time there was a lighthouse keeper named Tom who lived alone by the "
+              "sea and every night he lit the lamp")
+    shared, past = cut_alignment(stored, "Once upon a time there was a light. Thank you for "
+                                 "watching and please subscribe to the channel.")
+    assert shared >= 8 and past is not None and past > 8
+
+
 def test_words_added_at_the_clip_end_do_not_count_against_the_stored_reply() -> None:
     shared, past = cut_alignment("I'll try to remember that story, but",
                                  "I'll remember that story. We tried to remove it.")
