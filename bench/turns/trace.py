@@ -7,7 +7,8 @@ Run a ``bench.turns.call`` with the worker at debug level, then trace its result
     .venv/bin/python -m bench.turns.trace bench/results/turns-call-trace.json
 
 Per turn, seconds after the caller stopped speaking: the speculative transcript (LiveKit's
-preflight, which starts the reply), the final transcript, the end of the turn (LiveKit
+preflight, which starts the reply) queued and its decode begun (later when Whisper was still
+busy with an interim), the final transcript, the end of the turn (LiveKit
 commits it), the first reply audio leaving the avatar, and the reply heard at the caller.
 Caller and worker share the machine's clock.
 """
@@ -36,7 +37,10 @@ MARKS = {  # worker log message -> column
     "reply audio to the face": "to_face",
     "reply audio playing": "playing",
 }
-COLUMNS = ["spec_in", "spec_out", "vad_end", "preflight", "llm", "llm_first", "tts_in", "tts_out", "final", "committed", "used", "to_face", "playing", "heard"]
+# faster-whisper's own line as a decode begins (after any decode ahead of it on the model's
+# thread): "whisper_in" is the first after the speculation started
+DECODE_PREFIX = "Processing segment at"
+COLUMNS = ["spec_in", "whisper_in", "spec_out", "vad_end", "preflight", "llm", "llm_first", "tts_in", "tts_out", "final", "committed", "used", "to_face", "playing", "heard"]
 
 
 def _events(log: Path) -> list[tuple[float, str]]:
@@ -46,7 +50,8 @@ def _events(log: Path) -> list[tuple[float, str]]:
             rec = json.loads(line)
         except ValueError:
             continue
-        mark = MARKS.get(str(rec.get("message", "")))
+        message = str(rec.get("message", ""))
+        mark = "decode" if message.startswith(DECODE_PREFIX) else MARKS.get(message)
         if mark and "timestamp" in rec:
             out.append((datetime.fromisoformat(rec["timestamp"]).timestamp(), mark))
     return sorted(out)
@@ -64,6 +69,10 @@ def trace(result: dict[str, Any], log: Path) -> list[dict[str, Any]]:
         for t, mark in events:
             if t0 - 0.5 <= t <= t1 and mark not in row:
                 row[mark] = round(t - t0, 3)
+        if "spec_in" in row:
+            after = [t - t0 for t, mark in events if mark == "decode" and t - t0 >= row["spec_in"]]
+            if after and after[0] <= t1 - t0:
+                row["whisper_in"] = round(after[0], 3)
         out.append(row)
     return out
 
