@@ -11,6 +11,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from engines.threads import set_os_thread_name
+
 T = TypeVar("T")
 
 CPU_THREADS = 2
@@ -20,7 +22,8 @@ class SerialExecutor:
     """One worker thread around a model: never blocks the loop, never runs the model twice."""
 
     def __init__(self, name: str, workers: int = 1) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name,
+                                        initializer=set_os_thread_name, initargs=(name,))
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -43,6 +46,7 @@ class DeadlineExecutor:
         self._queue: list[tuple[float, int, Callable[..., Any], tuple[Any, ...], Any, Any]] = []
         self._ready = threading.Condition()
         self._order = itertools.count()
+        self._name = name
         threading.Thread(target=self._work, name=name, daemon=True).start()
 
     async def run(self, fn: Callable[..., T], *args: Any, deadline: float = 0.0) -> T:
@@ -67,6 +71,7 @@ class DeadlineExecutor:
         return done.result()
 
     def _work(self) -> None:
+        set_os_thread_name(self._name)
         while True:
             with self._ready:
                 while not self._queue:

@@ -16,6 +16,7 @@ from engines import EngineError
 from engines.executors import CPU_THREADS, SerialExecutor
 from engines.model_paths import smollm2_path
 from engines.store import ModelStore
+from engines.threads import named_threads
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,14 @@ class LlamaOptions:
     weights: str = "q4_1"  # SmolLM2's quantization (engines.model_paths.SMOLLM2_WEIGHTS)
 
 
-def turn_options() -> LlamaOptions:
+def turn_options(weights: str = "q4_1") -> LlamaOptions:
     """The end-of-turn scorer's: one short prompt at a time on one thread, no prompt cache
-    (its slot keeps the shared prompt head), beside the agent's engine so a reply never waits."""
+    (its slot keeps the shared prompt head), beside the agent's engine so a reply never waits.
+    On the agent's weights (``llm.weights``) the two engines map one file; Q8_0 gives the
+    corpus's 267 pauses Q4_1's verdicts at the default threshold, 21% faster on average
+    (bench/results/turns-scorer-weights.md)."""
     return LlamaOptions(use="turn", parallel=1, ctx_per_slot=256, threads=1, cache_ram_mib=0,
-                        cache_idle_slots=False, batch=64)
+                        cache_idle_slots=False, batch=64, weights=weights)
 
 
 def agent_options(settings: Settings) -> LlamaOptions:
@@ -89,7 +93,8 @@ class LlamaEngine:
         self.options = options
         self.parallel = options.parallel
         self.ctx_per_slot = options.ctx_per_slot
-        self._server = xllamacpp.Server(llama_params(path, options))
+        with named_threads(f"llama-{options.use}"):  # its server loop, where the model runs
+            self._server = xllamacpp.Server(llama_params(path, options))
         self.executor = SerialExecutor(f"llama-{model}", workers=options.parallel)
 
     def chat_stream_sync(

@@ -18,6 +18,7 @@ from engines.espeak import ESPEAK_LOCK
 from engines.executors import CPU_THREADS, DeadlineExecutor
 from engines.model_paths import piper_voice_paths
 from engines.store import ModelStore
+from engines.threads import named_threads
 
 logger = logging.getLogger(__name__)
 
@@ -209,9 +210,10 @@ class PiperEngine:
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
 
         def session(path: Path) -> Any:
-            return onnxruntime.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            with named_threads(f"piper-{voice}"):  # onnxruntime's pool threads
+                return onnxruntime.InferenceSession(
+                    str(path), sess_options=options, providers=["CPUExecutionProvider"]
+                )
 
         with open(config_path, encoding="utf-8") as f:
             config = PiperConfig.from_dict(json.load(f))

@@ -15,6 +15,7 @@ from engines import EngineError
 from engines.executors import SerialExecutor
 from engines.model_paths import whisper_base_path, whisper_tiny_path
 from engines.store import ModelStore
+from engines.threads import named_threads
 
 logger = logging.getLogger(__name__)
 
@@ -123,14 +124,15 @@ class WhisperEngine:
     def __init__(self, model: str, path: Path) -> None:
         self.model_name = model
         self.english_only = model.endswith(".en")
-        self._model = _windowed_model(
-            path,
-            device="cpu",
-            compute_type="int8",
-            cpu_threads=WHISPER_THREADS,
-            num_workers=1,
-            local_files_only=True,
-        )
+        with named_threads(f"whisper-{model}"):  # CTranslate2's own threads
+            self._model = _windowed_model(
+                path,
+                device="cpu",
+                compute_type="int8",
+                cpu_threads=WHISPER_THREADS,
+                num_workers=1,
+                local_files_only=True,
+            )
         self.executor = SerialExecutor(f"whisper-{model}")
         self.full_window_retries = 0  # short-window results that had to be decoded again
         self.busy = 0  # transcriptions queued or running (event-loop side)

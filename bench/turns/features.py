@@ -165,7 +165,9 @@ def _score_lm(feats: list[Features]) -> bool:
     from engines.llama import load_llama, turn_options
     from live.providers.turn_lm import score_sync
 
-    engine = load_llama("smollm2-135m", turn_options())
+    from config.settings import load_settings
+
+    engine = load_llama("smollm2-135m", turn_options(load_settings().llm.weights))
     for p in todo:
         p.lm = round(score_sync(engine, p.text), 4)
     return True

@@ -29,6 +29,7 @@ import numpy.typing as npt
 from livekit import rtc
 from livekit.agents.voice.avatar import AudioSegmentEnd, AvatarOptions, VideoGenerator
 
+from engines.threads import set_os_thread_name
 from live.alignment import PhonemeTiming
 from live.avatar.face import FaceRenderer, FaceState
 from live.avatar.visemes import (
@@ -160,8 +161,9 @@ class FaceVideoGenerator(VideoGenerator):
         self.mouth_delay_frames = max(0, round(mouth_delay * self._fps))
         self._delayed: deque[MouthShape] = deque()
         self._av_sync: _Clearable | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="avatar-render") if (
-            render_in_thread) else None
+        self._executor = ThreadPoolExecutor(
+            1, thread_name_prefix="avatar-render", initializer=set_os_thread_name,
+            initargs=("avatar-render",)) if render_in_thread else None
 
     # ---- wiring -------------------------------------------------------------------
 

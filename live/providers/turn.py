@@ -210,7 +210,7 @@ def get_turn_llama(ctx: ProviderContext) -> Any:
     from config.catalog import LLM_MODELS
     from engines.llama import get_llama, turn_options
 
-    return get_llama(ctx, LLM_MODELS[0], turn_options())
+    return get_llama(ctx, LLM_MODELS[0], turn_options(ctx.settings.llm.weights))
 
 
 def turn_detector(settings: Settings, ctx: ProviderContext, stt: Any = None) -> Any:

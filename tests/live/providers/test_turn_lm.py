@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 from livekit.agents.llm import ChatContext
@@ -70,6 +71,14 @@ async def test_configured_through_turn_handling_on_an_engine_of_its_own(local_ct
     # the reply's engine is not the scorer's: a score never takes a reply's slot
     assert get_turn_llama(local_ctx) is not get_llama(local_ctx, "smollm2-135m")
     assert get_turn_llama(local_ctx).parallel == 1
+    # but it maps the same weights file (LLM__WEIGHTS): one copy of the model in memory
+    assert get_turn_llama(local_ctx).options.weights == local_ctx.settings.llm.weights
+    # llama.cpp's own server thread, where the scorer runs, carries its name (bench.cpu_share)
+    assert "llama-turn" in _thread_names()
+
+
+def _thread_names() -> set[str]:
+    return {p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm")}
 
 
 async def test_a_late_score_never_holds_the_turn(local_ctx: ProviderContext) -> None:
