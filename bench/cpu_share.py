@@ -4,6 +4,7 @@
     scripts/netns-run .venv/bin/python -m bench.turns.call --phases turns --per-voice 3 \\
         --voices alsa-human,espeak-us --label probe
     kill %1; .venv/bin/python -m bench.cpu_share report var/cpu.jsonl
+    .venv/bin/python -m bench.cpu_share turns var/cpu.jsonl bench/results/turns-call-probe.json
 
 A turn's latency on a 2-core machine depends on what else runs at that moment (the face and
 its encoder in every job process, the caller, the SFU, a replacement job process loading its
@@ -11,12 +12,17 @@ models). ``record`` reads ``/proc`` every half second and writes, per thread tha
 one JSON line ``[unix time, pid, tid, process command, thread name, CPU seconds]``.
 ``report`` groups them by role (caller, job process, worker, SFU, other) and prints the
 share of a core each role took over the whole recording, and in the seconds when the cores
-were saturated (when a turn waits on them).
+were saturated (when a turn waits on them). ``turns`` takes a ``bench.turns.call`` result
+and counts only the windows from each caller's end of speech to the reply heard (the part of
+a turn the caller waits through), per role and per thread: model threads carry their model's
+name (``engines.threads``), so the job process's share splits into Whisper, the LLM, the
+turn scorer, Piper and the face.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -97,6 +103,38 @@ def report(path: Path) -> str:
     return "\n".join(lines)
 
 
+def turns(path: Path, result: Path) -> str:
+    """Share of a core per role and thread while callers waited for a reply."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    done = json.loads(result.read_text())
+    windows = [(t["spoke_end_unix"], t["spoke_end_unix"] + t["heard_s"]) for t in done["turns"]
+               if t.get("spoke_end_unix") and t.get("heard_s") is not None]
+    span = sum(b - a for a, b in windows)
+    if not rows or not span:
+        return "no turn windows in the recording"
+    steps = sorted({r[0] for r in rows})
+    interval = min((b - a for a, b in itertools.pairwise(steps) if b > a), default=0.5)
+    per: Counter[tuple[str, str]] = Counter()
+    for t, pid, _tid, command, name, used in rows:
+        for a, b in windows:  # a sample at t covers the interval before it
+            overlap = min(t, b) - max(t - interval, a)
+            if overlap > 0:
+                role = _role(command, pid)
+                per[("job process" if role.startswith("job process") else role, name)] += (
+                    used * overlap / interval)
+    roles: Counter[str] = Counter()
+    for (role, _), used in per.items():
+        roles[role] += used
+    lines = [f"{len(windows)} turns, {span:.1f} s from the caller's end of speech to the reply "
+             "heard; share of one core:", ""]
+    lines += [f"  {used / span:5.2f}  {role}" for role, used in roles.most_common()
+              if used / span >= 0.01]
+    lines += ["", "per thread:", ""]
+    lines += [f"  {used / span:5.2f}  {role:12s} {name}" for (role, name), used in per.most_common()
+              if used / span >= 0.01]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -105,9 +143,14 @@ def main() -> None:
     rec.add_argument("--interval", type=float, default=0.5)
     rep = sub.add_parser("report", help="summarise a recording")
     rep.add_argument("path", type=Path)
+    win = sub.add_parser("turns", help="only while callers waited for replies")
+    win.add_argument("path", type=Path)
+    win.add_argument("result", type=Path, help="a bench.turns.call result (.json)")
     args = parser.parse_args()
     if args.cmd == "record":
         record(args.out, args.interval)
+    elif args.cmd == "turns":
+        print(turns(args.path, args.result))
     else:
         print(report(args.path))
 

@@ -49,7 +49,7 @@ from engines.whisper import (
     WhisperEngine,
     get_whisper,
 )
-from live.providers.local.turn_models import get_vad
+from live.providers.local.turn_models import VAD_ACTIVATION, VAD_DEACTIVATION, get_vad
 from live.providers.registry import ProviderContext, register
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,18 @@ def to_whisper_audio(buffer: utils.AudioBuffer) -> np.ndarray:
         return _float_mono([frame])
     resampler = _resampler(frame)
     return _float_mono([*resampler.push(frame), *resampler.flush()])
+
+
+def quiet_after(ev: lk_vad.VADEvent) -> float:
+    """Seconds of quiet up to the end of this VAD window, this window included.
+
+    LiveKit's Silero stream sends a window's event before it counts that window, so its
+    ``raw_accumulated_silence`` is one window (32 ms) behind: the speculative transcript
+    would start that much later (bench/results/turns-vad-lag.md). The rule is the stream's own.
+    """
+    voiced = ev.probability >= VAD_ACTIVATION or (
+        ev.speaking and ev.probability > VAD_DEACTIVATION)
+    return 0.0 if voiced else ev.raw_accumulated_silence + sum(f.duration for f in ev.frames)
 
 
 class LocalSTT(stt.STT):
@@ -550,7 +562,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         continue
                     speech.push(ev.frames)
                     since_interim += sum(f.duration for f in ev.frames)
-                    silence = ev.raw_accumulated_silence
+                    silence = quiet_after(ev)
                     if silence < last_silence and speculation is not None:
                         # the VAD's silence count restarted: the caller goes on
                         local.speculation_misses += 1

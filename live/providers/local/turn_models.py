@@ -14,6 +14,9 @@ logger = logging.getLogger(__name__)
 
 
 STT_MIN_SILENCE = 0.55  # the local STT's utterances: a hesitation stays one utterance
+# Silero's own defaults, named: the local STT counts quiet windows by them (``quiet_after``)
+VAD_ACTIVATION = 0.5
+VAD_DEACTIVATION = 0.35
 
 
 def get_vad(ctx: ProviderContext, min_silence: float = STT_MIN_SILENCE) -> lk_vad.VAD:
@@ -26,7 +29,8 @@ def get_vad(ctx: ProviderContext, min_silence: float = STT_MIN_SILENCE) -> lk_va
     def build() -> lk_vad.VAD:
         from livekit.plugins import silero
 
-        return silero.VAD.load(min_silence_duration=min_silence)
+        return silero.VAD.load(min_silence_duration=min_silence, activation_threshold=VAD_ACTIVATION,
+                               deactivation_threshold=VAD_DEACTIVATION)
 
     key = "local.vad.silero" if min_silence == STT_MIN_SILENCE else f"local.vad.silero.{min_silence}"
     return ctx.cached(key, build)

@@ -23,7 +23,7 @@ from engines.piper import VOCODER_CHUNKS, PiperEngine
 from engines.whisper import Transcript, WhisperEngine
 from live.alignment import PhonemeTiming
 from live.providers.local.turn_models import get_vad
-from live.providers.local_stt import LocalSTT, hum_guess, to_whisper_audio
+from live.providers.local_stt import LocalSTT, hum_guess, quiet_after, to_whisper_audio
 from live.providers.local_tts import EspeakTTS, LocalTTS
 from live.providers.registry import ProviderContext, create
 from tests.live.providers.speech import (
@@ -223,6 +223,28 @@ def _vad_stt(
     return LocalSTT(
         engine=whisper, vad=get_vad(local_ctx), interim_seconds=interim_seconds
     )
+
+
+async def test_quiet_is_counted_with_the_window_the_vad_just_scored(
+    local_ctx: ProviderContext, piper: PiperEngine
+) -> None:
+    """LiveKit's Silero stream sends each window's event before it counts that window into
+    ``raw_accumulated_silence``; ``quiet_after`` counts it at once, so the speculative
+    transcript starts a window (32 ms) sooner. Held to the stream's own count one event
+    later: this fails if the stream changes its order or its rule."""
+    from livekit.agents import vad as lk_vad
+
+    pcm = silence(0.3, piper.sample_rate) + piper_pcm(piper, SENTENCES[0]) + silence(
+        1.0, piper.sample_rate)
+    stream = get_vad(local_ctx).stream()
+    for frame in split_frames(resample(pcm, piper.sample_rate, 16000), ms=20):
+        stream.push_frame(frame)
+    stream.end_input()
+    events = [ev async for ev in stream if ev.type == lk_vad.VADEventType.INFERENCE_DONE]
+    await stream.aclose()
+    mine = [quiet_after(ev) for ev in events]
+    assert mine[:-1] == pytest.approx([ev.raw_accumulated_silence for ev in events[1:]], abs=1e-6)
+    assert max(mine) >= 0.5 and mine.count(0.0) > 10  # quiet after the speech, none inside
 
 
 def _push(stream: lk_stt.RecognizeStream, pcm: bytes, rate: int) -> None:
