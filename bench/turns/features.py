@@ -162,10 +162,9 @@ def _score_lm(feats: list[Features]) -> bool:
     todo = [p for f in feats for p in f.pauses if p.lm < 0]
     if not todo:
         return False
+    from config.settings import load_settings
     from engines.llama import load_llama, turn_options
     from live.providers.turn_lm import score_sync
-
-    from config.settings import load_settings
 
     engine = load_llama("smollm2-135m", turn_options(load_settings().llm.weights))
     for p in todo:
