@@ -501,6 +501,32 @@ async def _wait_quiet(rec: _Recorder, since: float, timeout: float) -> float | N
     return start
 
 
+async def _wait_greeting(rec: _Recorder, since: float, caller: str, timeout: float
+                         ) -> float | None:
+    """Wait for the greeting to end; returns when it started to sound.
+
+    Quiet alone is not enough: on a busy machine the agent's audio can stall longer than
+    REPLY_SILENCE_S inside the greeting. A caller who reads the captions also waits for the
+    greeting's caption segment to close (the agent closes it when playout ends), then for
+    quiet again. Without captions the quiet rule stands alone."""
+    deadline = time.monotonic() + timeout
+    start = await _wait_quiet(rec, since, timeout)
+    if start is None:
+        return None
+
+    def segments() -> set[str]:
+        return {seg for _, seg, _ in rec.agent_captions(since, time.monotonic(), caller)}
+
+    def closed() -> bool:
+        return all(s in rec.caption_final and rec.caption_final[s] for s in segments())
+
+    while not closed() and time.monotonic() < deadline:
+        await _wait_until(closed, max(0.0, deadline - time.monotonic()))
+        # the sound may still play out after its captions closed
+        await _wait_quiet(rec, since, max(0.0, deadline - time.monotonic()))
+    return start
+
+
 def _stopped_at(rec: _Recorder, since: float, gap: float, loud_at_since: bool = False) -> float | None:
     """End of the agent's speech after `since`: the last loud frame before `gap` s of quiet."""
     last: float | None = since if loud_at_since else None
@@ -750,7 +776,7 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
         result.join_s = round(time.monotonic() - joined, 3)
         # let the greeting (if any) finish before the first question
         if spec.greeting:
-            start = await _wait_quiet(rec, joined, opts.greeting_timeout)
+            start = await _wait_greeting(rec, joined, opts.identity, opts.greeting_timeout)
             result.greeting_heard = start is not None
         idle_frames = [img for _, img in rec.video[-25:]]  # about a second of the idle face
         ref = np.median(np.stack([_gray(i) for i in idle_frames]), axis=0) if idle_frames else None

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import numpy as np
 import pytest
 
-from cli.call import SAMPLE_RATE, speech_onset
+from cli.call import (
+    REPLY_SILENCE_S,
+    SAMPLE_RATE,
+    _Recorder,
+    _wait_greeting,
+    _wait_quiet,
+    speech_onset,
+)
 
 
 def _tone(seconds: float, amplitude: float, rng: np.random.Generator) -> np.ndarray:
@@ -29,3 +39,39 @@ def test_speech_onset_of_a_clip_that_starts_speaking_or_is_silent() -> None:
     rng = np.random.default_rng(2)
     assert speech_onset(_tone(0.5, 9000.0, rng).astype(np.int16)) == 0.0
     assert speech_onset(np.zeros(SAMPLE_RATE, np.int16)) == 0.0
+
+
+def _sound(rec: _Recorder, seg: str | None = None, text: str = "") -> float:
+    """The agent's audio is loud now (and, with a segment, a caption chunk arrives)."""
+    now = time.monotonic()
+    rec.loud.append(now)
+    if seg is not None:
+        rec.caption_chunks.append((now, seg, "agent", text))
+    return now
+
+
+@pytest.mark.unit
+async def test_caller_waits_out_a_stall_inside_the_greeting() -> None:
+    # On a busy machine the greeting's audio stalled for longer than the quiet rule; the
+    # harness's caller then spoke over the greeting's tail and heard it as its reply.
+    rec = _Recorder()
+    since = time.monotonic()
+    first = _sound(rec, "greet", "Hello, I'm Ava. ")
+    greeting = asyncio.create_task(_wait_greeting(rec, since, "caller", 30.0))
+    assert await _wait_quiet(rec, since, 10.0) == first  # the quiet rule alone says "over"
+    # its caption segment is still open: the caller keeps waiting (a poll step is 0.02 s)
+    finished, _ = await asyncio.wait({greeting}, timeout=0.3)
+    assert not finished
+    last = _sound(rec, "greet", "I'm in the harbor.")
+    rec.caption_final["greet"] = True  # the agent closes the segment when playout ends
+    assert await asyncio.wait_for(greeting, 10.0) == first
+    assert time.monotonic() - last >= REPLY_SILENCE_S
+
+
+@pytest.mark.unit
+async def test_greeting_without_captions_ends_on_quiet() -> None:
+    rec = _Recorder()
+    since = time.monotonic()
+    first = _sound(rec)
+    assert await _wait_greeting(rec, since, "caller", 10.0) == first
+    assert time.monotonic() - first >= REPLY_SILENCE_S
