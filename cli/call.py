@@ -59,6 +59,11 @@ class TurnResult(BaseModel):
     audio_jitter_buffer_ms: float | None = None
     video_jitter_buffer_ms: float | None = None
     reply_audio_s: float = 0.0
+    # stretches of digital silence inside the reply (between its first and last loud frame),
+    # at least DROPOUT_MIN_S each: the sender had no sound to send (a stalled voice or face;
+    # also a pause between sentences while the LLM writes). Count and total seconds.
+    reply_dropouts: int = 0
+    reply_dropout_s: float = 0.0
     # wall-clock end of the caller's speech: lines it up with the worker's log timestamps
     spoke_end_unix: float | None = None
     # the agent's captions (lk.transcription) for this reply, and when their first and last
@@ -130,7 +135,8 @@ class CallResult(BaseModel):
             lines.append(f"turn {i}: you said: {t.prompt!r}")
             lines.append(f"        avatar said: {t.reply_text!r}")
             lines.append(f"        first audio after your speech: {a}; first open mouth: {v}; "
-                         f"reply {t.reply_audio_s:.1f} s, {t.video_frames} video frames")
+                         f"reply {t.reply_audio_s:.1f} s ({t.reply_dropouts} dropouts, "
+                         f"{t.reply_dropout_s:.2f} s), {t.video_frames} video frames")
             if t.caption_start_lag_s is not None and t.caption_end_lag_s is not None:
                 lines.append(f"        captions: {t.caption_chunks} pieces, first word "
                              f"{t.caption_start_lag_s * 1000:+.0f} ms and last "
@@ -527,6 +533,35 @@ async def _wait_greeting(rec: _Recorder, since: float, caller: str, timeout: flo
     return start
 
 
+DROPOUT_MIN_S = 0.03
+DROPOUT_LEVEL = 2  # |sample| at most this: nothing was sent (a voice's quiet is never this)
+
+
+def dropouts(pcm: np.ndarray, rate: int = SAMPLE_RATE) -> tuple[int, float]:
+    """Stretches of digital silence of at least DROPOUT_MIN_S between the first and last
+    loud 10 ms of ``pcm``: (how many, total seconds)."""
+    step = rate // 100
+    n = pcm.size // step
+    if n == 0:
+        return 0, 0.0
+    frames = pcm[: n * step].reshape(n, step).astype(np.int32)
+    loud = np.sqrt(np.mean(frames.astype(np.float32) ** 2, axis=1)) > SPEECH_RMS
+    if not loud.any():
+        return 0, 0.0
+    first, last = int(np.argmax(loud)), n - 1 - int(np.argmax(loud[::-1]))
+    dead = np.abs(frames[first : last + 1]).max(axis=1) <= DROPOUT_LEVEL
+    count, total, run = 0, 0, 0
+    for d in [*dead.tolist(), False]:
+        if d:
+            run += 1
+            continue
+        if run * 0.01 >= DROPOUT_MIN_S - 1e-9:
+            count += 1
+            total += run
+        run = 0
+    return count, round(total * 0.01, 2)
+
+
 def _stopped_at(rec: _Recorder, since: float, gap: float, loud_at_since: bool = False) -> float | None:
     """End of the agent's speech after `since`: the last loud frame before `gap` s of quiet."""
     last: float | None = since if loud_at_since else None
@@ -806,6 +841,7 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
             reply = [pcm_ for t, pcm_ in rec.audio if start - 0.1 <= t <= end + 0.2]
             reply_pcm = np.concatenate(reply) if reply else np.zeros(0, np.int16)
             turn.reply_audio_s = round(reply_pcm.size / SAMPLE_RATE, 2)
+            turn.reply_dropouts, turn.reply_dropout_s = dropouts(reply_pcm)
             if opts.record:
                 wav_path = opts.out_dir / f"{room_name}-turn{i}.wav"
                 write_wav(wav_path, reply_pcm, SAMPLE_RATE)

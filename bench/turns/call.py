@@ -132,6 +132,8 @@ def main() -> None:
                     "spoke_end_unix": turn.spoke_end_unix if turn else None,
                     "room": room,
                     "mouth_s": turn.video_latency_s if turn else None,
+                    "dropouts": turn.reply_dropouts if turn else None,
+                    "dropout_s": turn.reply_dropout_s if turn else None,
                     "end_of_turn_s": m.end_of_utterance_delay if m else None,
                     "transcription_s": m.transcription_delay if m else None,
                     "llm_ttft_s": m.llm_ttft if m else None,

@@ -57,6 +57,41 @@ def _events(log: Path) -> list[tuple[float, str]]:
     return sorted(out)
 
 
+def _played(log: Path) -> list[tuple[float, dict[str, Any]]]:
+    """The avatar's "reply played" marks: where a reply's gaps came from."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("message") == "reply played" and "timestamp" in rec:
+            out.append((datetime.fromisoformat(rec["timestamp"]).timestamp(), rec))
+    return sorted(out, key=lambda e: e[0])
+
+
+GAP_COLUMNS = ["dropouts", "dropout_s", "frames", "starved_s", "late_s"]
+
+
+def gaps(result: dict[str, Any], log: Path) -> list[dict[str, Any]]:
+    """Per turn: the dropouts the caller heard in the reply, and the worker's account of
+    them: sound that had not come (``starved_s``: the voice or the LLM behind it) against
+    sound the face or the event loop was late with (``late_s``)."""
+    played = _played(log)
+    rows = [r for r in result["turns"] if r.get("spoke_end_unix") and r.get("heard_s") is not None]
+    rows.sort(key=lambda r: r["spoke_end_unix"])
+    out = []
+    for i, r in enumerate(rows):
+        t0 = r["spoke_end_unix"] + r["heard_s"]
+        t1 = rows[i + 1]["spoke_end_unix"] if i + 1 < len(rows) else float("inf")
+        mark = next((rec for t, rec in played if t0 <= t < t1), None)
+        out.append({"id": r["id"], "voice": r["voice"], "dropouts": r.get("dropouts"),
+                    "dropout_s": r.get("dropout_s"),
+                    **({k: mark.get(k) for k in GAP_COLUMNS[2:]}
+                       if mark else {})})
+    return out
+
+
 def trace(result: dict[str, Any], log: Path) -> list[dict[str, Any]]:
     events = _events(log)
     rows = [r for r in result["turns"] if r.get("spoke_end_unix") and r.get("heard_s") is not None]
@@ -94,6 +129,15 @@ def main() -> None:
         vals = [r[c] for r in rows if isinstance(r.get(c), float)]
         meds.append(str(round(statistics.median(vals), 3)) if vals else "")
     print("| **median** | | " + " | ".join(meds) + " |")
+    print("\nGaps inside the replies: heard at the caller, and their causes in the worker\n")
+    grows = gaps(result, log)
+    print("| turn | voice | " + " | ".join(GAP_COLUMNS) + " |")
+    print("|---|---|" + "---|" * len(GAP_COLUMNS))
+    for r in grows:
+        print(f"| {r['id']} | {r['voice']} | " + " | ".join(str(r.get(c, "")) for c in GAP_COLUMNS) + " |")
+    sums = [str(round(sum(r[c] for r in grows if isinstance(r.get(c), (int, float))), 3))
+            for c in GAP_COLUMNS]
+    print("| **total** | | " + " | ".join(sums) + " |")
 
 
 if __name__ == "__main__":

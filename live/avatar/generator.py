@@ -154,6 +154,15 @@ class FaceVideoGenerator(VideoGenerator):
         self._took_back = 0  # pauses that took sound back from the synchronizer
         # a reply's audio is out and its end not yet: the runner has not reported it played
         self._segment_open = False
+        # Silence the caller hears inside a reply, by cause (for the traces, "reply played"
+        # in the log): the publisher ran dry before the next chunk came, which the generator
+        # either did not have (starved: the voice, or the LLM behind it, was late) or had
+        # and was late with (late: drawing, or a busy event loop).
+        self._segment_frames = 0
+        self._segment_chunks = 0
+        self._starved_s = 0.0
+        self._late_s = 0.0
+        self._in_speech = False  # the last thing out was a chunk of speech
         self._resumed = asyncio.Event()
         # Frames that the mouth trails the audio it was computed from. 0: each frame shows its
         # own chunk; the publisher (live.avatar.publish) sends the frame when that chunk
@@ -264,6 +273,7 @@ class FaceVideoGenerator(VideoGenerator):
             self._head_align_left = 0.0
         self._resampler = None
         self._closing_frames = 2
+        self._log_segment()  # an interrupted reply: what it played of its gaps
         self.resume()  # the held speech is gone; the session pauses the next one if need be
         if (take_back := getattr(self._av_sync, "take_back", None)) is not None:
             # now, not in the task below: the runner reports the playback position (the words
@@ -350,8 +360,20 @@ class FaceVideoGenerator(VideoGenerator):
                                      speaking, mouth, rms, ms))
         self._frame_index += 1
 
+    def _log_segment(self) -> None:
+        """A mark for the traces: where the reply's gaps came from (bench.turns.trace)."""
+        if self._segment_frames:
+            logger.debug("reply played", extra={
+                "frames": self._segment_frames,
+                "starved_s": round(self._starved_s, 3),
+                "late_s": round(self._late_s, 3),
+            })
+        self._segment_frames = self._segment_chunks = 0
+        self._starved_s = self._late_s = 0.0
+
     async def _idle_frame(self) -> rtc.VideoFrame:
         """Mouth at rest (after an interruption or a pause: shut within two frames)."""
+        self._in_speech = False
         if self._closing_frames:
             self._closing_frames -= 1
             v = self._smoother.value
@@ -397,6 +419,7 @@ class FaceVideoGenerator(VideoGenerator):
                 self._played += chunk.size
                 self._segment_open = True
                 self._emit(True, mouth, rms, ms)
+                self._segment_frames += 1
                 yield vf
                 if self._took_back != took_back:
                     # paused meanwhile and the sound before this chunk came back: it goes
@@ -405,7 +428,15 @@ class FaceVideoGenerator(VideoGenerator):
                     self._buf = np.concatenate([self._buf[:head], chunk, self._buf[head:]])
                     self._played = max(0, self._played - chunk.size)
                     continue
+                dry = getattr(self._av_sync, "dry_s", None)
+                if self._segment_chunks and isinstance(dry, float) and dry > 0.005:
+                    if self._in_speech:
+                        self._late_s += dry
+                    else:
+                        self._starved_s += dry
+                self._segment_chunks += 1
                 yield rtc.AudioFrame(chunk.tobytes(), self._sr, 1, chunk.size)
+                self._in_speech = True
                 next_idle = loop.time() + frame_s
                 continue
 
@@ -422,6 +453,7 @@ class FaceVideoGenerator(VideoGenerator):
                 yield await self._idle_frame()
                 continue
             if isinstance(item, AudioSegmentEnd):
+                self._log_segment()
                 self._buf = np.zeros(0, np.int16)  # padding made it whole; drop any rest
                 self._delayed.clear()  # the segment's last few (usually silent) shapes
                 self._segment_open = False

@@ -126,6 +126,11 @@ class AudioClockSynchronizer:
         self._due.append((due, frame))
         self._wake.set()
 
+    @property
+    def dry_s(self) -> float:
+        """How long the source has had nothing to play (the listener hears silence)."""
+        return max(0.0, time.monotonic() - self._audio_end) if self._audio_end else 0.0
+
     async def clear_queue(self) -> None:
         """Interruption: queued sound and not-yet-shown frames go."""
         self.cleared.set()

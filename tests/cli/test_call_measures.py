@@ -14,6 +14,7 @@ from cli.call import (
     _Recorder,
     _wait_greeting,
     _wait_quiet,
+    dropouts,
     speech_onset,
 )
 
@@ -75,3 +76,16 @@ async def test_greeting_without_captions_ends_on_quiet() -> None:
     first = _sound(rec)
     assert await _wait_greeting(rec, since, "caller", 10.0) == first
     assert time.monotonic() - first >= REPLY_SILENCE_S
+
+
+@pytest.mark.unit
+def test_dropouts_count_digital_silence_inside_the_reply_only() -> None:
+    rng = np.random.default_rng(3)
+    speech = _tone(0.5, 9000.0, rng)
+    quiet_voice = rng.normal(0, 40, int(0.3 * SAMPLE_RATE))  # a pause the voice breathes in
+    nothing = np.zeros(int(0.12 * SAMPLE_RATE))  # the sender had nothing to send
+    pcm = np.concatenate([np.zeros(SAMPLE_RATE), speech, nothing, speech, quiet_voice, speech,
+                          np.zeros(int(0.02 * SAMPLE_RATE)), speech, np.zeros(SAMPLE_RATE)])
+    count, seconds = dropouts(pcm.astype(np.int16))
+    # the leading and trailing silence are not inside the reply; 20 ms is below the minimum
+    assert count == 1 and seconds == pytest.approx(0.12, abs=0.011)

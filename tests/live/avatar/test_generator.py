@@ -500,3 +500,75 @@ async def test_a_pause_after_the_reply_ended_lets_its_last_sound_play(
         await sync.aclose()
         await gen.aclose()
         await source.aclose()
+
+
+async def test_the_publisher_says_how_long_it_has_had_nothing_to_play() -> None:
+    """The silence a caller hears inside a reply: the traces put it down to a late voice or
+    a late face from how long the publisher had been dry when the next chunk came."""
+    from live.avatar.publish import AUDIO_QUEUE_MS, AudioClockSynchronizer
+
+    source = rtc.AudioSource(SR, 1, queue_size_ms=AUDIO_QUEUE_MS)
+    sync = AudioClockSynchronizer(audio_source=source, video_source=rtc.VideoSource(W, H))
+    chunk = rtc.AudioFrame(np.full(SR // 50, 1000, np.int16).tobytes(), SR, 1, SR // 50)
+    try:
+        assert sync.dry_s == 0.0  # nothing played yet: not a dropout
+        for _ in range(3):
+            await sync.push(chunk)
+        assert sync.dry_s == 0.0
+        await source.wait_for_playout()
+        await asyncio.sleep(0.1)  # the next chunk is late
+        assert sync.dry_s >= 0.05
+    finally:
+        await sync.aclose()
+        await source.aclose()
+
+
+
+@dataclass
+class _Publisher:
+    """The synchronizer as the generator sees it: how long it has had nothing to play."""
+
+    dry_s: float = 0.0
+
+    async def clear_queue(self) -> None:
+        pass
+
+
+async def test_gaps_inside_a_reply_are_put_down_to_the_face_or_the_voice(
+    renderer: FaceRenderer, speech_clip: SpeechClip, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker's log says whether the silence the caller heard inside a reply was sound
+    the generator had and came late with, or sound it did not have yet."""
+    publisher = _Publisher()
+    run = Run()
+    gen = make_gen(renderer, run)
+    gen.set_av_sync(publisher)  # type: ignore[arg-type]
+    half = len(speech_clip.samples) // 2
+    first, second = speech_clip.samples[:half], speech_clip.samples[half:]
+    rate = speech_clip.sample_rate
+    await gen.push_audio(rtc.AudioFrame(first.tobytes(), rate, 1, first.size))
+    caplog.set_level("DEBUG", logger="live.avatar.generator")
+    chunks, waited = 0, False
+
+    async def consume() -> None:
+        nonlocal chunks, waited
+        async for item in gen:
+            if isinstance(item, AudioSegmentEnd):
+                return
+            if isinstance(item, rtc.AudioFrame):
+                chunks += 1
+                # the chunk after the 5th comes 50 ms late (the generator had it)
+                publisher.dry_s = 0.05 if chunks == 5 else 0.0
+            elif chunks and not run.infos[-1].speaking and not waited:
+                # an idle frame: the first half is out and the voice's next words are not;
+                # they come 200 ms after the publisher ran dry
+                waited = True
+                publisher.dry_s = 0.2
+                await gen.push_audio(rtc.AudioFrame(second.tobytes(), rate, 1, second.size))
+                await gen.push_audio(AudioSegmentEnd())
+
+    await asyncio.wait_for(consume(), 60)
+    await gen.aclose()
+    [played] = [r for r in caplog.records if r.getMessage() == "reply played"]
+    assert played.late_s == pytest.approx(0.05)  # type: ignore[attr-defined]
+    assert played.starved_s == pytest.approx(0.2)  # type: ignore[attr-defined]
