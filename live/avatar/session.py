@@ -108,6 +108,7 @@ class PausableQueueAudioOutput(QueueAudioOutput):
         self._paused = self._held = True
         self._paused_at = time.monotonic()
         self._hold(True)
+        logger.debug("reply paused")  # marks for the traces of speech over the agent
         # never held for good: a pause nothing resolves (no resume, no interruption) would
         # leave the face silent for the rest of the call
         self._resuming = asyncio.create_task(self._release_after(MAX_PAUSE_S, "paused"))
@@ -117,6 +118,8 @@ class PausableQueueAudioOutput(QueueAudioOutput):
         self._paused = False
         if not self._held:
             return
+        logger.debug("reply resume asked", extra={
+            "paused_s": round(time.monotonic() - self._paused_at, 3)})
         self._cancel_resume()
         if self.verdict is None or not self._holding():
             self._release()
@@ -137,6 +140,9 @@ class PausableQueueAudioOutput(QueueAudioOutput):
 
     def _release(self) -> None:
         self._cancel_resume()
+        if self._held:
+            logger.debug("reply released", extra={
+                "paused_s": round(time.monotonic() - self._paused_at, 3)})
         self._held = False
         self._hold(False)
 
