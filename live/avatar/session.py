@@ -104,6 +104,12 @@ class PausableQueueAudioOutput(QueueAudioOutput):
 
     def pause(self) -> None:
         super().pause()
+        if self._paused:
+            # LiveKit pauses again at every VAD window of the caller's speech. The first
+            # pause dates it: the verdict covers speech from a moment before it. Moved to
+            # the last call, the verdict missed the words that paused the reply and let it
+            # resume before their interruption came (the caller heard up to 2 s more).
+            return
         self._cancel_resume()
         self._paused = self._held = True
         self._paused_at = time.monotonic()

@@ -8,6 +8,7 @@ transcription never lets a reply resume for a moment before the interruption cut
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from livekit import rtc
@@ -154,3 +155,29 @@ async def test_a_new_reply_is_never_held_back_by_the_verdict() -> None:
     # ...but LiveKit, no longer pausing, sends the reply to what the caller said
     await out.capture_frame(rtc.AudioFrame(bytes(480), 24000, 1, 240))
     assert held == [True, False]
+
+
+async def test_the_verdict_covers_the_speech_from_the_first_pause() -> None:
+    """LiveKit pauses the output again at every VAD window while the caller speaks. The
+    verdict asked on resume must still cover the words that began it all; asked from the
+    last of those pauses, it found none and let the reply resume over the caller."""
+    held = Held()
+    out = _output(held)
+    asked: list[float] = []
+    decided = asyncio.Event()
+
+    async def verdict(since: float, timeout: float) -> bool | None:
+        asked.append(since)
+        decided.set()
+        return False
+
+    out.verdict = verdict
+    out.pause()
+    first = time.monotonic()
+    for _ in range(3):  # the caller goes on speaking
+        await asyncio.sleep(0.05)
+        out.pause()
+    out.resume()
+    await asyncio.wait_for(decided.wait(), 2.0)
+    assert asked[0] <= first, "the verdict was asked from a later pause"
+    await held.reaches([True, False])  # held once, released once
