@@ -104,7 +104,7 @@ class PausableQueueAudioOutput(QueueAudioOutput):
 
     def pause(self) -> None:
         super().pause()
-        if self._paused:
+        if self._paused and self._held:
             # LiveKit pauses again at every VAD window of the caller's speech. The first
             # pause dates it: the verdict covers speech from a moment before it. Moved to
             # the last call, the verdict missed the words that paused the reply and let it

@@ -118,6 +118,8 @@ async def test_a_pause_nothing_resolves_ends(monkeypatch: pytest.MonkeyPatch) ->
     out = _output(held)
     out.pause()
     await held.reaches([True, False])
+    out.pause()  # LiveKit, still paused, pauses again for more speech: held again
+    await held.reaches([True, False, True, False])
 
 
 async def test_a_new_pause_cancels_a_pending_resume() -> None:
