@@ -43,31 +43,33 @@ DECODE_PREFIX = "Processing segment at"
 COLUMNS = ["spec_in", "whisper_in", "spec_out", "vad_end", "preflight", "llm", "llm_first", "tts_in", "tts_out", "final", "committed", "used", "to_face", "playing", "heard"]
 
 
-def _events(log: Path) -> list[tuple[float, str]]:
+def _records(log: Path) -> list[tuple[float, dict[str, Any]]]:
+    """The worker log's JSON records that carry a timestamp, in time order."""
     out = []
     for line in log.read_text(errors="replace").splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
             continue
-        message = str(rec.get("message", ""))
-        mark = "decode" if message.startswith(DECODE_PREFIX) else MARKS.get(message)
-        if mark and "timestamp" in rec:
-            out.append((datetime.fromisoformat(rec["timestamp"]).timestamp(), mark))
-    return sorted(out)
-
-
-def _played(log: Path) -> list[tuple[float, dict[str, Any]]]:
-    """The avatar's "reply played" marks: where a reply's gaps came from."""
-    out = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("message") == "reply played" and "timestamp" in rec:
+        if isinstance(rec, dict) and "timestamp" in rec:
             out.append((datetime.fromisoformat(rec["timestamp"]).timestamp(), rec))
     return sorted(out, key=lambda e: e[0])
+
+
+def _events(records: list[tuple[float, dict[str, Any]]]) -> list[tuple[float, str]]:
+    out = []
+    for t, rec in records:
+        message = str(rec.get("message", ""))
+        mark = "decode" if message.startswith(DECODE_PREFIX) else MARKS.get(message)
+        if mark:
+            out.append((t, mark))
+    return out
+
+
+def _turns(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The result's answered turns, in the order they were spoken."""
+    rows = [r for r in result["turns"] if r.get("spoke_end_unix") and r.get("heard_s") is not None]
+    return sorted(rows, key=lambda r: r["spoke_end_unix"])
 
 
 GAP_COLUMNS = ["dropouts", "dropout_s", "frames", "starved_s", "late_s"]
@@ -77,9 +79,8 @@ def gaps(result: dict[str, Any], log: Path) -> list[dict[str, Any]]:
     """Per turn: the dropouts the caller heard in the reply, and the worker's account of
     them: sound that had not come (``starved_s``: the voice or the LLM behind it) against
     sound the face or the event loop was late with (``late_s``)."""
-    played = _played(log)
-    rows = [r for r in result["turns"] if r.get("spoke_end_unix") and r.get("heard_s") is not None]
-    rows.sort(key=lambda r: r["spoke_end_unix"])
+    played = [(t, rec) for t, rec in _records(log) if rec.get("message") == "reply played"]
+    rows = _turns(result)
     out = []
     for i, r in enumerate(rows):
         t0 = r["spoke_end_unix"] + r["heard_s"]
@@ -93,9 +94,8 @@ def gaps(result: dict[str, Any], log: Path) -> list[dict[str, Any]]:
 
 
 def trace(result: dict[str, Any], log: Path) -> list[dict[str, Any]]:
-    events = _events(log)
-    rows = [r for r in result["turns"] if r.get("spoke_end_unix") and r.get("heard_s") is not None]
-    rows.sort(key=lambda r: r["spoke_end_unix"])
+    events = _events(_records(log))
+    rows = _turns(result)
     out = []
     for r in rows:
         t0 = r["spoke_end_unix"]
