@@ -507,14 +507,17 @@ async def _wait_quiet(rec: _Recorder, since: float, timeout: float) -> float | N
     return start
 
 
-async def _wait_greeting(rec: _Recorder, since: float, caller: str, timeout: float
-                         ) -> float | None:
-    """Wait for the greeting to end; returns when it started to sound.
+async def _wait_spoken(rec: _Recorder, since: float, caller: str, timeout: float
+                       ) -> float | None:
+    """Wait for the agent's speech begun after ``since`` (the greeting, a reply) to end;
+    returns when it started to sound.
 
     Quiet alone is not enough: on a busy machine the agent's audio can stall longer than
-    REPLY_SILENCE_S inside the greeting. A caller who reads the captions also waits for the
-    greeting's caption segment to close (the agent closes it when playout ends), then for
-    quiet again. Without captions the quiet rule stands alone."""
+    REPLY_SILENCE_S inside a greeting or a reply (a CI run heard "Here." of a longer answer
+    and took the rest for the next turn). A caller who reads the captions also waits for the
+    caption segments begun since ``since`` to close (the agent closes one when its playout
+    ends), then for quiet again. Without captions the quiet rule stands alone. The stall
+    stays in the figures: it is digital silence inside the reply (``dropouts``)."""
     deadline = time.monotonic() + timeout
     start = await _wait_quiet(rec, since, timeout)
     if start is None:
@@ -811,7 +814,7 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
         result.join_s = round(time.monotonic() - joined, 3)
         # let the greeting (if any) finish before the first question
         if spec.greeting:
-            start = await _wait_greeting(rec, joined, opts.identity, opts.greeting_timeout)
+            start = await _wait_spoken(rec, joined, opts.identity, opts.greeting_timeout)
             result.greeting_heard = start is not None
         idle_frames = [img for _, img in rec.video[-25:]]  # about a second of the idle face
         ref = np.median(np.stack([_gray(i) for i in idle_frames]), axis=0) if idle_frames else None
@@ -831,7 +834,7 @@ async def run_call(settings: Settings, opts: CallOptions) -> CallResult:
             await asyncio.wait_for(spoken.wait(), timeout=len(pcm) / SAMPLE_RATE + 10)
             t_end = time.monotonic() + 0.05  # the source's queue (50 ms) still plays out
             turn = TurnResult(prompt=prompt, spoke_end_unix=round(time.time() + 0.05, 3))
-            start = await _wait_quiet(rec, t_end, opts.reply_timeout)
+            start = await _wait_spoken(rec, t_end, opts.identity, opts.reply_timeout)
             if start is None:
                 result.turns.append(turn)
                 result.error = f"no reply to turn {i} within {opts.reply_timeout:.0f}s"

@@ -12,8 +12,8 @@ from cli.call import (
     REPLY_SILENCE_S,
     SAMPLE_RATE,
     _Recorder,
-    _wait_greeting,
     _wait_quiet,
+    _wait_spoken,
     dropouts,
     speech_onset,
 )
@@ -52,13 +52,14 @@ def _sound(rec: _Recorder, seg: str | None = None, text: str = "") -> float:
 
 
 @pytest.mark.unit
-async def test_caller_waits_out_a_stall_inside_the_greeting() -> None:
+async def test_caller_waits_out_a_stall_inside_the_agents_speech() -> None:
     # On a busy machine the greeting's audio stalled for longer than the quiet rule; the
-    # harness's caller then spoke over the greeting's tail and heard it as its reply.
+    # harness's caller then spoke over the greeting's tail and heard it as its reply. A
+    # reply's stall did the same to a turn: CI heard "Here." of a longer answer.
     rec = _Recorder()
     since = time.monotonic()
     first = _sound(rec, "greet", "Hello, I'm Ava. ")
-    greeting = asyncio.create_task(_wait_greeting(rec, since, "caller", 30.0))
+    greeting = asyncio.create_task(_wait_spoken(rec, since, "caller", 30.0))
     assert await _wait_quiet(rec, since, 10.0) == first  # the quiet rule alone says "over"
     # its caption segment is still open: the caller keeps waiting (a poll step is 0.02 s)
     finished, _ = await asyncio.wait({greeting}, timeout=0.3)
@@ -74,7 +75,7 @@ async def test_greeting_without_captions_ends_on_quiet() -> None:
     rec = _Recorder()
     since = time.monotonic()
     first = _sound(rec)
-    assert await _wait_greeting(rec, since, "caller", 10.0) == first
+    assert await _wait_spoken(rec, since, "caller", 10.0) == first
     assert time.monotonic() - first >= REPLY_SILENCE_S
 
 
