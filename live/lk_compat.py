@@ -55,6 +55,7 @@ __all__ = [
     "RoomAudioOutput",
     "assemblyai_guarded_stream",
     "datastream_destination",
+    "delay_captions",
     "detach_self_published_avatar",
     "drop_queued_streams",
     "keep_played_words",
@@ -272,6 +273,33 @@ def keep_played_words(output: AudioOutput | None) -> bool:
                  synchronized_transcript=synchronized_transcript)
 
     synced.on_playback_finished = on_playback_finished  # type: ignore[method-assign]
+    return True
+
+
+def delay_captions(output: AudioOutput | None, seconds: float) -> bool:
+    """The reply's sound went silent for ``seconds`` (its voice or its face fell behind):
+    the captions wait as long, so they stay with the words as the caller hears them.
+
+    Why: LiveKit's transcript synchronizer paces the captions of the reply being played by
+    the wall clock since its playback started, less the time the output was paused; sound
+    that came late does not hold them. On a busy machine a reply's sound stalled 1.4 s in all
+    and its last caption came 2.3 s before its last word. Added to the synchronizer's paused
+    time (``_SegmentSynchronizerImpl._paused_duration``), the stall moves the captions' clock
+    back: the words already shown stay, the next wait for their sound. Returns False when no
+    synchronised reply is playing (nothing to do). Removed by: upstream pacing captions by the
+    playback position the output reports.
+    """
+    from livekit.agents.voice.transcription.synchronizer import _SyncedAudioOutput
+
+    node = output
+    while node is not None and not isinstance(node, _SyncedAudioOutput):
+        node = node.next_in_chain
+    if node is None or seconds <= 0:
+        return False
+    impl = node._synchronizer._impl
+    if impl.closed or impl._start_wall_time is None:
+        return False
+    impl._paused_duration += seconds
     return True
 
 

@@ -397,6 +397,7 @@ async def entrypoint(ctx: JobContext) -> None:
 
     # an interrupted reply is stored (and remembered) as far as its sound played
     keep_played_words(session.output.audio)
+    _link_captions_to_sound(avatar, session)
     recorder.set_status(
         SessionStatus.ACTIVE,
         **({} if resume_from else {"started_at": utcnow()}),
@@ -532,6 +533,16 @@ def _link_resume_to_stt(avatar: Any, stt: Any) -> None:
     if hold is not None and isinstance(stt, LocalSTT):
         hold(stt.words_since)
         stt.agent_held = avatar.reply_held  # speech during a pause is speech over the agent
+
+
+def _link_captions_to_sound(avatar: Any, session: AgentSession[Any]) -> None:
+    """The captions wait out the silences inside a reply (a busy machine: the voice or the
+    face fell behind), so they stay with the words the caller hears."""
+    from live.lk_compat import delay_captions
+
+    listen = getattr(avatar, "on_sound_gap", None)
+    if listen is not None:
+        listen(lambda seconds: delay_captions(session.output.audio, seconds))
 
 
 def _link_mouth_to_voice(avatar: Any, tts: Any) -> None:

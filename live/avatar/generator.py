@@ -163,6 +163,10 @@ class FaceVideoGenerator(VideoGenerator):
         self._starved_s = 0.0
         self._late_s = 0.0
         self._in_speech = False  # the last thing out was a chunk of speech
+        self._after_pause = False  # the next chunk's wait was a pause, not a gap
+        self.on_gap: Callable[[float], None] | None = None
+        """Called with the seconds of silence the listener heard inside a reply before a
+        chunk (not a pause): the captions wait as long (``live.lk_compat.delay_captions``)."""
         self._resumed = asyncio.Event()
         # Frames that the mouth trails the audio it was computed from. 0: each frame shows its
         # own chunk; the publisher (live.avatar.publish) sends the frame when that chunk
@@ -238,6 +242,7 @@ class FaceVideoGenerator(VideoGenerator):
         ``live.avatar.publish.AUDIO_QUEUE_MS``). ``resume`` goes on from here."""
         if not self._paused:
             self._paused = True
+            self._after_pause = True
             self._resumed.clear()
             self._closing_frames = 2
             take_back = getattr(self._av_sync, "take_back", None)
@@ -429,11 +434,15 @@ class FaceVideoGenerator(VideoGenerator):
                     self._played = max(0, self._played - chunk.size)
                     continue
                 dry = getattr(self._av_sync, "dry_s", None)
-                if self._segment_chunks and isinstance(dry, float) and dry > 0.005:
+                if (self._segment_chunks and not self._after_pause
+                        and isinstance(dry, float) and dry > 0.005):
                     if self._in_speech:
                         self._late_s += dry
                     else:
                         self._starved_s += dry
+                    if self.on_gap is not None:
+                        self.on_gap(dry)
+                self._after_pause = False
                 self._segment_chunks += 1
                 yield rtc.AudioFrame(chunk.tobytes(), self._sr, 1, chunk.size)
                 self._in_speech = True

@@ -223,6 +223,13 @@ class LocalAvatarSession(AvatarSession):
         if self._audio is not None:
             self._audio.verdict = verdict
 
+    def on_sound_gap(self, callback: Callable[[float], None]) -> None:
+        """``callback(seconds)`` for each silence inside a reply that the caller heard
+        because the face or the voice fell behind (in-process only: a face in another
+        participant cannot say)."""
+        if self._gen is not None:
+            self._gen.on_gap = callback
+
     def alignment_callback(
         self, timings: list[PhonemeTiming], num_samples: int, sample_rate: int
     ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import AsyncIterator
 from importlib.metadata import version
 from typing import Any
@@ -472,5 +473,51 @@ async def test_an_interrupted_reply_keeps_the_words_its_sound_played() -> None:
     assert ev.synchronized_transcript == "The story of", changed(
         "_SyncedAudioOutput / _SegmentSynchronizerImpl",
         f"the interrupted reply kept {ev.synchronized_transcript!r}, not the words played by 1.0 s",
+    )
+    await sync.aclose()
+
+
+async def test_captions_wait_out_a_silence_inside_the_reply() -> None:
+    from livekit.agents.types import TimedString
+    from livekit.agents.voice.io import TextOutput
+    from livekit.agents.voice.transcription.synchronizer import TranscriptSynchronizer
+
+    shown: list[tuple[float, str]] = []
+    last_word = asyncio.Event()
+
+    class _Captions(TextOutput):
+        def __init__(self) -> None:
+            super().__init__(label="captions", next_in_chain=None)
+
+        async def capture_text(self, text: str) -> None:
+            shown.append((time.time(), str(text)))
+            if "four" in str(text):
+                last_word.set()
+
+        def flush(self) -> None:
+            pass
+
+    sink = _Sink()
+    sync = TranscriptSynchronizer(next_in_chain_audio=sink, next_in_chain_text=_Captions())
+    out = sync.audio_output
+    assert not lk_compat.delay_captions(out, 1.5)  # nothing playing: nothing to hold
+    assert not lk_compat.delay_captions(sink, 1.5)  # no synchroniser in the chain
+    # four words, 0.3 s each as the voice times them; all 1.2 s of their sound is pushed
+    for i, w in enumerate(["One ", "two ", "three ", "four."]):
+        await sync.text_output.capture_text(TimedString(w, start_time=0.3 * i, end_time=0.3 * i + 0.28))
+    sync.text_output.flush()
+    for _ in range(12):
+        await out.capture_frame(rtc.AudioFrame(bytes(3200), 16000, 1, 1600))
+    out.flush()
+    started = time.time()
+    sink.on_playback_started(created_at=started)
+    # the sound stalled 1.5 s after it began: the caller hears "four." 2.4 s in, not 0.9 s
+    assert lk_compat.delay_captions(out, 1.5)
+    await asyncio.wait_for(last_word.wait(), 15)
+    at = next(t for t, w in shown if "four" in w) - started
+    # undelayed, LiveKit shows it about 1.1 s in; a busy machine only makes it later
+    assert at >= 2.2, changed(
+        "_SegmentSynchronizerImpl._paused_duration",
+        f"the last caption came {at:.2f} s in although the sound stalled 1.5 s",
     )
     await sync.aclose()

@@ -543,6 +543,8 @@ async def test_gaps_inside_a_reply_are_put_down_to_the_face_or_the_voice(
     run = Run()
     gen = make_gen(renderer, run)
     gen.set_av_sync(publisher)  # type: ignore[arg-type]
+    gaps: list[float] = []
+    gen.on_gap = gaps.append  # the captions wait as long (live.lk_compat.delay_captions)
     half = len(speech_clip.samples) // 2
     first, second = speech_clip.samples[:half], speech_clip.samples[half:]
     rate = speech_clip.sample_rate
@@ -572,3 +574,43 @@ async def test_gaps_inside_a_reply_are_put_down_to_the_face_or_the_voice(
     [played] = [r for r in caplog.records if r.getMessage() == "reply played"]
     assert played.late_s == pytest.approx(0.05)  # type: ignore[attr-defined]
     assert played.starved_s == pytest.approx(0.2)  # type: ignore[attr-defined]
+    assert gaps == [pytest.approx(0.05), pytest.approx(0.2)]
+
+
+async def test_a_pause_is_no_gap_inside_the_reply(
+    renderer: FaceRenderer, speech_clip: SpeechClip, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The caller's voice paused the reply: LiveKit holds the captions itself, and the wait
+    is not the voice or the face falling behind."""
+    publisher = _Publisher()
+    run = Run()
+    gen = make_gen(renderer, run)
+    gen.set_av_sync(publisher)  # type: ignore[arg-type]
+    gaps: list[float] = []
+    gen.on_gap = gaps.append
+    clip = speech_clip.samples
+    await gen.push_audio(rtc.AudioFrame(clip.tobytes(), speech_clip.sample_rate, 1, clip.size))
+    await gen.push_audio(AudioSegmentEnd())
+    caplog.set_level("DEBUG", logger="live.avatar.generator")
+    chunks = 0
+
+    async def consume() -> None:
+        nonlocal chunks
+        async for item in gen:
+            if isinstance(item, AudioSegmentEnd):
+                return
+            if isinstance(item, rtc.AudioFrame):
+                chunks += 1
+                publisher.dry_s = 0.0
+                if chunks == 3:
+                    gen.pause()
+            elif gen.paused:
+                publisher.dry_s = 0.5  # the publisher played nothing while paused
+                gen.resume()
+
+    await asyncio.wait_for(consume(), 60)
+    await gen.aclose()
+    assert chunks > 3
+    assert gaps == []
+    [played] = [r for r in caplog.records if r.getMessage() == "reply played"]
+    assert played.starved_s == 0.0 and played.late_s == 0.0  # type: ignore[attr-defined]
