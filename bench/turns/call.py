@@ -134,6 +134,8 @@ def main() -> None:
                     "mouth_s": turn.video_latency_s if turn else None,
                     "dropouts": turn.reply_dropouts if turn else None,
                     "dropout_s": turn.reply_dropout_s if turn else None,
+                    # the reply's last caption against its last sound (negative: captions ahead)
+                    "caption_end_s": turn.caption_end_lag_s if turn else None,
                     "end_of_turn_s": m.end_of_utterance_delay if m else None,
                     "transcription_s": m.transcription_delay if m else None,
                     "llm_ttft_s": m.llm_ttft if m else None,

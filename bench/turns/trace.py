@@ -72,12 +72,12 @@ def _turns(result: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["spoke_end_unix"])
 
 
-GAP_COLUMNS = ["dropouts", "dropout_s", "frames", "starved_s", "late_s"]
+GAP_COLUMNS = ["dropouts", "dropout_s", "caption_end_s", "frames", "starved_s", "late_s"]
 
 
 def gaps(result: dict[str, Any], log: Path) -> list[dict[str, Any]]:
-    """Per turn: the dropouts the caller heard in the reply, and the worker's account of
-    them: sound that had not come (``starved_s``: the voice or the LLM behind it) against
+    """Per turn: the dropouts the caller heard in the reply, where its last caption came
+    against its last sound, and the worker's account of the dropouts: sound that had not come (``starved_s``: the voice or the LLM behind it) against
     sound the face or the event loop was late with (``late_s``)."""
     played = [(t, rec) for t, rec in _records(log) if rec.get("message") == "reply played"]
     rows = _turns(result)
@@ -87,8 +87,8 @@ def gaps(result: dict[str, Any], log: Path) -> list[dict[str, Any]]:
         t1 = rows[i + 1]["spoke_end_unix"] if i + 1 < len(rows) else float("inf")
         mark = next((rec for t, rec in played if t0 <= t < t1), None)
         out.append({"id": r["id"], "voice": r["voice"], "dropouts": r.get("dropouts"),
-                    "dropout_s": r.get("dropout_s"),
-                    **({k: mark.get(k) for k in GAP_COLUMNS[2:]}
+                    "dropout_s": r.get("dropout_s"), "caption_end_s": r.get("caption_end_s"),
+                    **({k: mark.get(k) for k in GAP_COLUMNS[3:]}
                        if mark else {})})
     return out
 
@@ -135,9 +135,13 @@ def main() -> None:
     print("|---|---|" + "---|" * len(GAP_COLUMNS))
     for r in grows:
         print(f"| {r['id']} | {r['voice']} | " + " | ".join(str(r.get(c, "")) for c in GAP_COLUMNS) + " |")
-    sums = [str(round(sum(r[c] for r in grows if isinstance(r.get(c), (int, float))), 3))
-            for c in GAP_COLUMNS]
-    print("| **total** | | " + " | ".join(sums) + " |")
+    def total(c: str) -> str:
+        vals = [r[c] for r in grows if isinstance(r.get(c), (int, float))]
+        if c == "caption_end_s":  # a lag, not an amount: its median
+            return f"median {round(statistics.median(vals), 3)}" if vals else ""
+        return str(round(sum(vals), 3))
+
+    print("| **total** | | " + " | ".join(total(c) for c in GAP_COLUMNS) + " |")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ def test_the_gaps_in_a_reply_are_put_down_to_the_voice_or_to_the_face(tmp_path: 
                    starved_s=9.0)  # the reply before: not this turn's
     log.write_text(json.dumps(earlier) + "\n" + json.dumps(played) + "\n")
     result = {"turns": [{"id": "c00-0", "voice": "espeak-us", "spoke_end_unix": t0, "heard_s": 2.0,
-                         "dropouts": 4, "dropout_s": 0.5}]}
+                         "dropouts": 4, "dropout_s": 0.5, "caption_end_s": -0.2}]}
     [row] = gaps(result, log)
-    assert (row["dropouts"], row["starved_s"], row["late_s"]) == (4, 0.24, 0.31)
+    assert (row["dropouts"], row["caption_end_s"], row["starved_s"], row["late_s"]) == (
+        4, -0.2, 0.24, 0.31)
