@@ -79,18 +79,23 @@ async def test_caller_gets_two_spoken_answers_with_video(stack: Stack, artifacts
     assert result.error is None, result.render() + "\n--- live log ---\n" + stack.log_text("live")[-6000:]
     assert result.greeting_heard
     assert len(result.turns) == 2
+
+    def seen(turn: object) -> str:
+        """What a failed check shows: the turn, and the worker's log of the call."""
+        return f"{turn}\n--- live log ---\n{stack.log_text('live')[-6000:]}"
+
     for turn in result.turns:
         assert turn.audio_latency_s is not None and turn.audio_latency_s > 0
         assert turn.reply_audio_s > 0.5
         assert turn.video_frames > 10  # video arrived during the answer
         assert turn.video_latency_s is not None  # the mouth moved
-        assert len(turn.reply_text.split()) >= 2, turn  # the answer was intelligible speech
+        assert len(turn.reply_text.split()) >= 2, seen(turn)  # the answer was intelligible speech
         # captions word by word, in step with the sound the caller hears (which its own
         # jitter buffer holds back by up to a few hundred ms on a loaded machine)
-        assert turn.caption_text.strip(), turn
-        assert turn.caption_chunks >= 0.6 * len(turn.caption_text.split()), turn
-        assert turn.caption_start_lag_s is not None and -1.0 < turn.caption_start_lag_s < 0.6, turn
-        assert turn.caption_end_lag_s is not None and -1.5 < turn.caption_end_lag_s < 0.6, turn
+        assert turn.caption_text.strip(), seen(turn)
+        assert turn.caption_chunks >= 0.6 * len(turn.caption_text.split()), seen(turn)
+        assert turn.caption_start_lag_s is not None and -1.0 < turn.caption_start_lag_s < 0.6, seen(turn)
+        assert turn.caption_end_lag_s is not None and -1.5 < turn.caption_end_lag_s < 0.6, seen(turn)
     sid = result.session_id
     assert sid, "the agent publishes its session id as a participant attribute"
 
