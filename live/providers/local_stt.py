@@ -429,10 +429,12 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     vad_stream.push_frame(data)
             vad_stream.end_input()
 
-        def start(audio: np.ndarray, *, full_retry: bool = True,
+        def start(audio: np.ndarray, kind: str, *, full_retry: bool = True,
                   window_seconds: float | None = None) -> asyncio.Task[Transcript | None]:
+            """A decode on the serial Whisper; ``kind`` names its task (``stt-early``...)."""
             task = asyncio.create_task(local.transcribe(
-                audio, self._language, full_retry=full_retry, window_seconds=window_seconds))
+                audio, self._language, full_retry=full_retry, window_seconds=window_seconds),
+                name=f"stt-{kind}")
             pending.add(task)
             task.add_done_callback(pending.discard)
             return task
@@ -577,7 +579,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         # over the agent, the speculation decides whether a paused reply
                         # goes on: a short-window result that looks wrong (a hum) says "no
                         # words" at once; the final decodes it again on the full window
-                        speculation = start(speech.audio(), full_retry=not over_agent)
+                        speculation = start(speech.audio(), "speculative", full_retry=not over_agent)
                         logger.debug("speculative transcription started", extra={
                             "silence_s": round(silence, 3), "speech_s": round(speech.seconds, 3)})
                         speculation.add_done_callback(
@@ -595,7 +597,10 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         # "stop" or "mm-hm"? (not dropped by the speculation: it decides sooner)
                         while early_marks and ev.speech_duration >= early_marks[0]:
                             early_marks.pop(0)
-                        early = start(speech.audio())
+                        # only words the short window is sure of go on early: one that
+                        # looks wrong is not decoded again on the full window (seconds on a
+                        # busy machine, ahead of the transcript that lets the reply go on)
+                        early = start(speech.audio(), "early", full_retry=False)
                         early.add_done_callback(
                             lambda t, n=utterance: send_early(t, n)  # type: ignore[misc]
                         )
@@ -607,7 +612,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         and local._engine.busy == 0  # no other session's turn waits on it
                     ):
                         since_interim = 0.0
-                        interim = start(speech.audio())
+                        interim = start(speech.audio(), "interim")
                         interim.add_done_callback(
                             lambda t, n=utterance: send_interim(t, n)  # type: ignore[misc]
                         )
@@ -633,11 +638,18 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     if final is not None:
                         local.speculation_hits += 1
                     else:
-                        final = start(speech.audio())
+                        final = start(speech.audio(), "final", full_retry=not over_agent)
                     result = await final
                     if result is not None and not result.trusted:
-                        # the speculation's short-window guess: the final is Whisper's best
-                        result = await start(speech.audio(), window_seconds=FULL_WINDOW_SECONDS)
+                        if over_agent:
+                            # as when the speculation decides before the end of speech: a
+                            # short-window guess that looks wrong lets a paused reply go on
+                            # now, not after the full-window decode (a second or two on a
+                            # busy machine); that decode can still find words, whose final
+                            # interrupts
+                            local._utterance_heard(heard, words=False)
+                        # the short-window guess: the final is Whisper's best
+                        result = await start(speech.audio(), "final-full", window_seconds=FULL_WINDOW_SECONDS)
                     request_id = utils.shortuuid()
                     send(
                         stt.SpeechEvent(

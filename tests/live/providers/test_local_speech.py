@@ -536,6 +536,67 @@ async def test_a_doubtful_guess_over_the_agent_lets_it_go_on_and_real_words_stil
     assert finals and "question" in finals[-1].lower(), [e.alternatives for e in events]
 
 
+class _DoubtfulAfterTheEnd(_DoubtfulShortWindow):
+    """``_DoubtfulShortWindow`` on a busy machine: the short-window guesses come only after the
+    STT said the speech ended, and the full-window decode only when the test lets it go."""
+
+    def __init__(self, engine: WhisperEngine) -> None:
+        super().__init__(engine)
+        self.speech_ended = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def transcribe(self, audio: np.ndarray, language: str | None,
+                         window_seconds: float = 30.0, full_retry: bool = True) -> Transcript:
+        await (self.release if full_retry else self.speech_ended).wait()
+        return await super().transcribe(audio, language, window_seconds, full_retry)
+
+
+async def test_a_doubtful_guess_after_the_end_of_speech_decides_before_the_full_window(
+    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The speculative transcript was late (a busy Whisper) and came after the end of speech,
+    as doubtful as a hum's: the paused reply goes on at once, as when it comes before, and does
+    not wait for the full-window decode (1 to 2.5 s of quiet after "mm-hm" in a room run). That
+    decode still finds the words and they reach the session."""
+    import live.providers.local_stt as local_stt
+
+    monkeypatch.setattr(local_stt, "EARLY_INTERIM_MARKS", ())
+    sr = piper.sample_rate
+    engine = _DoubtfulAfterTheEnd(whisper)
+    stt = LocalSTT(engine=engine, vad=get_vad(local_ctx), interim_seconds=0.0)  # type: ignore[arg-type]
+    stt.agent_speaking = True
+    pcm = (silence(0.3, sr) + piper_pcm(piper, "Stop, I have a question about my bill.")
+           + silence(1.0, sr))
+    stream = stt.stream()
+    verdict: asyncio.Task[bool | None] | None = None
+    started = asyncio.Event()
+    events: list[lk_stt.SpeechEvent] = []
+
+    async def read() -> None:
+        nonlocal verdict
+        async for ev in stream:
+            events.append(ev)
+            if ev.type == SpeechEventType.START_OF_SPEECH and verdict is None:
+                verdict = asyncio.create_task(stt.words_since(0.0, 30.0))
+                started.set()
+            elif ev.type == SpeechEventType.END_OF_SPEECH:
+                engine.speech_ended.set()
+
+    reader = asyncio.create_task(read())
+    feeder = asyncio.create_task(_feed_in_real_time(stream, pcm, sr))
+    await asyncio.wait_for(started.wait(), 30)
+    assert verdict is not None
+    assert await asyncio.wait_for(verdict, 30) is False  # before the full-window decode
+    assert not engine.release.is_set() and engine.full_window_decodes == 0
+    engine.release.set()
+    await asyncio.wait_for(asyncio.gather(feeder, reader), 60)
+    await stream.aclose()
+    finals = [e.alternatives[0].text for e in events if e.type == SpeechEventType.FINAL_TRANSCRIPT]
+    assert finals and "question" in finals[-1].lower(), [e.alternatives for e in events]
+    assert engine.full_window_decodes == 1
+
+
 async def test_while_the_agent_speaks_the_first_words_come_early(
     local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
@@ -677,16 +738,17 @@ def test_words_faster_than_speech_over_the_agent_are_a_hum(text: str, voiced: fl
 
 
 class _CountingSTT(LocalSTT):
-    """The local STT, noting each decode it asks Whisper for: (audio seconds, full_retry,
-    window_seconds)."""
+    """The local STT, noting each decode it asks Whisper for: (what for, full_retry,
+    window_seconds); what for is the task's name (``stt-speculative``, ``stt-early``...)."""
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        self.decodes: list[tuple[float, bool, float | None]] = []
+        self.decodes: list[tuple[str, bool, float | None]] = []
 
     async def transcribe(self, audio: np.ndarray, language: str, *, full_retry: bool = True,
                          window_seconds: float | None = None) -> Transcript | None:
-        self.decodes.append((audio.size / 16000, full_retry, window_seconds))
+        task = asyncio.current_task()
+        self.decodes.append((task.get_name() if task else "", full_retry, window_seconds))
         return await super().transcribe(audio, language, full_retry=full_retry,
                                         window_seconds=window_seconds)
 
@@ -706,8 +768,38 @@ async def test_over_the_agent_no_early_transcript_starts_after_the_speculative_o
     events = await asyncio.wait_for(_paced_events(stt, pcm, sr), timeout=60)
     assert SpeechEventType.FINAL_TRANSCRIPT not in [e.type for e in events]
     decodes = stt.decodes
-    speculative = [i for i, (_, retry, _) in enumerate(decodes) if not retry]
+    speculative = [i for i, (kind, _, _) in enumerate(decodes) if kind == "stt-speculative"]
     assert speculative, f"no speculative transcript over the agent: {decodes}"
     after = decodes[speculative[0] + 1 :]
     # only the full-window decode of a short-window result that looked wrong may follow
     assert all(window == 30.0 for _, _, window in after), decodes
+
+
+class _EveryShortWindowDoubtful(_DoubtfulShortWindow):
+    """Every short-window decode looks wrong, as a hum's does: given back untrusted when the
+    STT said so, else decoded again on the full window as the engine does (counted)."""
+
+    async def transcribe(self, audio: np.ndarray, language: str | None,
+                         window_seconds: float = 30.0, full_retry: bool = True) -> Transcript:
+        if full_retry and window_seconds < 30.0:
+            window_seconds = 30.0
+        return await super().transcribe(audio, language, window_seconds, full_retry)
+
+
+async def test_a_hum_over_the_agent_costs_one_full_window_decode_at_most(
+    local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
+) -> None:
+    """The early decodes over the agent (0.3, 0.5, 0.75 s into the speech) only pass on words
+    the short window is sure of. One that looked wrong was decoded again on the full window
+    all the same (two seconds in a room run), and the serial Whisper made the transcript that
+    lets the paused reply go on wait behind it. Only the final may take the full window."""
+    sr = piper.sample_rate
+    engine = _EveryShortWindowDoubtful(whisper)
+    stt = _CountingSTT(engine=engine, vad=get_vad(local_ctx), interim_seconds=0.0)  # type: ignore[arg-type]
+    stt.agent_speaking = True
+    pcm = silence(0.3, sr) + piper_pcm(piper, "Mm-hm, mm-hm, yeah, okay.") + silence(1.0, sr)
+    await asyncio.wait_for(_paced_events(stt, pcm, sr), timeout=60)
+    kinds = [kind for kind, _, _ in stt.decodes]
+    assert "stt-early" in kinds, stt.decodes  # the speech was long enough for early decodes
+    assert engine.full_window_decodes <= 1, stt.decodes
+    assert await stt.words_since(0.0, 1.0) is False
