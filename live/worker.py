@@ -365,6 +365,7 @@ async def entrypoint(ctx: JobContext) -> None:
     await ctx.room.local_participant.set_attributes(
         {SESSION_ATTR: session_id, WORKER_ATTR: worker_id})
     avatar_name = "none"
+    avatar: Any = None
     avatar_started = time.time()
     if comps.avatar_chain:
         from live.providers.fallback import start_avatar_with_fallback

@@ -28,6 +28,7 @@ from sqlalchemy import func, select
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from config.policy import spec_violations
+from config.session import SessionSpec
 from config.settings import mask_url
 from store.models import AgentSessionRecord, SessionCost, SessionStatus, Summary
 
@@ -188,6 +189,7 @@ def launch() -> Any:
         except UploadError as err:
             errors["knowledge_file"] = str(err)
     data: LaunchForm | None = None
+    spec: SessionSpec | None = None
     try:
         data = LaunchForm.model_validate(form)
         spec = data.spec()
@@ -201,7 +203,7 @@ def launch() -> Any:
                 for k, v in spec_violations(spec, settings).items()
             },
         }
-    if errors or data is None:
+    if errors or data is None or spec is None:
         form.pop("knowledge_file", None)
         return (
             render_template(
