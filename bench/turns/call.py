@@ -9,7 +9,7 @@ Per voice, one call speaks its complete utterances and another its hesitations, 
 at its true end of speech (then the caller's microphone sends silence). The caller measures
 *heard latency*: the end of its own speech to the first reply audio it receives. The worker's
 stored turn metrics give the end-of-turn delay; a hesitation whose one utterance became two
-user turns in the transcript was cut. Writes ``bench/results/turns-call[-LABEL].{json,md}``.
+user turns in the transcript was cut. Writes ``bench/results/turns-call[-LABEL].{json,md,svg}``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 from sqlalchemy import select
 
 from bench.stack import embedded_stack, require_netns, wait_room_empty, wait_session_ended
+from bench.turns import plot
 from bench.turns.corpus import RATE, Item, build, load_manifest, read_wav, write_wav
 from bench.wer import normalize
 from cli.call import GAP_WINDOW_S, STOP_QUIET_S, STOPPED_WITHIN_S, CallOptions, run_call
@@ -201,6 +202,7 @@ def main() -> None:
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
     md = render_md(out)
     (RESULTS / f"{stem}.md").write_text(md)
+    (RESULTS / f"{stem}.svg").write_text(plot.svg(out))
     print(md)
 
 
