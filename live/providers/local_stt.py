@@ -71,7 +71,7 @@ BACKCHANNELS = frozenset(
     """mm mmm mhm mmhm mmhmm hm hmm uh-huh uhhuh uh huh yeah yep yup yes ok okay right alright
     aha ah oh sure exactly great nice cool wow true indeed gotcha""".split()
 )
-_BACKCHANNEL_PHRASES = frozenset({"i see", "got it", "uh huh", "mm hm", "mm hmm"})
+_BACKCHANNEL_PHRASES = frozenset({"i see", "got it", "uh huh", "mm hm", "mm hmm", "all right"})
 
 
 def _hum(word: str) -> bool:
@@ -91,6 +91,27 @@ def is_backchannel(text: str) -> bool:
     if len(words) > 3:
         return False
     return joined in _BACKCHANNEL_PHRASES or all(w in BACKCHANNELS or _hum(w) for w in words)
+# Words callers say to stop the agent: Whisper is often unsure of them in a robotic voice
+# ("Stop" at 0.38, "Sorry" at 0.31), so with one of them a lower confidence still counts.
+STOP_WORDS = frozenset("stop wait no nope hold hang sorry excuse pardon what why don't not".split())
+STOP_WORD_MIN_CONFIDENCE = 0.2
+def _words(text: str) -> list[str]:
+    return "".join(c if c.isalpha() or c in " '" else " " for c in text.lower()).split()
+
+
+def over_agent_words(text: str, confidence: float, voiced_seconds: float = float("inf")) -> bool:
+    """Whether speech over the agent had words that should stop it: not a backchannel, nor a
+    hum Whisper guessed words in (too many for the time, or unsure); a stop word counts at a
+    lower confidence. Measured on voices the project did not make by
+    ``bench.turns.backchannel``."""
+    if not text or is_backchannel(text) or hum_guess(text, voiced_seconds):
+        return False
+    words = _words(text)
+    if confidence >= STOP_WORD_MIN_CONFIDENCE and any(w in STOP_WORDS for w in words):
+        return True
+    return confidence >= EARLY_MIN_CONFIDENCE
+
+
 def hum_guess(text: str, voiced_seconds: float) -> bool:
     """Words Whisper guessed in a hum: "and then make sure" in a half-second "mm-hm" is
     faster than anyone speaks (fast speech is about 4 words a second)."""
@@ -472,8 +493,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                 result = task.result()
                 if number != utterance or not speaking or result is None or not result.text:
                     return
-                if (not result.trusted or is_backchannel(result.text)
-                        or result.confidence < EARLY_MIN_CONFIDENCE):
+                if not result.trusted or not over_agent_words(result.text, result.confidence):
                     return
                 early_decided = words_shown = True
                 local._utterance_hinted(heard)
@@ -514,8 +534,8 @@ class _LocalSpeechStream(stt.RecognizeStream):
                     # False: the VAD's end of speech came first, this is the final already
                     "before_end_of_speech": number == utterance and task is speculation})
                 if number == utterance and task is speculation and over_agent and (
-                    result is None or not result.text or not result.trusted
-                    or is_backchannel(result.text) or result.confidence < EARLY_MIN_CONFIDENCE
+                    result is None or not result.trusted
+                    or not over_agent_words(result.text, result.confidence)
                 ):
                     # no reply is started for a backchannel over the agent, and a paused
                     # reply need not wait for the final to go on (undone if the caller
@@ -663,11 +683,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         if words_shown:
                             retract()
                         continue
-                    if over_agent and (
-                        is_backchannel(result.text)
-                        or result.confidence < EARLY_MIN_CONFIDENCE
-                        or hum_guess(result.text, voiced)
-                    ):
+                    if over_agent and not over_agent_words(result.text, result.confidence, voiced):
                         # feedback while the agent talks (or a hum Whisper guessed words in):
                         # not a turn, not an interruption; a paused agent resumes
                         local.backchannels_ignored += 1

@@ -59,7 +59,8 @@ async def test_detector_waits_longer_only_for_an_unfinished_transcript() -> None
     ("text", "backchannel"),
     [("Mm-hm.", True), ("Mm-hmm.", True), ("Yeah.", True), ("Okay.", True), ("Yeah, okay.", True),
      ("I see.", True), ("Uh-huh.", True), ("Stop.", False), ("Sorry, stop.", False), ("Yes.", True), ("Yes, stop.", False), ("Sure.", True),
-     ("Okay, stop please.", False), ("", False), ("Wait, what?", False)],
+     ("Okay, stop please.", False), ("", False), ("Wait, what?", False), ("All right.", True),
+     ("Alright.", True)],
 )
 def test_backchannels_are_told_from_interruptions(text: str, backchannel: bool) -> None:
     from live.providers.local_stt import is_backchannel

@@ -23,7 +23,13 @@ from engines.piper import VOCODER_CHUNKS, PiperEngine
 from engines.whisper import Transcript, WhisperEngine
 from live.alignment import PhonemeTiming
 from live.providers.local.turn_models import get_vad
-from live.providers.local_stt import LocalSTT, hum_guess, quiet_after, to_whisper_audio
+from live.providers.local_stt import (
+    LocalSTT,
+    hum_guess,
+    over_agent_words,
+    quiet_after,
+    to_whisper_audio,
+)
 from live.providers.local_tts import EspeakTTS, LocalTTS
 from live.providers.registry import ProviderContext, create
 from tests.live.providers.speech import (
@@ -735,6 +741,29 @@ async def test_whisper_base_quality_option(
 ])
 def test_words_faster_than_speech_over_the_agent_are_a_hum(text: str, voiced: float, hum: bool) -> None:
     assert hum_guess(text, voiced) is hum
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("text", "confidence", "voiced", "words"), [
+    # Whisper tiny on backchannels in voices the project did not make (bench.turns.backchannel)
+    ("Uh huh.", 0.8, 0.4, False),
+    ("All right.", 0.669, 0.5, False),  # espeak scotland, "Alright."
+    ("and make sure", 0.437, 0.7, True),  # flite rms, "Mhm.": not told apart (yet)
+    ("Okay.", 0.9, 0.4, False),
+    # interruptions: a stop word counts though Whisper is unsure of it in a robotic voice
+    ("Sorry.", 0.311, 0.5, True),  # espeak scotland, "Sorry?"
+    ("Oh, no.", 0.345, 0.5, True),  # espeak us, "Hold on."
+    ("Stop", 0.381, 0.4, True),
+    ("Slow down.", 0.363, 0.6, True),
+    ("Not that one.", 0.6, 0.7, True),
+    # unsure, without a stop word: a guess, not words
+    ("So good.", 0.247, 0.6, False),
+    ("Stop", 0.15, 0.4, False),  # too unsure even for a stop word
+    ("", 0.0, 0.5, False),
+])
+def test_the_verdict_on_speech_over_the_agent(text: str, confidence: float, voiced: float,
+                                              words: bool) -> None:
+    assert over_agent_words(text, confidence, voiced) is words
 
 
 class _CountingSTT(LocalSTT):
