@@ -121,10 +121,15 @@ def run(model: str, limit: int | None, final: bool) -> dict[str, Any]:
 
 def words_before(row: dict[str, Any]) -> bool:
     """The verdict of 98b5226 at the end of speech over the agent."""
-    from live.providers.local_stt import EARLY_MIN_CONFIDENCE, _words, hum_guess, is_backchannel
+    from live.providers.local_stt import (
+        EARLY_MIN_CONFIDENCE,
+        hum_guess,
+        is_backchannel,
+        spoken_words,
+    )
 
     t = row["heard"]
-    backchannel = is_backchannel(t) and " ".join(_words(t)) != "all right"  # added since
+    backchannel = is_backchannel(t) and " ".join(spoken_words(t)) != "all right"  # added since
     return bool(t) and not (backchannel or row["confidence"] < EARLY_MIN_CONFIDENCE
                             or hum_guess(t, row["voiced_s"]))
 

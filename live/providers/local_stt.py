@@ -91,11 +91,16 @@ def is_backchannel(text: str) -> bool:
     if len(words) > 3:
         return False
     return joined in _BACKCHANNEL_PHRASES or all(w in BACKCHANNELS or _hum(w) for w in words)
+
+
 # Words callers say to stop the agent: Whisper is often unsure of them in a robotic voice
 # ("Stop" at 0.38, "Sorry" at 0.31), so with one of them a lower confidence still counts.
 STOP_WORDS = frozenset("stop wait no nope hold hang sorry excuse pardon what why don't not".split())
 STOP_WORD_MIN_CONFIDENCE = 0.2
-def _words(text: str) -> list[str]:
+
+
+def spoken_words(text: str) -> list[str]:
+    """Lower-case words, punctuation dropped ("Hold on, stop." -> hold, on, stop)."""
     return "".join(c if c.isalpha() or c in " '" else " " for c in text.lower()).split()
 
 
@@ -106,7 +111,7 @@ def over_agent_words(text: str, confidence: float, voiced_seconds: float = float
     ``bench.turns.backchannel``."""
     if not text or is_backchannel(text) or hum_guess(text, voiced_seconds):
         return False
-    words = _words(text)
+    words = spoken_words(text)
     if confidence >= STOP_WORD_MIN_CONFIDENCE and any(w in STOP_WORDS for w in words):
         return True
     return confidence >= EARLY_MIN_CONFIDENCE
