@@ -82,9 +82,11 @@ def clips(final: bool = False) -> list[Clip]:
 
 
 def _audio(c: Clip) -> np.ndarray:
-    path = OUT / f"{c.id}.wav"
+    # rendered clips are kept per version of the texts, so an edited list never reuses a stale one
+    out = OUT / f"{_h(repr((BACKCHANNELS, INTERRUPTIONS, FINAL_BACKCHANNELS, FINAL_INTERRUPTIONS))) % 10**10:010d}"
+    path = out / f"{c.id}.wav"
     if not path.exists():
-        render(Item(c.id, "complete", c.text, c.voice, c.group, c.condition), OUT)  # type: ignore[arg-type]
+        render(Item(c.id, "complete", c.text, c.voice, c.group, c.condition), out)  # type: ignore[arg-type]
     audio, _ = read_wav(path)
     lead = int(LEAD_S * RATE) - 800  # the speech starts at LEAD_S; its edges are found
     a, b = speech_bounds(audio[lead:])
