@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,6 @@ HEARD_P50_TARGET = 1.2
 HEARD_P95_TARGET = 1.8
 STOP_TARGET = 0.5
 GROUP_COLOURS = {"human": "#2ca02c", "natural": "#1f77b4", "synthetic": "#ff7f0e"}
-
-
-def _p50(values: list[float]) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    mid = len(s) // 2
-    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
 
 
 def _panel(title: str, rows: list[tuple[str, str, list[float], list[float], str]],
@@ -64,7 +57,8 @@ def _panel(title: str, rows: list[tuple[str, str, list[float], list[float], str]
         for v in red:
             parts.append(f'<circle cx="{px(v):.1f}" cy="{y:.1f}" r="5" fill="none" stroke="#c00" '
                          f'stroke-width="1.5"><title>{v:.3f} s</title></circle>')
-        if (m := _p50(values)) is not None:
+        if values:
+            m = statistics.median(values)
             parts.append(f'<line x1="{px(m):.1f}" y1="{y - 7:.1f}" x2="{px(m):.1f}" y2="{y + 7:.1f}" '
                          f'stroke="black" stroke-width="2"/>')
         if note:
