@@ -46,6 +46,7 @@ class Transcript:
     window_seconds: float = 30.0  # encoder window the transcript was decoded on
     # False: a short-window decode that looked wrong, returned as is (``full_retry=False``)
     trusted: bool = True
+    doubt: str | None = None  # why it looked wrong (``short_window_doubt``)
 
 
 # Whisper reads 30 s windows; a short utterance padded to 30 s spends ~80% of its encoder time
@@ -60,6 +61,12 @@ WINDOW_MARGIN_SECONDS = 1.0  # room after the speech, so the decoder sees the en
 MAX_WORDS_PER_SECOND = 6.0  # fast speech is ~4 words/s
 MAX_TOKENS_PER_SECOND = 8.0
 _REPEAT_MIN_WORDS = 3
+# Doubts the full window answers better. Not "unlikely" (a segment's mean log-probability under
+# -1): that is hard audio, not a short window's failure; through Opus, on the turn-taking
+# corpus, the full window left those guesses as wrong as it found them (94% against 88% WER,
+# 7 better, 5 worse, 0.67 s a retry: ``bench/results/turns-stt-doubt.md``), and the retry put
+# the speculative transcript about a second after the caller stopped instead of half that.
+RETRIED_DOUBTS = frozenset({"empty", "token cap", "compressible", "word rate", "repeats"})
 
 
 def _windowed_model(path: Path, **kwargs: Any) -> Any:
@@ -97,10 +104,10 @@ def repeats_itself(text: str, min_words: int = _REPEAT_MIN_WORDS) -> bool:
     return len(grams) != len(set(grams))
 
 
-def short_window_result_ok(
+def short_window_doubt(
     text: str, segments: list[tuple[int, float, float]], duration: float, cap: int | None
-) -> bool:
-    """Whether a short-window decode can be kept, or the full window must be decoded.
+) -> str | None:
+    """Why a short-window decode cannot be kept (``None``: it can), for the full-window retry.
 
     ``segments`` are (tokens, compression ratio, mean log-probability). The VAD heard speech,
     so an empty text is a miss too. Rejected: the token cap reached (no end of text), a
@@ -108,14 +115,23 @@ def short_window_result_ok(
     says in that time, a phrase said twice in a row (the usual decoder loop).
     """
     if not text:
-        return False
+        return "empty"
     if cap is not None and sum(n for n, _, _ in segments) >= cap - 1:
-        return False
-    if any(ratio > 2.4 or logprob < -1.0 for _, ratio, logprob in segments):
-        return False
+        return "token cap"
+    if any(ratio > 2.4 for _, ratio, _ in segments):
+        return "compressible"
+    if any(logprob < -1.0 for _, _, logprob in segments):
+        return "unlikely"
     if len(text.split()) > 3 + MAX_WORDS_PER_SECOND * duration:
-        return False
-    return not repeats_itself(text)
+        return "word rate"
+    return "repeats" if repeats_itself(text) else None
+
+
+def short_window_result_ok(
+    text: str, segments: list[tuple[int, float, float]], duration: float, cap: int | None
+) -> bool:
+    """Whether a short-window decode can be kept, or the full window must be decoded."""
+    return short_window_doubt(text, segments, duration, cap) is None
 
 
 class WhisperEngine:
@@ -157,19 +173,24 @@ class WhisperEngine:
         ``full_retry=False``: a short-window result that looks wrong comes back marked
         ``trusted=False`` instead of being decoded again on the full window (about a second
         on two busy cores), for a caller that only needs to know whether to wait for words.
+        Otherwise only the doubts in ``RETRIED_DOUBTS`` are decoded again; an unlikely guess
+        is Whisper's best at either window and comes back trusted, its ``doubt`` named.
         """
         duration = audio.size / WHISPER_SAMPLE_RATE
         if duration + WINDOW_MARGIN_SECONDS <= window_seconds < FULL_WINDOW_SECONDS:
             cap = int(10 + MAX_TOKENS_PER_SECOND * duration)
-            short, trustworthy = self._decode(audio, language, window_seconds, cap)
-            if trustworthy:
+            short, doubt = self._decode(audio, language, window_seconds, cap)
+            if doubt is None:
                 return short
             if not full_retry:
-                return replace(short, trusted=False)
+                return replace(short, trusted=False, doubt=doubt)
+            if doubt not in RETRIED_DOUBTS:
+                return replace(short, doubt=doubt)
             self.full_window_retries += 1
             logger.debug(
                 "short-window transcript rejected; decoding on the full window",
-                extra={"audio_seconds": round(duration, 2), "lk.pii.text": short.text},
+                extra={"audio_seconds": round(duration, 2), "doubt": doubt,
+                       "lk.pii.text": short.text},
             )
         return self._decode(audio, language, FULL_WINDOW_SECONDS, None)[0]
 
@@ -189,8 +210,8 @@ class WhisperEngine:
 
     def _decode(
         self, audio: np.ndarray, language: str | None, window_seconds: float, cap: int | None
-    ) -> tuple[Transcript, bool]:
-        """One greedy decode on a window; also says whether the result looks trustworthy."""
+    ) -> tuple[Transcript, str | None]:
+        """One greedy decode on a window; also says why the result looks wrong, if it does."""
         lang = "en" if self.english_only else (language or None)
         full = window_seconds >= FULL_WINDOW_SECONDS
         self._model.window_frames = None if full else int(window_seconds * 100)
@@ -235,9 +256,9 @@ class WhisperEngine:
             window_seconds=min(window_seconds, FULL_WINDOW_SECONDS),
         )
         if full:
-            return transcript, True
+            return transcript, None
         stats = [(len(s.tokens), s.compression_ratio, s.avg_logprob) for s in raw]
-        return transcript, short_window_result_ok(
+        return transcript, short_window_doubt(
             text, stats, audio.size / WHISPER_SAMPLE_RATE, cap
         )
 

@@ -24,6 +24,7 @@ from engines.whisper import (
     WhisperEngine,
     load_whisper,
     repeats_itself,
+    short_window_doubt,
     short_window_result_ok,
 )
 from live.providers import local_llm, local_stt, local_tts, registry, turn
@@ -94,21 +95,23 @@ def test_a_decoder_loop_is_recognised_but_ordinary_speech_is_not() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "segments", "duration", "cap", "ok"),
+    ("text", "segments", "duration", "cap", "doubt"),
     [
-        ("Can you tell me the time?", [(8, 1.1, -0.2)], 2.0, 26, True),
-        ("", [], 1.0, 18, False),  # the VAD heard speech: nothing decoded is a miss
-        ("Tell me the time", [(25, 1.1, -0.2)], 2.0, 26, False),  # cap reached: no end
-        ("Tell me the time", [(8, 2.6, -0.2)], 2.0, 26, False),  # compressible: repetitive
-        ("Tell me the time", [(8, 1.1, -1.4)], 2.0, 26, False),  # unlikely text
-        ("one two three four five six seven", [(9, 1.2, -0.3)], 0.5, 14, False),  # too fast
-        ("Yes. Yes.", [(4, 0.5, -0.5)], 0.6, 14, False),  # loop
+        ("Can you tell me the time?", [(8, 1.1, -0.2)], 2.0, 26, None),
+        ("", [], 1.0, 18, "empty"),  # the VAD heard speech: nothing decoded is a miss
+        ("Tell me the time", [(25, 1.1, -0.2)], 2.0, 26, "token cap"),  # no end of text
+        ("Tell me the time", [(8, 2.6, -0.2)], 2.0, 26, "compressible"),  # repetitive
+        ("Tell me the time", [(8, 1.1, -1.4)], 2.0, 26, "unlikely"),  # unlikely text
+        ("one two three four five six seven", [(9, 1.2, -0.3)], 0.5, 14, "word rate"),
+        ("Yes. Yes.", [(4, 0.5, -0.5)], 0.6, 14, "repeats"),  # loop
     ],
 )
 def test_a_short_window_decode_is_kept_only_when_it_looks_right(
-    text: str, segments: list[tuple[int, float, float]], duration: float, cap: int, ok: bool
+    text: str, segments: list[tuple[int, float, float]], duration: float, cap: int,
+    doubt: str | None,
 ) -> None:
-    assert short_window_result_ok(text, segments, duration, cap) is ok
+    assert short_window_doubt(text, segments, duration, cap) == doubt
+    assert short_window_result_ok(text, segments, duration, cap) is (doubt is None)
 
 
 def test_streamed_piper_chunks_announce_their_sentence_once() -> None:
@@ -301,27 +304,32 @@ async def test_interim_words_taken_back_are_no_turn_when_the_session_closes(take
     assert said == ([] if taken_back else ["I'll see."])
 
 
+@pytest.mark.parametrize(("doubt", "retried"), [("repeats", True), ("unlikely", False)])
 def test_a_doubtful_short_window_decode_is_given_back_marked_when_asked(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, doubt: str, retried: bool
 ) -> None:
     """``full_retry=False``: a short-window result that looks wrong comes back as it is,
-    marked untrusted, with no second decode on the full window; by default it is decoded
-    again (the final transcript's accuracy is the full window's)."""
+    marked untrusted, with no second decode on the full window; by default a decoder loop is
+    decoded again (the final transcript's accuracy is the full window's), an unlikely guess
+    is kept (the full window hears such audio no better: bench.turns.stt_doubt)."""
     engine = object.__new__(WhisperEngine)
     windows: list[float] = []
 
-    def decode(audio: object, language: object, window: float, cap: object) -> tuple[Transcript, bool]:
+    def decode(audio: object, language: object, window: float, cap: object) -> tuple[Transcript, str | None]:
         windows.append(window)
-        return Transcript("and then", "en", 0.0, 0.5, 0.3, (), window), window >= 30.0
+        return Transcript("and then", "en", 0.0, 0.5, 0.3, (), window), (
+            None if window >= 30.0 else doubt)
 
     monkeypatch.setattr(engine, "_decode", decode, raising=False)
     engine.full_window_retries = 0
     audio = np.zeros(16000, np.float32)
     guess = engine.transcribe_sync(audio, "en", 10.0, full_retry=False)
-    assert (guess.trusted, windows) == (False, [10.0])
+    assert (guess.trusted, guess.doubt, windows) == (False, doubt, [10.0])
     windows.clear()
     final = engine.transcribe_sync(audio, "en", 10.0)
-    assert (final.trusted, windows) == (True, [10.0, 30.0])
+    assert final.trusted
+    assert windows == ([10.0, 30.0] if retried else [10.0])
+    assert engine.full_window_retries == int(retried)
 
 
 @pytest.mark.unit
