@@ -167,6 +167,15 @@ class STTSettings(BaseModel):
             "the caller goes on."
         ),
     )
+    retry_unlikely: bool = Field(
+        default=False,
+        description=(
+            "Local Whisper: decode a short-window transcript of low log-probability again on "
+            "the full 30 s window (about 0.7 s more per such turn). Through Opus on the "
+            "turn-taking corpus the retry left those transcripts as wrong as it found them "
+            "(bench/results/turns-stt-doubt.md), so it is off."
+        ),
+    )
 
 
 class LLMSettings(BaseModel):

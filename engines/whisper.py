@@ -166,15 +166,15 @@ class WhisperEngine:
 
     def transcribe_sync(
         self, audio: np.ndarray, language: str | None, window_seconds: float = FULL_WINDOW_SECONDS,
-        full_retry: bool = True,
+        full_retry: bool = True, retried: frozenset[str] = RETRIED_DOUBTS,
     ) -> Transcript:
         """16 kHz mono float32 in, one final transcript out (greedy: cheapest on 2 cores).
 
         ``full_retry=False``: a short-window result that looks wrong comes back marked
         ``trusted=False`` instead of being decoded again on the full window (about a second
         on two busy cores), for a caller that only needs to know whether to wait for words.
-        Otherwise only the doubts in ``RETRIED_DOUBTS`` are decoded again; an unlikely guess
-        is Whisper's best at either window and comes back trusted, its ``doubt`` named.
+        Otherwise only the doubts in ``retried`` are decoded again; by default an unlikely
+        guess is Whisper's best at either window and comes back trusted, its ``doubt`` named.
         """
         duration = audio.size / WHISPER_SAMPLE_RATE
         if duration + WINDOW_MARGIN_SECONDS <= window_seconds < FULL_WINDOW_SECONDS:
@@ -184,7 +184,7 @@ class WhisperEngine:
                 return short
             if not full_retry:
                 return replace(short, trusted=False, doubt=doubt)
-            if doubt not in RETRIED_DOUBTS:
+            if doubt not in retried:
                 return replace(short, doubt=doubt)
             self.full_window_retries += 1
             logger.debug(
@@ -264,12 +264,12 @@ class WhisperEngine:
 
     async def transcribe(
         self, audio: np.ndarray, language: str | None, window_seconds: float = FULL_WINDOW_SECONDS,
-        full_retry: bool = True,
+        full_retry: bool = True, retried: frozenset[str] = RETRIED_DOUBTS,
     ) -> Transcript:
         self.busy += 1
         try:
             return await self.executor.run(
-                self.transcribe_sync, audio, language, window_seconds, full_retry
+                self.transcribe_sync, audio, language, window_seconds, full_retry, retried
             )
         finally:
             self.busy -= 1

@@ -43,6 +43,7 @@ from config.settings import STTSettings
 from engines.whisper import (
     DEFAULT_WINDOW_SECONDS,
     FULL_WINDOW_SECONDS,
+    RETRIED_DOUBTS,
     WHISPER_SAMPLE_RATE,
     WINDOW_MARGIN_SECONDS,
     Transcript,
@@ -187,6 +188,7 @@ class LocalSTT(stt.STT):
         vad: lk_vad.VAD | None = None,
         interim_seconds: float = 0.0,
         speculate_after: float = SPECULATE_AFTER_SECONDS,
+        retry_unlikely: bool = False,
     ) -> None:
         super().__init__(
             capabilities=stt.STTCapabilities(
@@ -202,6 +204,7 @@ class LocalSTT(stt.STT):
         self._vad = vad
         self._interim_seconds = interim_seconds
         self._speculate_after = speculate_after
+        self._retried = RETRIED_DOUBTS | ({"unlikely"} if retry_unlikely else set())
         self.speculation_hits = 0  # finals that came from a speculative transcript
         self.speculation_misses = 0  # speculative transcripts dropped: the caller went on
         # Set by the session's owner while the agent's voice plays: then the caller's first
@@ -345,6 +348,7 @@ class LocalSTT(stt.STT):
         return await self._engine.transcribe(
             audio, language[:2] if language else None,
             self._window_seconds if window_seconds is None else window_seconds, full_retry,
+            self._retried,
         )
 
     def speech_data(self, result: Transcript | None, language: str) -> stt.SpeechData:
@@ -745,4 +749,5 @@ def create_local_stt(options: STTSettings, ctx: ProviderContext) -> Any:
         vad=get_vad(ctx),
         interim_seconds=options.interim_seconds,
         speculate_after=options.speculate_after,
+        retry_unlikely=options.retry_unlikely,
     )

@@ -114,6 +114,25 @@ def test_a_short_window_decode_is_kept_only_when_it_looks_right(
     assert short_window_result_ok(text, segments, duration, cap) is (doubt is None)
 
 
+@pytest.mark.parametrize("retry_unlikely", [False, True])
+async def test_the_stt_setting_decides_whether_an_unlikely_guess_is_decoded_again(
+    retry_unlikely: bool,
+) -> None:
+    """``STT__RETRY_UNLIKELY`` reaches the engine: the old behaviour stays one setting away,
+    for a side-by-side run in the room."""
+    seen: list[frozenset[str]] = []
+
+    class Engine:
+        async def transcribe(self, audio: object, language: object, window: float,
+                             full_retry: bool, retried: frozenset[str]) -> Transcript:
+            seen.append(retried)
+            return Transcript("hello", "en", 0.0, 1.0, 0.9, (), window)
+
+    stt = local_stt.LocalSTT(engine=cast(WhisperEngine, Engine()), retry_unlikely=retry_unlikely)
+    await stt.transcribe(np.zeros(16000, np.float32), "en")
+    assert ("unlikely" in seen[0]) is retry_unlikely and "repeats" in seen[0]
+
+
 def test_streamed_piper_chunks_announce_their_sentence_once() -> None:
     first = SpeechChunk(b"\0\0" * 10, 10, (("h", 30),), span_samples=30)
     rest = SpeechChunk(b"\0\0" * 20, 20, (), span_samples=0)
