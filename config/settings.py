@@ -438,7 +438,7 @@ class LimitsSettings(BaseModel):
         ),
     )
     turn_lm_threshold: float = Field(
-        default=0.003, gt=0, lt=1,
+        default=0.001, gt=0, lt=1,
         description=(
             "With TURN_DETECTOR=lm: below this P(end of turn) the turn waits "
             "ENDPOINTING_MAX_DELAY instead of ENDPOINTING_MIN_DELAY."

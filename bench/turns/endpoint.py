@@ -219,7 +219,7 @@ def candidates() -> list[Policy]:
                 ps.append(three(wc, wc, 1.5, th, mth, wf))
     for wc in (0.3, 0.5):
         ps.append(dynamic(wc, 1.2))
-    for th in (0.003, 0.01, 0.03, 0.1):
+    for th in (0.001, 0.003, 0.01, 0.03, 0.1):
         for wc in (0.6, 0.7, 0.75, 0.8, 0.9):
             ps.append(language_model(th, wc, 1.3))
     return ps
