@@ -20,7 +20,7 @@ from livekit.agents.stt import SpeechEventType
 
 from engines.espeak import EspeakEngine
 from engines.piper import VOCODER_CHUNKS, PiperEngine
-from engines.whisper import Transcript, WhisperEngine
+from engines.whisper import RETRIED_DOUBTS, Transcript, WhisperEngine
 from live.alignment import PhonemeTiming
 from live.providers.local.turn_models import get_vad
 from live.providers.local_stt import (
@@ -450,8 +450,9 @@ class _MishearsEarly:
         return getattr(self._whisper, name)
 
     async def transcribe(self, audio: np.ndarray, language: str | None,
-                         window_seconds: float = 30.0, full_retry: bool = True) -> Transcript:
-        real = await self._whisper.transcribe(audio, language, window_seconds, full_retry)
+                         window_seconds: float = 30.0, full_retry: bool = True,
+                         retried: frozenset[str] = RETRIED_DOUBTS) -> Transcript:
+        real = await self._whisper.transcribe(audio, language, window_seconds, full_retry, retried)
         text = "I'll see." if audio.size < 1.5 * 16000 else "Yeah, okay."
         return dataclasses.replace(real, text=text, confidence=0.9)
 
@@ -507,8 +508,9 @@ class _DoubtfulShortWindow:
         return getattr(self._engine, name)
 
     async def transcribe(self, audio: np.ndarray, language: str | None,
-                         window_seconds: float = 30.0, full_retry: bool = True) -> Transcript:
-        result = await self._engine.transcribe(audio, language, window_seconds, full_retry)
+                         window_seconds: float = 30.0, full_retry: bool = True,
+                         retried: frozenset[str] = RETRIED_DOUBTS) -> Transcript:
+        result = await self._engine.transcribe(audio, language, window_seconds, full_retry, retried)
         if not full_retry:
             return replace(result, trusted=False)
         self.full_window_decodes += window_seconds >= 30.0
@@ -552,9 +554,10 @@ class _DoubtfulAfterTheEnd(_DoubtfulShortWindow):
         self.release = asyncio.Event()
 
     async def transcribe(self, audio: np.ndarray, language: str | None,
-                         window_seconds: float = 30.0, full_retry: bool = True) -> Transcript:
+                         window_seconds: float = 30.0, full_retry: bool = True,
+                         retried: frozenset[str] = RETRIED_DOUBTS) -> Transcript:
         await (self.release if full_retry else self.speech_ended).wait()
-        return await super().transcribe(audio, language, window_seconds, full_retry)
+        return await super().transcribe(audio, language, window_seconds, full_retry, retried)
 
 
 async def test_a_doubtful_guess_after_the_end_of_speech_decides_before_the_full_window(
@@ -815,10 +818,11 @@ class _EveryShortWindowDoubtful(_DoubtfulShortWindow):
     STT said so, else decoded again on the full window as the engine does (counted)."""
 
     async def transcribe(self, audio: np.ndarray, language: str | None,
-                         window_seconds: float = 30.0, full_retry: bool = True) -> Transcript:
+                         window_seconds: float = 30.0, full_retry: bool = True,
+                         retried: frozenset[str] = RETRIED_DOUBTS) -> Transcript:
         if full_retry and window_seconds < 30.0:
             window_seconds = 30.0
-        return await super().transcribe(audio, language, window_seconds, full_retry)
+        return await super().transcribe(audio, language, window_seconds, full_retry, retried)
 
 
 async def test_a_hum_over_the_agent_costs_one_full_window_decode_at_most(
