@@ -120,11 +120,12 @@ def short_window_doubt(
         return "token cap"
     if any(ratio > 2.4 for _, ratio, _ in segments):
         return "compressible"
-    if any(logprob < -1.0 for _, _, logprob in segments):
-        return "unlikely"
     if len(text.split()) > 3 + MAX_WORDS_PER_SECOND * duration:
         return "word rate"
-    return "repeats" if repeats_itself(text) else None
+    if repeats_itself(text):
+        return "repeats"
+    # last: the decoder's own failures above are named first, whatever its confidence
+    return "unlikely" if any(logprob < -1.0 for _, _, logprob in segments) else None
 
 
 def short_window_result_ok(

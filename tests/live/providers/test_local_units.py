@@ -104,6 +104,7 @@ def test_a_decoder_loop_is_recognised_but_ordinary_speech_is_not() -> None:
         ("Tell me the time", [(8, 1.1, -1.4)], 2.0, 26, "unlikely"),  # unlikely text
         ("one two three four five six seven", [(9, 1.2, -0.3)], 0.5, 14, "word rate"),
         ("Yes. Yes.", [(4, 0.5, -0.5)], 0.6, 14, "repeats"),  # loop
+        ("Yes. Yes.", [(4, 0.5, -1.5)], 0.6, 14, "repeats"),  # an unsure loop is still a loop
     ],
 )
 def test_a_short_window_decode_is_kept_only_when_it_looks_right(
