@@ -128,13 +128,6 @@ def short_window_doubt(
     return "unlikely" if any(logprob < -1.0 for _, _, logprob in segments) else None
 
 
-def short_window_result_ok(
-    text: str, segments: list[tuple[int, float, float]], duration: float, cap: int | None
-) -> bool:
-    """Whether a short-window decode can be kept, or the full window must be decoded."""
-    return short_window_doubt(text, segments, duration, cap) is None
-
-
 class WhisperEngine:
     """faster-whisper (CTranslate2 int8, one thread) behind one worker thread."""
 

@@ -25,7 +25,6 @@ from engines.whisper import (
     load_whisper,
     repeats_itself,
     short_window_doubt,
-    short_window_result_ok,
 )
 from live.providers import local_llm, local_stt, local_tts, registry, turn
 from live.providers.local.prompt import PERSONA_RULES
@@ -112,7 +111,6 @@ def test_a_short_window_decode_is_kept_only_when_it_looks_right(
     doubt: str | None,
 ) -> None:
     assert short_window_doubt(text, segments, duration, cap) == doubt
-    assert short_window_result_ok(text, segments, duration, cap) is (doubt is None)
 
 
 @pytest.mark.parametrize("retry_unlikely", [False, True])
