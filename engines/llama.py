@@ -32,6 +32,9 @@ class LlamaOptions:
     cache_ram_mib: int = 32
     cache_idle_slots: bool = True  # an idle slot's KV state moves to that cache (default)
     batch: int = 512  # prompt tokens per step; the compute buffers grow with it
+    # llama.cpp's cache reuse: runs of at least this many cached tokens that the new prompt
+    # holds further on are moved into place (KV shift) instead of evaluated again; 0: off
+    cache_reuse: int = 0
     weights: str = "q4_1"  # SmolLM2's quantization (engines.model_paths.SMOLLM2_WEIGHTS)
 
 
@@ -47,9 +50,13 @@ def turn_options(weights: str = "q4_1") -> LlamaOptions:
 
 def agent_options(settings: Settings) -> LlamaOptions:
     """The live agent's: one slot per session (up to 4), a small prompt cache for the persona
-    prefix the sessions share, ``llm.threads`` threads (one by default: see that setting)."""
+    prefix the sessions share, ``llm.threads`` threads (one by default: see that setting).
+    Cache reuse: once a call outgrows the slot, the prompt drops its oldest turns and the
+    rest moves up; shifted into place, it is not read again (without it, every turn from
+    about the 25th evaluated ~1,500 tokens, 13 to 18 s: bench/results/llm-turns-long.md)."""
     return LlamaOptions(parallel=max(1, min(4, settings.limits.max_concurrent_sessions)),
-                        threads=settings.llm.threads, weights=settings.llm.weights)
+                        threads=settings.llm.threads, weights=settings.llm.weights,
+                        cache_reuse=16)
 
 
 def llama_params(path: Path, options: LlamaOptions) -> Any:
@@ -76,6 +83,7 @@ def llama_params(path: Path, options: LlamaOptions) -> Any:
     p.cache_prompt = True
     p.cache_ram_mib = options.cache_ram_mib
     p.cache_idle_slots = options.cache_idle_slots
+    p.n_cache_reuse = options.cache_reuse
     p.n_threads_http = 1
     p.api_keys = [secrets.token_urlsafe(24)]
     p.verbosity = -1

@@ -201,3 +201,47 @@ async def test_a_verbatim_answer_is_read_ahead_so_the_next_turn_reads_only_its_q
     await collect(second)
     assert second.timings is not None
     assert second.timings["prompt_n"] <= 30, second.timings
+
+
+async def test_a_long_call_whose_oldest_turns_leave_the_window_still_reads_only_the_new_turn(
+    local_ctx: ProviderContext,
+) -> None:
+    """Past the slot's context the prompt drops its oldest turns, so what follows the persona
+    prefix moves: without llama.cpp's cache reuse (KV shift) every later turn evaluated the
+    whole history again (about 1,500 tokens, 13 to 18 s on one thread, from the 25th turn of
+    a call on), with it only the new question and the reply before it."""
+    from dataclasses import replace
+
+    from engines.llama import agent_options, load_llama
+    from live.providers.local_llm import to_messages
+
+    # the agent's options on a small slot, so the window fills within a few turns
+    options = replace(agent_options(local_ctx.settings), use="window-test", parallel=1,
+                      ctx_per_slot=640)
+    engine = load_llama("smollm2-135m", options)
+    llm = LocalLLM(engine=engine, temperature=0.0, max_tokens=40, steer="facts")
+    questions = ["Tell me about the weather at the seaside in summer.",
+                 "What should I pack for a week there?", "How warm is the sea in June?",
+                 "Can I swim there with children?", "Where can we eat fish and chips?",
+                 "Is it busy at weekends?", "How do I get there by train?",
+                 "What do I do when it rains?", "Are there any museums nearby?",
+                 "Which beach is the quietest?", "Is parking easy to find?",
+                 "Do the shops open on Sundays?", "Where can I rent a bicycle?"]
+    turns: list[str] = []
+    dropped_at: int | None = None
+    evaluated_after_drop: list[int] = []
+    for i, question in enumerate(questions):
+        turns.append(question)
+        ctx = chat(*turns)
+        stream = llm.chat(chat_ctx=ctx)
+        answer, _ = await collect(stream)
+        turns.append(answer.strip() or "I see.")
+        sent = to_messages(ctx, persona=True, max_chars=stream._request_chars(), steer="facts")
+        if dropped_at is None and not any(questions[0] in m["content"] for m in sent):
+            dropped_at = i
+        elif dropped_at is not None:
+            assert stream.timings is not None
+            evaluated_after_drop.append(int(stream.timings["prompt_n"]))
+    assert dropped_at is not None and len(evaluated_after_drop) >= 3, (dropped_at, turns)
+    # the new question with its facts and template, and the reply before it: never the history
+    assert max(evaluated_after_drop) <= 150, evaluated_after_drop
