@@ -287,16 +287,13 @@ class LocalLLMStream(llm.LLMStream):
         self.read_ahead: asyncio.Task[bool] | None = None
         """After a verbatim answer: the model reading it into its prompt cache."""
 
-    def _request_chars(self) -> int:
-        """The prompt's size limit in characters: the slot's context less the reply's tokens."""
-        return (self._engine.ctx_per_slot - self._opts.max_tokens - 64) * _CHARS_PER_TOKEN
-
     def _request(self) -> dict[str, Any]:
+        max_chars = (self._engine.ctx_per_slot - self._opts.max_tokens - 64) * _CHARS_PER_TOKEN
         return {
             "messages": to_messages(
                 self._chat_ctx,
                 persona=self._opts.persona,
-                max_chars=self._request_chars(),
+                max_chars=max_chars,
                 steer=self._opts.steer,
             ),
             "max_tokens": self._opts.max_tokens,

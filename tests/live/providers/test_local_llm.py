@@ -213,7 +213,6 @@ async def test_a_long_call_whose_oldest_turns_leave_the_window_still_reads_only_
     from dataclasses import replace
 
     from engines.llama import agent_options, load_llama
-    from live.providers.local_llm import to_messages
 
     # the agent's options on a small slot, so the window fills within a few turns
     options = replace(agent_options(local_ctx.settings), use="window-test", parallel=1,
@@ -236,7 +235,7 @@ async def test_a_long_call_whose_oldest_turns_leave_the_window_still_reads_only_
         stream = llm.chat(chat_ctx=ctx)
         answer, _ = await collect(stream)
         turns.append(answer.strip() or "I see.")
-        sent = to_messages(ctx, persona=True, max_chars=stream._request_chars(), steer="facts")
+        sent = stream._request()["messages"]  # the prompt the model was sent
         if dropped_at is None and not any(questions[0] in m["content"] for m in sent):
             dropped_at = i
         elif dropped_at is not None:
