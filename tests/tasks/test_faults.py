@@ -266,16 +266,19 @@ class SqliteWriteLock:
         self._conn.close()
 
 
-def _pool_process_in_task(worker: WorkerProcess, db_path: str) -> Any:
-    """The pool process running a task right now (it has the database open), or None."""
+def _pool_process_running(app: AvatarCelery, task_id: str) -> Any:
+    """The pool process running task `task_id` right now, or None.
+
+    Asked of the workers (``inspect().active()`` gives each active task's pool pid): a pool
+    process that merely has the database open may still hold a connection from an earlier
+    task, and the task may not even have reached the worker yet.
+    """
     import psutil
 
-    for child in psutil.Process(worker.proc.pid).children():
-        try:
-            if any(f.path == db_path for f in child.open_files()):
-                return child
-        except psutil.Error:
-            continue
+    for tasks in (app.control.inspect(timeout=1.0).active() or {}).values():
+        for task in tasks:
+            if task.get("id") == task_id and task.get("worker_pid"):
+                return psutil.Process(task["worker_pid"])
     return None
 
 
@@ -312,8 +315,8 @@ def test_valkey_crash_with_tasks_queued_loses_none_and_everyone_reconnects(
         running = _ended_session_with_usage(settings)
         lock = SqliteWriteLock(settings)
         try:
-            sender.send_task("tasks.usage.account_usage", args=(running,))
-            wait_for(lambda: _pool_process_in_task(worker, lock.path), timeout=30,  # type: ignore[arg-type]
+            sent = sender.send_task("tasks.usage.account_usage", args=(running,))
+            wait_for(lambda: _pool_process_running(sender, sent.id), timeout=30,
                      what="the task to start")
             valkey.kill()
             valkey.wait(10)
@@ -354,8 +357,8 @@ def test_celery_child_sigkilled_mid_task_runs_it_again_with_one_effect(
     lock = SqliteWriteLock(settings)  # the task's first write waits on this lock
     try:
         sent = back_office.sender.send_task("tasks.usage.account_usage", args=(sid,))
-        victim = wait_for(lambda: _pool_process_in_task(worker, lock.path), timeout=30,
-                          what="a pool process running the task")
+        victim = wait_for(lambda: _pool_process_running(back_office.sender, sent.id),
+                          timeout=30, what="a pool process running the task")
         victim.kill()
         psutil.wait_procs([victim], timeout=10)
         assert get_session(settings, sid).billed_at is None
@@ -403,7 +406,7 @@ def test_whole_celery_worker_sigkilled_mid_task_another_restores_it_with_one_eff
         lock = SqliteWriteLock(settings)  # the task's first write waits on this lock
         try:
             sent = sender.send_task("tasks.usage.account_usage", args=(sid,))
-            wait_for(lambda: _pool_process_in_task(first, lock.path), timeout=30,
+            wait_for(lambda: _pool_process_running(sender, sent.id), timeout=30,
                      what="the first worker's pool process running the task")
             family = [psutil.Process(first.proc.pid), *psutil.Process(first.proc.pid).children()]
             os.killpg(first.proc.pid, signal.SIGKILL)  # the worker has a session of its own
