@@ -399,6 +399,7 @@ async def entrypoint(ctx: JobContext) -> None:
     # an interrupted reply is stored (and remembered) as far as its sound played
     keep_played_words(session.output.audio)
     _link_captions_to_sound(avatar, session)
+    _resume_when_no_words(avatar, comps.stt)
     recorder.set_status(
         SessionStatus.ACTIVE,
         **({} if resume_from else {"started_at": utcnow()}),
@@ -534,6 +535,16 @@ def _link_resume_to_stt(avatar: Any, stt: Any) -> None:
     if hold is not None and isinstance(stt, LocalSTT):
         hold(stt.words_since)
         stt.agent_held = avatar.reply_held  # speech during a pause is speech over the agent
+
+
+def _resume_when_no_words(avatar: Any, stt: Any) -> None:
+    """A reply paused by the caller's voice goes on as soon as the local STT has heard the
+    caller stop without words (a backchannel), not when the session's timer runs out."""
+    from live.providers.local_stt import LocalSTT
+
+    link = getattr(avatar, "resume_when_no_words", None)
+    if link is not None and isinstance(stt, LocalSTT):
+        link(stt.no_words_since, stt.heard_no_words)
 
 
 def _link_captions_to_sound(avatar: Any, session: AgentSession[Any]) -> None:

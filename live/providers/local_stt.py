@@ -268,6 +268,24 @@ class LocalSTT(stt.STT):
                 return True if any(u[2] for u in relevant()) else None
         return any(u[1] for u in relevant())
 
+    def heard_no_words(self, since: float) -> bool:
+        """:meth:`no_words_since`'s answer if it is known now: speech since ``since`` was
+        heard and had no words, and none began since that is not decided yet."""
+        relevant = [u for u in self._heard if u[0] >= since - VERDICT_LOOKBACK_S]
+        return bool(relevant) and all(u[1] is False for u in relevant)
+
+    async def no_words_since(self, since: float) -> bool:
+        """Once speech that began after ``since`` (as in :meth:`words_since`) has been heard
+        and transcribed, or judged from its speculative transcript when the caller went quiet:
+        True when none of it had words, False when some had. Waits until then; a paused reply
+        goes on at True without waiting for the session's timer."""
+        while True:
+            self._decided.clear()
+            relevant = [u for u in self._heard if u[0] >= since - VERDICT_LOOKBACK_S]
+            if relevant and all(u[1] is not None for u in relevant):
+                return not any(u[1] for u in relevant)
+            await self._decided.wait()
+
     def final_received(self) -> None:
         """The session received a final transcript (its ``user_input_transcribed`` event)."""
         self._finals_received += 1

@@ -183,3 +183,98 @@ async def test_the_verdict_covers_the_speech_from_the_first_pause() -> None:
     await asyncio.wait_for(decided.wait(), 2.0)
     assert asked[0] <= first, "the verdict was asked from a later pause"
     await held.reaches([True, False])  # held once, released once
+
+
+class NoWords:
+    """Stands in for ``LocalSTT.no_words_since``."""
+
+    def __init__(self) -> None:
+        self.decided = asyncio.Event()
+        self.none = True
+
+    async def __call__(self, since: float) -> bool:
+        await self.decided.wait()
+        return self.none
+
+
+async def test_a_backchannel_resumes_the_reply_before_livekits_timer() -> None:
+    """The STT heard the caller stop and found no words: the reply goes on through the
+    session's output chain at once; LiveKit's own resume, later, finds nothing held. Until
+    it comes, the playing reply still counts as spoken over (LiveKit says "listening")."""
+    held = Held()
+    out = _output(held)
+    verdict, no_words = Verdict(), NoWords()
+    out.verdict, out.no_words = verdict, no_words
+    chain: list[str] = []
+
+    def resume_chain() -> None:  # the session's chain: captions first, then this output
+        chain.append("resume")
+        out.resume()
+
+    out.resume_chain = resume_chain
+    out.pause()
+    await asyncio.sleep(0.05)
+    assert held == [True] and out.over_caller
+    verdict.words = False  # "mm-hm"
+    verdict.decided.set()
+    no_words.decided.set()
+    await held.reaches([True, False])
+    assert chain == ["resume"] and out.over_caller  # LiveKit has not resumed yet
+    out.resume()  # LiveKit's timer
+    assert held == [True, False] and not out.over_caller
+
+
+async def test_words_over_the_reply_do_not_resume_it_early() -> None:
+    held = Held()
+    out = _output(held)
+    no_words = NoWords()
+    no_words.none = False  # "stop": the interruption is coming
+    out.no_words, out.resume_chain = no_words, out.resume
+    out.pause()
+    no_words.decided.set()
+    await asyncio.sleep(0.1)
+    assert held == [True]
+    out.clear_buffer()
+    assert not out.over_caller
+
+
+async def test_speech_after_an_early_resume_pauses_the_reply_again() -> None:
+    held = Held()
+    out = _output(held)
+    no_words = NoWords()
+    out.no_words, out.resume_chain = no_words, out.resume
+    out.pause()
+    no_words.decided.set()
+    await held.reaches([True, False])
+    no_words.decided.clear()
+    out.pause()  # the caller goes on: LiveKit pauses at its next VAD window
+    await held.reaches([True, False, True])
+    assert out.held
+
+
+async def test_livekits_pauses_for_the_backchannels_tail_leave_the_early_resume_alone() -> None:
+    """LiveKit's VAD hears the backchannel for its 0.55 s of silence more and pauses at each
+    window: the STT has decided it had no words, so the reply plays on and the captions
+    ahead of this output go on at once. Speech the STT has not decided pauses it again."""
+    held = Held()
+    out = _output(held)
+    no_words = NoWords()
+    decided_quiet = [True]
+    chain: list[str] = []
+
+    def resume_chain() -> None:
+        chain.append("resume")
+        out.resume()
+
+    out.no_words, out.resume_chain = no_words, resume_chain
+    out.heard_no_words = lambda since: decided_quiet[0]
+    out.pause()
+    no_words.decided.set()
+    await held.reaches([True, False])
+    out.pause()  # LiveKit's next VAD window
+    await asyncio.sleep(0.01)
+    assert held == [True, False] and chain == ["resume", "resume"] and out.over_caller
+    decided_quiet[0] = False  # the caller speaks again: new speech, not decided yet
+    no_words.decided.clear()
+    out.pause()
+    await held.reaches([True, False, True])

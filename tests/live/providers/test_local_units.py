@@ -6,6 +6,7 @@ import asyncio
 import heapq
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -414,3 +415,33 @@ def test_weights_are_made_once_from_the_shipped_file_and_answer(
     assert load_settings(_env_file=None).llm.weights == "q8_0"
     with pytest.raises(ConfigError, match="LLM__WEIGHTS"):
         load_settings(_env_file=None, llm={"weights": "q5_1"})
+
+
+async def test_no_words_since_waits_for_the_callers_speech_to_be_heard_and_decided() -> None:
+    """A paused reply goes on at its answer: so it must not answer before the speech that
+    paused the agent is known (the STT's VAD may report it after the session paused), and
+    must say False as soon as any of it had words."""
+
+    class Engine:
+        pass
+
+    stt = local_stt.LocalSTT(engine=cast(WhisperEngine, Engine()))
+    paused_at = time.monotonic()
+    waiting = asyncio.create_task(stt.no_words_since(paused_at))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # nothing heard yet: no answer
+    hum = stt._utterance_began(paused_at - 0.2)  # began a moment before the pause
+    stt._utterance_heard(None, words=False)  # another decision wakes it: still undecided here
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    assert not stt.heard_no_words(paused_at)
+    stt._utterance_heard(hum, words=False)  # "mm-hm": no words
+    assert await asyncio.wait_for(waiting, 1) is True
+    assert stt.heard_no_words(paused_at)
+    again = stt._utterance_began(time.monotonic())  # the caller speaks again: undecided
+    assert not stt.heard_no_words(paused_at)
+    words = asyncio.create_task(stt.no_words_since(paused_at))
+    await asyncio.sleep(0)
+    assert not words.done()
+    stt._utterance_heard(again, words=True)  # "stop"
+    assert await asyncio.wait_for(words, 1) is False
