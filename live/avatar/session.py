@@ -284,8 +284,10 @@ class LocalAvatarSession(AvatarSession):
         return "local"
 
     def reply_held(self) -> bool:
-        """Is a reply paused for the caller right now (in-process only)?"""
-        return self._audio is not None and self._audio.held
+        """Is the caller's speech now speech over a reply (in-process only)? The reply is
+        paused, or went on early on the STT's "no words" while LiveKit, which has not
+        resumed it yet, still counts the agent as listening."""
+        return self._audio is not None and self._audio.over_caller
 
     def wait_for_words_before_resuming(
         self, verdict: Callable[[float, float], Awaitable[bool | None]]
