@@ -190,10 +190,12 @@ class NoWords:
 
     def __init__(self) -> None:
         self.decided = asyncio.Event()
+        self.answered = asyncio.Event()  # the caller acts on the answer in the same step
         self.none = True
 
     async def __call__(self, since: float) -> bool:
         await self.decided.wait()
+        self.answered.set()
         return self.none
 
 
@@ -213,7 +215,6 @@ async def test_a_backchannel_resumes_the_reply_before_livekits_timer() -> None:
 
     out.resume_chain = resume_chain
     out.pause()
-    await asyncio.sleep(0.05)
     assert held == [True] and out.over_caller
     verdict.words = False  # "mm-hm"
     verdict.decided.set()
@@ -232,7 +233,7 @@ async def test_words_over_the_reply_do_not_resume_it_early() -> None:
     out.no_words, out.resume_chain = no_words, out.resume
     out.pause()
     no_words.decided.set()
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(no_words.answered.wait(), 2.0)
     assert held == [True]
     out.clear_buffer()
     assert not out.over_caller
@@ -272,7 +273,7 @@ async def test_livekits_pauses_for_the_backchannels_tail_leave_the_early_resume_
     no_words.decided.set()
     await held.reaches([True, False])
     out.pause()  # LiveKit's next VAD window
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one turn of the loop: the captions' resume was scheduled on it
     assert held == [True, False] and chain == ["resume", "resume"] and out.over_caller
     decided_quiet[0] = False  # the caller speaks again: new speech, not decided yet
     no_words.decided.clear()
