@@ -253,7 +253,7 @@ class LocalSTT(stt.STT):
         only on False."""
 
         def relevant() -> list[list[Any]]:
-            return [u for u in self._heard if u[0] >= since - VERDICT_LOOKBACK_S]
+            return self._heard_since(since)
 
         deadline = time.monotonic() + timeout
         while True:
@@ -271,7 +271,7 @@ class LocalSTT(stt.STT):
     def heard_no_words(self, since: float) -> bool:
         """:meth:`no_words_since`'s answer if it is known now: speech since ``since`` was
         heard and had no words, and none began since that is not decided yet."""
-        relevant = [u for u in self._heard if u[0] >= since - VERDICT_LOOKBACK_S]
+        relevant = self._heard_since(since)
         return bool(relevant) and all(u[1] is False for u in relevant)
 
     async def no_words_since(self, since: float) -> bool:
@@ -281,10 +281,14 @@ class LocalSTT(stt.STT):
         goes on at True without waiting for the session's timer."""
         while True:
             self._decided.clear()
-            relevant = [u for u in self._heard if u[0] >= since - VERDICT_LOOKBACK_S]
+            relevant = self._heard_since(since)
             if relevant and all(u[1] is not None for u in relevant):
                 return not any(u[1] for u in relevant)
             await self._decided.wait()
+
+    def _heard_since(self, since: float) -> list[list[Any]]:
+        """The utterances that began after ``since``, less ``VERDICT_LOOKBACK_S``."""
+        return [u for u in self._heard if u[0] >= since - VERDICT_LOOKBACK_S]
 
     def final_received(self) -> None:
         """The session received a final transcript (its ``user_input_transcribed`` event)."""
