@@ -107,9 +107,12 @@ class PausableQueueAudioOutput(QueueAudioOutput):
     def over_caller(self) -> bool:
         """The caller's speech now is speech over the reply: it is paused, or it went on
         early and LiveKit (which still counts the agent as listening) has not resumed yet."""
+        return self._held or self._early_window_open()
+
+    def _early_window_open(self) -> bool:
+        """The reply went on early, and LiveKit's own resume has not come yet."""
         early = self._resumed_early_at
-        return self._held or (
-            early is not None and time.monotonic() - early < EARLY_RESUME_WINDOW_S)
+        return early is not None and time.monotonic() - early < EARLY_RESUME_WINDOW_S
 
     async def capture_frame(self, frame: rtc.AudioFrame) -> None:
         if not self._in_segment:
@@ -131,9 +134,8 @@ class PausableQueueAudioOutput(QueueAudioOutput):
         super().clear_buffer()
 
     def pause(self) -> None:
-        early, check = self._resumed_early_at, self.heard_no_words
-        if (early is not None and time.monotonic() - early < EARLY_RESUME_WINDOW_S
-                and check is not None and check(self._paused_at)):
+        check = self.heard_no_words
+        if self._early_window_open() and check is not None and check(self._paused_at):
             # resumed early: LiveKit's VAD still hears the backchannel's tail and pauses at
             # each of its windows until its silence runs out, but the STT has heard it end
             # without words and nothing new began. The reply plays on; the captions, paused
@@ -223,9 +225,7 @@ class PausableQueueAudioOutput(QueueAudioOutput):
         for task in (self._resuming, self._early):
             if task is not None and not task.done() and task is not asyncio.current_task():
                 task.cancel()
-        self._resuming = None
-        if self._early is not None and self._early is not asyncio.current_task():
-            self._early = None
+        self._resuming = self._early = None
 
 
 class LocalAvatarSession(AvatarSession):
