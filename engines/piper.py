@@ -40,6 +40,37 @@ class SpeechChunk:
     def timed_samples(self) -> int:
         return self.num_samples if self.span_samples < 0 else self.span_samples
 
+    def without_lead(self, sample_rate: int) -> SpeechChunk:
+        """The chunk without the quiet Piper puts before a sentence's first sound.
+
+        Every sentence opens with its start marker ``^``: 35 to 90 ms of near silence. Before
+        the sentences that follow, it is the pause between them; before a reply's first,
+        it only makes the caller wait. The quiet is cut up to ``LEAD_KEEP_SECONDS`` before
+        the first sample louder than ``LEAD_QUIET``, never past the marker, and the marker's
+        sample count shrinks with it, so word and mouth timings stay on the sound.
+        """
+        if not self.phonemes or self.phonemes[0][0] != "^":
+            return self
+        pcm = np.frombuffer(self.pcm, np.int16)
+        loud = np.flatnonzero(np.abs(pcm[: self.phonemes[0][1]].astype(np.int32)) > LEAD_QUIET)
+        sound = int(loud[0]) if loud.size else self.phonemes[0][1]
+        cut = min(self.phonemes[0][1], max(0, sound - int(LEAD_KEEP_SECONDS * sample_rate)))
+        if cut <= 0 or cut >= self.num_samples:
+            return self
+        marker = (("^", self.phonemes[0][1] - cut),)
+        return SpeechChunk(
+            pcm[cut:].tobytes(),
+            self.num_samples - cut,
+            marker + self.phonemes[1:],
+            self.span_samples - cut if self.span_samples > 0 else self.span_samples,
+        )
+
+
+# ``SpeechChunk.without_lead``: quieter than this (int16, about -40 dBFS) is silence, and this
+# much of it stays before the first sound, so a soft onset is not clipped.
+LEAD_QUIET = 330
+LEAD_KEEP_SECONDS = 0.01
+
 
 def piper_aligned_model(voice: str, var_dir: Path) -> Path | None:
     """Piper's voice patched once (on disk) to output phoneme alignments.

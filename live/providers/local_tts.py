@@ -307,6 +307,8 @@ class _PiperChunkedStream(tts.ChunkedStream):
         position = 0.0
         timeline = _Timeline()
         async for chunk in _piper_chunks(engine, self.input_text, PlaybackClock()):
+            if not position:
+                chunk = chunk.without_lead(engine.sample_rate)  # the sound starts at once
             position = timeline.at(position)
             _push_words(output_emitter, words, chunk, engine.sample_rate, position)
             _notify(self._piper.on_alignment, chunk, engine.sample_rate)
@@ -376,6 +378,9 @@ class _PiperSynthesizeStream(tts.SynthesizeStream):
                 async for chunk in _piper_chunks(engine, text, clock):
                     if not position:
                         logger.debug("TTS first audio")  # a mark for latency traces
+                        # the reply's first sound at once: the quiet before the sentence
+                        # only delays it (the pauses between sentences stay)
+                        chunk = chunk.without_lead(engine.sample_rate)
                     position = timeline.at(position)
                     _push_words(output_emitter, words, chunk, engine.sample_rate, position)
                     _notify(self._piper.on_alignment, chunk, engine.sample_rate)

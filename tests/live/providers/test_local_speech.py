@@ -183,6 +183,30 @@ async def test_tts_streams_sentence_by_sentence_with_phoneme_timings(
     assert wer(text, event.alternatives[0].text) <= 0.15, event.alternatives[0].text
 
 
+def _first_sound_s(pcm: np.ndarray, rate: int) -> float:
+    """Start of the first 10 ms louder than the caller's speech threshold (int16 RMS 300)."""
+    n = rate // 100
+    frames = pcm[: pcm.size // n * n].reshape(-1, n).astype(np.float32)
+    return float(np.argmax(np.sqrt(np.mean(frames**2, axis=1)) > 300)) / 100
+
+
+async def test_a_reply_starts_with_its_sound_not_with_the_quiet_before_it(
+    piper: PiperEngine,
+) -> None:
+    """Piper opens every sentence with its start marker's quiet (35 to 90 ms): before the
+    reply's first sound it only makes the caller wait."""
+    text = "Yes, we open at nine. That is all."
+    raw = [np.frombuffer(c.pcm, np.int16) for c in piper.synthesize_sync("Yes, we open at nine.")]
+    assert _first_sound_s(np.concatenate(raw), piper.sample_rate) >= 0.04
+
+    stream = LocalTTS(engine=piper).stream()
+    stream.push_text(text)
+    stream.end_input()
+    pcm = np.frombuffer(b"".join([bytes(ev.frame.data) async for ev in stream]), np.int16)
+    await stream.aclose()
+    assert _first_sound_s(pcm, piper.sample_rate) <= 0.02
+
+
 async def test_first_sentence_audio_arrives_before_the_text_ends(
     piper: PiperEngine,
 ) -> None:

@@ -85,6 +85,45 @@ def test_phoneme_timings_skip_markers_but_keep_their_time() -> None:
     assert timings[1].duration == pytest.approx(0.15)
 
 
+def _chunk_with_lead(quiet: int, marker: int, span: int = -1) -> SpeechChunk:
+    """``quiet`` silent samples, then a tone; Piper's start marker spans ``marker``."""
+    pcm = np.zeros(1000, np.int16)
+    pcm[quiet:] = 8000
+    return SpeechChunk(pcm.tobytes(), 1000, (("^", marker), ("h", 1000 - marker)), span)
+
+
+def test_the_quiet_before_a_sentence_is_cut_to_just_before_its_sound() -> None:
+    chunk = _chunk_with_lead(quiet=300, marker=400, span=2000).without_lead(sample_rate=1000)
+    pcm = np.frombuffer(chunk.pcm, np.int16)
+    assert chunk.num_samples == pcm.size == 1000 - 290  # 10 ms of quiet stays
+    assert np.flatnonzero(pcm)[0] == 10
+    # the marker shrinks by the cut: the first phoneme still starts with its sound
+    assert chunk.phonemes == (("^", 110), ("h", 600))
+    assert chunk.span_samples == 2000 - 290
+    timings = local_tts.phoneme_timings(chunk, sample_rate=1000)
+    assert timings[0].start == pytest.approx(0.11)
+
+
+@pytest.mark.parametrize(("quiet", "marker", "kept"), [
+    (700, 400, 1000 - 390),  # sound only after the marker: never cut past it
+    (5, 400, 1000),  # sound within the 10 ms kept: nothing to cut
+    (0, 400, 1000),
+])
+def test_the_cut_stops_at_the_start_marker_and_keeps_a_soft_onset(
+    quiet: int, marker: int, kept: int,
+) -> None:
+    chunk = _chunk_with_lead(quiet, marker).without_lead(sample_rate=1000)
+    assert chunk.num_samples == kept
+    assert sum(n for _, n in chunk.phonemes) == kept  # timings cover exactly the audio
+
+
+def test_a_chunk_without_the_start_marker_is_left_as_it_is() -> None:
+    rest = SpeechChunk(b"\0\0" * 500, 500, (), span_samples=0)
+    assert rest.without_lead(1000) is rest
+    unmarked = SpeechChunk(b"\0\0" * 500, 500, (("h", 500),))
+    assert unmarked.without_lead(1000) is unmarked
+
+
 def test_a_decoder_loop_is_recognised_but_ordinary_speech_is_not() -> None:
     assert repeats_itself("No, not really. No, not really. No, not")
     assert repeats_itself("Yes. Yes.")
