@@ -176,6 +176,16 @@ class STTSettings(BaseModel):
             "(bench/results/turns-stt-doubt.md), so it is off."
         ),
     )
+    gain_control: bool = Field(
+        default=True,
+        description=(
+            "LiveKit's automatic gain control on the caller's audio before the VAD and the "
+            "STT (LiveKit's default). Off saved 0.3 to 0.9% of a core per hosted session (of "
+            "about 21%); on callers at -26 to -50 dBFS neither Silero's speech detection nor "
+            "Whisper's error rate moved beyond the noise either way "
+            "(bench/results/gain-control.md, load-limits.md)."
+        ),
+    )
 
 
 class LLMSettings(BaseModel):
