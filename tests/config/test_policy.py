@@ -134,15 +134,15 @@ def test_typed_chat_reaches_the_agent_only_when_the_session_allows_it() -> None:
     assert room_options(SessionSpec(text_chat=True)).get_text_input_options() is not None
 
 
-def test_the_callers_gain_control_follows_the_stt_setting() -> None:
+def test_the_callers_gain_control_follows_the_stt_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     """``STT__GAIN_CONTROL=false`` reaches LiveKit's room input: its gain control (on by
     default, as LiveKit has it) costs the session's event loop on every caller frame."""
     from live.worker import room_options
 
-    settings = load_settings(_env_file=None, stt={"gain_control": False})
     assert load_settings(_env_file=None).stt.gain_control is True
-    for on in (True, False):
+    monkeypatch.setenv("STT__GAIN_CONTROL", "false")
+    off = load_settings(_env_file=None).stt.gain_control
+    assert off is False
+    for on in (True, off):
         audio = room_options(SessionSpec(), gain_control=on).get_audio_input_options()
         assert audio is not None and audio.auto_gain_control is on
-    assert room_options(SessionSpec(), gain_control=settings.stt.gain_control) \
-        .get_audio_input_options().auto_gain_control is False  # type: ignore[union-attr]
