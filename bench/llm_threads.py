@@ -72,17 +72,23 @@ def _pct(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--threads", default="1,2",
+                        help="comma-separated thread counts; 1/2: one writes, two read the prompt")
     parser.add_argument("--busy", default="0,1,2", help="busy loops beside, per step")
     parser.add_argument("--rounds", type=int, default=8, help="questions per engine and step")
     parser.add_argument("--weights", default="q4_1", help="comma-separated: q4_1 (shipped), q4_0")
     parser.add_argument("--out", default="llm-threads", help="result file stem in bench/results")
     args = parser.parse_args()
-    variants = [(int(t), w) for t in args.threads.split(",") for w in args.weights.split(",")]
+    # "1/2": one thread writes, two evaluate the prompt
+    variants = [(t, w) for t in args.threads.split(",") for w in args.weights.split(",")]
     busy_steps = [int(b) for b in args.busy.split(",")]
     model = next(iter(LLM_MODELS))
-    engines = {(t, w): load_llama(model, LlamaOptions(use=f"bench-{t}-{w}", threads=t, weights=w))
-               for t, w in variants}
+    def options(t: str, w: str) -> LlamaOptions:
+        write, _, read = t.partition("/")
+        return LlamaOptions(use=f"bench-{t}-{w}", threads=int(write),
+                            batch_threads=int(read or write), weights=w)
+
+    engines = {(t, w): load_llama(model, options(t, w)) for t, w in variants}
     for engine in engines.values():
         engine.warm_prefix(DEFAULT_INSTRUCTIONS)
     load_before = os.getloadavg()
@@ -92,7 +98,7 @@ def main() -> None:
         for p in spinners:
             p.start()
         try:
-            times: dict[tuple[int, str], dict[str, list[float]]] = {
+            times: dict[tuple[str, str], dict[str, list[float]]] = {
                 v: {"first": [], "twenty": []} for v in variants}
             for r in range(args.rounds):
                 for v, engine in engines.items():

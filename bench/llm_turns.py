@@ -14,7 +14,9 @@ question of ``bench/evals/persona.yaml``, with its persona: verbatim answers and
 ones mixed) through ``LocalLLM`` at
 temperature 0 on one thread, once with this checkout's code and once with the other commit's
 (a git worktree, in a subprocess each, alternating so both meet the same machine load);
-between turns it waits 2 s, as the reply is spoken and the next question asked. Writes
+between turns it lets the model read ahead as the live worker does once a reply is stored
+(``LocalLLM.read_ahead``, where the code has it) and waits 2 s, as the reply is spoken and the
+next question asked. Writes
 ``bench/results/llm-turns.{json,md}``.
 """
 
@@ -78,6 +80,8 @@ async def conversation(long: bool = False) -> list[dict[str, Any]]:
         ctx.add_message(role="assistant", content=text)
         if stream.read_ahead is not None:  # a verbatim answer is read while it is spoken
             await stream.read_ahead
+        if hasattr(llm, "read_ahead"):  # the reply stored, the live worker reads ahead
+            await llm.read_ahead(ctx)
         await asyncio.sleep(SPOKEN_S)
     return rows
 

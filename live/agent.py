@@ -71,6 +71,13 @@ class AvatarAgent(Agent):
         self.guard = guard
         self.corrections = 0  # identity claims the guard replaced in this session
 
+    def prompt_context(self, chat_ctx: llm.ChatContext) -> llm.ChatContext:
+        """The conversation as the LLM reads it (the operator's knowledge placed in it): what
+        a reply's request holds, and what the model may read ahead between turns."""
+        if self.knowledge is None:
+            return chat_ctx
+        return with_knowledge(chat_ctx, self.knowledge)
+
     async def llm_node(  # type: ignore[override]
         self,
         chat_ctx: llm.ChatContext,
@@ -78,8 +85,7 @@ class AvatarAgent(Agent):
         model_settings: ModelSettings,
     ) -> AsyncIterator[llm.ChatChunk | str | Any]:
         logger.debug("reply LLM started")  # marks for latency traces (bench.turns.trace)
-        if self.knowledge is not None:
-            chat_ctx = with_knowledge(chat_ctx, self.knowledge)
+        chat_ctx = self.prompt_context(chat_ctx)
         stream: AsyncIterable[Any] = _marking_first(
             Agent.default.llm_node(self, chat_ctx, tools, model_settings), "reply LLM first text"
         )

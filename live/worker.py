@@ -358,6 +358,7 @@ async def entrypoint(ctx: JobContext) -> None:
     ctx.proc.userdata["agent_session"] = session
     _attach_recorder(session, recorder, spec)
     _tell_stt_when_agent_speaks(session, comps.stt)
+    _read_ahead_between_turns(session, comps.llm)
     _follow_session(session, comps.stt)
 
     # Audio only: the agent listens to the caller; subscribing to video would decode the
@@ -516,6 +517,27 @@ def _tell_stt_when_agent_speaks(session: AgentSession[Any], stt: Any) -> None:
     def _on_transcribed(ev: Any) -> None:
         if ev.is_final:
             stt.final_received()  # a turn detector waiting for it may let go
+
+
+def _read_ahead_between_turns(session: AgentSession[Any], llm: Any) -> None:
+    """Once a reply is stored, the local LLM reads the conversation and the head of the next
+    question while the caller is still to speak: the next reply's first token then waits only
+    for the caller's own words."""
+    from livekit.agents.llm import ChatMessage
+
+    from live.providers.local_llm import LocalLLM
+
+    if not isinstance(llm, LocalLLM):
+        return
+
+    @session.on("conversation_item_added")
+    def _on_item(ev: Any) -> None:
+        if not isinstance(ev.item, ChatMessage) or ev.item.role != "assistant":
+            return
+        agent = session.current_agent
+        context = getattr(agent, "prompt_context", None)
+        chat_ctx = agent.chat_ctx
+        llm.read_ahead(context(chat_ctx) if context is not None else chat_ctx)
 
 
 def _follow_session(session: AgentSession[Any], stt: Any) -> None:

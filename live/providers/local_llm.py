@@ -206,6 +206,7 @@ class LocalLLM(llm.LLM):
             min_p=min_p,
         )
         self._warned_tools = False
+        self._reading: asyncio.Task[bool] | None = None  # the last read-ahead
 
     @property
     def model(self) -> str:
@@ -258,12 +259,66 @@ class LocalLLM(llm.LLM):
         )
 
 
+    def read_ahead(self, chat_ctx: ChatContext) -> asyncio.Task[bool]:
+        """Read the conversation so far, and the head of the caller's next message, into the
+        prompt cache while nobody waits on the model (call it when a reply has been stored).
+
+        The next turn's prompt is this one plus the caller's words: its first token then waits
+        only for those. Without it, that turn also evaluated what the cache lacked: the end of
+        the stored reply (its text is what was played and forwarded, not always the tokens
+        generated) and the template between them, 5 to 20 tokens at 10 ms each on one thread.
+        """
+        messages = _request(self._opts, self._engine, chat_ctx)["messages"]
+        # an empty user message: its template head is what every next prompt holds; what
+        # follows it (its end and the assistant's head, 5 tokens) is overwritten then
+        return self._read([*messages, {"role": "user", "content": ""}])
+
+    def _read(self, messages: list[dict[str, str]]) -> asyncio.Task[bool]:
+        async def read(before: asyncio.Task[bool] | None) -> bool:
+            if before is not None and not before.done():
+                await asyncio.wait([before])  # one after the other, in the same slot
+            return await self._engine.executor.run(self._engine.read_ahead_sync, messages)
+
+        task = asyncio.get_running_loop().create_task(read(self._reading))
+        self._reading = task
+        _READ_AHEAD.add(task)
+        task.add_done_callback(_READ_AHEAD.discard)
+        task.add_done_callback(_read_ahead_done)
+        return task
+
+    async def read_ahead_settled(self) -> None:
+        """Return once no read-ahead runs. A request waits for it: beside it, it would take
+        another slot, one without this conversation in its cache, and evaluate all of it again."""
+        reading = self._reading
+        if reading is not None and not reading.done():
+            await asyncio.wait([reading])
+
+
 _READ_AHEAD: set[asyncio.Task[bool]] = set()  # running read-aheads (a task needs a reference)
 
 
 def _read_ahead_done(task: asyncio.Task[bool]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        logger.warning("reading a verbatim answer ahead failed", exc_info=task.exception())
+        logger.warning("reading the conversation ahead failed", exc_info=task.exception())
+
+
+def _request(opts: _LLMOptions, engine: LlamaEngine, chat_ctx: ChatContext) -> dict[str, Any]:
+    """llama.cpp's chat request for a conversation (a read-ahead sends its messages too, so
+    both render the same prompt)."""
+    max_chars = (engine.ctx_per_slot - opts.max_tokens - 64) * _CHARS_PER_TOKEN
+    return {
+        "messages": to_messages(
+            chat_ctx, persona=opts.persona, max_chars=max_chars, steer=opts.steer
+        ),
+        "max_tokens": opts.max_tokens,
+        "temperature": opts.temperature,
+        "repeat_penalty": opts.repeat_penalty,
+        "top_k": opts.top_k,
+        "min_p": opts.min_p,
+        "cache_prompt": True,
+        "stream_options": {"include_usage": True},
+        "timings_per_token": True,  # usage is known even when we stop generation early
+    }
 
 
 class LocalLLMStream(llm.LLMStream):
@@ -278,6 +333,7 @@ class LocalLLMStream(llm.LLMStream):
         conn_options: APIConnectOptions,
     ) -> None:
         super().__init__(llm_, chat_ctx=chat_ctx, tools=tools, conn_options=conn_options)
+        self._local = llm_
         self._engine = engine
         self._opts = opts
         self.timings: dict[str, Any] | None = None
@@ -288,23 +344,7 @@ class LocalLLMStream(llm.LLMStream):
         """After a verbatim answer: the model reading it into its prompt cache."""
 
     def _request(self) -> dict[str, Any]:
-        max_chars = (self._engine.ctx_per_slot - self._opts.max_tokens - 64) * _CHARS_PER_TOKEN
-        return {
-            "messages": to_messages(
-                self._chat_ctx,
-                persona=self._opts.persona,
-                max_chars=max_chars,
-                steer=self._opts.steer,
-            ),
-            "max_tokens": self._opts.max_tokens,
-            "temperature": self._opts.temperature,
-            "repeat_penalty": self._opts.repeat_penalty,
-            "top_k": self._opts.top_k,
-            "min_p": self._opts.min_p,
-            "cache_prompt": True,
-            "stream_options": {"include_usage": True},
-            "timings_per_token": True,  # usage is known even when we stop generation early
-        }
+        return _request(self._opts, self._engine, self._chat_ctx)
 
     async def _run(self) -> None:
         answer = planned_answer(self._chat_ctx, persona=self._opts.persona, steer=self._opts.steer)
@@ -319,6 +359,7 @@ class LocalLLMStream(llm.LLMStream):
             )
             self._read_ahead(answer)
             return
+        await self._local.read_ahead_settled()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         stop = threading.Event()
@@ -458,12 +499,7 @@ class LocalLLMStream(llm.LLMStream):
         and the model has not read it (50 to 70 prompt tokens, 0.3 to 0.6 s on one thread,
         after the caller's next question). It reads it now, while the answer is spoken."""
         messages = [*self._request()["messages"], {"role": "assistant", "content": answer}]
-        task = asyncio.get_running_loop().create_task(
-            self._engine.executor.run(self._engine.read_ahead_sync, messages))
-        self.read_ahead = task
-        _READ_AHEAD.add(task)
-        task.add_done_callback(_READ_AHEAD.discard)
-        task.add_done_callback(_read_ahead_done)
+        self.read_ahead = self._local._read(messages)
 
     def _send_usage(self, request_id: str, *, prompt: int, cached: int, completion: int) -> None:
         self._event_ch.send_nowait(

@@ -244,3 +244,32 @@ async def test_a_long_call_whose_oldest_turns_leave_the_window_still_reads_only_
     assert dropped_at is not None and len(evaluated_after_drop) >= 3, (dropped_at, turns)
     # the new question with its facts and template, and the reply before it: never the history
     assert max(evaluated_after_drop) <= 150, evaluated_after_drop
+
+
+async def test_between_turns_the_model_reads_ahead_so_the_next_reply_waits_only_for_the_question(
+    llama: LlamaEngine,
+) -> None:
+    """Once a reply is stored the live worker has the model read the conversation and the
+    head of the next question: the next reply then evaluates the caller's words and the
+    assistant's head (10 tokens here), not also the template between them and whatever of
+    the stored reply differs from the tokens generated (16 and more without it)."""
+    from live.agent import AvatarAgent
+    from live.worker import _read_ahead_between_turns
+
+    llm = LocalLLM(engine=llama, temperature=0.0, max_tokens=40, steer="off")
+
+    def evaluated(session: AgentSession[Any]) -> int:
+        usage = [u for u in session.usage.model_usage if getattr(u, "provider", "") == "local"]
+        return sum(u.input_tokens - u.input_cached_tokens for u in usage)  # type: ignore[attr-defined]
+
+    async with AgentSession(llm=llm) as session:
+        _read_ahead_between_turns(session, llm)
+        await session.start(AvatarAgent(instructions=DEFAULT_INSTRUCTIONS, guard=False))
+        result = await session.run(user_input="Hello there, I am planning a trip to the seaside.")
+        result.expect.next_event().is_message(role="assistant")
+        await asyncio.wait_for(llm.read_ahead_settled(), 60)
+        before = evaluated(session)
+        result = await session.run(user_input="What should I pack?")
+        result.expect.next_event().is_message(role="assistant")
+        # "What should I pack?" is 5 tokens; "<|im_end|>\n<|im_start|>assistant\n" 5 more
+        assert evaluated(session) - before <= 11, evaluated(session) - before
