@@ -258,7 +258,6 @@ class LocalLLM(llm.LLM):
             conn_options=conn_options,
         )
 
-
     def read_ahead(self, chat_ctx: ChatContext) -> asyncio.Task[bool]:
         """Read the conversation so far, and the head of the caller's next message, into the
         prompt cache while nobody waits on the model (call it when a reply has been stored).
