@@ -158,7 +158,7 @@ class STTSettings(BaseModel):
         ),
     )
     speculate_after: float = Field(
-        default=0.1,
+        default=0.05,
         ge=0.05,
         le=0.5,
         description=(

@@ -2,18 +2,21 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.turns.vad_lag
 
-The speculative transcript starts after ``STT__SPECULATE_AFTER`` (0.1 s) of quiet by the
+The speculative transcript starts after ``STT__SPECULATE_AFTER`` (0.05 s) of quiet by the
 STT's Silero VAD. Per rule: from the utterance's true end of speech (its energy) to the moment
 the rule has counted that much quiet (p50, p95, on complete utterances), and how often it
 counted that much inside speech before the true end (each such speculation is a Whisper
 decode thrown away). Rules: the VAD's own count (``raw_accumulated_silence``, which LiveKit's
 Silero stream reports before it scores the window it sends it with), that count with the
 window counted (``live.providers.local_stt.quiet_after``), and that with a window under 0.5
-counted as quiet while speaking (instead of under 0.35). Writes ``bench/results/turns-vad-lag.{json,md}``.
+counted as quiet while speaking (instead of under 0.35). ``--quiet 0.05,0.075`` adds the
+live rule at shorter waits than 0.1 s (what ``STT__SPECULATE_AFTER`` would trade: an earlier
+speculation against more of them inside speech). Writes ``bench/results/turns-vad-lag.{json,md}``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -50,7 +53,8 @@ async def _events(vad: object, audio: np.ndarray) -> list[tuple[float, float, bo
     return out
 
 
-def _fired(events: list[tuple[float, float, bool, float, float]], rule: str) -> list[float]:
+def _fired(events: list[tuple[float, float, bool, float, float]], rule: str,
+           wait: float = QUIET_S) -> list[float]:
     from live.providers.local.turn_models import VAD_ACTIVATION, VAD_DEACTIVATION
 
     times, quiet = [], 0.0
@@ -61,12 +65,18 @@ def _fired(events: list[tuple[float, float, bool, float, float]], rule: str) -> 
             below = VAD_DEACTIVATION if rule.endswith("counted") else float(rule.split()[-1])
             voiced = p >= VAD_ACTIVATION or (speaking and p > below)
             quiet = 0.0 if voiced else (raw if rule.endswith("counted") else quiet) + window
-        if speaking and quiet >= QUIET_S - 1e-9:
+        if speaking and quiet >= wait - 1e-9:
             times.append(t)
     return times
 
 
-async def run() -> dict:
+def _rule(name: str) -> tuple[str, float]:
+    """``"this window counted, 0.05 s"`` -> the rule and its wait."""
+    base, _, wait = name.partition(", ")
+    return base, float(wait.removesuffix(" s")) if wait else QUIET_S
+
+
+async def run(waits: list[float]) -> dict:
     from livekit.plugins import silero
 
     from live.providers.local.turn_models import STT_MIN_SILENCE, VAD_ACTIVATION, VAD_DEACTIVATION
@@ -77,13 +87,14 @@ async def run() -> dict:
     rendered = build()
     items = [i for i in load_manifest() if i.kind == "complete"]
     rules = ["the VAD's own count", "this window counted", "quiet below 0.5"]
+    rules += [f"this window counted, {w} s" for w in waits if abs(w - QUIET_S) > 1e-9]
     lag: dict[str, dict[str, list[float]]] = {r: {} for r in rules}
     inside: dict[str, int] = dict.fromkeys(rules, 0)
     for it in items:
         events = await _events(vad, read_wav(Path(rendered[it.id].path))[0])
         start, end = truth[it.id]["speech_start"], truth[it.id]["speech_end"]
         for rule in rules:
-            fired = _fired(events, rule)
+            fired = _fired(events, *_rule(rule))
             after = [t for t in fired if t >= end]
             last = -1.0
             for t in (t for t in fired if start < t < end):
@@ -95,14 +106,20 @@ async def run() -> dict:
 
 
 def main() -> None:
-    res = asyncio.run(run())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quiet", default="", help="extra waits for the live rule, e.g. 0.05,0.075")
+    args = parser.parse_args()
+    waits = [float(w) for w in args.quiet.split(",") if w.strip()]
+    command = COMMAND + (f" --quiet {args.quiet}" if waits else "")
+    res = asyncio.run(run(waits))
     def q(v: list[float], p: float) -> float:
         return round(float(np.percentile(v, p)), 3)
     lines = ["# When the local STT hears the caller go quiet (bench.turns.vad_lag)", "",
-             f"Command: `{COMMAND}` ({datetime.now(UTC).isoformat(timespec='seconds')}). Machine: "
+             f"Command: `{command}` ({datetime.now(UTC).isoformat(timespec='seconds')}). Machine: "
              f"{platform.machine()}, {os.cpu_count()} cores. {res['n']} complete utterances of the "
              f"turn-taking corpus; seconds from the true end of speech until {QUIET_S} s of quiet "
-             "is counted (when the speculative transcript starts).", "",
+             "(or the wait in the rule's name) is counted (when the speculative transcript "
+             "starts).", "",
              "| Rule | p50 | p95 | synthetic p50 | natural p50 | human p50 | counted inside speech |",
              "|---|---|---|---|---|---|---|"]
     for rule in res["rules"]:

@@ -57,9 +57,11 @@ logger = logging.getLogger(__name__)
 
 # Quiet long enough to guess the caller is done: transcribe now, confirm at the VAD's end of
 # speech (0.55 s of silence by default), so Whisper's time overlaps the wait. Through the room,
-# 0.1 s against 0.2 s side by side: heard p50 1.20 against 1.28 s, the same hesitations cut
-# (bench/results/turns-call-spec010.md, -spec020.md); ``STT__SPECULATE_AFTER`` sets it.
-SPECULATE_AFTER_SECONDS = 0.1
+# 0.05 s against 0.1 s, two pairs of runs: begun 0.06 s sooner with one more decode a run, the
+# same turn heard 0.023 s sooner at the median in both pairs (turns-call-spec005-*.md against
+# -spec010-*.md); 0.1 s against 0.2 s before that: heard p50 1.20 against 1.28 s
+# (turns-call-spec010.md, -spec020.md). ``STT__SPECULATE_AFTER`` sets it.
+SPECULATE_AFTER_SECONDS = 0.05
 # While the agent speaks, the caller's first words are transcribed this far into their speech
 # (and again at the later marks while nothing decisive was heard), so the session can tell
 # "stop" (interrupts) from "mm-hm" (does not) within about half a second.
