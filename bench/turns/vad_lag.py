@@ -70,12 +70,6 @@ def _fired(events: list[tuple[float, float, bool, float, float]], rule: str,
     return times
 
 
-def _rule(name: str) -> tuple[str, float]:
-    """``"this window counted, 0.05 s"`` -> the rule and its wait."""
-    base, _, wait = name.partition(", ")
-    return base, float(wait.removesuffix(" s")) if wait else QUIET_S
-
-
 async def run(waits: list[float]) -> dict:
     from livekit.plugins import silero
 
@@ -86,15 +80,18 @@ async def run(waits: list[float]) -> dict:
     truth = {r["id"]: r for r in json.loads((Path("var/corpus/turns") / "index.json").read_text())}
     rendered = build()
     items = [i for i in load_manifest() if i.kind == "complete"]
-    rules = ["the VAD's own count", "this window counted", "quiet below 0.5"]
-    rules += [f"this window counted, {w} s" for w in waits if abs(w - QUIET_S) > 1e-9]
+    # row name -> (rule, quiet it waits for)
+    plan = {r: (r, QUIET_S) for r in ("the VAD's own count", "this window counted", "quiet below 0.5")}
+    plan |= {f"this window counted, {w} s": ("this window counted", w)
+             for w in waits if abs(w - QUIET_S) > 1e-9}
+    rules = list(plan)
     lag: dict[str, dict[str, list[float]]] = {r: {} for r in rules}
     inside: dict[str, int] = dict.fromkeys(rules, 0)
     for it in items:
         events = await _events(vad, read_wav(Path(rendered[it.id].path))[0])
         start, end = truth[it.id]["speech_start"], truth[it.id]["speech_end"]
         for rule in rules:
-            fired = _fired(events, *_rule(rule))
+            fired = _fired(events, *plan[rule])
             after = [t for t in fired if t >= end]
             last = -1.0
             for t in (t for t in fired if start < t < end):
