@@ -3,7 +3,8 @@
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.turns.vad_lag
 
 The speculative transcript starts after ``STT__SPECULATE_AFTER`` (0.05 s) of quiet by the
-STT's Silero VAD. Per rule: from the utterance's true end of speech (its energy) to the moment
+STT's Silero VAD; the three rules below wait 0.1 s (the default until 2026-12-03), so they
+compare with the figures measured before. Per rule: from the utterance's true end of speech (its energy) to the moment
 the rule has counted that much quiet (p50, p95, on complete utterances), and how often it
 counted that much inside speech before the true end (each such speculation is a Whisper
 decode thrown away). Rules: the VAD's own count (``raw_accumulated_silence``, which LiveKit's
