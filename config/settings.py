@@ -186,6 +186,20 @@ class STTSettings(BaseModel):
             "(bench/results/gain-control.md, load-limits.md)."
         ),
     )
+    frame_ms: int = Field(
+        default=50,
+        ge=10,
+        le=100,
+        multiple_of=10,
+        description=(
+            "Milliseconds of the caller's audio per frame handed to the VAD and the STT "
+            "(LiveKit's room input; 50 is LiveKit's default). The VAD hears the end of speech "
+            "only once the frame holding it is complete: 20 ms frames began the speculative "
+            "transcript 0.02 s sooner offline (bench.turns.vad_lag --frames 20,50) and 0.014 s "
+            "sooner in the room, but the heard latency did not move beyond the noise in two "
+            "A/B pairs (bench/results/turns-call-frame*.md), so LiveKit's 50 stays."
+        ),
+    )
 
 
 class LLMSettings(BaseModel):

@@ -282,12 +282,15 @@ def _fail_invalid_metadata(settings: Settings, raw: str, err: Exception) -> None
             rec.ended_at = utcnow()
 
 
-def room_options(spec: SessionSpec, *, gain_control: bool = True) -> room_io.RoomOptions:
+def room_options(spec: SessionSpec, *, gain_control: bool = True,
+                 frame_ms: int = 50) -> room_io.RoomOptions:
     """Speech from standard and SIP callers; typed text only if the session allows it
-    (LiveKit enables `lk.chat` text input by default). ``gain_control``: ``STT__GAIN_CONTROL``."""
+    (LiveKit enables `lk.chat` text input by default). ``gain_control``: ``STT__GAIN_CONTROL``;
+    ``frame_ms``: ``STT__FRAME_MS``."""
     return room_io.RoomOptions(
         text_input=spec.text_chat,
-        audio_input=room_io.AudioInputOptions(auto_gain_control=gain_control),
+        audio_input=room_io.AudioInputOptions(auto_gain_control=gain_control,
+                                              frame_size_ms=frame_ms),
         close_on_disconnect=False,  # the lifecycle applies the configured grace period
         participant_kinds=[
             rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
@@ -393,7 +396,8 @@ async def entrypoint(ctx: JobContext) -> None:
         agent=AvatarAgent(instructions=spec.instructions, knowledge=spec.knowledge,
                           chat_ctx=restored_chat(history) if history else None),
         room=ctx.room,
-        room_options=room_options(spec, gain_control=settings.stt.gain_control),
+        room_options=room_options(spec, gain_control=settings.stt.gain_control,
+                                  frame_ms=settings.stt.frame_ms),
         record=False,
     )
     from live.lk_compat import keep_played_words

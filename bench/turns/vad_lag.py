@@ -12,7 +12,10 @@ Silero stream reports before it scores the window it sends it with), that count 
 window counted (``live.providers.local_stt.quiet_after``), and that with a window under 0.5
 counted as quiet while speaking (instead of under 0.35). ``--quiet 0.05,0.075`` adds the
 live rule at shorter waits than 0.1 s (what ``STT__SPECULATE_AFTER`` would trade: an earlier
-speculation against more of them inside speech). Writes ``bench/results/turns-vad-lag.{json,md}``.
+speculation against more of them inside speech); ``--frames 20,50`` adds those waits as the
+room hears them, where a window is scored only once the frame of the caller's audio holding
+its end is complete (``STT__FRAME_MS``; the rows without it count from the window's end).
+Writes ``bench/results/turns-vad-lag.{json,md}``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 from datetime import UTC, datetime
@@ -71,7 +75,7 @@ def _fired(events: list[tuple[float, float, bool, float, float]], rule: str,
     return times
 
 
-async def run(waits: list[float]) -> dict:
+async def run(waits: list[float], frames: list[int]) -> dict:
     from livekit.plugins import silero
 
     from live.providers.local.turn_models import STT_MIN_SILENCE, VAD_ACTIVATION, VAD_DEACTIVATION
@@ -82,9 +86,12 @@ async def run(waits: list[float]) -> dict:
     rendered = build()
     items = [i for i in load_manifest() if i.kind == "complete"]
     # row name -> (rule, quiet it waits for)
-    plan = {r: (r, QUIET_S) for r in ("the VAD's own count", "this window counted", "quiet below 0.5")}
-    plan |= {f"this window counted, {w} s": ("this window counted", w)
+    plan = {r: (r, QUIET_S, 0.0) for r in ("the VAD's own count", "this window counted",
+                                          "quiet below 0.5")}
+    plan |= {f"this window counted, {w} s": ("this window counted", w, 0.0)
              for w in waits if abs(w - QUIET_S) > 1e-9}
+    plan |= {f"this window counted, {w} s, {ms} ms frames": ("this window counted", w, ms / 1000)
+             for w in waits for ms in frames}
     rules = list(plan)
     lag: dict[str, dict[str, list[float]]] = {r: {} for r in rules}
     inside: dict[str, int] = dict.fromkeys(rules, 0)
@@ -92,8 +99,12 @@ async def run(waits: list[float]) -> dict:
         events = await _events(vad, read_wav(Path(rendered[it.id].path))[0])
         start, end = truth[it.id]["speech_start"], truth[it.id]["speech_end"]
         for rule in rules:
-            fired = _fired(events, *plan[rule])
-            after = [t for t in fired if t >= end]
+            name, wait, frame = plan[rule]
+            fired = _fired(events, name, wait)
+            # a window is scored only once the room's frame holding its end is in (runs of
+            # quiet inside speech are told apart on the windows' own times below)
+            heard = [math.ceil(t / frame - 1e-9) * frame for t in fired] if frame else fired
+            after = [h for t, h in zip(fired, heard, strict=True) if t >= end]
             last = -1.0
             for t in (t for t in fired if start < t < end):
                 inside[rule] += t - last > 0.05  # a new run of quiet, a new speculation
@@ -106,10 +117,14 @@ async def run(waits: list[float]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quiet", default="", help="extra waits for the live rule, e.g. 0.05,0.075")
+    parser.add_argument("--frames", default="",
+                        help="room input frame lengths (ms) for the --quiet waits, e.g. 20,50")
     args = parser.parse_args()
     waits = [float(w) for w in args.quiet.split(",") if w.strip()]
+    frames = [int(f) for f in args.frames.split(",") if f.strip()]
     command = COMMAND + (f" --quiet {args.quiet}" if waits else "")
-    res = asyncio.run(run(waits))
+    command += f" --frames {args.frames}" if frames else ""
+    res = asyncio.run(run(waits, frames))
     def q(v: list[float], p: float) -> float:
         return round(float(np.percentile(v, p)), 3)
     lines = ["# When the local STT hears the caller go quiet (bench.turns.vad_lag)", "",

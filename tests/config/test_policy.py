@@ -146,3 +146,19 @@ def test_the_callers_gain_control_follows_the_stt_setting(monkeypatch: pytest.Mo
     for on in (True, off):
         audio = room_options(SessionSpec(), gain_control=on).get_audio_input_options()
         assert audio is not None and audio.auto_gain_control is on
+
+
+def test_the_callers_frame_length_follows_the_stt_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``STT__FRAME_MS`` reaches LiveKit's room input (the VAD hears the end of speech only once
+    the frame holding it is complete); a length the audio stack cannot cut is refused by name."""
+    from live.worker import room_options
+
+    assert load_settings(_env_file=None).stt.frame_ms == 50
+    monkeypatch.setenv("STT__FRAME_MS", "20")
+    ms = load_settings(_env_file=None).stt.frame_ms
+    assert ms == 20
+    audio = room_options(SessionSpec(), frame_ms=ms).get_audio_input_options()
+    assert audio is not None and audio.frame_size_ms == 20
+    monkeypatch.setenv("STT__FRAME_MS", "25")
+    with pytest.raises(ConfigError, match="STT__FRAME_MS"):
+        load_settings(_env_file=None)
