@@ -70,6 +70,12 @@ def _session_rows(db_url: str, session_id: str | None) -> tuple[list[TranscriptL
     return lines, turns
 
 
+def caller_turn_metrics(metrics: list[TurnMetric]) -> list[TurnMetric]:
+    """The metrics of turns the caller ended, in order: the greeting's (the session's first
+    row, no end of utterance) would otherwise pair each utterance with the turn before it."""
+    return [m for m in metrics if m.end_of_utterance_delay is not None]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-voice", type=int, default=5, help="complete utterances per voice")
@@ -118,6 +124,7 @@ def main() -> None:
             wait_session_ended(stack.db_url, result.session_id)
             asyncio.run(wait_room_empty(stack.settings, room))
             lines, metrics = _session_rows(stack.db_url, result.session_id)
+            metrics = caller_turn_metrics(metrics)
             user_lines = [ln for ln in lines if ln.speaker == "user"]
             if kind == "hesitation":
                 cuts.append({"voice": voice, "group": call_items[0].group, "utterances": len(call_items),
