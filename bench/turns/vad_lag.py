@@ -85,7 +85,7 @@ async def run(waits: list[float], frames: list[int]) -> dict:
     truth = {r["id"]: r for r in json.loads((Path("var/corpus/turns") / "index.json").read_text())}
     rendered = build()
     items = [i for i in load_manifest() if i.kind == "complete"]
-    # row name -> (rule, quiet it waits for)
+    # row name -> (rule, quiet it waits for, the room frame it is heard in: s, 0 for none)
     plan = {r: (r, QUIET_S, 0.0) for r in ("the VAD's own count", "this window counted",
                                           "quiet below 0.5")}
     plan |= {f"this window counted, {w} s": ("this window counted", w, 0.0)
