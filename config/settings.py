@@ -468,6 +468,23 @@ class LimitsSettings(BaseModel):
             "ENDPOINTING_MAX_DELAY instead of ENDPOINTING_MIN_DELAY."
         ),
     )
+    turn_unsure_confidence: float = Field(
+        default=0.7, ge=0, le=1,
+        description=(
+            "With TURN_DETECTOR=lm and the local STT: a transcript Whisper is less sure of than "
+            "this (exp of its mean log-probability) waits ENDPOINTING_UNSURE_DELAY, not "
+            "ENDPOINTING_MAX_DELAY, when the model finds it goes on: misheard words ('Can you "
+            "bear me') read as unfinished. 0 turns it off. Chosen by bench.turns.endpoint."
+        ),
+    )
+    endpointing_unsure_delay: float = Field(
+        default=1.05, ge=0,
+        description=(
+            "Silence after which a turn ends when its transcript is unsure (above; seconds): "
+            "longer than the corpus's longest hesitation (0.9 s) as the room hears it (+0.15 s). "
+            "Kept between ENDPOINTING_MIN_DELAY and ENDPOINTING_MAX_DELAY."
+        ),
+    )
     endpointing_min_delay: float = Field(
         default=0.8, ge=0, description="Silence before a turn may end (seconds)."
     )

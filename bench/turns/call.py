@@ -221,6 +221,9 @@ def _stats(rows: list[dict[str, Any]], max_delay: float) -> dict[str, Any]:
         "heard_p50": _q(heard, 50), "heard_p95": _q(heard, 95),
         "end_of_turn_p50": _q(eot, 50), "end_of_turn_p95": _q(eot, 95),
         "ended_by_max_delay": sum(1 for v in eot if v >= max_delay - 0.05),
+        # the min delay was not enough: the detector held the turn (an unsure transcript
+        # waits LIMITS__ENDPOINTING_UNSURE_DELAY; the max delay counts here too)
+        "ended_after_1s": sum(1 for v in eot if v >= 1.0),
         "mouth_p50": _q([r["mouth_s"] for r in rows if r["mouth_s"] is not None], 50),
         "llm_ttft_p50": _q([r["llm_ttft_s"] for r in rows if r["llm_ttft_s"] is not None], 50),
     }
@@ -297,13 +300,14 @@ def render_md(out: dict[str, Any]) -> str:
         "Heard latency: the caller's end of speech to the first reply audio it receives. End of",
         f"turn: the worker's own metric. Max delay {out['max_delay']} s.",
         "",
-        "| Complete utterances | turns | answered | heard p50 | heard p95 | end of turn p50 | p95 | ended by max delay | LLM first token p50 | first lip movement p50 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Complete utterances | turns | answered | heard p50 | heard p95 | end of turn p50 | p95 | ended after 1 s | ended by max delay | LLM first token p50 | first lip movement p50 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def row(name: str, st: dict[str, Any]) -> str:
         return (f"| {name} | {st['turns']} | {st['answered']} | {st['heard_p50']} | {st['heard_p95']} | "
-                f"{st['end_of_turn_p50']} | {st['end_of_turn_p95']} | {st['ended_by_max_delay']} | "
+                f"{st['end_of_turn_p50']} | {st['end_of_turn_p95']} | {st.get('ended_after_1s')} | "
+                f"{st['ended_by_max_delay']} | "
                 f"{st['llm_ttft_p50']} | {st['mouth_p50']} |")
 
     lines.append(row("**all**", s["complete"]))

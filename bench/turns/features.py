@@ -41,6 +41,7 @@ class Pause:
     text: str = ""
     text_ms: float = 0.0  # Whisper time for the speculative transcript
     lm: float = -1.0  # SmolLM2's P(end) on ``text``; -1 until scored
+    conf: float = -1.0  # Whisper's confidence in ``text`` (exp mean log-prob); -1 until decoded
 
 
 @dataclass
@@ -98,9 +99,14 @@ class Models:
         return float(self.eot.predict(pcm))
 
     def transcribe(self, audio: np.ndarray, model: str = "tiny.en") -> str:
+        return self.decode(audio, model)[0]
+
+    def decode(self, audio: np.ndarray, model: str = "tiny.en") -> tuple[str, float]:
+        """The transcript and Whisper's confidence in it, as the live STT's final has them."""
         from engines.whisper import DEFAULT_WINDOW_SECONDS
 
-        return self.whisper[model].transcribe_sync(audio, "en", DEFAULT_WINDOW_SECONDS).text.strip()
+        r = self.whisper[model].transcribe_sync(audio, "en", DEFAULT_WINDOW_SECONDS)
+        return r.text.strip(), round(r.confidence, 3)
 
 
 async def features_for(r: Rendered, models: Models) -> Features:
@@ -115,7 +121,7 @@ async def features_for(r: Rendered, models: Models) -> Features:
         upto = int((end + PREDICT_AFTER) * RATE)
         head = audio[:upto]
         t0 = time.perf_counter()
-        text = models.transcribe(audio[turn_start:upto])
+        text, conf = models.decode(audio[turn_start:upto])
         p = Pause(
             onset=end,
             length=round(length, 3),
@@ -123,6 +129,7 @@ async def features_for(r: Rendered, models: Models) -> Features:
             mini=round(models.mini(head), 4),
             text=text,
             text_ms=round((time.perf_counter() - t0) * 1000, 1),
+            conf=conf,
         )
         f.pauses.append(p)
     whole = audio[turn_start : int((segs[-1][1] + 0.3) * RATE)]
@@ -152,9 +159,26 @@ def compute(*, force: bool = False) -> dict[str, Features]:
             if n % 20 == 0:
                 print(f"features: {n}/{len(todo)}", flush=True)
         CACHE.write_text(json.dumps([asdict(cache[i]) for i in rendered if i in cache]))
-    if _score_lm([cache[i] for i in rendered if i in cache]):
+    if _decode_conf(rendered, cache) | _score_lm([cache[i] for i in rendered if i in cache]):
         CACHE.write_text(json.dumps([asdict(cache[i]) for i in rendered if i in cache]))
     return {i: cache[i] for i in rendered}
+
+
+def _decode_conf(rendered: dict[str, Rendered], cache: dict[str, Features]) -> bool:
+    """Add Whisper's confidence to cached pauses decoded before it was kept (the same decode)."""
+    todo = [f for i, f in cache.items() if i in rendered and any(p.conf < 0 for p in f.pauses)]
+    if not todo:
+        return False
+    models = Models()
+    for f in todo:
+        audio, _ = read_wav(Path(rendered[f.id].path))
+        turn_start = max(0, int((f.segments[0][0] - 0.1) * RATE))
+        for (_, end), p in zip(f.segments, f.pauses, strict=True):
+            text, p.conf = models.decode(audio[turn_start:int((end + PREDICT_AFTER) * RATE)])
+            if text != p.text:  # a decode is deterministic: a different text is a different corpus
+                raise RuntimeError(f"{f.id}: the cached transcript {p.text!r} is now {text!r}; "
+                                   "delete the features cache and run again")
+    return True
 
 
 def _score_lm(feats: list[Features]) -> bool:

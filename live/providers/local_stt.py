@@ -52,6 +52,7 @@ from engines.whisper import (
 )
 from live.providers.local.turn_models import VAD_ACTIVATION, VAD_DEACTIVATION, get_vad
 from live.providers.registry import ProviderContext, register
+from live.providers.turn_text import HeardFinal
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +230,8 @@ class LocalSTT(stt.STT):
         self._finals_sent = 0
         self._finals_received = 0
         self._received = asyncio.Event()
+        # the last final sent: the turn detector weighs its words by the confidence in them
+        self.last_final: HeardFinal | None = None
 
     @property
     def agent_speaking(self) -> bool:
@@ -737,6 +740,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                         },
                     )
                     local._finals_sent += 1
+                    local.last_final = HeardFinal(result.text, result.confidence, speech_end_time)
                     local._utterance_heard(heard, words=True)
                     send(
                         stt.SpeechEvent(

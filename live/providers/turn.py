@@ -224,8 +224,13 @@ def turn_detector(settings: Settings, ctx: ProviderContext, stt: Any = None) -> 
     if kind == "lm":
         from live.providers.turn_lm import LanguageModelTurnDetector
 
-        return LanguageModelTurnDetector(get_turn_llama(ctx), settings.limits.turn_lm_threshold,
-                                         stt=pending)
+        limits = settings.limits
+        return LanguageModelTurnDetector(
+            get_turn_llama(ctx), settings.limits.turn_lm_threshold, stt=pending,
+            unsure_confidence=limits.turn_unsure_confidence,
+            unsure_delay=min(max(limits.endpointing_unsure_delay, limits.endpointing_min_delay),
+                             limits.endpointing_max_delay),
+        )
     if kind == "smart-turn":
         return SmartTurnDetector(get_smart_turn(ctx))
     if kind == "v1-mini":

@@ -7,18 +7,26 @@ words so far (closing marks removed, since Whisper adds them to fragments too), 
 the next token a sentence end or the end of the message? "Can you tell me" and "I'd like to
 book" score near 0; "What time is it" (0.08) and "My name is Daniel Fischer" (0.46) well above. Measured on the
 turn-taking corpus in ``bench.turns.endpoint`` (candidates "language model").
+
+Misheard words mislead it: a robotic "Can you hear me?" that Whisper hears as "Can you bear
+me" reads as a sentence that goes on, and the turn waited the max delay. With the local STT,
+a transcript Whisper is unsure of (``LIMITS__TURN_UNSURE_CONFIDENCE``) waits
+``LIMITS__ENDPOINTING_UNSURE_DELAY`` instead: still past a hesitation's pause, well short of
+the max (candidates "language model + Whisper confidence").
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from livekit.agents.language import LanguageCode
 from livekit.agents.llm import ChatContext
 
 from live.providers.turn_text import (
+    HeardFinal,
     PendingSpeech,
     last_user_text,
     text_completeness,
@@ -67,11 +75,14 @@ class LanguageModelTurnDetector:
     """
 
     def __init__(self, engine: LlamaEngine, threshold: float, timeout: float = SCORE_TIMEOUT,
-                 stt: PendingSpeech | None = None) -> None:
+                 stt: PendingSpeech | None = None, *, unsure_confidence: float = 0.0,
+                 unsure_delay: float = 0.0) -> None:
         self._engine = engine
         self._threshold = threshold
         self._timeout = timeout
         self._stt = stt
+        self._unsure_confidence = unsure_confidence
+        self._unsure_delay = unsure_delay
 
     @property
     def model(self) -> str:
@@ -94,10 +105,28 @@ class LanguageModelTurnDetector:
         if text is None:
             return 1.0
         try:
-            return await asyncio.wait_for(
+            p = await asyncio.wait_for(
                 self._engine.executor.run(score_sync, self._engine, text), self._timeout
             )
         except TimeoutError:
             logger.warning("end-of-turn score late: the silence rule ends the turn",
                            extra={"timeout": self._timeout})
             return 1.0
+        if p < self._threshold and (heard := self._unsure(text)) is not None:
+            # LiveKit has two waits (min and max delay, by this score); the unsure one, between
+            # them, is waited here from the end of speech, then the score lets the turn end:
+            # the min delay has passed by then. Speech that resumes cancels this prediction.
+            logger.debug("transcript unsure: the turn waits the unsure delay", extra={
+                "lk.pii.text": text, "confidence": round(heard.confidence, 3),
+                "unsure_delay": self._unsure_delay})
+            await asyncio.sleep(max(0.0, heard.speech_end + self._unsure_delay - time.time()))
+            return 1.0
+        return p
+
+    def _unsure(self, text: str) -> HeardFinal | None:
+        """The STT's last final, when it ends this transcript and the STT was unsure of it."""
+        heard: HeardFinal | None = getattr(self._stt, "last_final", None)
+        if (heard is None or heard.confidence >= self._unsure_confidence
+                or not text.strip().endswith(heard.text.strip())):
+            return None
+        return heard

@@ -10,6 +10,7 @@ holds on robotic voices where the prosody models do not.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 Completeness = Literal["complete", "unsure", "incomplete"]
@@ -50,6 +51,16 @@ class PendingSpeech(Protocol):
     async def final_of_pending(self, timeout: float) -> bool | None: ...
 
     async def finals_delivered(self, timeout: float) -> bool: ...
+
+
+@dataclass(frozen=True)
+class HeardFinal:
+    """The last final transcript an STT sent: what the turn detector reads, and how sure the
+    STT was of it."""
+
+    text: str
+    confidence: float  # 0..1; Whisper's: exp of the mean token log-probability
+    speech_end: float  # wall-clock time (``time.time()``) the caller's speech ended
 
 
 # How long a prediction waits for the transcript of speech still being transcribed, and then

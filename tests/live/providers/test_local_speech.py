@@ -313,6 +313,12 @@ async def test_streaming_stt_finals_come_from_the_transcript_started_in_the_sile
     assert events[-2].recognition_usage and events[-2].recognition_usage.audio_duration > 2.0
     assert wer(SENTENCES[1], events[-1].alternatives[0].text) <= 0.15
     assert stt.speculation_hits == 1
+    # the turn detector reads the last final with the confidence in it and its end of speech
+    final = events[-1]
+    assert stt.last_final is not None
+    assert stt.last_final.text == final.alternatives[0].text
+    assert stt.last_final.confidence == final.alternatives[0].confidence > 0.5
+    assert stt.last_final.speech_end == final.speech_end_time
 
 
 async def test_speculative_transcript_goes_out_as_preflight_before_the_end_of_speech(

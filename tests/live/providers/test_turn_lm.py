@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from live.providers.local_stt import LocalSTT
 from live.providers.registry import ProviderContext
 from live.providers.turn import TranscriptTurnDetector, get_turn_llama, turn_handling
 from live.providers.turn_lm import LanguageModelTurnDetector, end_probability, end_prompt
+from live.providers.turn_text import HeardFinal
 
 pytestmark = pytest.mark.slow
 
@@ -97,3 +99,61 @@ async def test_a_late_score_never_holds_the_turn(local_ctx: ProviderContext) -> 
     finally:
         release.set()
         await blocker
+
+
+def _heard(text: str, confidence: float, ended_ago: float = 0.0) -> LocalSTT:
+    """A local STT whose last final is ``text`` at ``confidence``, spoken until ``ended_ago`` s ago."""
+    stt = LocalSTT(engine=None)  # type: ignore[arg-type]  # only its bookkeeping is used
+    stt.last_final = HeardFinal(text, confidence, time.time() - ended_ago)
+    return stt
+
+
+# A robotic "Can you hear me?" as Whisper heard it (espeak-us-f4, bench.turns.endpoint): the
+# words read as a sentence that goes on, and Whisper's confidence in them was 0.65.
+MISHEARD = "Can you bear me?"
+
+
+async def test_an_unsure_transcript_waits_the_unsure_delay_not_the_max(local_ctx: ProviderContext) -> None:
+    det = LanguageModelTurnDetector(get_turn_llama(local_ctx), THRESHOLD, timeout=SCORE_WAIT_S,
+                                    stt=_heard(MISHEARD, 0.65), unsure_confidence=0.7,
+                                    unsure_delay=0.4)
+    t0 = time.time()
+    assert await det.predict_end_of_turn(_ctx(MISHEARD)) >= THRESHOLD
+    # the score lets LiveKit end the turn after its min delay: only once the unsure delay,
+    # counted from the end of speech, has passed
+    assert time.time() - t0 >= 0.4 - 0.01
+
+
+async def test_a_sure_transcript_that_goes_on_still_waits_the_max(local_ctx: ProviderContext) -> None:
+    det = LanguageModelTurnDetector(get_turn_llama(local_ctx), THRESHOLD, timeout=SCORE_WAIT_S,
+                                    stt=_heard("I'd like to book", 0.9), unsure_confidence=0.7,
+                                    unsure_delay=0.4)
+    assert await det.predict_end_of_turn(_ctx("I'd like to book")) < THRESHOLD
+
+
+async def test_confidence_counts_only_for_the_final_that_ends_the_turn(local_ctx: ProviderContext) -> None:
+    # the last final is an earlier utterance's (another turn's): its confidence says nothing
+    det = LanguageModelTurnDetector(get_turn_llama(local_ctx), THRESHOLD, timeout=SCORE_WAIT_S,
+                                    stt=_heard("Hello.", 0.3), unsure_confidence=0.7,
+                                    unsure_delay=0.4)
+    assert await det.predict_end_of_turn(_ctx("I'd like to book")) < THRESHOLD
+
+
+async def test_speech_that_resumes_cancels_the_unsure_wait(local_ctx: ProviderContext) -> None:
+    det = LanguageModelTurnDetector(get_turn_llama(local_ctx), THRESHOLD, timeout=SCORE_WAIT_S,
+                                    stt=_heard(MISHEARD, 0.65), unsure_confidence=0.7,
+                                    unsure_delay=30.0)
+    task = asyncio.ensure_future(det.predict_end_of_turn(_ctx(MISHEARD)))
+    done, _ = await asyncio.wait([task], timeout=2.0)
+    assert not done  # still waiting out the unsure delay
+    task.cancel()  # LiveKit cancels the end-of-turn task when the caller speaks again
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def test_the_unsure_delay_stays_within_the_min_and_max(local_ctx: ProviderContext) -> None:
+    settings = load_settings(_env_file=None, var_dir=local_ctx.settings.var_dir, limits={
+        "turn_detector": "lm", "endpointing_min_delay": 0.5, "endpointing_max_delay": 0.9,
+        "endpointing_unsure_delay": 1.05, "turn_unsure_confidence": 0.6})
+    det = turn_handling(settings, local_ctx, stt=LocalSTT(engine=None))["turn_handling"]["turn_detection"]  # type: ignore[arg-type]
+    assert (det._unsure_delay, det._unsure_confidence) == (0.9, 0.6)
