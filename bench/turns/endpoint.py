@@ -131,6 +131,27 @@ def language_model_unsure(th: float, conf: float, wc: float, wu: float, wi: floa
     )
 
 
+def language_model_tiers(th: float, sure: float, conf: float, ws: float, wc: float, wu: float,
+                         wi: float) -> Policy:
+    """The above, and a score of at least ``sure`` waits ``ws``, shorter than ``wc``: a turn
+    the model is sure ends there ("My name is Daniel Fischer", 0.46) need not wait as long as
+    one it only lets end ("What time is it", 0.07)."""
+
+    def classify(p: Pause) -> Klass:
+        if p.lm >= sure:
+            return "sure"
+        if p.lm >= th:
+            return "complete"
+        return "unsure" if p.conf < conf else "incomplete"
+
+    return Policy(
+        f"language model, sure >= {sure:.2f} + Whisper confidence < {conf:.2f} "
+        f"({ws:.2f}/{wc:.2f}/{wu:.2f}/{wi:.2f} s)",
+        classify,
+        {"sure": ws, "complete": wc, "unsure": wu, "incomplete": wi},
+    )
+
+
 def dynamic(wmin: float, wmax: float) -> Policy:
     return Policy(f"dynamic endpointing ({wmin:.2f}..{wmax:.2f} s)", _always,
                   {"complete": wmin, "incomplete": wmax}, dynamic=True)
@@ -246,6 +267,9 @@ def candidates() -> list[Policy]:
     for conf in (0.6, 0.7, 0.8):
         for wu in (1.05, 1.1):
             ps.append(language_model_unsure(0.001, conf, 0.8, wu, 1.3))
+    for sure in (0.05, 0.1, 0.2):
+        for ws in (0.6, 0.65, 0.7):
+            ps.append(language_model_tiers(0.001, sure, 0.7, ws, 0.8, 1.05, 1.3))
     return ps
 
 
@@ -257,7 +281,7 @@ ROOM_EXTRA_PAUSE = 0.15
 # Offline p50 (true end of speech to end of turn) that leaves the room's heard latency at most
 # 1.2 s: the room heard the 0.9 s rule (offline p50 0.98 s) at p50 1.24 s.
 ROOM_P50_BUDGET = 0.92
-# the default before transcripts Whisper is unsure of got a wait of their own
+# the default before the waits for transcripts Whisper is unsure of, and for sure ends
 PREVIOUS_DEFAULT = "language model >= 0.001 (0.80/1.30 s)"
 ROOM_MAX_HELD = 0.10  # complete turns that may wait the max delay (they are heard ~0.5 s later)
 
@@ -281,6 +305,7 @@ def choose(results: list[dict], max_false_cut: float = 0.05) -> dict:
 
 
 FAMILIES = [("VAD silence", "#1f77b4"), ("language model + Whisper confidence", "#bcbd22"),
+            ("language model, sure", "#7f7f7f"),
             ("language model", "#2ca02c"), ("v1-mini", "#ff7f0e"), ("Smart Turn", "#9467bd"),
             ("transcript + Smart Turn", "#e377c2"), ("transcript", "#17becf"), ("dynamic", "#8c564b")]
 
@@ -388,6 +413,12 @@ def _default_name() -> str:
     d = LimitsSettings()
     if d.turn_detector == "vad":
         return f"VAD silence {d.endpointing_min_delay:.2f} s"
+    if (d.turn_detector == "lm" and d.turn_unsure_confidence > 0 and d.turn_sure_threshold < 1
+            and d.endpointing_sure_delay < d.endpointing_min_delay):
+        return (f"language model, sure >= {d.turn_sure_threshold:.2f} + Whisper confidence < "
+                f"{d.turn_unsure_confidence:.2f} ({d.endpointing_sure_delay:.2f}/"
+                f"{d.endpointing_min_delay:.2f}/{d.endpointing_unsure_delay:.2f}/"
+                f"{d.endpointing_max_delay:.2f} s)")
     if d.turn_detector == "lm" and d.turn_unsure_confidence > 0:
         return (f"language model + Whisper confidence < {d.turn_unsure_confidence:.2f} "
                 f"({d.endpointing_min_delay:.2f}/{d.endpointing_unsure_delay:.2f}/"

@@ -230,6 +230,9 @@ def turn_detector(settings: Settings, ctx: ProviderContext, stt: Any = None) -> 
             unsure_confidence=limits.turn_unsure_confidence,
             unsure_delay=min(max(limits.endpointing_unsure_delay, limits.endpointing_min_delay),
                              limits.endpointing_max_delay),
+            sure_threshold=limits.turn_sure_threshold,
+            sure_delay=limits.endpointing_sure_delay,
+            complete_delay=limits.endpointing_min_delay,
         )
     if kind == "smart-turn":
         return SmartTurnDetector(get_smart_turn(ctx))
@@ -256,13 +259,16 @@ def turn_handling(
     """
     limits = settings.limits
     pause = can_pause and limits.interruption_pause
+    detector = turn_detector(settings, ctx, stt)
+    # a detector that waits its longer waits itself gives LiveKit its shortest one
+    shortest = getattr(detector, "shortest_delay", None)
     return {
         "vad": get_vad(ctx, limits.vad_min_silence),
         "aec_warmup_duration": limits.echo_guard_seconds or None,
         "turn_handling": {
-            "turn_detection": turn_detector(settings, ctx, stt),
+            "turn_detection": detector,
             "endpointing": {
-                "min_delay": limits.endpointing_min_delay,
+                "min_delay": limits.endpointing_min_delay if shortest is None else shortest,
                 "max_delay": limits.endpointing_max_delay,
             },
             "preemptive_generation": {

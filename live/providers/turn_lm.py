@@ -72,17 +72,37 @@ class LanguageModelTurnDetector:
     ``threshold`` the turn waits the endpointing's max delay, otherwise its min delay. Works
     with any STT; the model runs on a small engine of its own, beside the agent's (a score in
     a slot of the agent's engine waited behind whole replies).
+
+    With the local STT (``stt`` with ``last_final``) the turn has four waits, measured in
+    ``bench.turns.endpoint``: ``sure_delay`` when the score is at least ``sure_threshold``,
+    ``complete_delay`` when it is at least ``threshold``, ``unsure_delay`` below it when
+    Whisper was unsure of the words (``unsure_confidence``), else the max delay. LiveKit knows
+    two (its min delay, which is then ``sure_delay``, and its max): a wait between them is
+    waited here, counted from the end of speech, and the score then lets the turn end at once.
+    Speech that resumes cancels the prediction, and the wait with it.
     """
 
     def __init__(self, engine: LlamaEngine, threshold: float, timeout: float = SCORE_TIMEOUT,
                  stt: PendingSpeech | None = None, *, unsure_confidence: float = 0.0,
-                 unsure_delay: float = 0.0) -> None:
+                 unsure_delay: float = 0.0, sure_threshold: float = 1.0,
+                 sure_delay: float = 0.0, complete_delay: float = 0.0) -> None:
         self._engine = engine
         self._threshold = threshold
         self._timeout = timeout
         self._stt = stt
         self._unsure_confidence = unsure_confidence
         self._unsure_delay = unsure_delay
+        self._sure_threshold = sure_threshold
+        self._complete_delay = complete_delay
+        self._sure_delay = min(sure_delay, complete_delay)
+
+    @property
+    def shortest_delay(self) -> float | None:
+        """LiveKit's min delay for this detector (None: the configured one); the longer waits
+        are waited by the detector. Only with the local STT, which tells when speech ended."""
+        if self._stt is None or not hasattr(self._stt, "last_final"):
+            return None
+        return self._sure_delay if self._sure_delay < self._complete_delay else None
 
     @property
     def model(self) -> str:
@@ -104,6 +124,7 @@ class LanguageModelTurnDetector:
         text = last_user_text(chat_ctx)
         if text is None:
             return 1.0
+        heard = self._final_of(text)
         try:
             p = await asyncio.wait_for(
                 self._engine.executor.run(score_sync, self._engine, text), self._timeout
@@ -111,22 +132,32 @@ class LanguageModelTurnDetector:
         except TimeoutError:
             logger.warning("end-of-turn score late: the silence rule ends the turn",
                            extra={"timeout": self._timeout})
+            await self._wait(heard, self._complete_delay)
             return 1.0
-        if p < self._threshold and (heard := self._unsure(text)) is not None:
-            # LiveKit has two waits (min and max delay, by this score); the unsure one, between
-            # them, is waited here from the end of speech, then the score lets the turn end:
-            # the min delay has passed by then. Speech that resumes cancels this prediction.
+        if p >= self._sure_threshold:
+            return p  # LiveKit's min delay: the sure wait
+        if p >= self._threshold:
+            await self._wait(heard, self._complete_delay)
+            return p
+        if heard is not None and heard.confidence < self._unsure_confidence:
             logger.debug("transcript unsure: the turn waits the unsure delay", extra={
                 "lk.pii.text": text, "confidence": round(heard.confidence, 3),
                 "unsure_delay": self._unsure_delay})
-            await asyncio.sleep(max(0.0, heard.speech_end + self._unsure_delay - time.time()))
+            await self._wait(heard, self._unsure_delay)
             return 1.0
         return p
 
-    def _unsure(self, text: str) -> HeardFinal | None:
-        """The STT's last final, when it ends this transcript and the STT was unsure of it."""
+    async def _wait(self, heard: HeardFinal | None, delay: float) -> None:
+        """Until ``delay`` s after the end of speech, when that is longer than LiveKit's own
+        min delay (which it then waits from its own end of speech, by then past)."""
+        shortest = self.shortest_delay
+        if heard is None or delay <= (self._complete_delay if shortest is None else shortest):
+            return
+        await asyncio.sleep(max(0.0, heard.speech_end + delay - time.time()))
+
+    def _final_of(self, text: str) -> HeardFinal | None:
+        """The STT's last final, when it is the end of this transcript (not an earlier turn's)."""
         heard: HeardFinal | None = getattr(self._stt, "last_final", None)
-        if (heard is None or heard.confidence >= self._unsure_confidence
-                or not text.strip().endswith(heard.text.strip())):
+        if heard is None or not text.strip().endswith(heard.text.strip()):
             return None
         return heard

@@ -157,3 +157,41 @@ def test_the_unsure_delay_stays_within_the_min_and_max(local_ctx: ProviderContex
         "endpointing_unsure_delay": 1.05, "turn_unsure_confidence": 0.6})
     det = turn_handling(settings, local_ctx, stt=LocalSTT(engine=None))["turn_handling"]["turn_detection"]  # type: ignore[arg-type]
     assert (det._unsure_delay, det._unsure_confidence) == (0.9, 0.6)
+
+
+def _tiers(local_ctx: ProviderContext, stt: LocalSTT, complete_delay: float) -> LanguageModelTurnDetector:
+    return LanguageModelTurnDetector(get_turn_llama(local_ctx), 0.001, timeout=SCORE_WAIT_S, stt=stt,
+                                     unsure_confidence=0.7, unsure_delay=complete_delay + 0.2,
+                                     sure_threshold=0.1, sure_delay=0.2,
+                                     complete_delay=complete_delay)
+
+
+async def test_a_turn_the_model_is_sure_of_ends_after_livekits_min_delay(local_ctx: ProviderContext) -> None:
+    # "My name is Daniel Fischer" scores 0.46: no wait of the detector's own, whatever the
+    # complete wait (LiveKit's min delay, the sure wait, then ends it)
+    text = "My name is Daniel Fischer."
+    det = _tiers(local_ctx, _heard(text, 0.9), complete_delay=60.0)
+    assert det.shortest_delay == 0.2
+    assert await asyncio.wait_for(det.predict_end_of_turn(_ctx(text)), 20.0) >= 0.1
+
+
+async def test_a_turn_that_may_end_waits_the_complete_delay(local_ctx: ProviderContext) -> None:
+    # "What time is it?" scores about 0.07: it may end, the model is not sure
+    text = "What time is it?"
+    det = _tiers(local_ctx, _heard(text, 0.9), complete_delay=0.5)
+    t0 = time.time()
+    p = await det.predict_end_of_turn(_ctx(text))
+    assert 0.001 <= p < 0.1
+    assert time.time() - t0 >= 0.5 - 0.01
+
+
+async def test_without_the_local_stt_livekits_two_waits_stay(local_ctx: ProviderContext) -> None:
+    det = _tiers(local_ctx, None, complete_delay=0.8)  # type: ignore[arg-type]
+    assert det.shortest_delay is None
+    settings = load_settings(_env_file=None, var_dir=local_ctx.settings.var_dir,
+                             limits={"turn_detector": "lm"})
+    local = turn_handling(settings, local_ctx, stt=LocalSTT(engine=None))  # type: ignore[arg-type]
+    hosted = turn_handling(settings, local_ctx, stt=object())
+    # with the local STT LiveKit's min delay is the sure wait; the detector waits the rest
+    assert local["turn_handling"]["endpointing"]["min_delay"] == settings.limits.endpointing_sure_delay
+    assert hosted["turn_handling"]["endpointing"]["min_delay"] == settings.limits.endpointing_min_delay
