@@ -226,7 +226,7 @@ def turn_detector(settings: Settings, ctx: ProviderContext, stt: Any = None) -> 
 
         limits = settings.limits
         return LanguageModelTurnDetector(
-            get_turn_llama(ctx), settings.limits.turn_lm_threshold, stt=pending,
+            get_turn_llama(ctx), limits.turn_lm_threshold, stt=pending,
             unsure_confidence=limits.turn_unsure_confidence,
             unsure_delay=min(max(limits.endpointing_unsure_delay, limits.endpointing_min_delay),
                              limits.endpointing_max_delay),

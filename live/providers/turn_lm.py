@@ -12,7 +12,9 @@ Misheard words mislead it: a robotic "Can you hear me?" that Whisper hears as "C
 me" reads as a sentence that goes on, and the turn waited the max delay. With the local STT,
 a transcript Whisper is unsure of (``LIMITS__TURN_UNSURE_CONFIDENCE``) waits
 ``LIMITS__ENDPOINTING_UNSURE_DELAY`` instead: still past a hesitation's pause, well short of
-the max (candidates "language model + Whisper confidence").
+the max (candidates "language model + Whisper confidence"). And words it is sure end the turn
+(``LIMITS__TURN_SURE_THRESHOLD``) wait ``LIMITS__ENDPOINTING_SURE_DELAY``, less than the min
+delay (candidates "language model, sure").
 """
 
 from __future__ import annotations
