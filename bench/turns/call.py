@@ -144,6 +144,11 @@ def main() -> None:
                     "dropout_s": turn.reply_dropout_s if turn else None,
                     # the reply's last caption against its last sound (negative: captions ahead)
                     "caption_end_s": turn.caption_end_lag_s if turn else None,
+                    "caption_start_s": turn.caption_start_lag_s if turn else None,
+                    # mouth minus sound at the caller (positive: the sound first), and the
+                    # correlation it was read at (None: too weak to read an offset)
+                    "lip_offset_s": turn.lip_offset_s if turn else None,
+                    "lip_sync_r": turn.lip_sync_r if turn else None,
                     "end_of_turn_s": m.end_of_utterance_delay if m else None,
                     "transcription_s": m.transcription_delay if m else None,
                     "llm_ttft_s": m.llm_ttft if m else None,
@@ -213,10 +218,28 @@ def main() -> None:
     print(md)
 
 
+# Issue 11's lip-sync goal: the sound at most this far before the mouth (ATSC IS-191 asks
+# +15/-45 ms; lips may lead the sound, as people's do, a little more).
+LIP_SOUND_FIRST_MAX_S = 0.040
+LIP_MOUTH_FIRST_MAX_S = 0.040
+
+
+def lip_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mouth minus sound over the turns the caller could read an offset on."""
+    offs = [r["lip_offset_s"] for r in rows if r.get("lip_offset_s") is not None]
+    return {
+        "lip_turns": len(offs),
+        "lip_p5": _q(offs, 5), "lip_p50": _q(offs, 50), "lip_p95": _q(offs, 95),
+        "lip_sound_first_over_40ms": sum(1 for v in offs if v > LIP_SOUND_FIRST_MAX_S),
+        "lip_mouth_first_over_40ms": sum(1 for v in offs if v < -LIP_MOUTH_FIRST_MAX_S),
+    }
+
+
 def _stats(rows: list[dict[str, Any]], max_delay: float) -> dict[str, Any]:
     heard = [r["heard_s"] for r in rows if r["heard_s"] is not None]
     eot = [r["end_of_turn_s"] for r in rows if r["end_of_turn_s"] is not None]
     return {
+        **lip_stats(rows),
         "turns": len(rows), "answered": len(heard),
         "heard_p50": _q(heard, 50), "heard_p95": _q(heard, 95),
         "end_of_turn_p50": _q(eot, 50), "end_of_turn_p95": _q(eot, 95),
@@ -245,6 +268,8 @@ def summarize(rows: list[dict[str, Any]], cuts: list[dict[str, Any]], max_delay:
         "hesitations": n_hes,
         "hesitation_cuts": sum(c["cuts"] for c in cuts),
         "hesitation_cut_rate": round(sum(c["cuts"] for c in cuts) / n_hes, 3) if n_hes else None,
+        # every reply the caller heard, hesitation calls' too
+        "lip_sync": lip_stats(rows),
     }
 
 
@@ -290,6 +315,46 @@ def summarize_over(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def targets(out: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """Issue 11's targets against one run: (target, goal, measured, met). A phase the run
+    left out is not listed."""
+    s = out["summary"]
+    rows: list[tuple[str, str, str, bool]] = []
+    c = s.get("complete") or {}
+    if c.get("turns"):
+        p50, p95 = c["heard_p50"], c["heard_p95"]
+        rows += [
+            ("heard latency p50, complete utterances", "<= 1.2 s", f"{p50} s",
+             p50 is not None and p50 <= 1.2 and c["answered"] == c["turns"]),
+            ("heard latency p95", "<= 1.8 s", f"{p95} s", p95 is not None and p95 <= 1.8),
+            ("turns ended by the max delay", "0", str(c["ended_by_max_delay"]),
+             c["ended_by_max_delay"] == 0),
+        ]
+    if s.get("hesitations"):
+        rate = s["hesitation_cut_rate"]
+        rows.append(("hesitations cut", "<= 5%",
+                     f"{s['hesitation_cuts']} of {s['hesitations']} ({rate:.1%})", rate <= 0.05))
+    lip = s.get("lip_sync") or {}
+    if lip.get("lip_turns"):
+        p50, p95 = lip["lip_p50"], lip["lip_p95"]
+        rows.append(("mouth minus sound, p50 and p95 of turns", "within 40 ms, sound never first by more",
+                     f"{p50 * 1000:+.0f} / {p95 * 1000:+.0f} ms over {lip['lip_turns']} turns",
+                     all(-LIP_MOUTH_FIRST_MAX_S <= v <= LIP_SOUND_FIRST_MAX_S for v in (p50, p95))))
+    o = s.get("spoken_over") or {}
+    if o.get("interruptions"):
+        p95 = o["stop_p95"]
+        rows.append(("interruptions: caller's first sound to the avatar's silence, p95", "<= 0.5 s",
+                     f"{p95} s ({o['interruptions_stopped']} of {o['interruptions']} stopped)",
+                     p95 is not None and p95 <= 0.5 and o["interruptions_stopped"] == o["interruptions"]))
+    if o.get("backchannels"):
+        taken = o.get("backchannels_taken_as_turn", 0)
+        rows.append(("backchannels taken as the caller's turn", "0",
+                     f"{taken} of {o['backchannels']} (the reply went on after "
+                     f"{o.get('backchannels_went_on')})",
+                     taken == 0 and o.get("backchannels_went_on") == o["backchannels"]))
+    return rows
+
+
 def render_md(out: dict[str, Any]) -> str:
     s = out["summary"]
     lines = [
@@ -300,15 +365,32 @@ def render_md(out: dict[str, Any]) -> str:
         "Heard latency: the caller's end of speech to the first reply audio it receives. End of",
         f"turn: the worker's own metric. Max delay {out['max_delay']} s.",
         "",
-        "| Complete utterances | turns | answered | heard p50 | heard p95 | end of turn p50 | p95 | ended after 1 s | ended by max delay | LLM first token p50 | first lip movement p50 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "## Issue 11's targets",
+        "",
+        "| Target | goal | measured | met |",
+        "|---|---|---|---|",
+        *(f"| {name} | {goal} | {measured} | {'yes' if met else '**no**'} |"
+          for name, goal, measured, met in targets(out)),
+        "",
+        "## Per voice",
+        "",
+        "Mouth minus sound: the offset at the caller between the reply's sound and the mouth's",
+        "opening in the received frames (cross-correlated; positive: the sound first), over the",
+        "turns where the correlation was strong enough to read one.",
+        "",
+        "| Complete utterances | turns | answered | heard p50 | heard p95 | end of turn p50 | p95 | ended after 1 s | ended by max delay | LLM first token p50 | first lip movement p50 | mouth minus sound p50 (ms) | p95 (ms) | sound first by > 40 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def ms(v: float | None) -> str:
+        return "" if v is None else f"{v * 1000:+.0f}"
 
     def row(name: str, st: dict[str, Any]) -> str:
         return (f"| {name} | {st['turns']} | {st['answered']} | {st['heard_p50']} | {st['heard_p95']} | "
                 f"{st['end_of_turn_p50']} | {st['end_of_turn_p95']} | {st.get('ended_after_1s')} | "
                 f"{st['ended_by_max_delay']} | "
-                f"{st['llm_ttft_p50']} | {st['mouth_p50']} |")
+                f"{st['llm_ttft_p50']} | {st['mouth_p50']} | {ms(st.get('lip_p50'))} | "
+                f"{ms(st.get('lip_p95'))} | {st.get('lip_sound_first_over_40ms', '')} |")
 
     lines.append(row("**all**", s["complete"]))
     for g, st in s["by_group"].items():
