@@ -86,6 +86,12 @@ def prewarm(ctx: ProviderContext) -> None:
     for kind in kinds:
         for name in _preloaded(ctx, kind):
             load_models(kind, name, getattr(s, kind), ctx)
+    if "local" in _preloaded(ctx, "stt"):
+        own = s.stt.provider == "local" and s.stt.model in WHISPER_MODELS
+        whisper = get_whisper(ctx, s.stt.model if own else WHISPER_MODELS[0])
+        # the caller's first question is otherwise the process's first, slower, decode
+        ctx.cached(f"local.stt.{whisper.model_name}.warm",
+                   lambda: whisper.warm_sync(s.stt.window_seconds))
     if "local" in _preloaded(ctx, "llm"):
         own = s.llm.provider == "local" and s.llm.model in LLM_MODELS
         model = s.llm.model if own else LLM_MODELS[0]

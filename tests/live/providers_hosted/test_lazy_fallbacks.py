@@ -93,7 +93,7 @@ def test_the_hosted_prewarm_loads_no_fallback_model_unless_asked() -> None:
     prewarm(eager)
     assert local_models(eager) == [
         "local.llm.smollm2-135m", "local.llm.smollm2-135m.warm", "local.stt.tiny.en",
-        "local.tts.piper.joe-us"]
+        "local.stt.tiny.en.warm", "local.tts.piper.joe-us"]
 
 
 def portrait_loaded(ctx: ProviderContext) -> bool:
