@@ -315,6 +315,11 @@ def summarize_over(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def ms(v: float | None) -> str:
+    """Seconds as signed milliseconds ("+27"); empty for no value."""
+    return "" if v is None else f"{v * 1000:+.0f}"
+
+
 def targets(out: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     """Issue 11's targets against one run: (target, goal, measured, met). A phase the run
     left out is not listed."""
@@ -381,9 +386,6 @@ def render_md(out: dict[str, Any]) -> str:
         "| Complete utterances | turns | answered | heard p50 | heard p95 | end of turn p50 | p95 | ended after 1 s | ended by max delay | LLM first token p50 | first lip movement p50 | mouth minus sound p50 (ms) | p95 (ms) | sound first by > 40 ms |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-
-    def ms(v: float | None) -> str:
-        return "" if v is None else f"{v * 1000:+.0f}"
 
     def row(name: str, st: dict[str, Any]) -> str:
         return (f"| {name} | {st['turns']} | {st['answered']} | {st['heard_p50']} | {st['heard_p95']} | "

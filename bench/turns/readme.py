@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.turns.call import RESULTS, targets
+from bench.turns.call import RESULTS, ms, targets
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BEGIN = "<!-- bench.turns.call: begin (written by `python -m bench.turns.readme`) -->"
@@ -28,7 +28,7 @@ def _s(v: float | None) -> str:
 
 
 def _ms(v: float | None) -> str:
-    return "n/a" if v is None else f"{v * 1000:+.0f} ms"
+    return "n/a" if v is None else f"{ms(v)} ms"
 
 
 def render(out: dict[str, Any], label: str) -> str:

@@ -27,6 +27,13 @@ LAZY_FALLBACKS: dict[Slot, frozenset[str]] = {
 }
 
 
+def whisper_model(options: Any) -> str:
+    """The Whisper a local STT built from ``options`` uses: the settings' own when the local
+    STT is the primary, else (a fallback behind a hosted one) the default."""
+    own = getattr(options, "provider", None) == "local"
+    return str(options.model) if own and options.model in WHISPER_MODELS else WHISPER_MODELS[0]
+
+
 def load_models(kind: Slot, name: str, options: Any, ctx: ProviderContext) -> None:
     """Load what provider ``name`` needs into ``ctx``, as its factory will ask for it.
 
@@ -37,8 +44,7 @@ def load_models(kind: Slot, name: str, options: Any, ctx: ProviderContext) -> No
     """
     own = getattr(options, "provider", None) == name
     if kind == "stt" and name == "local":
-        model = options.model if own and options.model in WHISPER_MODELS else WHISPER_MODELS[0]
-        get_whisper(ctx, model)
+        get_whisper(ctx, whisper_model(options))
         get_vad(ctx)  # the local STT cuts utterances with it
     elif kind == "llm" and name == "local":
         get_llama(ctx, options.model if own and options.model in LLM_MODELS else LLM_MODELS[0])
@@ -87,8 +93,7 @@ def prewarm(ctx: ProviderContext) -> None:
         for name in _preloaded(ctx, kind):
             load_models(kind, name, getattr(s, kind), ctx)
     if "local" in _preloaded(ctx, "stt"):
-        own = s.stt.provider == "local" and s.stt.model in WHISPER_MODELS
-        whisper = get_whisper(ctx, s.stt.model if own else WHISPER_MODELS[0])
+        whisper = get_whisper(ctx, whisper_model(s.stt))
         # the caller's first question is otherwise the process's first, slower, decode
         ctx.cached(f"local.stt.{whisper.model_name}.warm",
                    lambda: whisper.warm_sync(s.stt.window_seconds))
