@@ -10,6 +10,8 @@ at its true end of speech (then the caller's microphone sends silence). The call
 *heard latency*: the end of its own speech to the first reply audio it receives. The worker's
 stored turn metrics give the end-of-turn delay; a hesitation whose one utterance became two
 user turns in the transcript was cut. Writes ``bench/results/turns-call[-LABEL].{json,md,svg}``.
+``--summarize LABEL`` runs nothing: it applies this checkout's summary rules to a stored run's
+rows again (a rule fixed after the run) and says so in the files.
 """
 
 from __future__ import annotations
@@ -85,7 +87,13 @@ def main() -> None:
     ap.add_argument("--voices", default="", help="comma-separated voice ids (default: all)")
     ap.add_argument("--phases", default="turns,interruptions",
                     help="turns (complete and hesitation calls), interruptions (speaking over answers)")
+    ap.add_argument("--summarize", metavar="LABEL",
+                    help="no run: apply this checkout's summary rules again to a stored run's "
+                         "rows (turns-call-LABEL.json) and write its files again")
     args = ap.parse_args()
+    if args.summarize:
+        print(render_md(resummarize(args.summarize)))
+        return
     require_netns()
     rendered = build()
     items = load_manifest()
@@ -218,6 +226,22 @@ def main() -> None:
     print(md)
 
 
+def resummarize(label: str) -> dict[str, Any]:
+    """A stored run summarized again by this checkout's rules (the rows are as measured);
+    the files say when, and keep the run's own command and time."""
+    stem = f"turns-call-{label}"
+    out: dict[str, Any] = json.loads((RESULTS / f"{stem}.json").read_text())
+    summary = summarize(out["turns"], out["hesitation_calls"], out["max_delay"])
+    summary["spoken_over"] = summarize_over(out["spoken_over"])
+    out["summary"] = summary
+    out["summarized"] = (f"{datetime.now(UTC).isoformat(timespec='seconds')}: "
+                         f"python -m bench.turns.call --summarize {label}")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
+    (RESULTS / f"{stem}.md").write_text(render_md(out))
+    (RESULTS / f"{stem}.svg").write_text(plot.svg(out))
+    return out
+
+
 # Issue 11's lip-sync goal: the sound at most this far before the mouth (ATSC IS-191 asks
 # +15/-45 ms; lips may lead the sound, as people's do, a little more).
 LIP_SOUND_FIRST_MAX_S = 0.040
@@ -287,6 +311,11 @@ def stored_against_heard(stored: str, heard: str) -> dict[str, int | None]:
     return {"words_past": len(a) - (last.a + last.size), "words_missing": len(b) - (last.b + last.size)}
 
 
+def played_out(row: dict[str, Any]) -> bool:
+    """The reply spoken over was stored whole (not interrupted) and heard to its last word."""
+    return row.get("reply_cut") is False and row.get("words_missing") == 0
+
+
 def summarize_over(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ints = [r for r in rows if r["kind"] == "interruption" and r["spoke_over"]]
     bcs = [r for r in rows if r["kind"] == "backchannel" and r["spoke_over"]]
@@ -302,10 +331,13 @@ def summarize_over(rows: list[dict[str, Any]]) -> dict[str, Any]:
         # reply), instead of being passed over ("reply cut" is no measure for them: the
         # caller hangs up while the resumed answer still plays, which also cuts it)
         "backchannels_taken_as_turn": sum(1 for r in bcs if r.get("user_turns")),
-        # the reply went on after it: no long quiet, or the sound came back within the window
-        # (and no new turn); else the backchannel dropped the reply
+        # the reply went on after it: no long quiet, or the sound came back within the window,
+        # or it played to its last word (stored whole, all of it heard: a short answer that
+        # ends soon after the backchannel leaves a quiet that is its end, not a drop), and no
+        # new turn; else the backchannel dropped the reply
         "backchannels_went_on": sum(1 for r in bcs if not r.get("user_turns") and (
-            r["stop_s"] is None or r["stop_s"] > STOPPED_WITHIN_S or r.get("resumed_s") is not None)),
+            r["stop_s"] is None or r["stop_s"] > STOPPED_WITHIN_S or r.get("resumed_s") is not None
+            or played_out(r))),
         "backchannel_longest_gap_p50": _q([r["longest_gap_s"] for r in bcs if r.get("longest_gap_s") is not None], 50),
         "backchannel_longest_gap_p95": _q([r["longest_gap_s"] for r in bcs if r.get("longest_gap_s") is not None], 95),
         "not_spoken_over": sum(1 for r in rows if not r["spoke_over"]),
@@ -369,6 +401,8 @@ def render_md(out: dict[str, Any]) -> str:
         f"{tuple(out['load_average'])}; the caller, the SFU and the worker share the two cores.",
         "Heard latency: the caller's end of speech to the first reply audio it receives. End of",
         f"turn: the worker's own metric. Max delay {out['max_delay']} s.",
+        *([f"Summarized again from the run's rows by a later checkout's rules ({out['summarized']})."]
+          if out.get("summarized") else []),
         "",
         "## Issue 11's targets",
         "",
@@ -419,7 +453,7 @@ def render_md(out: dict[str, Any]) -> str:
             f"- Backchannels: {o.get('backchannels_taken_as_turn', '?')} of {o['backchannels']} taken as a turn "
             f"of the caller's (stored transcript: a user line and a new reply); after "
             f"{o.get('backchannels_went_on', '?')} the reply went on (its sound came back within "
-            f"{GAP_WINDOW_S:.0f} s, or never went quiet for {STOP_QUIET_S} s); {o['backchannels_that_stopped_it']} "
+            f"{GAP_WINDOW_S:.0f} s, never went quiet for {STOP_QUIET_S} s, or played to its last word); {o['backchannels_that_stopped_it']} "
             f"left {STOP_QUIET_S} s of quiet within {STOPPED_WITHIN_S:.1f} s (the pause it resumed from counts "
             f"when that long); the longest quiet in the {GAP_WINDOW_S:.0f} s after one, measured whole (the "
             f"pause, or a gap between sentences): p50 {o.get('backchannel_longest_gap_p50')} s, "

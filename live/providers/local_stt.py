@@ -232,6 +232,17 @@ class LocalSTT(stt.STT):
         self._received = asyncio.Event()
         # the last final sent: the turn detector weighs its words by the confidence in them
         self.last_final: HeardFinal | None = None
+        # told each speculative transcript sent as LiveKit's preflight: the turn detector
+        # scores its words while the silence rule still runs (``turn_lm``)
+        self.preflight_listeners: list[Callable[[str], None]] = []
+
+    def preflight_sent(self, text: str) -> None:
+        """A speculative transcript went out as the preflight: tell the listeners."""
+        for listener in self.preflight_listeners:
+            try:
+                listener(text)
+            except Exception:  # a listener's bug must not stop the caller's transcripts
+                logger.exception("preflight listener failed")
 
     @property
     def agent_speaking(self) -> bool:
@@ -586,6 +597,7 @@ class _LocalSpeechStream(stt.RecognizeStream):
                             alternatives=[local.speech_data(result, self._language)],
                         )
                     )
+                    local.preflight_sent(result.text)
 
             def retract() -> None:
                 """The final found no turn in what an interim showed as words (Whisper's early

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bench.turns.call import RESULTS, lip_stats, targets
+from bench.turns.call import RESULTS, lip_stats, summarize_over, targets
 from bench.turns.readme import BEGIN, END, README, render, replace_block
 
 
@@ -72,6 +72,17 @@ def test_interruptions_and_backchannels() -> None:
     assert not met["interruptions: caller's first sound to the avatar's silence, p95"]
     met = _met(_run(spoken_over={**over, "backchannels_taken_as_turn": 1}))
     assert not met["backchannels taken as the caller's turn"]
+
+
+def test_a_short_reply_heard_to_its_end_went_on_after_a_backchannel() -> None:
+    """Quiet 2 s after an "Mm-hm." is the reply's end when it was stored whole and heard to
+    its last word; a reply stored as cut, or not heard to its end, was dropped."""
+    row = {"kind": "backchannel", "spoke_over": True, "stop_s": 2.1, "resumed_s": None,
+           "longest_gap_s": 1.8, "user_turns": [], "reply_cut": False, "words_missing": 0}
+    assert summarize_over([row])["backchannels_went_on"] == 1
+    assert summarize_over([{**row, "reply_cut": True}])["backchannels_went_on"] == 0
+    assert summarize_over([{**row, "words_missing": 3}])["backchannels_went_on"] == 0
+    assert summarize_over([{**row, "user_turns": ["Mm-hm."]}])["backchannels_went_on"] == 0
 
 
 def test_render_names_the_result_file() -> None:

@@ -332,6 +332,8 @@ async def test_speculative_transcript_goes_out_as_preflight_before_the_end_of_sp
     from livekit.plugins import silero
 
     stt = LocalSTT(engine=whisper, vad=silero.VAD.load(min_silence_duration=2.0))
+    told: list[str] = []  # what the turn detector is told to score ahead
+    stt.preflight_listeners.append(told.append)
     stream = stt.stream()
     sr = piper.sample_rate
     frames = split_frames(resample(silence(0.3, sr) + piper_pcm(piper, SENTENCES[1]) + silence(2.6, sr), sr, 48000), ms=10)
@@ -352,6 +354,7 @@ async def test_speculative_transcript_goes_out_as_preflight_before_the_end_of_sp
     assert kinds.index(SpeechEventType.PREFLIGHT_TRANSCRIPT) < kinds.index(SpeechEventType.END_OF_SPEECH)
     preflight = events[kinds.index(SpeechEventType.PREFLIGHT_TRANSCRIPT)].alternatives[0].text
     assert preflight == events[-1].alternatives[0].text
+    assert told == [preflight]
     assert stt.speculation_hits == 1
 
 

@@ -65,6 +65,7 @@ async def test_configured_through_turn_handling_on_an_engine_of_its_own(local_ct
     local_stt = LocalSTT(engine=None)  # type: ignore[arg-type]  # only its bookkeeping is used
     det = turn_handling(settings, local_ctx, stt=local_stt)["turn_handling"]["turn_detection"]
     assert isinstance(det, LanguageModelTurnDetector)
+    assert det.prescore in local_stt.preflight_listeners  # the session's STT tells it early
     # a hosted STT: the transcript rule alone, no local model
     hosted = turn_handling(settings, local_ctx, stt=object())["turn_handling"]["turn_detection"]
     assert isinstance(hosted, TranscriptTurnDetector)
@@ -195,3 +196,33 @@ async def test_without_the_local_stt_livekits_two_waits_stay(local_ctx: Provider
     # with the local STT LiveKit's min delay is the sure wait; the detector waits the rest
     assert local["turn_handling"]["endpointing"]["min_delay"] == settings.limits.endpointing_sure_delay
     assert hosted["turn_handling"]["endpointing"]["min_delay"] == settings.limits.endpointing_min_delay
+
+
+async def test_the_speculative_transcript_is_scored_before_the_final_asks(
+    local_ctx: ProviderContext,
+) -> None:
+    """The local STT's preflight is scored as it goes out; when the final with the same words
+    ends the turn, the prediction takes that score and needs no time on the scorer."""
+    engine = get_turn_llama(local_ctx)
+    stt = LocalSTT(engine=None)  # type: ignore[arg-type]  # only its bookkeeping is used
+    det = LanguageModelTurnDetector(engine, THRESHOLD, timeout=0.05, stt=stt)
+    stt.preflight_sent("What time is it?")  # as the stream does with a speculative transcript
+    started, release = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        started.set()
+        release.wait(10.0)
+
+    # the scorer's only thread: this runs once the speculative score is done, and holds it
+    blocker = asyncio.ensure_future(engine.executor.run(busy))
+    assert await asyncio.to_thread(started.wait, 30.0)
+    try:
+        # a score asked for now would be late (the silence rule's 1.0); the early one is the
+        # model's ("What time is it" scores about 0.07)
+        assert THRESHOLD <= await det.predict_end_of_turn(_ctx("What time is it?")) < 0.5
+        # other words (a turn of two utterances) are scored when asked: late here
+        stt.preflight_sent("Daniel Fischer.")
+        assert await det.predict_end_of_turn(_ctx("My name is Daniel Fischer.")) == 1.0
+    finally:
+        release.set()
+        await blocker
