@@ -95,8 +95,9 @@ class LanguageModelTurnDetector:
 
     The local STT's speculative transcript (LiveKit's preflight, ``preflight_listeners``) is
     scored as it goes out, about 0.3 s before the final that ends the turn says the same
-    words: through the room the score then took 0.21 s (p50) after the final, and the turn
-    ended that much after its sure wait (bench/results/turn-prescore.md).
+    words. Scored only when the final came, through the room it took 0.21 s (p50) on the busy
+    cores, and the turn ended that much past its sure wait (bench/results/turn-prescore.md).
+    The score reads the words alone, so one made early stays right for the same words later.
     """
 
     def __init__(self, engine: LlamaEngine, threshold: float, timeout: float = SCORE_TIMEOUT,
