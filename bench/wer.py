@@ -39,8 +39,10 @@ def cut_alignment(stored: str, heard: str, min_run: int = 4,
     stories of a light-"): the words differ, the letters run on together. The heard letters
     past the last shared run are taken as that many respelled stored letters, at most
     ``max_respelled`` (a clip's end is a word or two; more is Whisper making things up).
-    Returns (the longest shared run of letters, stored words that begin past the last run of
-    at least ``min_run`` letters and its respelled tail; None when nothing lines up).
+    Returns (the letters in shared runs of at least ``min_run``, in order; stored words that
+    begin past the last such run and its respelled tail; None when nothing lines up). All the
+    runs count, not the longest: on a short clip Whisper can respell every word in between
+    ("mine. I like how I keep" for "Mine, a lighthouse keeper": "mine" and "keep" line up).
     """
     words = normalize(stored)
     a = "".join(words)
@@ -58,4 +60,4 @@ def cut_alignment(stored: str, heard: str, min_run: int = 4,
     for w in words:
         starts.append(pos)
         pos += len(w)
-    return max(m.size for m in blocks), sum(1 for s in starts if s >= end)
+    return sum(m.size for m in blocks), sum(1 for s in starts if s >= end)

@@ -7,7 +7,13 @@ from bench.wer import cut_alignment, wer
 
 def test_a_respelled_cut_word_still_lines_up_with_the_stored_reply() -> None:
     # Whisper tiny on a clip that ended inside "keeper" (seen in CI)
-    assert cut_alignment("The story of a lighthouse keeper", "The slide house keepers.") == (11, 0)
+    assert cut_alignment("The story of a lighthouse keeper", "The slide house keepers.") == (15, 0)
+
+
+def test_a_short_clip_respelled_in_the_middle_lines_up_at_both_ends() -> None:
+    # Whisper tiny on a clip cut inside "keeper" (seen in CI on a busy machine): only "mine"
+    # and "keep" are spelled alike, in order, and the stored reply ends where the clip did
+    assert cut_alignment("Mine, a lighthouse keeper", "mine. I like how I keep") == (8, 0)
 
 
 def test_a_respelled_tail_counts_as_heard_letters() -> None:

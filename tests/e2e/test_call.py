@@ -201,9 +201,10 @@ async def test_speaking_over_the_avatar_stops_it(stack: Stack, artifacts_dir) ->
     # tiny heard, letter by letter (on a clip cut mid-word it respells the end: "The slide
     # house keepers." for "The story of a lighthouse keeper", and may add words: "I'll
     # remember that story. We tried to remove it." for "I'll try to remember that story,
-    # but", or "the stories to like." for "The stories of a lighthouse"), the two share a run
-    # of at least 8 letters and the stored reply runs at most two words past the last run they
-    # share and the heard letters after it
+    # but", or "the stories to like." for "The stories of a lighthouse", or respells the
+    # middle: "mine. I like how I keep" for "Mine, a lighthouse keeper"), the two share at
+    # least 8 letters in runs of 4 or more, and the stored reply runs at most two words past
+    # the last run they share and the heard letters after it
     shared, words_past = cut_alignment(stored, it.heard_text)
     assert shared >= 8 and words_past is not None and words_past <= 2, (
         stored, it.heard_text, shared, words_past)

@@ -642,18 +642,24 @@ async def test_a_doubtful_guess_after_the_end_of_speech_decides_before_the_full_
 async def test_while_the_agent_speaks_the_first_words_come_early(
     local_ctx: ProviderContext, piper: PiperEngine, whisper: WhisperEngine
 ) -> None:
-    """Over the agent, the caller's first words are transcribed 0.3 s into their speech (an
-    interim, long before the end of speech), so "stop" can interrupt within about 0.5 s."""
+    """Over the agent, the caller's first words are transcribed while they still speak (an
+    early interim at 0.3 s into their speech, or the speculative transcript of a pause such as
+    the comma after "Stop"), long before the end of speech, so "stop" can interrupt within
+    about 0.5 s. LiveKit takes both alike: its audio recognition hands a preflight transcript to
+    the same ``on_interim_transcript`` and counts its words for ``min_interruption_words``.
+    Which of the two comes first is a race between decodes (on a busy CI machine the pause's
+    came first); how soon is measured in ``bench.turns.call``."""
     sr = piper.sample_rate
     pcm = silence(0.3, sr) + piper_pcm(piper, "Stop, please wait a moment, I have a question.") + silence(1.0, sr)
     stt = _vad_stt(local_ctx, whisper, interim_seconds=0.0)  # no regular interims
     stt.agent_speaking = True
     events = await asyncio.wait_for(_paced_events(stt, pcm, sr), timeout=60)
     kinds = [e.type for e in events]
-    assert SpeechEventType.INTERIM_TRANSCRIPT in kinds, kinds
-    first = kinds.index(SpeechEventType.INTERIM_TRANSCRIPT)
-    assert first < kinds.index(SpeechEventType.END_OF_SPEECH)
-    assert events[first].alternatives[0].text.strip()
+    early = (SpeechEventType.INTERIM_TRANSCRIPT, SpeechEventType.PREFLIGHT_TRANSCRIPT)
+    first = next((i for i, e in enumerate(events)
+                  if e.type in early and e.alternatives[0].text.strip()), None)
+    assert first is not None, kinds
+    assert first < kinds.index(SpeechEventType.END_OF_SPEECH), kinds
     finals = [e.alternatives[0].text for e in events if e.type == SpeechEventType.FINAL_TRANSCRIPT]
     assert finals and wer("Stop, please wait a moment, I have a question.", finals[0]) <= 0.3
     assert await stt.words_since(0.0, 1.0) is True  # a paused agent waits for the interruption
