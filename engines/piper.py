@@ -192,14 +192,30 @@ def split_long_text(text: str, max_chars: int = 100) -> list[str]:
     Piper synthesizes a sentence in one go: a long one delays its first audio and needs
     ~25 MiB of activations per second of speech. Short text is returned unchanged.
     """
+    return [piece for piece, _ in split_long_text_at(text, max_chars)]
+
+
+def piece_ends(text: str, max_chars: int = 100) -> list[int]:
+    """Where in ``text`` each piece ``split_long_text`` makes of it ends: Piper speaks each
+    piece as sentences of its own, so word timings must break there as at a full stop."""
+    return [end for _, end in split_long_text_at(text, max_chars)]
+
+
+def split_long_text_at(text: str, max_chars: int = 100) -> list[tuple[str, int]]:
+    """``split_long_text``'s pieces, each with the offset in ``text`` where it ends."""
     if len(text) <= max_chars:
-        return [text]
-    pieces: list[str] = []
-    for clause in _CLAUSE_BREAK.split(text):
-        if pieces and len(pieces[-1]) + 1 + len(clause) <= max_chars:
-            pieces[-1] = f"{pieces[-1]} {clause}"
+        return [(text, len(text))]
+    pieces: list[tuple[str, int]] = []
+    pos = 0
+    for brk in [*_CLAUSE_BREAK.finditer(text), None]:
+        end = len(text) if brk is None else brk.start()
+        clause = text[pos:end]
+        if pieces and len(pieces[-1][0]) + 1 + len(clause) <= max_chars:
+            pieces[-1] = (f"{pieces[-1][0]} {clause}", end)
         else:
-            pieces.append(clause)
+            pieces.append((clause, end))
+        if brk is not None:
+            pos = brk.end()
     return pieces
 
 

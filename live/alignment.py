@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 
@@ -111,21 +111,33 @@ class SentenceWords:
     Piper may split a text into several sentences (espeak ends one at ".", "!", "?"), each
     with its own timings; ``next_sentence`` takes the written words up to the next sentence
     end and pairs them with that sentence's spoken words; ``rest`` gives whatever is left.
+    ``breaks``: offsets in ``text`` where the engine cut it into pieces it speaks apart (a
+    long sentence cut at a comma, ``engines.piper.piece_ends``); a piece ends its sentence
+    there too, or its timings would carry the whole sentence's words (captions seconds ahead
+    of the sound).
     """
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, breaks: Iterable[int] = ()) -> None:
         self._pieces = written_words(text)
+        cuts = sorted(breaks)
+        self._ends: list[bool] = []
+        start = 0
+        for p in self._pieces:
+            end = start + len(p.rstrip())
+            self._ends.append(any(start < b <= end for b in cuts))
+            start += len(p)
 
     def next_sentence(self, timings: list[PhonemeTiming], offset: float
                       ) -> list[tuple[str, float, float]]:
         take = len(self._pieces)
         for i, p in enumerate(self._pieces):
-            if p.rstrip().rstrip("\"')]}»”’").endswith(tuple(_SENTENCE_END)):
+            if self._ends[i] or p.rstrip().rstrip("\"')]}»”’").endswith(tuple(_SENTENCE_END)):
                 take = i + 1
                 break
         mine, self._pieces = self._pieces[:take], self._pieces[take:]
+        self._ends = self._ends[take:]
         return [(p, offset + s, offset + e) for p, s, e in pair_words(mine, spoken_words(timings))]
 
     def rest(self) -> list[str]:
-        rest, self._pieces = self._pieces, []
+        rest, self._pieces, self._ends = self._pieces, [], []
         return rest

@@ -28,7 +28,7 @@ from livekit.agents.voice.io import TimedString
 from config.catalog import PIPER_VOICES
 from config.settings import TTSSettings
 from engines.espeak import EspeakEngine, get_espeak
-from engines.piper import PiperEngine, SpeechChunk, get_piper
+from engines.piper import PiperEngine, SpeechChunk, get_piper, piece_ends
 from live.alignment import AlignmentCallback, PhonemeTiming, SentenceWords
 from live.providers.registry import ProviderContext, register
 
@@ -303,7 +303,7 @@ class _PiperChunkedStream(tts.ChunkedStream):
             num_channels=1,
             mime_type="audio/pcm",
         )
-        words = SentenceWords(self.input_text)
+        words = SentenceWords(self.input_text, piece_ends(self.input_text))
         position = 0.0
         timeline = _Timeline()
         async for chunk in _piper_chunks(engine, self.input_text, PlaybackClock()):
@@ -373,7 +373,8 @@ class _PiperSynthesizeStream(tts.SynthesizeStream):
                     output_emitter.push_timed_transcript(TimedString(text=token, start_time=position))
                     return
                 self._mark_started()
-                words = SentenceWords(token)
+                lead = len(token) - len(token.lstrip())  # Piper is given the text stripped
+                words = SentenceWords(token, [lead + end for end in piece_ends(text)])
                 logger.debug("TTS piece queued", extra={"chars": len(text)})
                 async for chunk in _piper_chunks(engine, text, clock):
                     if not position:

@@ -16,7 +16,7 @@ import pytest
 from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
 from livekit.agents.voice.io import TimedString
 
-from engines.piper import PiperEngine
+from engines.piper import PiperEngine, piece_ends, split_long_text
 from engines.whisper import WhisperEngine
 from live.alignment import PhonemeTiming, SentenceWords, pair_words, spoken_words, written_words
 from live.providers.local_stt import to_whisper_audio
@@ -67,6 +67,34 @@ def test_sentence_words_follow_piper_sentences_and_hand_back_the_rest() -> None:
     assert words.rest() == []
 
 
+@pytest.mark.unit
+def test_a_long_sentence_cut_at_a_comma_ends_its_words_at_the_cut() -> None:
+    """Piper speaks a long text as pieces cut at commas, each its own sentence with its own
+    timings: the first piece's words must not take in the rest of the sentence (CI: the
+    captions of a 13 s reply ended 3 s before its sound)."""
+    text = ("It's called the Blue Sky of Earth, and it's made up of twenty light years of blue, "
+            "which is why we have a different color from Earth to us.")
+    ends = piece_ends(text)
+    assert [text[a:b].strip(" ") for a, b in itertools.pairwise([0, *ends])] == [
+        p.strip(" ") for p in split_long_text(text)]
+    assert len(ends) == 2
+    words = SentenceWords(" " + text, [1 + e for e in ends])  # offsets in the text it is given
+    first = words.next_sentence(_timings("aa aa"), offset=0.0)
+    assert first[-1][0] == "blue, "
+    second = words.next_sentence(_timings("bb bb"), offset=3.0)
+    assert second[0][0] == "which " and second[0][1] == 3.0 and second[-1][0].strip() == "us."
+    assert words.rest() == []
+
+
+@pytest.mark.unit
+def test_split_long_text_keeps_its_pieces() -> None:
+    text = "one, " * 30 + "end."
+    assert " ".join(split_long_text(text)) == text
+    assert all(len(p) <= 100 for p in split_long_text(text))
+    assert split_long_text("short, text") == ["short, text"]
+    assert piece_ends("short, text") == [11]
+
+
 def _seconds(value: object) -> float:
     assert isinstance(value, float), value  # every word is timed
     return value
@@ -84,6 +112,18 @@ async def _speak(tts: LocalTTS, text: str) -> tuple[bytes, list[TimedString]]:
                      if isinstance(t, TimedString))
         pcm += bytes(ev.frame.data)
     await stream.aclose()
+    return pcm, timed
+
+
+async def _speak_whole(tts: LocalTTS, text: str) -> tuple[bytes, list[TimedString]]:
+    """The same, for a text given whole (``TTS.synthesize``, as ``session.say`` does)."""
+    pcm = b""
+    timed: list[TimedString] = []
+    async with tts.synthesize(text) as stream:
+        async for ev in stream:
+            timed.extend(t for t in ev.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT, [])
+                         if isinstance(t, TimedString))
+            pcm += bytes(ev.frame.data)
     return pcm, timed
 
 
@@ -170,6 +210,22 @@ def test_text_that_ends_before_a_phrase_goes_on_whole() -> None:
     lead = LeadPhrases()
     assert lead.push("Okay then") == ([], "")
     assert lead.release() == "Okay then" and lead.done
+
+
+@pytest.mark.slow
+async def test_the_captions_of_a_long_sentence_end_with_its_sound(piper: PiperEngine) -> None:
+    """A sentence over 100 characters is spoken in pieces: its last word is still timed at
+    the end of the audio, whether it comes whole or as the LLM streams it."""
+    text = ("The sky on us on the main has a different hue than ours. It's called the Blue Sky "
+            "of Earth, and it's made up of twenty light years of blue, which is why we have a "
+            "different color from Earth to us.")
+    for spoken in (_speak(LocalTTS(engine=piper), text), _speak_whole(LocalTTS(engine=piper), text)):
+        pcm, timed = await spoken
+        duration = len(pcm) / 2 / piper.sample_rate
+        words = [t for t in timed if t.strip()]
+        assert "".join(timed).split() == text.split()
+        assert _seconds(words[-1].start_time) > duration - 0.8, (duration, [
+            (str(w), w.start_time) for w in words])
 
 
 @pytest.mark.slow
