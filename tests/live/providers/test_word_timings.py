@@ -219,8 +219,8 @@ async def test_the_captions_of_a_long_sentence_end_with_its_sound(piper: PiperEn
     text = ("The sky on us on the main has a different hue than ours. It's called the Blue Sky "
             "of Earth, and it's made up of twenty light years of blue, which is why we have a "
             "different color from Earth to us.")
-    for spoken in (_speak(LocalTTS(engine=piper), text), _speak_whole(LocalTTS(engine=piper), text)):
-        pcm, timed = await spoken
+    for speak in (_speak, _speak_whole):
+        pcm, timed = await speak(LocalTTS(engine=piper), text)
         duration = len(pcm) / 2 / piper.sample_rate
         words = [t for t in timed if t.strip()]
         assert "".join(timed).split() == text.split()
